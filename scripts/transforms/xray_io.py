@@ -1,0 +1,481 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Reading the two X-ray images of one case into a ``(2, H, W)`` float tensor.
+
+Supported files: PNG / TIFF / JPEG (8 or 16 bit, float TIFF; grayscale, or RGB(A) converted to gray by
+ITU-R 601 luminance) through Pillow, DICOM through pydicom, 2-D NIfTI through nibabel, and other 2-D
+formats ITK reads (MHA, NRRD, ...) through ITK.
+
+Orientation convention of the output (before the optional ``transpose`` / ``flip_rows`` /
+``flip_cols`` of :class:`LoadXRayPair`): the image as a viewer displays it, ``[row, column]``, row 0 the
+top row of the display, column 0 its left column. Radiographs are normally displayed with the patient's
+head up, so row 0 is superior. For files that store a 2-D grid with axes instead of rows (NIfTI), the
+first file axis is the image's x (column) and the second its y (row), as ITK, 3D Slicer and MONAI's
+``SaveImage`` write them (``nifti_axes="xy"``); ``nifti_axes="rowcol"`` reads a NIfTI whose first axis
+is the rows (``nibabel.Nifti1Image(image_hw)`` written directly from a ``(H, W)`` array).
+
+Intensity convention: the values of the file as displayed. DICOM ``MONOCHROME1`` images (low values
+shown bright) are inverted on reading so that they follow the same convention, and DICOM rescale
+slope/intercept are applied. The network is trained on DRRs, ``-log(I / I0)``, where bone is high; a
+radiograph displayed with bright bone already matches (``invert=False``, the default); a transmission
+image or a negative (dark bone) needs ``invert=True`` (``x -> max + min - x`` per image).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Resize, Transform
+
+__all__ = [
+    "XRayInputError",
+    "read_xray",
+    "parse_angles",
+    "LoadXRayPair",
+    "LoadXRayPaird",
+    "check_xray_cases",
+    "DEFAULT_ANGLES",
+]
+
+#: default views: view 1 AP (alpha=0, beta=0), view 2 lateral (alpha=90, beta=0), degrees.
+DEFAULT_ANGLES: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 0.0), (90.0, 0.0))
+
+_PIL_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
+_DICOM_SUFFIXES = {".dcm", ".dicom"}
+_NIFTI_SUFFIXES = {".nii", ".nii.gz"}
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R 601, the weights of Pillow's "L"
+
+
+class XRayInputError(ValueError):
+    """A bad X-ray input: the message names the file or value and says how to fix it."""
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _to_gray(arr: np.ndarray, path: Path, color: bool = False) -> np.ndarray:
+    """Squeeze singleton axes; with ``color``, turn the last axis (RGB / RGBA / gray+alpha) into one gray channel."""
+    arr = np.asarray(arr)
+    if color and arr.ndim == 3 and arr.shape[-1] in (2, 3, 4):
+        if arr.shape[-1] == 2:  # gray + alpha
+            arr = arr[..., 0]
+        else:  # RGB or RGBA: luminance of the colour channels, alpha dropped
+            arr = arr[..., :3].astype(np.float64) @ _LUMA
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise XRayInputError(
+            f"{path}: expected one 2-D grayscale or RGB image, got an array of shape {tuple(np.shape(arr))}; "
+            "fix: export a single 2-D frame of the radiograph."
+        )
+    return arr
+
+
+def _read_pil(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if getattr(im, "n_frames", 1) > 1:
+            raise XRayInputError(f"{path}: has {im.n_frames} frames; fix: save one frame per X-ray image.")
+        if im.mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        elif im.mode == "CMYK":
+            im = im.convert("RGB")
+        color = im.mode in ("RGB", "RGBA", "LA", "RGBX", "YCbCr")
+        arr = np.asarray(im)
+    return _to_gray(arr, path, color), None
+
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    import pydicom
+
+    ds = pydicom.dcmread(str(path))
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        raise XRayInputError(f"{path}: DICOM with {ds.NumberOfFrames} frames; fix: give a single-frame radiograph.")
+    arr = ds.pixel_array
+    if int(getattr(ds, "SamplesPerPixel", 1)) > 1:
+        if str(getattr(ds, "PhotometricInterpretation", "RGB")).startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            arr = convert_color_space(arr, ds.PhotometricInterpretation, "RGB")
+    arr = _to_gray(arr, path, color=int(getattr(ds, "SamplesPerPixel", 1)) > 1).astype(np.float64)
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    arr = arr * slope + intercept
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        arr = arr.max() + arr.min() - arr  # display convention: high values shown bright
+    spacing = None
+    for tag in ("ImagerPixelSpacing", "PixelSpacing"):  # detector plane first
+        value = getattr(ds, tag, None)
+        if value is not None and len(value) == 2:
+            spacing = (float(value[0]), float(value[1]))  # (between rows, between columns), mm
+            break
+    return arr, spacing
+
+
+def _read_nifti(path: Path, nifti_axes: str) -> tuple[np.ndarray, tuple[float, float] | None]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    arr = np.asarray(img.dataobj)
+    zooms = img.header.get_zooms()
+    squeezed = np.squeeze(arr)
+    if squeezed.ndim != 2:
+        raise XRayInputError(
+            f"{path}: NIfTI of shape {arr.shape} is not a 2-D image; fix: write one 2-D X-ray per file."
+        )
+    keep = [i for i, n in enumerate(arr.shape) if n != 1][:2]
+    spacing = tuple(float(zooms[i]) for i in keep) if len(zooms) >= max(keep) + 1 else None
+    if nifti_axes == "xy":  # file axes (x, y) -> image (row, column) = (y, x)
+        squeezed = squeezed.T
+        spacing = spacing[::-1] if spacing else None
+    return squeezed, spacing  # type: ignore[return-value]
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    import itk
+
+    img = itk.imread(str(path))
+    arr = itk.array_from_image(img)  # [.., y, x] = [row, column]
+    sp = [float(s) for s in itk.spacing(img)]  # (x, y, ...)
+    arr = _to_gray(arr, path, color=img.GetNumberOfComponentsPerPixel() > 1)
+    spacing = (sp[1], sp[0]) if len(sp) >= 2 else None
+    return arr, spacing
+
+
+def read_xray(path: str | os.PathLike, nifti_axes: str = "xy") -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Read one X-ray image as a 2-D float64 array ``[row, column]`` and its pixel spacing.
+
+    Args:
+        path: the image file (PNG, TIFF, JPEG, BMP, DICOM, NIfTI, or another 2-D format ITK reads).
+        nifti_axes: ``"xy"`` (first NIfTI axis = image column, ITK / MONAI convention) or ``"rowcol"``.
+
+    Returns:
+        ``(image, spacing)`` with ``spacing = (row spacing, column spacing)`` in mm when the file has it
+        (DICOM, NIfTI, ITK formats), else ``None``.
+
+    Raises:
+        XRayInputError: missing, unreadable or non-2-D file.
+    """
+    if nifti_axes not in ("xy", "rowcol"):
+        raise XRayInputError(f"nifti_axes={nifti_axes!r}: use 'xy' or 'rowcol'.")
+    p = Path(path)
+    if not p.is_file():
+        raise XRayInputError(
+            f"{p}: X-ray image not found; fix: check the path (relative paths are resolved "
+            "against the datalist's folder)."
+        )
+    suffix = _suffix(p)
+    try:
+        if suffix in _DICOM_SUFFIXES or (suffix not in _PIL_SUFFIXES | _NIFTI_SUFFIXES and _is_dicom(p)):
+            arr, spacing = _read_dicom(p)
+        elif suffix in _PIL_SUFFIXES:
+            arr, spacing = _read_pil(p)
+        elif suffix in _NIFTI_SUFFIXES:
+            arr, spacing = _read_nifti(p, nifti_axes)
+        else:
+            arr, spacing = _read_itk(p)
+    except XRayInputError:
+        raise
+    except Exception as e:  # any reader failure becomes one clear line naming the file
+        raise XRayInputError(
+            f"{p}: cannot read it as an X-ray image ({type(e).__name__}: {e}); fix: give a readable PNG, "
+            "TIFF, DICOM or 2-D NIfTI file."
+        ) from e
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.size == 0 or min(arr.shape) < 2:
+        raise XRayInputError(f"{p}: image of size {arr.shape} is too small; fix: give the full radiograph.")
+    if not np.all(np.isfinite(arr)):
+        raise XRayInputError(f"{p}: image has NaN or infinite pixels; fix: replace them before reconstruction.")
+    if spacing is not None and not all(math.isfinite(s) and s > 0 for s in spacing):
+        spacing = None
+    return arr, spacing
+
+
+def parse_angles(angles: Any = None) -> np.ndarray:
+    """Validate the view angles of a pair and return them as a ``(2, 2)`` array of ``(alpha, beta)`` degrees.
+
+    Args:
+        angles: ``None`` (AP and lateral, :data:`DEFAULT_ANGLES`), or two entries, each a number ``alpha``
+            (``beta = 0``), a pair ``(alpha, beta)`` or a mapping with keys ``alpha`` and optional ``beta``.
+
+    Raises:
+        XRayInputError: wrong number of views, non-numeric, NaN / infinite, or outside [-360, 360] degrees.
+    """
+    if angles is None:
+        return np.asarray(DEFAULT_ANGLES, dtype=np.float64)
+    if isinstance(angles, torch.Tensor):
+        angles = angles.detach().cpu().numpy()
+    if isinstance(angles, np.ndarray):
+        angles = angles.tolist()
+    if isinstance(angles, (str, bytes)) or not isinstance(angles, Sequence) or len(angles) != 2:
+        raise XRayInputError(
+            f"angles={angles!r}: expected two views, e.g. [[0, 0], [90, 0]] (alpha, beta in degrees) or [0, 90]."
+        )
+    out = np.zeros((2, 2), dtype=np.float64)
+    for i, view in enumerate(angles):
+        if isinstance(view, Mapping):
+            view = (view.get("alpha"), view.get("beta", 0.0))
+        elif not isinstance(view, Sequence) or isinstance(view, (str, bytes)):
+            view = (view, 0.0)
+        if len(view) == 1:
+            view = (view[0], 0.0)
+        if len(view) != 2:
+            raise XRayInputError(f"angles of view {i + 1} = {view!r}: expected alpha or (alpha, beta) in degrees.")
+        for j, (name, v) in enumerate(zip(("alpha", "beta"), view)):
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise XRayInputError(
+                    f"angle {name} of view {i + 1} = {v!r} is not a number; fix: give degrees."
+                ) from None
+            if not math.isfinite(v) or abs(v) > 360.0:
+                raise XRayInputError(
+                    f"angle {name} of view {i + 1} = {v}: must be a finite angle in degrees within [-360, 360]."
+                )
+            out[i, j] = v
+    return out
+
+
+def _per_view(value: bool | Sequence[bool], name: str) -> tuple[bool, bool]:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value), bool(value)
+    if isinstance(value, Sequence) and len(value) == 2:
+        return bool(value[0]), bool(value[1])
+    raise ValueError(f"{name}={value!r}: give a bool or one bool per view.")
+
+
+class LoadXRayPair(Transform):
+    """Load the two X-ray images of one case as a float32 ``MetaTensor`` of shape ``(2, H, W)``.
+
+    Channel 0 is view 1, channel 1 view 2. After reading (see the module docstring for the orientation and
+    intensity conventions), each image is optionally transposed, then flipped (rows, columns), inverted,
+    and resized to ``spatial_size`` (area averaging when shrinking, else bilinear).
+
+    Meta data: ``filename_or_obj`` (the first file, or ``name``), ``xray_files``, ``angles`` (``(2, 2)``
+    float64: alpha, beta per view, degrees), ``pixel_spacing`` (``(2, 2)`` mm per view, row and column
+    spacing, after resizing; NaN where unknown), ``original_size`` (``(2, 2)``: rows and columns of each
+    file), ``xray_orientation`` (the applied transposition, flips and inversion).
+
+    Args:
+        spatial_size: target detector size ``(H, W)`` (an int for square); ``None`` keeps the files' size.
+        invert: invert intensities (dark-bone images) so that bone is high, as in a DRR; one per view or both.
+        transpose: swap rows and columns after reading; one per view or both.
+        flip_rows: flip the row axis (top <-> bottom); one per view or both.
+        flip_cols: flip the column axis (left <-> right); one per view or both.
+        nifti_axes: axis convention of NIfTI files, ``"xy"`` or ``"rowcol"`` (see :func:`read_xray`).
+        pixel_spacing: pixel spacing in mm used when a file has none (a number, ``(row, col)``, or one per view).
+    """
+
+    def __init__(
+        self,
+        spatial_size: int | Sequence[int] | None = None,
+        invert: bool | Sequence[bool] = False,
+        transpose: bool | Sequence[bool] = False,
+        flip_rows: bool | Sequence[bool] = False,
+        flip_cols: bool | Sequence[bool] = False,
+        nifti_axes: str = "xy",
+        pixel_spacing: float | Sequence[float] | Sequence[Sequence[float]] | None = None,
+    ) -> None:
+        if spatial_size is not None:
+            size = (int(spatial_size),) * 2 if isinstance(spatial_size, (int, np.integer)) else tuple(spatial_size)
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError(f"spatial_size={spatial_size!r}: give (H, W) with positive sizes.")
+            spatial_size = tuple(int(s) for s in size)
+        self.spatial_size = spatial_size
+        self.invert = _per_view(invert, "invert")
+        self.transpose = _per_view(transpose, "transpose")
+        self.flip_rows = _per_view(flip_rows, "flip_rows")
+        self.flip_cols = _per_view(flip_cols, "flip_cols")
+        if nifti_axes not in ("xy", "rowcol"):
+            raise ValueError(f"nifti_axes={nifti_axes!r}: use 'xy' or 'rowcol'.")
+        self.nifti_axes = nifti_axes
+        self.pixel_spacing = pixel_spacing
+
+    @staticmethod
+    def _spacing_arg(value: Any) -> list[tuple[float, float] | None]:
+        if value is None:
+            return [None, None]
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.ndim == 0:
+            arr = np.full((2, 2), float(arr))
+        elif arr.shape == (2,):
+            arr = np.stack([arr, arr])
+        if arr.shape != (2, 2) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+            raise XRayInputError(f"pixel_spacing={value!r}: give positive mm, a number, (row, col) or one per view.")
+        return [tuple(arr[0]), tuple(arr[1])]
+
+    def __call__(
+        self,
+        files: Sequence[str | os.PathLike],
+        angles: Any = None,
+        pixel_spacing: Any = None,
+        name: str | None = None,
+    ) -> MetaTensor:
+        """Read, validate and convert one case.
+
+        Args:
+            files: exactly two image paths (view 1, view 2).
+            angles: view angles, see :func:`parse_angles`; ``None`` means AP and lateral.
+            pixel_spacing: spacing override for this case (see the class arguments); files' own spacing
+                otherwise, then the transform's ``pixel_spacing``.
+            name: value for the ``filename_or_obj`` meta key (names the outputs of ``SaveImage``).
+
+        Raises:
+            XRayInputError: with one line naming the file or value and the fix.
+        """
+        if isinstance(files, (str, os.PathLike)) or not isinstance(files, Sequence) or len(files) != 2:
+            n = 1 if isinstance(files, (str, os.PathLike)) else (len(files) if isinstance(files, Sequence) else 0)
+            raise XRayInputError(
+                f"expected exactly two X-ray images per case (view 1, view 2), got {n}: {files!r}; "
+                'fix: list both files, e.g. "xray": ["ap.png", "lat.png"].'
+            )
+        ang = parse_angles(angles)
+        override = self._spacing_arg(pixel_spacing)
+        default = self._spacing_arg(self.pixel_spacing)
+        images, spacings, sizes = [], [], []
+        for v, f in enumerate(files):
+            arr, sp = read_xray(f, self.nifti_axes)
+            sizes.append(arr.shape)
+            sp = override[v] or sp or default[v]
+            if self.transpose[v]:
+                arr = arr.T
+                sp = sp[::-1] if sp else None
+            if self.flip_rows[v]:
+                arr = arr[::-1, :]
+            if self.flip_cols[v]:
+                arr = arr[:, ::-1]
+            if self.invert[v]:
+                arr = arr.max() + arr.min() - arr
+            images.append(np.ascontiguousarray(arr, dtype=np.float32))
+            spacings.append(sp if sp else (math.nan, math.nan))
+        if images[0].shape != images[1].shape:
+            raise XRayInputError(
+                f"X-ray images differ in size: {files[0]} is {images[0].shape[0]}x{images[0].shape[1]}, "
+                f"{files[1]} is {images[1].shape[0]}x{images[1].shape[1]} (rows x columns, after the "
+                "configured transposition); fix: give both views from the same detector size."
+            )
+        img = torch.from_numpy(np.stack(images))
+        spacing = np.asarray(spacings, dtype=np.float64)
+        if self.spatial_size is not None and tuple(img.shape[1:]) != self.spatial_size:
+            scale = np.asarray(img.shape[1:], dtype=np.float64) / np.asarray(self.spatial_size, dtype=np.float64)
+            # area averaging when shrinking (exact block means for integer factors), bilinear when enlarging
+            mode = "area" if np.all(scale >= 1.0) else "bilinear"
+            img = Resize(self.spatial_size, mode=mode)(img)
+            img = img.as_tensor() if isinstance(img, MetaTensor) else img
+            spacing = spacing * scale[None, :]
+        affine = torch.eye(4, dtype=torch.float64)
+        if np.all(np.isfinite(spacing[0])):
+            affine[0, 0], affine[1, 1] = float(spacing[0, 0]), float(spacing[0, 1])
+        meta = {
+            "filename_or_obj": str(name) if name is not None else str(files[0]),
+            "xray_files": [str(f) for f in files],
+            "angles": ang,
+            "pixel_spacing": spacing,
+            "original_size": np.asarray(sizes, dtype=np.int64),
+            "xray_orientation": {
+                "transpose": list(self.transpose),
+                "flip_rows": list(self.flip_rows),
+                "flip_cols": list(self.flip_cols),
+                "invert": list(self.invert),
+            },
+        }
+        return MetaTensor(img.float().contiguous(), affine=affine, meta=meta)
+
+
+class LoadXRayPaird(MapTransform):
+    """Dictionary version of :class:`LoadXRayPair`.
+
+    ``data[key]`` is the list of the two image paths of a case; it is replaced by the ``(2, H, W)``
+    tensor. The validated angles are written back to ``data[angles_key]`` as a ``(2, 2)`` float32 tensor
+    (alpha, beta per view, degrees) and also kept in the tensor's meta data.
+
+    Args:
+        keys: keys holding the two image paths (usually one key, e.g. ``"xray"``).
+        angles_key: key of the case's angles; missing or ``None`` means AP and lateral.
+        spacing_key: key of an optional per-case pixel spacing override (mm).
+        name_key: key whose value (e.g. the case ``"id"``) becomes ``filename_or_obj``, naming the outputs.
+        allow_missing_keys: don't raise if a key is missing.
+        kwargs: the arguments of :class:`LoadXRayPair`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        angles_key: str = "angles",
+        spacing_key: str | None = "pixel_spacing",
+        name_key: str | None = "id",
+        allow_missing_keys: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadXRayPair(**kwargs)
+        self.angles_key = angles_key
+        self.spacing_key = spacing_key
+        self.name_key = name_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            name = d.get(self.name_key) if self.name_key else None
+            spacing = d.get(self.spacing_key) if self.spacing_key else None
+            out = self.loader(d[key], angles=d.get(self.angles_key), pixel_spacing=spacing, name=name)
+            d[key] = out
+            d[self.angles_key] = torch.as_tensor(out.meta["angles"], dtype=torch.float32)
+        return d
+
+
+def check_xray_cases(
+    cases: Sequence[Mapping[str, Any]],
+    key: str = "xray",
+    angles_key: str = "angles",
+    base_dir: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> None:
+    """Validate every case of a datalist before anything is written, so a bad case stops the run early.
+
+    Each case is read completely with :class:`LoadXRayPair` (reading is cheap next to reconstruction).
+
+    Args:
+        cases: datalist items, each with ``key`` (two paths) and optional ``angles_key``.
+        key: the key of the two image paths.
+        angles_key: the key of the angles.
+        base_dir: folder that relative paths are resolved against (the datalist's folder).
+        kwargs: the arguments of :class:`LoadXRayPair` (orientation, inversion, size).
+
+    Raises:
+        XRayInputError: one line per bad case, all cases listed.
+    """
+    loader = LoadXRayPair(**kwargs)
+    errors = []
+    for i, case in enumerate(cases):
+        label = case.get("id", f"case {i}")
+        files = case.get(key)
+        if files is None:
+            errors.append(f"{label}: no '{key}' entry; fix: add the two X-ray image paths.")
+            continue
+        if base_dir is not None and isinstance(files, Sequence) and not isinstance(files, (str, bytes)):
+            files = [f if os.path.isabs(f) else os.path.join(base_dir, f) for f in files]
+        try:
+            loader(files, angles=case.get(angles_key))
+        except XRayInputError as e:
+            errors.append(f"{label}: {e}")
+    if errors:
+        raise XRayInputError(f"{len(errors)} bad case(s):\n" + "\n".join(errors))
