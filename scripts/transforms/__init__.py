@@ -1,3 +1,18 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
 """MONAI transforms of the bundle (array and dictionary versions), importable from configs as
 ``scripts.transforms.<Name>``."""
+
+from scripts.transforms.edges import EdgeMap, EdgeMapd, boundary_map  # noqa: F401
+from scripts.transforms.fourier import FourierRealImag, FourierRealImagd, real_imag_spectrum  # noqa: F401
+from scripts.transforms.intensity import (  # noqa: F401
+    HUToZScore,
+    HUToZScored,
+    ZScoreToHU,
+    ZScoreToHUd,
+    load_intensity_stats,
+)
+from scripts.transforms.projection import (  # noqa: F401
+    MaximumIntensityProjection,
+    MaximumIntensityProjectiond,
+    maximum_intensity_projections,
+)

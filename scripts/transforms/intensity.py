@@ -1,0 +1,143 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""HU <-> z-score conversion with fixed (stored) dataset statistics: ``z = (HU - mean) / std``.
+
+The network's target and output are CT volumes z-scored with the training set's mean and standard
+deviation; these transforms apply and undo that with numbers given directly or read from a JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform, Transform
+
+__all__ = [
+    "load_intensity_stats",
+    "hu_to_zscore",
+    "zscore_to_hu",
+    "HUToZScore",
+    "ZScoreToHU",
+    "HUToZScored",
+    "ZScoreToHUd",
+]
+
+
+def load_intensity_stats(path: str | Path, mean_key: str = "mean", std_key: str = "std") -> tuple[float, float]:
+    """Read ``(mean, std)`` from a JSON file such as ``{"mean": -850.2, "std": 310.7}``.
+
+    Args:
+        path: JSON file with the statistics.
+        mean_key: key of the mean (dots walk into nested objects, e.g. ``"hu.mean"``).
+        std_key: key of the standard deviation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"intensity statistics file {path} does not exist; pass mean and std directly.")
+    data = json.loads(path.read_text())
+
+    def get(key: str) -> float:
+        node = data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise KeyError(f"{path} has no key {key!r} (keys: {list(data) if isinstance(data, dict) else data}).")
+            node = node[part]
+        return float(node)
+
+    return get(mean_key), get(std_key)
+
+
+def _stats(mean: float | None, std: float | None, stats_file: str | Path | None, mean_key: str, std_key: str):
+    if stats_file is not None:
+        if mean is not None or std is not None:
+            raise ValueError("give either mean and std or stats_file, not both.")
+        mean, std = load_intensity_stats(stats_file, mean_key, std_key)
+    if mean is None or std is None:
+        raise ValueError("z-score conversion needs mean and std (or a stats_file holding them).")
+    mean, std = float(mean), float(std)
+    if not (math.isfinite(std) and std > 0) or not math.isfinite(mean):
+        raise ValueError(f"z-score statistics must be finite with std > 0, got mean={mean}, std={std}.")
+    return mean, std
+
+
+def hu_to_zscore(img: NdarrayOrTensor, mean: float, std: float) -> NdarrayOrTensor:
+    """``(img - mean) / std`` (keeps the array type and, for MetaTensors, the metadata)."""
+    return (img - mean) / std
+
+
+def zscore_to_hu(img: NdarrayOrTensor, mean: float, std: float) -> NdarrayOrTensor:
+    """``img * std + mean`` (keeps the array type and, for MetaTensors, the metadata)."""
+    return img * std + mean
+
+
+class HUToZScore(Transform):
+    """HU -> z-score with fixed statistics.
+
+    Args:
+        mean: HU mean (or give ``stats_file``).
+        std: HU standard deviation.
+        stats_file: JSON file read with :func:`load_intensity_stats`.
+        mean_key: key of the mean in ``stats_file``.
+        std_key: key of the standard deviation in ``stats_file``.
+    """
+
+    def __init__(
+        self,
+        mean: float | None = None,
+        std: float | None = None,
+        stats_file: str | Path | None = None,
+        mean_key: str = "mean",
+        std_key: str = "std",
+    ) -> None:
+        self.mean, self.std = _stats(mean, std, stats_file, mean_key, std_key)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        return hu_to_zscore(img, self.mean, self.std)
+
+
+class ZScoreToHU(HUToZScore):
+    """z-score -> HU with fixed statistics (the inverse of :class:`HUToZScore`, same arguments)."""
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        return zscore_to_hu(img, self.mean, self.std)
+
+
+class HUToZScored(MapTransform):
+    """Dictionary version of :class:`HUToZScore`.
+
+    Args:
+        keys: keys to convert.
+        mean, std, stats_file, mean_key, std_key: as :class:`HUToZScore`.
+        allow_missing_keys: do not raise for missing keys.
+    """
+
+    backend = ["torch", "numpy"]
+    _array_cls: type[HUToZScore] = HUToZScore
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mean: float | None = None,
+        std: float | None = None,
+        stats_file: str | Path | None = None,
+        mean_key: str = "mean",
+        std_key: str = "std",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = self._array_cls(mean, std, stats_file, mean_key, std_key)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class ZScoreToHUd(HUToZScored):
+    """Dictionary version of :class:`ZScoreToHU` (same arguments as :class:`HUToZScored`)."""
+
+    _array_cls = ZScoreToHU
