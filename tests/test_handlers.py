@@ -1,0 +1,61 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""ResumableCheckpoint: atomic per-epoch saves and resumption."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.engines import SupervisedTrainer
+
+from scripts.handlers import ResumableCheckpoint
+
+
+def _trainer(max_epochs: int, ckpt_dir, seen_epochs: list[int]) -> tuple[SupervisedTrainer, torch.nn.Module]:
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    data = [{"image": torch.randn(4, 3), "label": torch.randn(4, 1)} for _ in range(2)]
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=max_epochs,
+        train_data_loader=data,
+        network=net,
+        optimizer=opt,
+        loss_function=torch.nn.MSELoss(),
+    )
+    ResumableCheckpoint(ckpt_dir, {"model": net, "optimizer": opt, "trainer": trainer}).attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: seen_epochs.append(e.state.epoch))
+    return trainer, net
+
+
+def test_resume_continues_from_saved_epoch(tmp_path):
+    first: list[int] = []
+    trainer, net = _trainer(2, tmp_path, first)
+    trainer.run()
+    assert first == [1, 2]
+    assert (tmp_path / "checkpoint_last.pt").is_file()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name], "no temporary file may remain"
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+
+    second: list[int] = []
+    trainer2, net2 = _trainer(4, tmp_path, second)
+    trainer2.run()
+    assert second == [3, 4], "a restarted run must continue after the last saved epoch"
+    assert trainer2.state.epoch == 4
+    assert not torch.equal(net2.state_dict()["weight"], saved["weight"])
+
+
+def test_unreadable_checkpoint_is_reported(tmp_path):
+    (tmp_path / "checkpoint_last.pt").write_bytes(b"not a checkpoint")
+    trainer, _ = _trainer(1, tmp_path, [])
+    with pytest.raises(RuntimeError, match="delete it to start training from scratch"):
+        trainer.run()
+
+
+def test_checkpoint_beyond_max_epochs_is_reported(tmp_path):
+    trainer, _ = _trainer(3, tmp_path, [])
+    trainer.run()
+    trainer2, _ = _trainer(2, tmp_path, [])
+    with pytest.raises(ValueError, match="beyond max_epochs"):
+        trainer2.run()
