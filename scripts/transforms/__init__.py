@@ -11,8 +11,18 @@ from scripts.transforms.intensity import (  # noqa: F401
     ZScoreToHUd,
     load_intensity_stats,
 )
+from scripts.transforms.mesh import SaveMeshd, mesh_report, volume_to_mesh, write_mesh  # noqa: F401
+from scripts.transforms.preview import SavePreviewd, orthogonal_views, preview_figure  # noqa: F401
 from scripts.transforms.projection import (  # noqa: F401
     MaximumIntensityProjection,
     MaximumIntensityProjectiond,
     maximum_intensity_projections,
+)
+from scripts.transforms.xray_io import (  # noqa: F401
+    LoadXRayPair,
+    LoadXRayPaird,
+    XRayInputError,
+    check_xray_cases,
+    parse_angles,
+    read_xray,
 )

@@ -15,20 +15,16 @@ import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.data.folder_layout import FolderLayout
+from monai.transforms import MapTransform
 
-matplotlib.use("Agg")  # files only, never a window
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from monai.config import KeysCollection  # noqa: E402
-from monai.data import MetaTensor  # noqa: E402
-from monai.data.folder_layout import FolderLayout  # noqa: E402
-from monai.transforms import MapTransform  # noqa: E402
-
-from scripts.utils import atomic_path  # noqa: E402
+from scripts.utils import atomic_path
 
 __all__ = ["orthogonal_views", "preview_figure", "SavePreviewd"]
 
@@ -77,6 +73,8 @@ def _spacing(volume: Any) -> np.ndarray:
     return np.ones(3)
 
 
+# The figure is drawn on an explicit Agg canvas (no pyplot): no window, no global backend switch, and
+# safe in worker threads.
 def preview_figure(
     volume: Any,
     xrays: Any = None,
