@@ -1,0 +1,492 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Put each reconstructed vertebra of a patient back into patient space (the paper's Fig. 5).
+
+Usage::
+
+    python -m scripts.spine --pred_dir eval --datalist data/example/datalist.json --out spine
+    python -m scripts.spine --pred_dir eval --manifest data/example/manifest.csv --out spine --patient P1
+
+Every prediction (a NIfTI volume in HU) is matched to its datalist or manifest entry by the case id
+(``<patient>_<level>``): the file name must be the id or start with it followed by ``_``, ``-`` or ``.``
+(``P1_T12_ct_pred.nii.gz``), searched recursively under ``pred_dir``. The crop's affine comes from the
+entry (the header of its ``ct`` / ``gt`` / ``mask`` file, an ``affine`` entry, or the manifest's origin
+and spacing columns); a prediction on a different grid than its crop (e.g. 64^3 at 2 mm from a 128^3
+crop at 1 mm) is taken to cover the same field of view. Without crop information the prediction's own
+affine is used.
+
+Per patient, under ``<out>/<patient>/``:
+
+- ``<patient>_labels.nii.gz``: label map on a RAS grid covering all crops (spacing: the finest of the
+  predictions, or ``--spacing``), one VerSe label value per level (C1-C7 = 1-7, T1-T12 = 8-19,
+  L1-L6 = 20-25, S1 = 26, T13 = 28); a voxel belongs to a level where that vertebra's prediction is above
+  ``--level`` HU (where two overlap, the higher HU wins).
+- ``<patient>_hu.nii.gz``: the predictions resampled (linear) onto the same grid, int16 HU, -1024 outside.
+- ``<patient>_<level>.stl`` / ``.ply``: one mesh per vertebra (marching cubes at ``--level`` HU in its
+  own crop grid, vertices in world mm); ``<patient>_spine.stl`` / ``.ply``: all of them in one file (the
+  PLY with one colour per level).
+- ``<patient>_spine.png``: anterior and left-lateral surface renderings of the label map.
+- ``<patient>_spine.json``: per level the label value, source prediction, centroid (mm) and mesh report.
+
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import trimesh
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from nibabel.processing import resample_from_to
+from tqdm import tqdm
+
+from scripts.data.errors import DataError
+from scripts.data.io import save_nifti
+from scripts.data.labels import VERSE_LABELS
+from scripts.transforms.mesh import BONE_LEVEL_HU, EmptyMeshError, mesh_report, volume_to_mesh, write_mesh
+from scripts.utils import atomic_path
+
+__all__ = [
+    "Vertebra",
+    "LEVEL_LABELS",
+    "level_colour",
+    "load_cases",
+    "find_predictions",
+    "reassemble",
+    "render_spine",
+    "spine",
+]
+
+logger = logging.getLogger(__name__)
+
+#: level -> label value in the written label map (VerSe / CTSpine1K numbering; S1 = the sacrum's 26)
+LEVEL_LABELS: dict[str, int] = {**{v: k for k, v in VERSE_LABELS.items()}, "S1": 26}
+_BACKGROUND_HU = -1024.0
+_NIFTI_RE = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
+
+
+def level_colour(label: int) -> np.ndarray:
+    """RGB colour (0-1) of a label value: ``tab10`` cycled, so neighbouring levels differ."""
+    return np.asarray(colormaps["tab10"]((int(label) - 1) % 10)[:3])
+
+
+@dataclass
+class Vertebra:
+    """One vertebra of a patient: its case id, level, crop geometry (if known) and prediction file."""
+
+    id: str
+    patient: str
+    level: str
+    crop_affine: np.ndarray | None = None
+    crop_shape: tuple[int, int, int] | None = None
+    pred: str | None = None
+
+
+def _affine_from_value(value: Any, where: str) -> np.ndarray:
+    try:
+        a = np.asarray(json.loads(value) if isinstance(value, str) else value, dtype=np.float64)
+        if a.size == 16:
+            return a.reshape(4, 4)
+    except (ValueError, TypeError):
+        pass
+    raise DataError(where, f"affine {value!r} is not 16 numbers", "give the 4x4 voxel -> world (mm) matrix")
+
+
+def _geometry_from_files(item: dict[str, Any], base: Path) -> tuple[np.ndarray | None, tuple[int, int, int] | None]:
+    if item.get("affine") is not None:
+        shape = tuple(int(n) for n in item["shape"]) if item.get("shape") else None
+        return _affine_from_value(item["affine"], str(item.get("id", "entry"))), shape  # type: ignore[return-value]
+    for key in ("ct", "gt", "mask"):
+        value = item.get(key)
+        if isinstance(value, str) and value:
+            path = Path(value) if os.path.isabs(value) else base / value
+            if path.is_file():
+                img = nib.load(str(path))  # header only: the data is not read
+                return np.asarray(img.affine, dtype=np.float64), tuple(int(n) for n in img.shape[:3])  # type: ignore[return-value]
+    return None, None
+
+
+def _geometry_from_manifest_row(row: dict[str, str], base: Path) -> tuple[np.ndarray | None, tuple | None]:
+    affine, shape = _geometry_from_files(row, base)
+    if affine is not None:
+        return affine, shape
+    keys = {k.lower(): k for k in row}
+    origin_cols = [keys.get(f"origin_{a}") or keys.get(f"crop_origin_{a}") for a in "xyz"]
+    spacing_col = keys.get("spacing") or keys.get("spacing_mm")
+    if all(origin_cols) and spacing_col:
+        s = float(row[spacing_col])
+        affine = np.diag([s, s, s, 1.0])
+        affine[:3, 3] = [float(row[c]) for c in origin_cols]  # type: ignore[index]
+        roi = keys.get("roi") or keys.get("roi_size")
+        return affine, ((int(row[roi]),) * 3 if roi else None)
+    return None, None
+
+
+def load_cases(
+    datalist: str | os.PathLike | None = None,
+    manifest: str | os.PathLike | None = None,
+    sections: Sequence[str] = ("training", "validation", "test"),
+) -> list[Vertebra]:
+    """Read the vertebrae (id, patient, level, crop geometry) from a MONAI datalist or a manifest CSV.
+
+    Args:
+        datalist: datalist JSON (entries with ``id``, ``patient``, ``level`` and ``ct`` / ``gt`` / ``mask``
+            paths relative to its folder, or an ``affine``).
+        manifest: manifest CSV with ``patient`` and ``level`` columns (``id`` optional) and the crop's
+            geometry as ``ct`` / ``gt`` / ``mask`` paths, an ``affine`` column (16 numbers, JSON), or
+            ``origin_x, origin_y, origin_z, spacing`` (RAS, isotropic) columns.
+        sections: datalist sections to read.
+    """
+    if (datalist is None) == (manifest is None):
+        raise DataError(None, "give exactly one of --datalist and --manifest", "name the prepared dataset's file")
+    source = Path(datalist if datalist is not None else manifest)  # type: ignore[arg-type]
+    if not source.is_file():
+        raise DataError(source, "file not found", "run `python -m scripts.prepare` or check the path")
+    rows: list[dict[str, Any]] = []
+    try:
+        if datalist is not None:
+            content = json.loads(source.read_text())
+            secs = [sections] if isinstance(sections, str) else list(sections)
+            rows = [item for s in secs for item in (content.get(s) or [])]
+        else:
+            with open(source, newline="") as f:
+                rows = list(csv.DictReader(f))
+    except (ValueError, OSError, csv.Error) as e:
+        raise DataError(
+            source, f"cannot read it ({e})", "give the datalist.json / manifest.csv of a prepared dataset"
+        ) from e
+    cases, seen = [], set()
+    for i, row in enumerate(rows):
+        patient, level = str(row.get("patient", "") or ""), str(row.get("level", "") or "")
+        cid = str(row.get("id") or (f"{patient}_{level}" if patient and level else ""))
+        if not cid or not patient or not level:
+            raise DataError(
+                source, f"entry {i} lacks 'patient' or 'level' ({row})", "use a datalist from scripts.prepare"
+            )
+        if cid in seen:
+            continue
+        seen.add(cid)
+        geo = _geometry_from_files if datalist is not None else _geometry_from_manifest_row
+        affine, shape = geo(row, source.parent)
+        cases.append(Vertebra(cid, patient, level, affine, shape))
+    if not cases:
+        raise DataError(source, f"no vertebra entries (sections {list(sections)})", "check the file and --sections")
+    return cases
+
+
+def find_predictions(pred_dir: str | os.PathLike, cases: Sequence[Vertebra], postfix: str = "") -> None:
+    """Fill ``case.pred`` for each case whose prediction NIfTI is under ``pred_dir`` (see the module doc)."""
+    root = Path(pred_dir)
+    if not root.is_dir():
+        raise DataError(root, "prediction folder not found", "give the output_dir of the inference run as --pred_dir")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and _NIFTI_RE.search(p.name))
+    stems = [(_NIFTI_RE.sub("", p.name), p) for p in files]
+    for case in cases:
+        hits = [
+            p
+            for stem, p in stems
+            if (stem == case.id or (stem.startswith(case.id) and stem[len(case.id)] in "_-."))
+            and (not postfix or stem.endswith(f"_{postfix}") or stem == postfix)
+        ]
+        if len(hits) > 1:
+            raise DataError(
+                root,
+                f"{len(hits)} predictions match {case.id}: {', '.join(p.name for p in hits[:4])}",
+                "pick one with --postfix (the output_postfix of the inference run, e.g. --postfix pred)",
+            )
+        case.pred = str(hits[0]) if hits else None
+
+
+def _pred_affine(case: Vertebra, img: nib.Nifti1Image, affine_from: str) -> np.ndarray:
+    shape = np.asarray(img.shape[:3], dtype=np.float64)
+    if affine_from == "pred" or case.crop_affine is None:
+        if affine_from == "crop":
+            raise DataError(case.pred, f"no crop geometry for {case.id}", "give a datalist with 'ct' paths")
+        return np.asarray(img.affine, dtype=np.float64)
+    crop_shape = np.asarray(case.crop_shape if case.crop_shape else shape, dtype=np.float64)
+    if np.array_equal(crop_shape, shape):
+        return case.crop_affine
+    # same field of view on a different grid: voxel i of the prediction sits at crop index
+    # zoom * (i + 0.5) - 0.5 (voxel centres, the outer faces of both grids coincide)
+    zoom = crop_shape / shape
+    scale = np.eye(4)
+    scale[:3, :3] = np.diag(zoom)
+    scale[:3, 3] = (zoom - 1.0) / 2.0
+    return case.crop_affine @ scale
+
+
+def _target_grid(vols: Sequence[tuple[np.ndarray, tuple[int, ...]]], spacing: float | None) -> tuple[np.ndarray, tuple]:
+    corners_all = []
+    for affine, shape in vols:
+        idx = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+        corners_all.append(idx @ affine[:3, :3].T + affine[:3, 3])
+    corners = np.concatenate(corners_all)
+    if spacing is None:
+        spacing = min(float(np.linalg.norm(a[:3, :3], axis=0).min()) for a, _ in vols)
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    shape = tuple(int(math.floor((h - lo_) / spacing + 1e-6)) + 1 for lo_, h in zip(lo, hi))
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = lo
+    return affine, shape
+
+
+def reassemble(
+    items: Sequence[tuple[Vertebra, np.ndarray, np.ndarray]],
+    level: float = BONE_LEVEL_HU,
+    spacing: float | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resample vertebra volumes (HU) onto one RAS grid covering them all.
+
+    Args:
+        items: ``(vertebra, volume (X, Y, Z) in HU, its voxel -> world affine)``.
+        level: HU above which a voxel belongs to the vertebra.
+        spacing: grid spacing in mm; ``None``: the finest spacing of the volumes.
+        progress: show a progress bar.
+
+    Returns:
+        ``(labels, hu, affine)``: label map (uint8, VerSe values), HU volume (float32) and the grid's affine.
+    """
+    affine, shape = _target_grid([(a, v.shape) for _, v, a in items], spacing)
+    hu = np.full(shape, _BACKGROUND_HU, dtype=np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
+    best = np.full(shape, -np.inf, dtype=np.float32)
+    inv = np.linalg.inv(affine)
+    for case, vol, vaff in tqdm(items, desc="resample", disable=not progress):
+        # only the target sub-box this crop covers is resampled
+        n = vol.shape
+        idx = np.array([[i, j, k] for i in (0, n[0] - 1) for j in (0, n[1] - 1) for k in (0, n[2] - 1)])
+        t = (idx @ vaff[:3, :3].T + vaff[:3, 3]) @ inv[:3, :3].T + inv[:3, 3]
+        lo = np.clip(np.floor(t.min(axis=0) + 1e-6).astype(int), 0, None)
+        hi = np.minimum(np.ceil(t.max(axis=0) - 1e-6).astype(int) + 1, shape)
+        sub_aff = affine.copy()
+        sub_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+        sub_shape = tuple(int(h - lo_) for lo_, h in zip(lo, hi))
+        res = resample_from_to(
+            nib.Nifti1Image(vol.astype(np.float32), vaff),
+            (sub_shape, sub_aff),
+            order=1,
+            mode="constant",
+            cval=_BACKGROUND_HU,
+        )
+        r = np.asarray(res.dataobj, dtype=np.float32)
+        box = tuple(slice(lo_, h) for lo_, h in zip(lo, hi))
+        hu[box] = np.maximum(hu[box], r)
+        win = (r > level) & (r > best[box])
+        labels[box][win] = LEVEL_LABELS[case.level]
+        best[box][win] = r[win]
+    return labels, hu, affine
+
+
+def _shade(hit: np.ndarray, depth: np.ndarray, spacing: float) -> np.ndarray:
+    """Lambert shading (light from the viewer) from the normals of a depth map; 0 where nothing is hit.
+
+    A z-buffer rendering of the label map, written here because matplotlib's 3-D axes cannot draw the
+    millions of triangles of a whole spine in reasonable time, and it needs no extra renderer package.
+    """
+    d = np.where(hit, depth, np.nan) * spacing
+    gu, gv = np.gradient(np.nan_to_num(d, nan=np.nanmax(d) if hit.any() else 0.0))
+    gu, gv = np.clip(gu, -5, 5), np.clip(gv, -5, 5)
+    shade = 1.0 / np.sqrt(1.0 + gu**2 + gv**2)
+    return np.where(hit, 0.25 + 0.75 * shade, 0.0)
+
+
+def render_spine(labels: np.ndarray, affine: np.ndarray, level_names: dict[int, str], title: str = "") -> Figure:
+    """Anterior and left-lateral surface renderings of a label map (RAS grid), coloured per level.
+
+    Anterior view: superior up, the patient's right on the image's left. Left lateral view (seen from the
+    patient's left side): superior up, anterior on the image's left.
+    """
+    spacing = float(np.linalg.norm(affine[:3, :3], axis=0).mean())
+    fg = labels > 0
+    views = []
+    # anterior: viewer at +y looking towards -y; the first hit is the largest y index
+    hit_a = fg.any(axis=1)
+    first_a = labels.shape[1] - 1 - np.argmax(fg[:, ::-1, :], axis=1)
+    lab_a = np.take_along_axis(labels, first_a[:, None, :], axis=1)[:, 0, :]
+    views.append(("anterior", hit_a, -first_a.astype(float), lab_a))
+    # left lateral: viewer at -x (patient's left) looking towards +x; the first hit is the smallest x index
+    hit_l = fg.any(axis=0)
+    first_l = np.argmax(fg, axis=0)
+    lab_l = np.take_along_axis(labels, first_l[None, :, :], axis=0)[0]
+    views.append(("left lateral", hit_l, first_l.astype(float), lab_l))
+    values = sorted(int(v) for v in np.unique(labels) if v > 0)
+    colour = {v: level_colour(v) for v in values}
+    fig = Figure(figsize=(10, 8), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    for ax, (name, hit, depth, lab) in zip(axes, views):
+        shade = _shade(hit, depth, spacing)
+        rgb = np.ones(lab.shape + (3,))
+        for v, c in colour.items():
+            m = lab == v
+            rgb[m] = c[None, :] * shade[m][:, None]
+        # (a, z) plane -> display rows = z from superior, columns = a reversed (see the docstring)
+        ax.imshow(np.flip(rgb, (0, 1)).transpose(1, 0, 2), interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.set_axis_off()
+        for v in values:
+            cols, rows = np.nonzero(lab == v)
+            if len(rows):
+                ax.text(
+                    lab.shape[0] - 1 - cols.mean(), lab.shape[1] - 1 - rows.mean(), level_names.get(v, str(v)),
+                    fontsize=7, color="black", ha="center", va="center",
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.6, "lw": 0},
+                )  # fmt: skip
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _write_patient(
+    patient: str,
+    cases: Sequence[Vertebra],
+    out: Path,
+    level: float,
+    spacing: float | None,
+    affine_from: str,
+    formats: Sequence[str],
+) -> dict[str, Any]:
+    folder = out / patient
+    items, meshes, summary = [], [], {}
+    for case in tqdm(cases, desc=f"{patient}: meshes", leave=False):
+        if case.level not in LEVEL_LABELS:
+            raise DataError(case.pred, f"unknown level {case.level!r}", f"use one of {', '.join(LEVEL_LABELS)}")
+        try:
+            img = nib.load(case.pred)
+            vol = np.asarray(img.dataobj, dtype=np.float32)
+        except Exception as e:
+            raise DataError(case.pred, f"cannot read the prediction ({e})", "re-run inference for this case") from e
+        vol = vol.reshape(vol.shape[:3]) if vol.ndim == 4 and vol.shape[3] == 1 else vol
+        if vol.ndim != 3:
+            raise DataError(case.pred, f"prediction of shape {vol.shape} is not 3-D", "give the HU volume")
+        vaff = _pred_affine(case, img, affine_from)
+        items.append((case, vol, vaff))
+        entry: dict[str, Any] = {"label": LEVEL_LABELS[case.level], "id": case.id, "prediction": case.pred}
+        try:
+            mesh = volume_to_mesh(vol, vaff, level=level)
+        except EmptyMeshError as e:
+            logger.warning("%s: no mesh, %s", case.id, e)
+            entry["mesh"] = None
+        else:
+            files = write_mesh(mesh, folder / f"{patient}_{case.level}", formats)
+            entry["mesh"] = asdict(mesh_report(mesh, level, files))
+            entry["centroid_mm"] = [float(c) for c in mesh.vertices.mean(axis=0)]
+            meshes.append((case, mesh))
+        summary[case.level] = entry
+    labels, hu, affine = reassemble(items, level, spacing, progress=True)
+    save_nifti(labels, affine, folder / f"{patient}_labels.nii.gz")
+    save_nifti(np.clip(np.rint(hu), -32768, 32767).astype(np.int16), affine, folder / f"{patient}_hu.nii.gz")
+    combined = None
+    if meshes:
+        parts = []
+        for case, m in meshes:
+            m = m.copy()
+            m.visual.vertex_colors = np.append(level_colour(LEVEL_LABELS[case.level]) * 255, 255).astype(np.uint8)
+            parts.append(m)
+        combined = trimesh.util.concatenate(parts)
+        files = write_mesh(combined, folder / f"{patient}_spine", formats)
+        combined = asdict(mesh_report(combined, level, files))
+    names = {LEVEL_LABELS[c.level]: c.level for c in cases}
+    fig = render_spine(labels, affine, names, title=f"{patient}: {len(cases)} vertebrae")
+    with atomic_path(folder / f"{patient}_spine.png") as tmp:
+        fig.savefig(tmp, format="png")
+    report = {
+        "patient": patient,
+        "grid": {"shape": list(labels.shape), "affine": affine.tolist(), "spacing_mm": float(affine[0, 0])},
+        "level_hu": level,
+        "labels": {c.level: LEVEL_LABELS[c.level] for c in cases},
+        "vertebrae": summary,
+        "combined_mesh": combined,
+    }
+    with atomic_path(folder / f"{patient}_spine.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def spine(
+    pred_dir: str,
+    datalist: str | None = None,
+    manifest: str | None = None,
+    out: str = "./spine",
+    patient: str | Sequence[str] | None = None,
+    sections: Sequence[str] = ("training", "validation", "test"),
+    postfix: str = "",
+    level: float = BONE_LEVEL_HU,
+    spacing: float | None = None,
+    affine_from: str = "auto",
+    formats: Sequence[str] = ("stl", "ply"),
+) -> dict[str, Any]:
+    """Reassemble the predicted vertebrae of each patient in patient space (see the module docstring).
+
+    Args:
+        pred_dir: folder with the predicted volumes (NIfTI, HU), searched recursively.
+        datalist: prepared datalist JSON (or use ``manifest``).
+        manifest: prepared manifest CSV (or use ``datalist``).
+        out: output folder; one sub-folder per patient.
+        patient: only these patient(s).
+        sections: datalist sections to read.
+        postfix: only prediction files whose name ends with ``_<postfix>`` (e.g. ``pred``).
+        level: bone iso-level in HU for label map and meshes.
+        spacing: grid spacing of the label map in mm (default: the finest of the predictions).
+        affine_from: ``"auto"`` (crop geometry when known, else the prediction's), ``"crop"`` or ``"pred"``.
+        formats: mesh formats.
+
+    Returns:
+        ``{patient: report}`` (also written as ``<patient>_spine.json``).
+    """
+    if affine_from not in ("auto", "crop", "pred"):
+        raise DataError(None, f"--affine_from {affine_from!r} is unknown", "use auto, crop or pred")
+    cases = load_cases(datalist, manifest, sections)
+    if patient is not None:
+        wanted = {str(patient)} if isinstance(patient, (str, int)) else {str(p) for p in patient}
+        cases = [c for c in cases if c.patient in wanted]
+        if not cases:
+            raise DataError(datalist or manifest, f"no vertebrae of patient(s) {sorted(wanted)}", "check --patient")
+    find_predictions(pred_dir, cases, postfix)
+    missing = [c.id for c in cases if c.pred is None]
+    found = [c for c in cases if c.pred is not None]
+    if not found:
+        raise DataError(
+            pred_dir, f"no prediction matches any of the {len(cases)} vertebrae (e.g. {cases[0].id})",
+            "run inference first, or point --pred_dir at its output_dir",
+        )  # fmt: skip
+    if missing:
+        logger.warning("no prediction for %d vertebrae, skipped: %s", len(missing), ", ".join(missing))
+    by_patient: dict[str, list[Vertebra]] = {}
+    for c in found:
+        by_patient.setdefault(c.patient, []).append(c)
+    reports = {}
+    for pid, group in tqdm(sorted(by_patient.items()), desc="patients"):
+        reports[pid] = _write_patient(pid, group, Path(out), float(level), spacing, affine_from, formats)
+        print(f"{pid}: {len(group)} vertebrae -> {Path(out) / pid}", file=sys.stderr)
+    return reports
+
+
+def main() -> None:
+    """Command-line entry: ``python -m scripts.spine --pred_dir DIR --datalist FILE --out DIR``."""
+    import fire
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        fire.Fire(spine, serialize=lambda result: None)
+    except DataError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
