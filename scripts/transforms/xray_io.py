@@ -7,11 +7,18 @@ formats ITK reads (MHA, NRRD, ...) through ITK.
 
 Orientation convention of the output (before the optional ``transpose`` / ``flip_rows`` /
 ``flip_cols`` of :class:`LoadXRayPair`): the image as a viewer displays it, ``[row, column]``, row 0 the
-top row of the display, column 0 its left column. Radiographs are normally displayed with the patient's
-head up, so row 0 is superior. For files that store a 2-D grid with axes instead of rows (NIfTI), the
-first file axis is the image's x (column) and the second its y (row), as ITK, 3D Slicer and MONAI's
-``SaveImage`` write them (``nifti_axes="xy"``); ``nifti_axes="rowcol"`` reads a NIfTI whose first axis
-is the rows (``nibabel.Nifti1Image(image_hw)`` written directly from a ``(H, W)`` array).
+top row of the display, column 0 its left column. This is the convention of the bundle's DRRs
+(``scripts/drr/geometry.py``): row 0 is superior; the AP view (``alpha = 0``) has the patient's right on
+the image's left; the lateral view (``alpha = 90``, source on the patient's left) has anterior on the
+image's left. Radiographs displayed the usual way (head up, AP with the patient's right on the left,
+lateral with the face to the left) therefore need no flip. Images displayed another way need the flips,
+e.g. a PA radiograph shown with the patient's right on the left and reconstructed as ``alpha = 180``
+(the DRR is seen from the source, behind the patient) needs ``flip_cols`` for that view.
+
+For files that store a 2-D grid with axes instead of rows (NIfTI), the first file axis is the image's x
+(column) and the second its y (row), as ITK, 3D Slicer and MONAI's ``SaveImage`` write them
+(``nifti_axes="xy"``); ``nifti_axes="rowcol"`` reads a NIfTI whose first axis is the rows
+(``nibabel.Nifti1Image(image_hw)`` written directly from a ``(H, W)`` array).
 
 Intensity convention: the values of the file as displayed. DICOM ``MONOCHROME1`` images (low values
 shown bright) are inverted on reading so that they follow the same convention, and DICOM rescale
