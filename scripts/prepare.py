@@ -1,0 +1,525 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Per-vertebra training data from spine CT with vertebra label maps.
+
+Usage::
+
+    python -m scripts.prepare --source example --out data/example
+    python -m scripts.prepare --source example --out data/example64 --spacing 2 --roi 64
+    python -m scripts.prepare --source /data/verse --out data/verse --workers 2
+    python -m scripts.prepare --source pairs.csv --out data/mine --labels totalseg --levels T1-L5
+
+Output (paths relative to ``--out``)::
+
+    <patient>/<patient>_<level>_ct.nii.gz    CT crop, float32 HU, RAS, isotropic, crop affine
+    <patient>/<patient>_<level>_gt.nii.gz    ground truth: HU inside the dilated own mask, -1024 elsewhere
+    <patient>/<patient>_<level>_mask.nii.gz  the vertebra's own mask, uint8
+    <patient>/<patient>_<level>.json         the vertebra's manifest row (written last: marks it finished)
+    manifest.csv                             one row per vertebra (also the skipped ones)
+    datalist.json                            MONAI datalist: training / validation / test + statistics
+
+A rerun with the same ``--out`` skips vertebrae whose four files exist, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scripts.data.crop import bounding_boxes, crop_vertebra, gt_statistics, labels_touching_border, to_ras_isotropic
+from scripts.data.errors import DataError
+from scripts.data.io import check_same_grid, load_volume, save_nifti
+from scripts.data.labels import LEVELS, level_from_name, parse_levels, read_class_map, vertebra_labels
+from scripts.data.sources import Case, default_cache_dir, find_cases
+from scripts.data.split import SPLITS, split_items
+from scripts.utils import atomic_path
+
+__all__ = ["PrepareSummary", "CaseResult", "prepare", "process_case", "rebuild_index", "main"]
+
+FILE_KINDS = ("ct", "gt", "mask")
+MANIFEST_COLUMNS = (
+    "patient", "subject", "level", "id", "label", "split", "status", "spacing_mm", "roi",
+    "origin_x_mm", "origin_y_mm", "origin_z_mm", "hu_mean", "hu_std", "hu_min", "hu_max",
+    "mask_voxels", "extent_x", "extent_y", "extent_z", "source_ct", "source_mask",
+)  # fmt: skip
+CUT_OFF = "cut_off"
+EMPTY = "empty_after_resampling"
+_REASONS = {CUT_OFF: "cut off by the scan border", EMPTY: "no voxel left after resampling"}
+
+
+@dataclass
+class CaseResult:
+    """What happened to one scan.
+
+    Attributes:
+        patient: the scan's patient id.
+        written: manifest rows of the vertebrae written now.
+        done: manifest rows of the vertebrae finished by an earlier run.
+        skipped: ``(level, status)`` of the vertebrae not cropped (``cut_off``, ``empty_after_resampling``).
+        error: one-line message when the scan could not be used at all.
+    """
+
+    patient: str
+    written: list[dict] = field(default_factory=list)
+    done: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str, dict]] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class PrepareSummary:
+    """The outcome of :func:`prepare`.
+
+    Attributes:
+        out: the output folder.
+        written / done / skipped / failed: counts of vertebrae written now, already finished, skipped,
+            and of scans that failed.
+        messages: the one-line messages of failed scans and unpaired files.
+        split_by: ``"patient"`` or ``"vertebra"``; ``split_sizes``: vertebrae per split.
+        statistics: ``gt_mean`` / ``gt_std`` of the training ground truth.
+        seconds: wall time.
+    """
+
+    out: Path
+    written: int = 0
+    done: int = 0
+    skipped: list[str] = field(default_factory=list)
+    failed: int = 0
+    messages: list[str] = field(default_factory=list)
+    split_by: str = ""
+    split_sizes: dict[str, int] = field(default_factory=dict)
+    statistics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ready(self) -> int:
+        """Vertebrae of this run's scans that are finished (written now or before)."""
+        return self.written + self.done
+
+
+def _stem(out: Path, patient: str, level: str) -> Path:
+    return out / patient / f"{patient}_{level}"
+
+
+def _paths(out: Path, patient: str, level: str) -> dict[str, Path]:
+    stem = _stem(out, patient, level)
+    files = {k: stem.with_name(f"{stem.name}_{k}.nii.gz") for k in FILE_KINDS}
+    files["json"] = stem.with_name(f"{stem.name}.json")
+    return files
+
+
+def _finished_row(out: Path, patient: str, level: str) -> dict | None:
+    """The stored manifest row of a vertebra whose files all exist, else ``None``."""
+    files = _paths(out, patient, level)
+    if not all(p.is_file() for p in files.values()):
+        return None
+    try:
+        return json.loads(files["json"].read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _load_labels(case: Case, labels: str) -> tuple[Any, dict[int, str], str]:
+    """Load a case's label map (combining per-structure masks) and map its values to levels."""
+    if case.structures:
+        # TotalSegmentator per-structure masks: combine into one map; value = position in LEVELS + 1
+        first = None
+        combined = None
+        table: dict[int, str] = {}
+        for path in case.structures:
+            level = level_from_name(Path(path).name.split(".")[0])
+            if level is None:
+                continue
+            m = load_volume(path, "structure mask")
+            if first is None:
+                first, combined = (path, m), m * 0
+            else:
+                check_same_grid(first[1], m, path, first[0])
+            value = LEVELS.index(level) + 1
+            combined[m > 0.5] = value
+            table[value] = level
+        if combined is None:
+            raise DataError(case.label_source, "no vertebrae_* masks", "give TotalSegmentator's segmentations folder")
+        present = set(np.unique(np.asarray(combined[0]).astype(np.int32)).tolist()) - {0}
+        found = {v: lvl for v, lvl in table.items() if v in present}
+        if not found:
+            raise DataError(case.label_source, "all vertebrae_* masks are empty", "check the segmentation")
+        return combined, found, case.label_source
+    mask = load_volume(case.mask, "label map")
+    arr = np.asarray(mask[0])
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0 or hi > 65535:
+        raise DataError(
+            case.mask,
+            f"unknown label convention: values {lo:g}..{hi:g} are not label ids",
+            "give a vertebra label map (0 = background), not a CT; or pass --labels verse|totalseg",
+        )
+    ints = arr.astype(np.int32)
+    if not np.array_equal(ints, arr):
+        raise DataError(
+            case.mask, "label map holds non-integer values", "give an integer label map, not a CT or probabilities"
+        )
+    values = np.flatnonzero(np.bincount(ints.ravel())).tolist()
+    convention = labels if labels != "auto" else (case.convention or "auto")
+    class_map = read_class_map(case.class_map) if case.class_map and convention in ("auto", "totalseg") else None
+    return mask, vertebra_labels(values, convention, class_map, case.mask), case.mask
+
+
+def _row(case: Case, level: str, value: int, spacing: float, roi: int, status: str) -> dict:
+    return {
+        "patient": case.patient,
+        "subject": case.subject,
+        "level": level,
+        "id": f"{case.patient}_{level}",
+        "label": value,
+        "status": status,
+        "spacing_mm": float(spacing),
+        "roi": int(roi),
+        "source_ct": str(case.ct),
+        "source_mask": case.label_source,
+    }
+
+
+def process_case(
+    case: Case, out: str | os.PathLike, spacing: float, roi: int, labels: str = "auto", levels: set[str] | None = None
+) -> CaseResult:
+    """Crop every requested, complete vertebra of one scan and write its files (skipping finished ones).
+
+    Args:
+        case: the scan.
+        out: output folder.
+        spacing: isotropic voxel size in mm.
+        roi: cube edge in voxels.
+        labels: ``auto``, ``verse`` or ``totalseg``.
+        levels: levels to crop (``None``: all).
+
+    Returns:
+        the scan's :class:`CaseResult`; bad input is reported in ``error``, never raised.
+    """
+    out = Path(out)
+    result = CaseResult(case.patient)
+    try:
+        mask, found, mask_path = _load_labels(case, labels)
+        if levels is not None:
+            found = {v: lvl for v, lvl in found.items() if lvl in levels}
+        touching = labels_touching_border(np.asarray(mask[0]).astype(np.int32))
+        todo = {}
+        for value, level in sorted(found.items(), key=lambda kv: LEVELS.index(kv[1])):
+            row = _row(case, level, value, spacing, roi, "ok")
+            if value in touching:
+                result.skipped.append((level, CUT_OFF, {**row, "status": CUT_OFF}))
+            elif (done := _finished_row(out, case.patient, level)) is not None:
+                result.done.append(done)
+            else:
+                todo[value] = row
+        if not todo:
+            return result
+        ct = load_volume(case.ct, "CT")
+        check_same_grid(ct, mask, mask_path, case.ct)
+        ct_iso = to_ras_isotropic(ct, spacing)
+        del ct
+        lab_iso = to_ras_isotropic(mask, spacing, is_label=True)
+        del mask
+        boxes = bounding_boxes(np.asarray(lab_iso[0]), list(todo))
+        for value, row in todo.items():
+            level = row["level"]
+            if value not in boxes:
+                result.skipped.append((level, EMPTY, {**row, "status": EMPTY}))
+                continue
+            crop = crop_vertebra(ct_iso, lab_iso, value, boxes[value], roi)
+            files = _paths(out, case.patient, level)
+            save_nifti(crop.ct, crop.affine, files["ct"])
+            save_nifti(crop.gt, crop.affine, files["gt"])
+            save_nifti(crop.mask, crop.affine, files["mask"])
+            origin = crop.affine[:3, 3]
+            row.update(
+                {f"origin_{a}_mm": round(float(o), 4) for a, o in zip("xyz", origin)},
+                **{f"extent_{a}": int(e) for a, e in zip("xyz", crop.extent)},
+                mask_voxels=int(crop.mask.sum()),
+                **gt_statistics(crop),
+                affine=crop.affine.tolist(),
+                start=list(crop.start),
+                bbox_center=list(crop.bbox_center),
+                files={k: files[k].relative_to(out).as_posix() for k in FILE_KINDS},
+            )
+            with atomic_path(files["json"]) as tmp:
+                tmp.write_text(json.dumps(row, indent=1))
+            result.written.append(row)
+    except DataError as e:
+        result.error = str(e)
+    except MemoryError:
+        result.error = f"{case.ct}: out of memory; use a larger --spacing or fewer --workers"
+    except Exception as e:  # keep the other scans running; report this one in one line
+        result.error = f"{case.ct}: unexpected {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    return result
+
+
+def _check_settings(out: Path, spacing: float, roi: int) -> None:
+    """Refuse to mix crops of different spacing / size in one folder."""
+    for sidecar in sorted(out.glob("*/*.json"))[:1000]:
+        try:
+            row = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            continue
+        if not math.isclose(float(row.get("spacing_mm", spacing)), spacing) or int(row.get("roi", roi)) != roi:
+            raise DataError(
+                out,
+                f"holds crops made with --spacing {row.get('spacing_mm')} --roi {row.get('roi')}",
+                f"choose another --out, or rerun with --spacing {row.get('spacing_mm')} --roi {row.get('roi')}",
+            )
+
+
+def _pooled(rows: list[dict]) -> dict[str, float]:
+    """Mean and std over all gt voxels of the given vertebrae, from their per-cube mean and variance."""
+    n = np.array([r["cube_n"] for r in rows], dtype=np.float64)
+    m = np.array([r["cube_mean"] for r in rows], dtype=np.float64)
+    v = np.array([r["cube_var"] for r in rows], dtype=np.float64)
+    mean = float((n * m).sum() / n.sum())
+    var = float((n * (v + (m - mean) ** 2)).sum() / n.sum())
+    return {"gt_mean": mean, "gt_std": math.sqrt(max(var, 0.0)), "n_voxels": int(n.sum())}
+
+
+def rebuild_index(
+    out: str | os.PathLike, seed: int = 0, skipped_rows: list[dict] | None = None
+) -> tuple[str, dict[str, int], dict[str, float]] | None:
+    """Write ``manifest.csv`` and ``datalist.json`` from every finished vertebra in ``out`` (atomically).
+
+    Args:
+        out: the output folder.
+        seed: split seed.
+        skipped_rows: manifest rows of skipped vertebrae to list as well.
+
+    Returns:
+        (``"patient"`` or ``"vertebra"``, vertebrae per split, training statistics), or ``None`` when the
+        folder holds no finished vertebra (then nothing is written).
+    """
+    out = Path(out)
+    rows = []
+    for sidecar in sorted(out.glob("*/*.json")):
+        try:
+            row = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(row, dict) and "level" in row and _finished_row(out, row["patient"], row["level"]) is not None:
+            rows.append(row)
+    if not rows:
+        return None
+    order = {lvl: i for i, lvl in enumerate(LEVELS)}
+    rows.sort(key=lambda r: (r["patient"], order.get(r["level"], 99)))
+    splits, by = split_items(rows, group=lambda r: r.get("subject") or r["patient"], seed=seed)
+    stats = _pooled(splits["training"])
+    datalist: dict[str, Any] = {
+        "description": "per-vertebra CT crops, ground truth and masks (python -m scripts.prepare)",
+        "spacing_mm": rows[0]["spacing_mm"],
+        "roi": rows[0]["roi"],
+        "split_by": by,
+        "seed": seed,
+        "statistics": {"gt_mean": stats["gt_mean"], "gt_std": stats["gt_std"], "n_voxels": stats["n_voxels"]},
+    }
+    for name in SPLITS:
+        datalist[name] = [
+            {**{k: r["files"][k] for k in FILE_KINDS}, "id": r["id"], "patient": r["patient"], "level": r["level"]}
+            for r in splits[name]
+        ]
+        for r in splits[name]:
+            r["split"] = name
+    all_rows = rows + sorted(skipped_rows or [], key=lambda r: (r["patient"], order.get(r["level"], 99)))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in all_rows:
+        writer.writerow({k: (f"{r[k]:.3f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in MANIFEST_COLUMNS})
+    with atomic_path(out / "manifest.csv") as tmp:
+        tmp.write_text(buf.getvalue())
+    with atomic_path(out / "datalist.json") as tmp:
+        tmp.write_text(json.dumps(datalist, indent=1))
+    return by, {k: len(v) for k, v in splits.items()}, stats
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _validate_args(spacing: Any, roi: Any, labels: Any, workers: Any) -> tuple[float, int, str, int]:
+    try:
+        spacing_f = float(spacing)
+        if not spacing_f > 0 or not math.isfinite(spacing_f):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise DataError(None, f"--spacing {spacing!r} is not a positive number of mm", "e.g. --spacing 1.0") from None
+    if isinstance(roi, bool) or not isinstance(roi, int | float) or int(roi) != roi or not 8 <= int(roi) <= 1024:
+        raise DataError(None, f"--roi {roi!r} is not a whole number of voxels in 8..1024", "e.g. --roi 128")
+    labels_s = str(labels).lower()
+    if labels_s not in ("auto", "verse", "totalseg"):
+        raise DataError(None, f"unknown label convention --labels {labels!r}", "use --labels auto, verse or totalseg")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise DataError(None, f"--workers {workers!r} is not a positive whole number", "e.g. --workers 2")
+    return spacing_f, int(roi), labels_s, workers
+
+
+def prepare(
+    source: str = "example",
+    out: str | os.PathLike = "data/example",
+    spacing: float = 1.0,
+    roi: int = 128,
+    labels: str = "auto",
+    workers: int = 1,
+    seed: int = 0,
+    cache: str | os.PathLike | None = None,
+    levels: str | list[str] | None = "all",
+    progress: bool = True,
+    log=print,
+) -> PrepareSummary:
+    """Make per-vertebra crops of every scan of ``source`` in ``out``, then its manifest and datalist.
+
+    Args:
+        source: ``example``, a dataset folder, or a CSV / JSON list of CT + label map pairs.
+        out: output folder.
+        spacing: isotropic voxel size in mm.
+        roi: cube edge in voxels.
+        labels: label convention: ``auto``, ``verse`` (VerSe / CTSpine1K) or ``totalseg``.
+        workers: parallel processes (one scan each).
+        seed: seed of the training / validation / test split.
+        cache: download cache for the example (default ``$EAR_CACHE`` or ``~/.cache/ear-bundle``).
+        levels: ``all``, a list such as ``T12,L1`` or a range such as ``T1-L1``.
+        progress: show a tqdm progress bar.
+        log: where the summary lines go.
+
+    Raises:
+        DataError: bad arguments, or a source with no usable pair. Problems of single scans are reported in
+            the summary instead.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    spacing, roi, labels, workers = _validate_args(spacing, roi, labels, workers)
+    wanted = parse_levels(levels)
+    out = Path(out)
+    _check_settings(out, spacing, roi)
+    cases, problems = find_cases(str(source), cache if cache else default_cache_dir())
+    summary = PrepareSummary(out=out)
+    for p in problems:
+        summary.messages.append(str(p))
+        log(f"warning: {p}")
+    results: list[CaseResult] = []
+
+    def _collect(res: CaseResult, bar) -> None:
+        results.append(res)
+        if res.error:
+            summary.messages.append(res.error)
+            bar.write(f"error: {res.error}")
+        bar.set_postfix(written=sum(len(r.written) for r in results), refresh=False)
+        bar.update(1)
+
+    with tqdm(total=len(cases), unit="scan", desc="prepare", disable=not progress, file=sys.stderr) as bar:
+        if workers == 1 or len(cases) == 1:
+            for case in cases:
+                _collect(process_case(case, out, spacing, roi, labels, wanted), bar)
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+                futures = [pool.submit(process_case, c, out, spacing, roi, labels, wanted) for c in cases]
+                for fut in as_completed(futures):
+                    _collect(fut.result(), bar)
+
+    skipped_rows = []
+    for res in sorted(results, key=lambda r: r.patient):
+        summary.written += len(res.written)
+        summary.done += len(res.done)
+        summary.failed += res.error is not None
+        for level, status, row in res.skipped:
+            summary.skipped.append(f"{res.patient} {level}: {_REASONS[status]}")
+            skipped_rows.append(row)
+    index = rebuild_index(out, seed, skipped_rows) if summary.ready else None
+    if index is not None:
+        summary.split_by, summary.split_sizes, summary.statistics = index
+    summary.seconds = time.perf_counter() - t0
+    _print_summary(summary, len(cases), spacing, roi, log)
+    return summary
+
+
+def _print_summary(s: PrepareSummary, n_cases: int, spacing: float, roi: int, log) -> None:
+    log(
+        f"summary: {s.ready} vertebrae ready from {n_cases - s.failed} of {n_cases} scan(s) in {s.out} "
+        f"(spacing {spacing:g} mm, cube {roi}^3) after {s.seconds:.1f} s"
+    )
+    log(f"  written now {s.written}, already done {s.done}, skipped {len(s.skipped)}, failed scans {s.failed}")
+    for line in s.skipped:
+        log(f"  skipped {line}")
+    if s.split_by == "vertebra":
+        log("  notice: fewer than 3 patients, so the split is by vertebra (validation/test share patients)")
+    if s.split_sizes:
+        sizes = ", ".join(f"{k} {v}" for k, v in s.split_sizes.items())
+        log(f"  split by {s.split_by}: {sizes}")
+        st = s.statistics
+        log(f"  training gt statistics: mean {st['gt_mean']:.1f} HU, std {st['gt_std']:.1f} HU")
+        log(f"  wrote {s.out / 'manifest.csv'} and {s.out / 'datalist.json'}")
+    else:
+        log("  nothing could be prepared; no manifest or datalist written (see the messages above)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (1 when nothing could be prepared)."""
+    import fire
+
+    status = {"code": 0}
+
+    def cli(
+        source: str = "example",
+        out: str = "data/example",
+        spacing: float = 1.0,
+        roi: int = 128,
+        labels: str = "auto",
+        workers: int = 1,
+        seed: int = 0,
+        cache: str | None = None,
+        levels: str = "all",
+    ) -> None:
+        """Per-vertebra training data (CT crop, ground truth, mask, manifest, datalist) from spine CT.
+
+        Args:
+            source: example | a dataset folder (VerSe, CTSpine1K, TotalSegmentator) | pairs.csv | pairs.json
+            out: output folder
+            spacing: isotropic voxel size in mm
+            roi: cube edge in voxels
+            labels: label convention: auto | verse | totalseg
+            workers: parallel processes (one scan each)
+            seed: seed of the 8:1:1 split by patient
+            cache: download cache for the example (default $EAR_CACHE or ~/.cache/ear-bundle)
+            levels: all | T12,L1 | T1-L1
+        """
+        try:
+            summary = prepare(source, out, spacing, roi, labels, workers, seed, cache, levels)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status["code"] = 1
+            return
+        except KeyboardInterrupt:
+            print(
+                f"interrupted: finished vertebrae are kept in {out}; run the same command again to resume",
+                file=sys.stderr,
+            )
+            status["code"] = 130
+            return
+        status["code"] = 0 if summary.ready else 1
+
+    fire.Fire(cli, command=argv, name="python -m scripts.prepare")
+    return status["code"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
