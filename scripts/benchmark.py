@@ -137,8 +137,38 @@ def write_report(report: dict, out: str | None = None) -> dict:
     return report
 
 
+def _int_list(value: Any) -> list[int]:
+    """``64``, ``"64,128"`` or ``(64, 128)`` (as fire passes them) as a list of ints."""
+    if isinstance(value, (int, float)):
+        return [int(value)]
+    if isinstance(value, str):
+        return [int(v) for v in value.replace(" ", "").split(",") if v]
+    return [int(v) for v in value]
+
+
+def network(
+    sizes: Any = (64, 128),
+    channels: Any = (16, 32, 64, 128, 256),
+    infer_repeat: int = 5,
+    train_repeat: int = 3,
+    warmup: int = 1,
+    memory: bool = True,
+    out: str | None = None,
+) -> dict:
+    """EAR vs MONAI BasicUNet of the same widths on CPU: inference latency (batch 1), training step (batch 2,
+    forward + backward + Adam), peak memory, parameter count and ratios (see scripts/networks/speed.py).
+
+    Example: ``python -m scripts.benchmark network --sizes 64,128 --out bench_network.json``.
+    """
+    from scripts.networks.speed import network_benchmark
+
+    report = network_benchmark(_int_list(sizes), _int_list(channels), infer_repeat, train_repeat, warmup, memory)
+    return write_report(report, out)
+
+
 # Benchmark commands: name -> function. Each returns the report dict it printed.
 COMMANDS: dict[str, Callable[..., dict]] = {}
+COMMANDS["network"] = network
 
 if __name__ == "__main__":
     import fire
