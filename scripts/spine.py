@@ -222,6 +222,8 @@ def _pred_affine(case: Vertebra, img: nib.Nifti1Image, affine_from: str) -> np.n
     # same field of view on a different grid: voxel i of the prediction sits at crop index
     # zoom * (i + 0.5) - 0.5 (voxel centres, the outer faces of both grids coincide)
     zoom = crop_shape / shape
+    logger.info("%s: prediction grid %s differs from the crop's %s, same field of view assumed",
+                case.id, tuple(int(n) for n in shape), tuple(int(n) for n in crop_shape))  # fmt: skip
     scale = np.eye(4)
     scale[:3, :3] = np.diag(zoom)
     scale[:3, 3] = (zoom - 1.0) / 2.0
