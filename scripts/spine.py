@@ -124,8 +124,8 @@ def _geometry_from_manifest_row(row: dict[str, str], base: Path) -> tuple[np.nda
     if affine is not None:
         return affine, shape
     keys = {k.lower(): k for k in row}
-    origin_cols = [keys.get(f"origin_{a}") or keys.get(f"crop_origin_{a}") for a in "xyz"]
-    spacing_col = keys.get("spacing") or keys.get("spacing_mm")
+    origin_cols = [keys.get(f"origin_{a}_mm") or keys.get(f"origin_{a}") for a in "xyz"]
+    spacing_col = keys.get("spacing_mm") or keys.get("spacing")
     if all(origin_cols) and spacing_col:
         s = float(row[spacing_col])
         affine = np.diag([s, s, s, 1.0])
@@ -147,7 +147,8 @@ def load_cases(
             paths relative to its folder, or an ``affine``).
         manifest: manifest CSV with ``patient`` and ``level`` columns (``id`` optional) and the crop's
             geometry as ``ct`` / ``gt`` / ``mask`` paths, an ``affine`` column (16 numbers, JSON), or
-            ``origin_x, origin_y, origin_z, spacing`` (RAS, isotropic) columns.
+            ``origin_x_mm, origin_y_mm, origin_z_mm, spacing_mm, roi`` (RAS, isotropic; as written by
+            ``python -m scripts.prepare``) columns; rows whose ``status`` is not ``ok`` are skipped.
         sections: datalist sections to read.
     """
     if (datalist is None) == (manifest is None):
@@ -170,6 +171,8 @@ def load_cases(
         ) from e
     cases, seen = [], set()
     for i, row in enumerate(rows):
+        if str(row.get("status") or "ok") != "ok":  # manifest rows of skipped vertebrae (cut off, empty)
+            continue
         patient, level = str(row.get("patient", "") or ""), str(row.get("level", "") or "")
         cid = str(row.get("id") or (f"{patient}_{level}" if patient and level else ""))
         if not cid or not patient or not level:

@@ -98,11 +98,13 @@ def test_manifest_origin_columns_and_prediction_on_a_coarser_grid(tmp_path):
     nib.save(nib.Nifti1Image(vol, np.eye(4)), pred / "P2_C3.nii.gz")
     manifest = tmp_path / "manifest.csv"
     with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, ["patient", "level", "origin_x", "origin_y", "origin_z", "spacing", "roi"])
+        # the columns written by scripts.prepare; a skipped (cut-off) vertebra has no crop
+        cols = ["patient", "level", "id", "status", "spacing_mm", "roi", "origin_x_mm", "origin_y_mm", "origin_z_mm"]
+        w = csv.DictWriter(f, cols)
         w.writeheader()
-        w.writerow(
-            {"patient": "P2", "level": "C3", "origin_x": 10, "origin_y": 20, "origin_z": 30, "spacing": 1.0, "roi": 16}
-        )
+        w.writerow({"patient": "P2", "level": "C3", "id": "P2_C3", "status": "ok", "spacing_mm": 1.0, "roi": 16,
+                    "origin_x_mm": 10, "origin_y_mm": 20, "origin_z_mm": 30})  # fmt: skip
+        w.writerow({"patient": "P2", "level": "C4", "id": "P2_C4", "status": "cut_off", "spacing_mm": 1.0, "roi": 16})
     spine(str(pred), manifest=str(manifest), out=str(tmp_path / "out"))
     labels = nib.load(tmp_path / "out" / "P2" / "P2_labels.nii.gz")
     # crop index of prediction voxel i: 2 * i + 0.5 -> block centre at crop index 7.5 -> world 17.5, 27.5, 37.5
