@@ -23,6 +23,7 @@ A rerun with the same ``--out`` skips vertebrae whose four files exist, so an in
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
@@ -420,7 +421,7 @@ def prepare(
         results.append(res)
         if res.error:
             summary.messages.append(res.error)
-            bar.write(f"error: {res.error}")
+            bar.write(f"error: {res.error}", file=sys.stderr)
         bar.set_postfix(written=sum(len(r.written) for r in results), refresh=False)
         bar.update(1)
 
@@ -429,10 +430,12 @@ def prepare(
             for case in cases:
                 _collect(process_case(case, out, spacing, roi, labels, wanted), bar)
         else:
+            # submit the function of the importable module (not ``__main__``) so that spawned workers find it
+            worker_fn = importlib.import_module("scripts.prepare").process_case
             threads = max(1, (os.cpu_count() or 1) // workers)
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = [pool.submit(process_case, c, out, spacing, roi, labels, wanted) for c in cases]
+                futures = [pool.submit(worker_fn, c, out, spacing, roi, labels, wanted) for c in cases]
                 for fut in as_completed(futures):
                     _collect(fut.result(), bar)
 
