@@ -263,6 +263,8 @@ def process_case(
         result.error = f"{case.ct}: out of memory; use a larger --spacing or fewer --workers"
     except Exception as e:  # keep the other scans running; report this one in one line
         result.error = f"{case.ct}: unexpected {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    if result.error:
+        result.skipped = []  # a failed scan is reported by its error only
     return result
 
 
@@ -520,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         status["code"] = 0 if summary.ready else 1
 
-    fire.Fire(cli, command=argv, name="python -m scripts.prepare")
+    fire.Fire(cli, command=argv, name="prepare")
     return status["code"]
 
 
