@@ -1,0 +1,203 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""DRR simulation as MONAI transforms: a CT crop (1, X, Y, Z) with affine -> two (or more) DRRs (V, H, W).
+
+The output is a ``MetaTensor`` whose meta dict holds everything back-projection needs:
+
+- ``meta["drr_geometry"]``: ``sdd``, ``sod``, ``detector_shape`` (H, W), ``pixel_spacing`` (row, col mm on
+  the detector), ``angles`` ((V, 2) alpha, beta degrees as used, jitter included), ``nominal_angles``
+  (before jitter), ``isocentre`` (world mm, the crop centre), ``object_rotation`` (3x3 rotation of the
+  object about the isocentre used for augmentation; identity otherwise), ``volume_affine`` and
+  ``volume_shape`` (the CT grid), and the physics settings;
+- ``meta["angles"]`` ((V, 2) float64) and ``meta["pixel_spacing"]`` ((V, 2) mm), the keys the X-ray
+  loader (``scripts/transforms/xray_io.py``) writes for real radiographs.
+
+``DRRd`` also writes ``data["<output_key>_geometry"]``: the same geometry as tensors (collatable).
+Image orientation: see ``scripts/drr/geometry.py`` (row 0 superior; AP seen from the front with the
+patient's right on the image's left; lateral with anterior on the image's left).
+
+Augmentation (seeded by MONAI's ``Randomizable``): ``angle_jitter`` (alpha, beta) degrees moves every view
+by a uniform random offset; ``rotation_range`` degrees rotates the object about the isocentre by a random
+rotation (uniform angles about x, y, z) before projection. The rotation is applied to the X-ray system
+(exact, no resampling); it simulates patient positioning error, so the label is NOT rotated: rotate the
+CT and the labels together with MONAI's ``RandRotated`` before ``DRRd`` when the label must follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Randomizable, Transform
+
+from scripts.drr import ConeBeamGeometry, DRRProjector, as_angles, crop_centre
+
+__all__ = ["DRR", "DRRd", "random_rotation", "geometry_to_tensors"]
+
+
+def random_rotation(angles_deg: Sequence[float]) -> np.ndarray:
+    """Rotation matrix ``Rz(c) @ Ry(b) @ Rx(a)`` from angles (a, b, c) in degrees about x, y, z."""
+    a, b, c = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def geometry_to_tensors(meta: Mapping) -> dict[str, torch.Tensor]:
+    """The numeric entries of a ``drr_geometry`` meta dict as float32 tensors (collatable by DataLoader)."""
+    keys = ("sdd", "sod", "detector_shape", "pixel_spacing", "angles", "isocentre", "object_rotation")
+    return {k: torch.as_tensor(np.asarray(meta[k], dtype=np.float64), dtype=torch.float32) for k in keys}
+
+
+class DRR(Randomizable, Transform):
+    """Simulate X-ray images (DRRs) of a CT volume at given view angles.
+
+    Args:
+        angles: views as (alpha, beta) pairs in degrees or plain alphas; default AP and lateral ``(0, 90)``.
+        geometry: ``ConeBeamGeometry`` (or its dict); None = ``ConeBeamGeometry.for_crop`` of the input
+            (detector of the crop's size, sdd 1020 mm, sod 700 mm, isocentre at the crop centre).
+        physics: "poly" (polychromatic, noise) or "mono" (line integral of mu, no noise).
+        spectrum: "60kV" (3.5 mm Al, default), "90kV" (4.0 mm Al) or "120kV" (4.3 mm Al).
+        photon_count: photons per pixel of the unattenuated beam; None = no noise.
+        energy_kev: energy of the monochromatic mode (default the spectrum's mean energy).
+        samples_per_voxel: ray sampling density.
+        angle_jitter: maximum random offset (alpha, beta) in degrees added to every view (0 = none).
+        rotation_range: maximum random rotation of the object about x, y, z in degrees (0 = none).
+        backend: "torch" or "deepdrr" (CUDA only).
+        device: where to compute (default: the input's device).
+    """
+
+    def __init__(
+        self,
+        angles: Sequence = (0.0, 90.0),
+        geometry: ConeBeamGeometry | dict | None = None,
+        physics: str = "poly",
+        spectrum: str = "60kV",
+        photon_count: float | None = 1e6,
+        energy_kev: float | None = None,
+        samples_per_voxel: int = 1,
+        angle_jitter: float | Sequence[float] = 0.0,
+        rotation_range: float | Sequence[float] = 0.0,
+        backend: str = "torch",
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.angles = as_angles(angles)
+        self.projector = DRRProjector(
+            geometry, physics, spectrum, photon_count, energy_kev, samples_per_voxel, backend=backend
+        )
+        self.angle_jitter = np.broadcast_to(np.asarray(angle_jitter, dtype=np.float64), (2,)).copy()
+        self.rotation_range = np.broadcast_to(np.asarray(rotation_range, dtype=np.float64), (3,)).copy()
+        if np.any(self.angle_jitter < 0) or np.any(self.rotation_range < 0) or np.any(self.rotation_range > 180):
+            raise ValueError(
+                f"angle_jitter and rotation_range are non-negative degrees; got {angle_jitter}, {rotation_range}."
+            )
+        self.device = device
+        self._offsets = np.zeros((len(self.angles), 2))
+        self._rotation = np.eye(3)
+        self._seed = 0
+
+    def randomize(self, data: Any = None) -> None:
+        self._offsets = self.R.uniform(-1, 1, size=(len(self.angles), 2)) * self.angle_jitter
+        self._rotation = random_rotation(self.R.uniform(-1, 1, size=3) * self.rotation_range)
+        self._seed = int(self.R.randint(0, 2**31 - 1))
+
+    def __call__(self, img: torch.Tensor, affine: Any = None, randomize: bool = True) -> MetaTensor:
+        """Project ``img`` (1, X, Y, Z) in HU; ``affine`` overrides / supplies the voxel-to-world matrix."""
+        if randomize:
+            self.randomize()
+        if affine is None:
+            if not isinstance(img, MetaTensor):
+                raise ValueError(
+                    "DRR needs the volume's affine: pass a MetaTensor (e.g. from LoadImaged) or affine=4x4 matrix."
+                )
+            affine = img.affine
+        if img.ndim != 4 or img.shape[0] != 1:
+            raise ValueError(f"DRR expects a channel-first volume (1, X, Y, Z); got shape {tuple(img.shape)}.")
+        aff = torch.as_tensor(np.asarray(torch.as_tensor(affine).detach().cpu(), dtype=np.float64))
+        hu = torch.as_tensor(img.as_tensor() if isinstance(img, MetaTensor) else img)
+        if self.device is not None:
+            hu = hu.to(self.device)
+        angles = self.angles + torch.as_tensor(self._offsets)
+        if (angles.abs() > 360).any():
+            angles = torch.remainder(angles + 180.0, 360.0) - 180.0
+        geometry = self.projector.geometry_for(hu[None], aff)
+        gen = torch.Generator(device=hu.device).manual_seed(self._seed)
+        rot = None if np.allclose(self._rotation, np.eye(3)) else self._rotation
+        out = self.projector(hu[None].float(), aff, angles, object_rotation=rot, generator=gen)[0]
+        iso = crop_centre(aff, hu.shape[1:])
+        meta = {
+            **geometry.to_dict(),
+            "angles": angles.tolist(),
+            "nominal_angles": self.angles.tolist(),
+            "isocentre": iso.tolist(),
+            "object_rotation": self._rotation.tolist(),
+            "volume_affine": aff.tolist(),
+            "volume_shape": list(hu.shape[1:]),
+            "physics": self.projector.physics,
+            "spectrum": self.projector.spectrum,
+            "photon_count": self.projector.photon_count,
+            "energy_kev": self.projector.energy_kev,
+        }
+        out_affine = torch.eye(4, dtype=torch.float64)
+        out_affine[0, 0], out_affine[1, 1] = geometry.pixel_spacing
+        src_meta = dict(img.meta) if isinstance(img, MetaTensor) else {}
+        return MetaTensor(
+            out.float().cpu(),
+            affine=out_affine,
+            meta={
+                "filename_or_obj": src_meta.get("filename_or_obj", ""),
+                "drr_geometry": meta,
+                "angles": angles.numpy(),
+                "pixel_spacing": np.tile(np.asarray(geometry.pixel_spacing, dtype=np.float64), (len(angles), 1)),
+            },
+        )
+
+
+class DRRd(Randomizable, MapTransform):
+    """Dictionary version of :class:`DRR`: project ``keys`` ("ct" = in context, "gt" = isolated vertebra).
+
+    All keys of one item are projected with the same random angles, rotation and noise seed.
+
+    Args:
+        keys: keys of the HU volumes to project.
+        output_keys: where to write the images (default "drr" for one key, else "<key>_drr"); the
+            geometry goes to "<output_key>_geometry".
+        allow_missing_keys: skip missing keys.
+        kwargs: arguments of :class:`DRR`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_keys: str | Sequence[str] | None = None,
+        allow_missing_keys: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if output_keys is None:
+            output_keys = ["drr"] if len(self.keys) == 1 else [f"{k}_drr" for k in self.keys]
+        self.output_keys = [output_keys] if isinstance(output_keys, str) else list(output_keys)
+        if len(self.output_keys) != len(self.keys):
+            raise ValueError(f"need one output key per key: keys={self.keys}, output_keys={self.output_keys}.")
+        self.drr = DRR(**kwargs)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> DRRd:
+        super().set_random_state(seed, state)
+        self.drr.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        self.drr.randomize()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        for key, out_key in self.key_iterator(d, self.output_keys):
+            out = self.drr(d[key], randomize=False)
+            d[out_key] = out
+            d[f"{out_key}_geometry"] = geometry_to_tensors(out.meta["drr_geometry"])
+        return d
