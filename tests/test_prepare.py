@@ -366,3 +366,51 @@ def test_workers_pool(tmp_path):
         make_scan(tmp_path / "src", f"w{n}", spine(19, 20, 18), shape=(20, 25, 12), spacing=(3.0, 2.4, 5.0))
     s = run(tmp_path, tmp_path / "src", spacing=3.0, roi=12, workers=2)
     assert (s.written, s.failed) == (4, 0), s.messages
+
+
+def write_dicom_series(folder, vol, spacing, origin_lps):
+    """Write a (x, y, z) int16 volume as an axial CT DICOM series (LPS patient axes, rescale -1024)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    for k in range(vol.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.Modality, ds.PatientID, ds.InstanceNumber = "CT", "P1", k + 1
+        ds.ImagePositionPatient = [origin_lps[0], origin_lps[1], origin_lps[2] + k * spacing[2]]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [spacing[1], spacing[0]], spacing[2]
+        ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = np.ascontiguousarray(vol[:, :, k].T).astype(np.int16).tobytes()
+        ds.save_as(str(folder / f"slice{k:03d}.dcm"), enforce_file_format=True)
+
+
+def test_dicom_series_ct(tmp_path):
+    shape, spacing, origin_lps = (40, 50, 24), (1.5, 1.2, 2.5), (-29.25, -29.4, -28.75)
+    # DICOM LPS -> RAS: x and y flip; this is the affine ITK reports for the series, in RAS
+    aff = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    aff[:3, 3] = [-origin_lps[0], -origin_lps[1], origin_lps[2]]
+    w = world_grid(shape, aff)
+    write_dicom_series(tmp_path / "dicom", np.round(hu(*np.moveaxis(w, -1, 0)) + 1024), spacing, origin_lps)
+    lab = np.zeros(shape, np.int16)
+    for value, kind, centre, half in spine(19, 20, 18):
+        d = (w - np.array(centre)) / np.array(half)
+        lab[(np.abs(d) <= 1).all(-1) if kind == "box" else (d**2).sum(-1) <= 1] = value
+    nib.save(nib.Nifti1Image(lab, aff), str(tmp_path / "labels.nii.gz"))
+    pairs = write_pairs(tmp_path, [["dcm", "dicom", "labels.nii.gz"]])  # relative to the list's folder
+    s = run(tmp_path, pairs)
+    assert (s.written, s.failed) == (2, 0), s.messages
+    ct, caff, _ = load(tmp_path / "out" / "dcm" / "dcm_T12_ct.nii.gz")
+    cw = world_grid(ct.shape, caff)
+    np.testing.assert_allclose(ct[4:12, 4:12, 4:12], hu(*np.moveaxis(cw[4:12, 4:12, 4:12], -1, 0)), atol=1.0)
