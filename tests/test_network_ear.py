@@ -180,3 +180,28 @@ def test_verify_net_in_out_with_bundle_metadata(bundle_root, tmp_path):
     result = subprocess.run(cmd, cwd=bundle_root, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "verified with no error" in result.stdout + result.stderr
+
+
+def test_exported_torchscript_file_matches_eager(tmp_path):
+    from monai.networks.utils import convert_to_torchscript
+
+    net = _net()
+    x = torch.randn(1, 2, 32, 32, 32)
+    path = tmp_path / "model.ts"
+    # what `python -m monai.bundle ckpt_export` calls: eval mode, torch.jit.script, save, reload, compare
+    convert_to_torchscript(net, filename_or_obj=path, verify=True, inputs=[x], device="cpu", rtol=1e-5, atol=1e-5)
+    loaded = torch.jit.load(str(path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net.eval()(x), rtol=1e-5, atol=1e-5)
+        assert loaded(x).shape == (1, 1, 32, 32, 32)
+
+
+def test_network_benchmark_report_structure():
+    from scripts.networks.speed import network_benchmark
+
+    report = network_benchmark(sizes=[32], channels=SMALL, infer_repeat=1, train_repeat=1, warmup=0, memory=False)
+    entry = report["sizes"]["32"]
+    for mode in ("inference", "train_step"):
+        assert entry[mode]["ear"]["median_ms"] > 0 and entry[mode]["basic_unet"]["median_ms"] > 0
+        assert entry[mode]["ratio_ear_to_unet"]["median_ms"] > 0
+    assert report["params"]["ear"] == sum(p.numel() for p in EAR(channels=SMALL).parameters())
