@@ -166,9 +166,29 @@ def network(
     return write_report(report, out)
 
 
+def drr(
+    size: int = 128,
+    detector: int = 128,
+    samples_per_voxel: int = 1,
+    repeat: int = 5,
+    warmup: int = 2,
+    out: str | None = None,
+) -> dict:
+    """DRR projector (polychromatic with noise, monochromatic) vs DiffDRR (Siddon, trilinear at the same
+    sampling density) on the same rays: ms per AP + lateral pair, peak memory, speed ratios
+    (see scripts/drr/speed.py).
+
+    Example: ``python -m scripts.benchmark drr --out bench_drr.json``.
+    """
+    from scripts.drr.speed import drr_benchmark
+
+    return write_report(drr_benchmark(size, detector, samples_per_voxel, repeat, warmup), out)
+
+
 # Benchmark commands: name -> function. Each returns the report dict it printed.
 COMMANDS: dict[str, Callable[..., dict]] = {}
 COMMANDS["network"] = network
+COMMANDS["drr"] = drr
 
 if __name__ == "__main__":
     import fire

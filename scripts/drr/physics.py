@@ -141,12 +141,13 @@ def expected_photons(
         (counts with the material axis replaced by a trailing energy axis, energies in keV as a tensor).
     """
     energies, fluence = spectrum(spectrum_name)
-    mu = torch.as_tensor(mass_attenuation(energies), dtype=line_integrals.dtype, device=line_integrals.device)
-    lint = line_integrals.movedim(channel_dim, -1)  # (..., 3)
-    optical_depth = lint @ mu  # (..., E)
-    weights = torch.as_tensor(fluence * photon_count, dtype=line_integrals.dtype, device=line_integrals.device)
-    e = torch.as_tensor(energies, dtype=line_integrals.dtype, device=line_integrals.device)
-    return torch.exp(-optical_depth) * weights, e
+    kw = dict(dtype=line_integrals.dtype, device=line_integrals.device)
+    mu = torch.as_tensor(mass_attenuation(energies), **kw)
+    lint = line_integrals.movedim(channel_dim, -1).contiguous()  # (..., 3)
+    log_w = torch.as_tensor(np.log(fluence * photon_count), **kw)
+    # one GEMM and one exp: N(E) = N0 p(E) exp(-sum_m mu_m(E) L_m)
+    counts = torch.exp(torch.addmm(log_w, lint.reshape(-1, lint.shape[-1]), -mu))
+    return counts.reshape(*lint.shape[:-1], -1), torch.as_tensor(energies, **kw)
 
 
 def energy_integrating_signal(
@@ -166,13 +167,13 @@ def energy_integrating_signal(
         gaussian_above: pixels expecting at least this many photons in total are drawn from the normal
             distribution with the compound-Poisson mean and variance; the others exactly, bin by bin.
     """
-    mean = counts @ energies
     if not noise:
-        return mean
-    var = counts @ (energies * energies)
+        return counts @ energies
+    moments = counts @ torch.stack([energies, energies * energies, torch.ones_like(energies)], -1)
+    mean, var, total = moments.unbind(-1)
     z = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
     signal = mean + var.sqrt() * z
-    few = counts.sum(-1) < gaussian_above
+    few = total < gaussian_above
     if bool(few.any()):
         exact = torch.poisson(counts[few], generator=generator) @ energies
         signal = signal.masked_scatter(few, exact)
