@@ -3,17 +3,20 @@
 
 from __future__ import annotations
 
+import csv
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
 from scripts.utils import atomic_path
 
-__all__ = ["ResumableCheckpoint"]
+__all__ = ["ResumableCheckpoint", "VertebraMetricsTable"]
 
 
 def _unwrap(obj: Any) -> Any:
@@ -34,9 +37,10 @@ class ResumableCheckpoint:
     Args:
         save_dir: folder of the checkpoint file.
         save_dict: objects with ``state_dict``/``load_state_dict`` to save, e.g.
-            ``{"model": net, "optimizer": opt, "lr_scheduler": sched, "trainer": trainer}``. Include the
-            trainer to resume at the right epoch.
+            ``{"model": net, "optimizer": opt, "lr_scheduler": sched}``.
         filename: checkpoint file name inside ``save_dir``.
+        include_engine: also save the engine the handler is attached to, under ``"trainer"``, so that a resumed
+            run continues at the right epoch (a config cannot name the trainer in its own handler list).
         resume: load the checkpoint at start when it exists.
         save_interval: save every this many epochs.
         map_location: passed to ``torch.load`` (default: CPU; the objects move tensors where they live).
@@ -50,6 +54,7 @@ class ResumableCheckpoint:
         resume: bool = True,
         save_interval: int = 1,
         map_location: str | torch.device | None = "cpu",
+        include_engine: bool = True,
     ) -> None:
         if not save_dict:
             raise ValueError("ResumableCheckpoint needs at least one object in save_dict.")
@@ -60,9 +65,12 @@ class ResumableCheckpoint:
         self.resume = resume
         self.save_interval = save_interval
         self.map_location = map_location
+        self.include_engine = include_engine
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
+        if self.include_engine:
+            self.save_dict.setdefault("trainer", engine)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
@@ -106,3 +114,82 @@ class ResumableCheckpoint:
                 )
             engine.state.max_epochs = max_epochs
         self.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")
+
+
+class VertebraMetricsTable:
+    """Writes every per-vertebra metric into one table, and a summary with mean ± std, after an evaluation.
+
+    ``monai.handlers.MetricsSaver`` writes one ``<metric>_raw.csv`` per metric; this handler joins the same
+    per-item values (``engine.state.metric_details``, filled by ``IgniteMetricHandler(save_details=True)``)
+    into ``metrics_per_vertebra.csv`` with one row per vertebra (its ``id`` from the datalist) and one column
+    per metric, and writes ``metrics_summary.csv`` (metric, mean, std, median, n, n_nan). Both files are
+    written atomically; the summary is also logged.
+
+    Args:
+        save_dir: output folder.
+        metric_names: metrics to include, in column order (default: all in ``metric_details``).
+        id_key: key of the batch holding each item's identifier.
+        filename: name of the per-vertebra table.
+        summary_filename: name of the summary table.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        metric_names: Sequence[str] | None = None,
+        id_key: str = "id",
+        filename: str = "metrics_per_vertebra.csv",
+        summary_filename: str = "metrics_summary.csv",
+    ) -> None:
+        self.save_dir = Path(save_dir)
+        self.metric_names = list(metric_names) if metric_names is not None else None
+        self.id_key = id_key
+        self.filename = filename
+        self.summary_filename = summary_filename
+        self.logger = logging.getLogger(__name__)
+        self._ids: list[str] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect_ids)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._ids = []
+
+    def _collect_ids(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        ids = batch.get(self.id_key) if isinstance(batch, Mapping) else None
+        if ids is None:
+            n = len(engine.state.output) if isinstance(engine.state.output, list) else 1
+            ids = [f"item{len(self._ids) + i}" for i in range(n)]
+        self._ids.extend(str(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids]))
+
+    def __call__(self, engine: Engine) -> None:
+        details = getattr(engine.state, "metric_details", {}) or {}
+        names = self.metric_names or sorted(details)
+        missing = [n for n in names if n not in details]
+        if missing:
+            raise KeyError(
+                f"metrics {missing} have no per-item values; give their IgniteMetricHandler save_details=True."
+            )
+        columns = {n: np.asarray(torch.as_tensor(details[n]).float().reshape(len(self._ids), -1)[:, 0]) for n in names}
+        rows = [[i] + [float(columns[n][k]) for n in names] for k, i in enumerate(self._ids)]
+        with atomic_path(self.save_dir / self.filename) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([self.id_key] + names)
+            writer.writerows(rows)
+        summary = []
+        for n in names:
+            v = columns[n]
+            finite = v[np.isfinite(v)]
+            mean = float(finite.mean()) if finite.size else math.nan
+            std = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
+            med = float(np.median(finite)) if finite.size else math.nan
+            summary.append([n, mean, std, med, int(finite.size), int(v.size - finite.size)])
+        with atomic_path(self.save_dir / self.summary_filename) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["metric", "mean", "std", "median", "n", "n_not_finite"])
+            writer.writerows(summary)
+        text = ", ".join(f"{n} {m:.4g} ± {s:.2g}" for n, m, s, *_ in summary)
+        self.logger.info(f"{len(rows)} vertebrae: {text}; tables in {self.save_dir}")

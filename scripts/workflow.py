@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from monai.data import load_decathlon_datalist
+from monai.handlers import IgniteMetricHandler, from_engine
 
-__all__ = ["check_dataset", "load_split", "dataset_statistics", "distributed_backend", "zscore_of_hu"]
+from scripts.metrics import METRIC_NAMES, VertebraMetric
+
+__all__ = [
+    "check_dataset",
+    "load_split",
+    "dataset_statistics",
+    "distributed_backend",
+    "zscore_of_hu",
+    "metric_handlers",
+]
 
 _PREPARE_HINT = (
     "prepare it first, e.g. `python -m scripts.prepare --source example --out {d}` "
@@ -69,3 +80,33 @@ def zscore_of_hu(hu: float, stats: dict[str, float]) -> float:
 def distributed_backend() -> str:
     """``nccl`` when CUDA is available, else ``gloo`` (so the multi-GPU overlay also runs on CPU)."""
     return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def metric_handlers(
+    stats: dict[str, float],
+    names: Sequence[str] = METRIC_NAMES,
+    exclude: Sequence[str] = (),
+    prefix: str = "val_",
+    inputs: str = "zscore",
+) -> dict[str, IgniteMetricHandler]:
+    """Ignite handlers of the metrics of ``scripts.metrics`` (method.md section 7), keyed ``<prefix><name>``.
+
+    Every handler keeps its per-item values (``save_details=True``) for ``MetricsSaver`` and
+    :class:`scripts.handlers.VertebraMetricsTable`.
+
+    Args:
+        stats: ``{"gt_mean", "gt_std"}`` of the dataset (z-score statistics).
+        names: metrics to build, from :data:`scripts.metrics.METRIC_NAMES`.
+        exclude: names to leave out (e.g. the one already used as the key metric).
+        prefix: prefix of the handler names.
+        inputs: ``"zscore"`` (network output and label as z-scores) or ``"hu"``.
+    """
+    return {
+        f"{prefix}{n}": IgniteMetricHandler(
+            metric_fn=VertebraMetric(n, mean=stats["gt_mean"], std=stats["gt_std"], inputs=inputs),
+            output_transform=from_engine(["pred", "label"]),
+            save_details=True,
+        )
+        for n in names
+        if n not in exclude
+    }

@@ -24,7 +24,7 @@ def _trainer(max_epochs: int, ckpt_dir, seen_epochs: list[int]) -> tuple[Supervi
         optimizer=opt,
         loss_function=torch.nn.MSELoss(),
     )
-    ResumableCheckpoint(ckpt_dir, {"model": net, "optimizer": opt, "trainer": trainer}).attach(trainer)
+    ResumableCheckpoint(ckpt_dir, {"model": net, "optimizer": opt}).attach(trainer)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: seen_epochs.append(e.state.epoch))
     return trainer, net
 
