@@ -268,9 +268,14 @@ def process_case(
     return result
 
 
+def _sidecars(out: Path) -> list[Path]:
+    """The vertebrae's JSON files in ``out`` (not the hidden temporary files of an interrupted write)."""
+    return sorted(p for p in out.glob("*/*.json") if not p.name.startswith("."))
+
+
 def _check_settings(out: Path, spacing: float, roi: int) -> None:
     """Refuse to mix crops of different spacing / size in one folder."""
-    for sidecar in sorted(out.glob("*/*.json"))[:1000]:
+    for sidecar in _sidecars(out)[:1000]:
         try:
             row = json.loads(sidecar.read_text())
         except (OSError, ValueError):
@@ -309,7 +314,7 @@ def rebuild_index(
     """
     out = Path(out)
     rows = []
-    for sidecar in sorted(out.glob("*/*.json")):
+    for sidecar in _sidecars(out):
         try:
             row = json.loads(sidecar.read_text())
         except (OSError, ValueError):
