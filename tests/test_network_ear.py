@@ -205,3 +205,13 @@ def test_network_benchmark_report_structure():
         assert entry[mode]["ear"]["median_ms"] > 0 and entry[mode]["basic_unet"]["median_ms"] > 0
         assert entry[mode]["ratio_ear_to_unet"]["median_ms"] > 0
     assert report["params"]["ear"] == sum(p.numel() for p in EAR(channels=SMALL).parameters())
+
+
+def test_mixed_precision_and_other_act_norm():
+    net = _net(act="prelu", norm="instance")  # instance norm needs more than one voxel at the bottleneck: 64^3
+    x = torch.randn(2, 2, 64, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)  # the FEM's FFTs run in float32 inside
+    assert out.shape == (2, 2, 64, 64, 64) and torch.isfinite(out.float()).all()
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in net.modules())
+    assert any(isinstance(m, nn.PReLU) for m in net.modules())

@@ -62,7 +62,8 @@ class FEM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = [int(s) for s in x.shape[2:]]
         spec = torch.fft.rfftn(self.norm_in(x).float(), dim=[2, 3, 4], norm=self.fft_norm)
-        spec = torch.complex(self.conv_real(torch.real(spec)), self.conv_imag(torch.imag(spec)))
+        # .float(): under autocast the convolutions return half precision, which complex FFTs do not take
+        spec = torch.complex(self.conv_real(torch.real(spec)).float(), self.conv_imag(torch.imag(spec)).float())
         freq = torch.fft.irfftn(spec, s=size, dim=[2, 3, 4], norm=self.fft_norm).abs().to(x.dtype)
         return self.fuse(torch.cat([freq, x], dim=1))
 

@@ -92,7 +92,8 @@ class EAR(nn.Module):
         out_channels: output channels.
         channels: widths of the five levels.
         act: activation of encoder and decoder (MONAI name or (name, args)).
-        norm: normalisation of encoder and decoder (MONAI name or (name, args)).
+        norm: normalisation of encoder and decoder (MONAI name or (name, args)); the bottleneck is
+            1/32 of the input size, so instance normalisation needs inputs of at least 64^3 in training.
         negative_slope: slope of the LeakyReLU when ``act == "leakyrelu"``.
         use_abs: CBAM3D on the skip connections.
         use_fem: FEM after encoder levels 1-3.
