@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from monai.data import load_decathlon_datalist
 from monai.handlers import IgniteMetricHandler, from_engine
 
 from scripts.metrics import METRIC_NAMES, VertebraMetric
+from scripts.transforms.xray_io import check_xray_cases
+from scripts.utils import atomic_path
 
 __all__ = [
     "check_dataset",
@@ -25,7 +26,15 @@ __all__ = [
     "distributed_backend",
     "zscore_of_hu",
     "metric_handlers",
+    "save_model_statistics",
+    "model_statistics",
+    "inference_cases",
+    "check_model",
 ]
+
+STATS_FILENAME = "intensity_stats.json"
+# datalist entries that hold file paths relative to the datalist (written by scripts.prepare / scripts.simulate)
+FILE_KEYS = ("ct", "gt", "mask", "drr", "drr_png", "drr_geometry")
 
 _PREPARE_HINT = (
     "prepare it first, e.g. `python -m scripts.prepare --source example --out {d}` "
@@ -45,7 +54,10 @@ def check_dataset(dataset_dir: str | os.PathLike) -> Path:
 def load_split(dataset_dir: str | os.PathLike, split: str, fallback: str | None = None) -> list[dict]:
     """Load one split (``training``, ``validation`` or ``test``) of a prepared dataset's datalist.
 
-    Paths in the datalist are relative to the dataset folder and are made absolute.
+    The file entries (:data:`FILE_KEYS`) are made absolute against the dataset folder; other entries
+    (``id``, ``patient``, ``level``) stay as they are. MONAI's ``load_decathlon_datalist`` is not used
+    because it turns any value that names an existing path, such as a patient whose folder exists, into a
+    path.
 
     Args:
         dataset_dir: folder written by ``python -m scripts.prepare``.
@@ -53,12 +65,24 @@ def load_split(dataset_dir: str | os.PathLike, split: str, fallback: str | None 
         fallback: split to use when ``split`` is empty (a tiny dataset may have an empty validation list).
     """
     datalist = check_dataset(dataset_dir)
+    base = datalist.parent
     content = json.loads(datalist.read_text())
     keys = [split] + ([fallback] if fallback else [])
     for key in keys:
         if content.get(key):
-            return load_decathlon_datalist(str(datalist), is_segmentation=False, data_list_key=key)
+            return [_absolute(item, base) for item in content[key]]
     raise ValueError(f"{datalist} has no items in {' or '.join(repr(k) for k in keys)}; re-run the preparation.")
+
+
+def _absolute(item: dict, base: Path) -> dict:
+    def join(v):
+        if isinstance(v, str):
+            return v if os.path.isabs(v) else str(base / v)
+        if isinstance(v, (list, tuple)):
+            return [join(x) for x in v]
+        return v
+
+    return {k: (join(v) if k in FILE_KEYS else v) for k, v in item.items()}
 
 
 def dataset_statistics(dataset_dir: str | os.PathLike) -> dict[str, float]:
@@ -70,6 +94,94 @@ def dataset_statistics(dataset_dir: str | os.PathLike) -> dict[str, float]:
     if not stats["gt_std"] > 0:
         raise ValueError(f"{datalist}: gt_std must be positive, got {stats['gt_std']}.")
     return {"gt_mean": float(stats["gt_mean"]), "gt_std": float(stats["gt_std"])}
+
+
+def save_model_statistics(stats: dict[str, float], ckpt_dir: str | os.PathLike) -> Path:
+    """Store the z-score statistics beside the model (``intensity_stats.json``): inference needs them to
+    turn the network's output into HU without the training data."""
+    path = Path(ckpt_dir) / STATS_FILENAME
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"gt_mean": float(stats["gt_mean"]), "gt_std": float(stats["gt_std"])}, indent=2))
+    return path
+
+
+def model_statistics(ckpt_dir: str | os.PathLike) -> dict[str, float]:
+    """The z-score statistics stored beside a trained model by :func:`save_model_statistics`."""
+    path = Path(ckpt_dir) / STATS_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"missing {path}: it is written by training (configs/train.json) beside model.pt; copy it with the "
+            'model, or write {"gt_mean": ..., "gt_std": ...} from the training dataset\'s datalist.json statistics.'
+        )
+    stats = json.loads(path.read_text())
+    return {"gt_mean": float(stats["gt_mean"]), "gt_std": float(stats["gt_std"])}
+
+
+def check_model(path: str | os.PathLike) -> Path:
+    """Return ``path`` if the trained weights exist, else raise an error saying how to get them."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"no trained model at {p}: train one with `python -m monai.bundle run --config_file "
+            "\"['configs/train.json','configs/cpu.json']\"` (CPU) or configs/train.json alone (GPU), "
+            "or set --ckpt_dir to a folder holding model.pt and intensity_stats.json."
+        )
+    return p
+
+
+def inference_cases(
+    datalist: str | os.PathLike | None = None,
+    xrays: Sequence[str] | None = None,
+    angles: Sequence | None = None,
+    case_id: str = "case",
+    check: bool = True,
+    **loader_kwargs,
+) -> list[dict]:
+    """The cases of an inference run: from a JSON datalist or from two image paths given on the command line.
+
+    A datalist is a JSON list (or ``{"testing": [...]}``) of ``{"xray": [view1, view2], "angles": [[a1, b1],
+    [a2, b2]], "id": name}``; relative paths are resolved against the datalist's folder and ``angles``
+    defaults to AP and lateral. With ``check`` every case is read and validated first, so a bad case stops
+    the run before anything is written.
+
+    Args:
+        datalist: path of the JSON datalist.
+        xrays: two image paths (used when ``datalist`` is not given).
+        angles: the angles of ``xrays``.
+        case_id: the name of the ``xrays`` case (names its outputs).
+        check: validate every case before returning.
+        loader_kwargs: arguments of :class:`scripts.transforms.LoadXRayPair` used by the check.
+    """
+    if datalist:
+        path = Path(datalist)
+        if not path.is_file():
+            raise FileNotFoundError(f"inference datalist {path} does not exist; give --datalist PATH.json.")
+        content = json.loads(path.read_text())
+        items = content.get("testing", content.get("test")) if isinstance(content, dict) else content
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"{path} must be a non-empty JSON list of cases (or {{'testing': [...]}}).")
+        base = path.parent
+        cases = []
+        for i, item in enumerate(items):
+            files = item.get("xray")
+            if isinstance(files, (list, tuple)):
+                files = [str(f) if os.path.isabs(f) else str(base / f) for f in files]
+            cases.append({**item, "xray": files, "id": str(item.get("id", f"case{i}"))})
+    elif xrays:
+        if isinstance(xrays, str):
+            xrays = [xrays]
+        cases = [{"xray": [str(x) for x in xrays], "angles": angles, "id": case_id}]
+    else:
+        raise ValueError(
+            "no input: give --datalist cases.json, or --xrays \"['ap.png','lateral.png']\" "
+            '(optionally --angles "[[0,0],[90,0]]").'
+        )
+    for c in cases:
+        if c.get("angles") is None:
+            c.pop("angles", None)
+    if check:
+        check_xray_cases(cases, **loader_kwargs)
+    return cases
 
 
 def zscore_of_hu(hu: float, stats: dict[str, float]) -> float:

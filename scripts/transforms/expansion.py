@@ -142,8 +142,9 @@ class DimensionExpansion(Transform):
         if self.zscore:
             data = zscore_images(data)
         vol = self.expand(data, ang, geometry, aff, size, iso)
+        name = img.meta.get("filename_or_obj", "") if isinstance(img, MetaTensor) else ""
         return MetaTensor(
-            vol, affine=aff, meta={"expansion_mode": self.mode, "angles": ang.numpy(), "filename_or_obj": ""}
+            vol, affine=aff, meta={"expansion_mode": self.mode, "angles": ang.numpy(), "filename_or_obj": name}
         )
 
     def expand(self, data, ang, geometry: ConeBeamGeometry, aff, size, iso) -> torch.Tensor:
