@@ -270,7 +270,7 @@ class DRRProjector:
 
             out = project_deepdrr(self, hu, aff, geometry, angles, isocentre, object_rotation)
         else:
-            hu = hu.float()
+            hu = hu.float().contiguous()  # (NIfTI arrays arrive in Fortran order; element-wise ops want C order)
             if self.physics == "mono":
                 mu = linear_attenuation(hu[:, 0], self.energy_kev)[:, None]  # 1/mm
                 out = line_integrals(mu, aff, geometry, angles, isocentre, object_rotation, self.samples_per_voxel)[
