@@ -193,4 +193,4 @@ COMMANDS["drr"] = drr
 if __name__ == "__main__":
     import fire
 
-    fire.Fire(COMMANDS)
+    fire.Fire(COMMANDS, serialize=lambda _: None)  # the commands print their JSON report themselves

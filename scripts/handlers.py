@@ -159,11 +159,15 @@ class VertebraMetricsTable:
 
     def _collect_ids(self, engine: Engine) -> None:
         batch = engine.state.batch
-        ids = batch.get(self.id_key) if isinstance(batch, Mapping) else None
-        if ids is None:
-            n = len(engine.state.output) if isinstance(engine.state.output, list) else 1
-            ids = [f"item{len(self._ids) + i}" for i in range(n)]
-        self._ids.extend(str(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids]))
+        items = batch if isinstance(batch, list) else [batch]  # a list of dicts after MONAI's decollation
+        for item in items:
+            ids = item.get(self.id_key) if isinstance(item, Mapping) else None
+            if ids is None:
+                self._ids.append(f"item{len(self._ids)}")
+            elif isinstance(ids, (list, tuple)):
+                self._ids.extend(str(i) for i in ids)
+            else:
+                self._ids.append(str(ids))
 
     def __call__(self, engine: Engine) -> None:
         details = getattr(engine.state, "metric_details", {}) or {}
