@@ -1,0 +1,367 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""The bundle's workflows (train, evaluate, infer) through MONAI's ConfigWorkflow, on a synthetic 32^3 dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+from scripts.metrics import METRIC_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+ROI, SPACING = 32, 2.0
+SMALL = {"channels": [4, 8, 8, 16, 16], "roi_size": ROI, "spacing": SPACING, "num_workers": 0}
+
+
+def _vertebra(shift: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic 'vertebra' (body ellipsoid + posterior process) in a 32^3 crop: (ct, mask)."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.arange(ROI, dtype=np.float32)] * 3, indexing="ij")
+    cx, cy, cz = (15.5 + s for s in shift)
+    body = ((x - cx) / 7) ** 2 + ((y - cy - 3) / 6) ** 2 + ((z - cz) / 4) ** 2 <= 1
+    process = (np.abs(x - cx) <= 1.5) & (y < cy - 2) & (y > cy - 11) & (np.abs(z - cz + 2) <= 2)
+    mask = body | process
+    ct = rng.normal(-900, 30, size=mask.shape).astype(np.float32)
+    ct[mask] = 300 + 200 * (((x - cx) / 7) ** 2)[mask]
+    return ct, mask.astype(np.uint8)
+
+
+def _affine(origin: tuple[float, float, float]) -> np.ndarray:
+    a = np.diag([SPACING, SPACING, SPACING, 1.0])
+    a[:3, 3] = origin
+    return a
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """A prepared-dataset folder in the layout of ``python -m scripts.prepare`` (4 vertebrae)."""
+    out = tmp_path_factory.mktemp("prepared")
+    splits: dict[str, list] = {"training": [], "validation": [], "test": []}
+    names = ["training", "training", "validation", "test"]
+    gts = []
+    for i, split in enumerate(names):
+        ct, mask = _vertebra((i % 2, -(i % 3) + 1, 0), seed=i)
+        gt = np.where(mask > 0, ct, -1024.0).astype(np.float32)
+        aff = _affine((-31.0 + 5 * i, -20.0, -100.0 - 40 * i))
+        item = {"id": f"P{i}_T{i + 1}", "patient": f"P{i}", "level": f"T{i + 1}"}
+        (out / item["patient"]).mkdir()
+        for key, arr in (("ct", ct), ("gt", gt), ("mask", mask)):
+            rel = f"{item['patient']}/{item['id']}_{key}.nii.gz"
+            nib.save(nib.Nifti1Image(arr, aff), str(out / rel))
+            item[key] = rel
+        splits[split].append(item)
+        if split == "training":
+            gts.append(gt)
+    stats = {"gt_mean": float(np.mean(gts)), "gt_std": float(np.std(gts))}
+    (out / "datalist.json").write_text(json.dumps({**splits, "statistics": stats}, indent=2))
+    return out
+
+
+def _workflow(files: list[str], workflow_type: str, **override) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / f) for f in files],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        **{"bundle_root": str(ROOT), **override},
+    )
+    return wf
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory) -> Path:
+    """Train 1 epoch; returns the checkpoint folder."""
+    ckpt = tmp_path_factory.mktemp("models")
+    runs = tmp_path_factory.mktemp("runs")
+    wf = _workflow(
+        ["train.json"],
+        "train",
+        dataset_dir=str(dataset),
+        ckpt_dir=str(ckpt),
+        output_dir=str(runs),
+        epochs=1,
+        warmup_epochs=1,
+        **SMALL,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    assert list(runs.glob("events.out.tfevents*")), "TensorBoard logs are written"
+    return ckpt
+
+
+def test_check_properties_train_and_infer(dataset, tmp_path):
+    train = _workflow(["train.json"], "train", dataset_dir=str(dataset), ckpt_dir=str(tmp_path), **SMALL)
+    train.initialize()
+    assert not train.check_properties()
+    xrays = _write_xrays(tmp_path, dataset)
+    infer = _workflow(["inference.json"], "infer", ckpt_dir=str(tmp_path), xrays=xrays, load_pretrain=False, **SMALL)
+    infer.initialize()
+    assert not infer.check_properties()
+
+
+def test_train_one_epoch_writes_checkpoints(trained):
+    assert (trained / "model.pt").is_file(), "best model by the validation metric"
+    assert (trained / "checkpoint_last.pt").is_file(), "resumable checkpoint"
+    stats = json.loads((trained / "intensity_stats.json").read_text())
+    assert stats["gt_std"] > 0
+    state = torch.load(trained / "checkpoint_last.pt", weights_only=False)
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
+    assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"], "saved after epoch 1"
+
+
+def test_evaluate_writes_every_metric(dataset, trained, tmp_path):
+    wf = _workflow(
+        ["train.json", "evaluate.json"],
+        "eval",
+        dataset_dir=str(dataset),
+        ckpt_dir=str(trained),
+        output_dir=str(tmp_path),
+        **SMALL,
+    )
+    wf.initialize()
+    wf.run()
+    with open(tmp_path / "metrics_per_vertebra.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == ["P3_T4"], "one row per test vertebra, named by its id"
+    assert set(rows[0]) == {"id"} | {f"val_{n}" for n in METRIC_NAMES}
+    assert 0.0 <= float(rows[0]["val_dice"]) <= 1.0
+    with open(tmp_path / "metrics_summary.csv") as f:
+        summary = {r["metric"]: r for r in csv.DictReader(f)}
+    assert set(summary) == {f"val_{n}" for n in METRIC_NAMES}
+    assert (tmp_path / "val_dice_raw.csv").is_file(), "MetricsSaver's per-metric files"
+
+
+def _write_xrays(tmp_path: Path, dataset: Path, size: tuple[int, int] = (ROI, ROI)) -> list[str]:
+    """Simulate AP and lateral DRRs of the test vertebra and save them as 16-bit PNGs."""
+    from monai.transforms import LoadImage
+
+    from scripts.simulate import write_png16
+    from scripts.transforms import DRR
+
+    item = json.loads((dataset / "datalist.json").read_text())["test"][0]
+    vol = LoadImage(image_only=True, ensure_channel_first=True)(str(dataset / item["gt"]))
+    drr = DRR(photon_count=None)(vol).numpy()
+    paths = []
+    for i, name in enumerate(["ap", "lat"]):
+        img = np.asarray(Image.fromarray(drr[i]).resize(size[::-1])) if size != (ROI, ROI) else drr[i]
+        path = tmp_path / f"{name}.png"
+        write_png16(img, path, float(drr.max()))
+        paths.append(str(path))
+    return paths
+
+
+def test_infer_writes_volume_mesh_preview(dataset, trained, tmp_path):
+    xrays = _write_xrays(tmp_path, dataset)
+    out = tmp_path / "out"
+    wf = _workflow(
+        ["inference.json"], "infer", ckpt_dir=str(trained), output_dir=str(out), xrays=xrays, case_id="T4", **SMALL
+    )
+    wf.initialize()
+    wf.run()
+    case = out / "T4"
+    img = nib.load(str(case / "T4_hu.nii.gz"))
+    assert img.shape[:3] == (ROI, ROI, ROI)
+    np.testing.assert_allclose(np.diag(img.affine)[:3], [SPACING] * 3, atol=1e-5)
+    centre = img.affine @ np.array([(ROI - 1) / 2] * 3 + [1.0])
+    np.testing.assert_allclose(centre[:3], 0.0, atol=1e-4, err_msg="the grid is centred on the isocentre")
+    report = json.loads((case / "T4_mesh.json").read_text())
+    assert "watertight" in report and "components" in report
+    if report["vertices"]:
+        assert (case / "T4_mesh.stl").is_file() and (case / "T4_mesh.ply").is_file()
+    assert Image.open(case / "T4_preview.png").size[0] > 100
+
+
+def test_infer_from_simulated_ct_reports_metrics(dataset, trained, tmp_path):
+    wf = _workflow(
+        ["inference.json", "inference_simulated.json"],
+        "infer",
+        ckpt_dir=str(trained),
+        output_dir=str(tmp_path),
+        dataset_dir=str(dataset),
+        **SMALL,
+    )
+    wf.initialize()
+    wf.run()
+    assert (tmp_path / "P3_T4" / "P3_T4_hu.nii.gz").is_file()
+    with open(tmp_path / "metrics_per_vertebra.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["id"] == "P3_T4"
+    # the saved volume keeps the crop's affine: it can be put back into patient space
+    src = nib.load(str(dataset / json.loads((dataset / "datalist.json").read_text())["test"][0]["gt"]))
+    np.testing.assert_allclose(nib.load(str(tmp_path / "P3_T4" / "P3_T4_hu.nii.gz")).affine, src.affine, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("one_image", "two"),
+        ("different_sizes", "size"),
+        ("unreadable", "cannot read"),
+        ("angles", "360"),
+    ],
+)
+def test_bad_inference_inputs(dataset, trained, tmp_path, case, message):
+    ap, lat = _write_xrays(tmp_path, dataset)
+    angles = None
+    if case == "one_image":
+        xrays = [ap]
+    elif case == "different_sizes":
+        Image.fromarray(np.zeros((40, 50), dtype=np.uint16)).save(lat)
+        xrays = [ap, lat]
+    elif case == "unreadable":
+        Path(lat).write_bytes(b"not an image")
+        xrays = [ap, lat]
+    else:
+        xrays, angles = [ap, lat], [[0, 0], [400, 0]]
+    out = tmp_path / "out"
+    wf = _workflow(["inference.json"], "infer", ckpt_dir=str(trained), output_dir=str(out), xrays=xrays, **SMALL)
+    if angles is not None:
+        wf.parser["angles"] = angles
+    with pytest.raises(Exception) as err:
+        wf.initialize()
+        wf.run()
+    text = "".join(str(e) for e in _chain(err.value))
+    assert message in text.lower()
+    assert not out.exists() or not any(out.iterdir()), "nothing is written for a bad input"
+
+
+def test_missing_model_says_how_to_train(tmp_path, dataset):
+    ap, lat = _write_xrays(tmp_path, dataset)
+    (tmp_path / "intensity_stats.json").write_text('{"gt_mean": -900, "gt_std": 300}')
+    wf = _workflow(["inference.json"], "infer", ckpt_dir=str(tmp_path), xrays=[ap, lat], **SMALL)
+    with pytest.raises(Exception) as err:
+        wf.initialize()
+    assert "configs/train.json" in "".join(str(e) for e in _chain(err.value))
+
+
+def test_missing_dataset_says_how_to_prepare(tmp_path):
+    wf = _workflow(["train.json"], "train", dataset_dir=str(tmp_path / "nothing"), ckpt_dir=str(tmp_path), **SMALL)
+    with pytest.raises(Exception) as err:
+        wf.initialize()
+        wf.run()
+    assert "python -m scripts.prepare" in "".join(str(e) for e in _chain(err.value))
+
+
+def _chain(e: BaseException):
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _bundle_cmd(*configs: str) -> list[str]:
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([str(CONFIGS / c) for c in configs])]
+
+
+def _overrides(**kw) -> list[str]:
+    args = []
+    for k, v in {**SMALL, **kw}.items():
+        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    return args
+
+
+def _saved_epoch(ckpt: Path) -> int:
+    trainer = torch.load(ckpt / "checkpoint_last.pt", weights_only=False)["trainer"]
+    return trainer["iteration"] // trainer["epoch_length"]
+
+
+def test_kill_and_resume(dataset, tmp_path):
+    """A training process killed after an epoch continues from the saved epoch when started again."""
+    ckpt, log1 = tmp_path / "models", tmp_path / "run1.log"
+    args = _bundle_cmd("train.json") + _overrides(
+        dataset_dir=str(dataset), ckpt_dir=str(ckpt), output_dir=str(tmp_path / "runs"), epochs=4, warmup_epochs=1
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log1, "w") as f:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 240
+        while time.time() < deadline and "epoch 2: checkpoint saved" not in log1.read_text():
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert "epoch 2: checkpoint saved" in log1.read_text(), log1.read_text()[-3000:]
+    saved_epoch = _saved_epoch(ckpt)
+    assert saved_epoch >= 2
+    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert f"at epoch {saved_epoch}" in out, "the rerun says where it resumed"
+    assert f"Epoch: {saved_epoch + 1}/4" in out and "Epoch: 1/4" not in out
+    assert _saved_epoch(ckpt) == 4
+
+
+def test_ddp_two_gloo_processes(dataset, tmp_path):
+    """configs/multi_gpu_train.json under torchrun with 2 CPU processes (gloo)."""
+    ckpt = tmp_path / "models"
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29577",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]),
+    ] + _overrides(
+        dataset_dir=str(dataset),
+        ckpt_dir=str(ckpt),
+        output_dir=str(tmp_path / "runs"),
+        epochs=1,
+        # two items per rank: batch norm needs more than one value per channel at the 1-voxel bottleneck of 32^3
+        **{"train#dataset#data": "$scripts.workflow.load_split(@dataset_dir, 'training') * 2"},
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    state = torch.load(ckpt / "checkpoint_last.pt", weights_only=False)
+    assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"], "saved after epoch 1"
+    assert not any(k.startswith("module.") for k in state["model"]), "checkpoints hold the unwrapped network"
+    assert (ckpt / "model.pt").is_file()
+
+
+def test_ckpt_export_matches_eager(trained, tmp_path):
+    ts = tmp_path / "model.ts"
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts),
+        "--ckpt_file",
+        str(trained / "model.pt"),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+    ] + _overrides(ckpt_dir=str(trained))
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    from scripts.networks import EAR
+
+    net = EAR(channels=SMALL["channels"])
+    net.load_state_dict(torch.load(trained / "model.pt", weights_only=True))
+    net.eval()
+    scripted = torch.jit.load(str(ts))
+    x = torch.randn(1, 2, ROI, ROI, ROI)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-4)
