@@ -365,3 +365,38 @@ def test_ckpt_export_matches_eager(trained, tmp_path):
     x = torch.randn(1, 2, ROI, ROI, ROI)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-4)
+
+
+def test_train_from_presimulated_pairs(dataset, tmp_path):
+    """`simulate_online: false` trains on the pairs written by `python -m scripts.simulate`."""
+    import shutil
+
+    from scripts.simulate import main as simulate
+
+    data = tmp_path / "prepared"
+    shutil.copytree(dataset, data)
+    simulate(str(data), angles="[[0, 90]]")
+    item = json.loads((data / "datalist.json").read_text())["training"][0]
+    assert len(item["drr_png"]) == 2
+    ckpt = tmp_path / "models"
+    wf = _workflow(
+        ["train.json"],
+        "train",
+        dataset_dir=str(data),
+        ckpt_dir=str(ckpt),
+        output_dir=str(tmp_path / "runs"),
+        epochs=1,
+        simulate_online=False,
+        **SMALL,
+    )
+    wf.initialize()
+    batch = wf.parser.get_parsed_content("train#dataset")[0]
+    assert batch["image"].shape == (2, ROI, ROI, ROI)
+    # the expanded pre-simulated pair matches an on-the-fly simulation of the same vertebra (noise aside)
+    online = _workflow(["train.json"], "train", dataset_dir=str(data), ckpt_dir=str(ckpt), pose_prob=0.0, **SMALL)
+    online.initialize()
+    ref = online.parser.get_parsed_content("train#dataset")[0]["image"]
+    corr = torch.corrcoef(torch.stack([batch["image"].flatten(), ref.flatten()]))[0, 1]
+    assert corr > 0.98
+    wf.run()
+    assert _saved_epoch(ckpt) == 1

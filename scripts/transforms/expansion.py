@@ -113,8 +113,11 @@ class DimensionExpansion(Transform):
             geometry = meta
         if geometry is None:
             geometry = self.geometry
+        size = tuple(int(s) for s in (spatial_size if spatial_size is not None else self.spatial_size))
         if geometry is None:
-            geometry = ConeBeamGeometry.for_crop(max(self.spatial_size), self.spacing, detector_size=(h, w))
+            # the default X-ray system of the output grid (the one scripts.simulate and DRR use for a crop)
+            spacing = self.spacing if affine is None else float(np.linalg.norm(_to_f64(affine)[:3, :3], axis=0).max())
+            geometry = ConeBeamGeometry.for_crop(max(size), spacing, detector_size=(h, w))
         geometry = ConeBeamGeometry.from_any(geometry)
         if tuple(geometry.detector_shape) != (h, w):
             raise ValueError(
@@ -130,7 +133,6 @@ class DimensionExpansion(Transform):
         ang = as_angles(_to_f64(angles))
         if ang.shape[0] != img.shape[0]:
             raise ValueError(f"{img.shape[0]} images but {ang.shape[0]} view angles ({ang.tolist()}).")
-        size = tuple(int(s) for s in (spatial_size if spatial_size is not None else self.spatial_size))
         if isocentre is None and "isocentre" in meta:
             isocentre = meta["isocentre"]
         if affine is None:
