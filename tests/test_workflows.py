@@ -400,3 +400,27 @@ def test_train_from_presimulated_pairs(dataset, tmp_path):
     assert corr > 0.98
     wf.run()
     assert _saved_epoch(ckpt) == 1
+
+
+def test_infer_from_datalist(dataset, trained, tmp_path):
+    """`--datalist cases.json`: relative paths, default and explicit angles, outputs named by id."""
+    ap, lat = _write_xrays(tmp_path, dataset)
+    cases = [
+        {"xray": [Path(ap).name, Path(lat).name], "id": "first"},
+        {"xray": [ap, lat], "angles": [[0, 0], [90, 0]], "id": "second"},
+    ]
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    out = tmp_path / "out"
+    wf = _workflow(
+        ["inference.json"],
+        "infer",
+        ckpt_dir=str(trained),
+        output_dir=str(out),
+        datalist=str(tmp_path / "cases.json"),
+        **SMALL,
+    )
+    wf.initialize()
+    wf.run()
+    a = nib.load(str(out / "first" / "first_hu.nii.gz")).get_fdata()
+    b = nib.load(str(out / "second" / "second_hu.nii.gz")).get_fdata()
+    np.testing.assert_allclose(a, b, atol=1e-4, err_msg="default angles are AP and lateral")
