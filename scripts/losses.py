@@ -1,5 +1,5 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""EAR losses (Tan et al., section 3.5; shared/docs/method.md section 6).
+"""EAR losses (Tan et al., section 3.5).
 
 Every loss takes channel-first batches ``(B, C, X, Y, Z)`` and honours ``reduction``: ``"mean"`` (over
 the batch), ``"sum"`` (over the batch) or ``"none"`` (one value per batch item, shape ``(B,)``).

@@ -1,5 +1,5 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""Evaluation metrics with the fixed definitions of shared/docs/method.md section 7.
+"""Evaluation metrics with fixed definitions (docs/README.md, Metrics).
 
 Per vertebra (prediction and ground truth in HU on the same isotropic grid):
 

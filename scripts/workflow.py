@@ -201,7 +201,7 @@ def metric_handlers(
     prefix: str = "val_",
     inputs: str = "zscore",
 ) -> dict[str, IgniteMetricHandler]:
-    """Ignite handlers of the metrics of ``scripts.metrics`` (method.md section 7), keyed ``<prefix><name>``.
+    """Ignite handlers of the metrics of ``scripts.metrics`` (docs/README.md, Metrics), keyed ``<prefix><name>``.
 
     Every handler keeps its per-item values (``save_details=True``) for ``MetricsSaver`` and
     :class:`scripts.handlers.VertebraMetricsTable`.

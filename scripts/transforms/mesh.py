@@ -30,7 +30,7 @@ __all__ = ["EmptyMeshError", "MeshReport", "volume_to_mesh", "mesh_report", "wri
 
 logger = logging.getLogger(__name__)
 
-#: iso-level of the bone surface, HU (method.md section 7 binarises at -500 HU too)
+#: iso-level of the bone surface, HU (the Dice metric binarises at -500 HU too)
 BONE_LEVEL_HU = -500.0
 
 
