@@ -86,6 +86,12 @@ def spectrum(name: str = "60kV") -> tuple[np.ndarray, np.ndarray]:
     return energies, fluence / fluence.sum()
 
 
+@cache
+def _spectrum_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    energies, fluence = spectrum(name)
+    return energies, fluence
+
+
 def mass_attenuation(energies_kev: np.ndarray | float) -> np.ndarray:
     """mu/rho (cm^2/g) of air, soft tissue and bone at the given energies (log-log interpolation).
 
@@ -105,6 +111,13 @@ def hu_to_density(hu: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.minimum(0.001029 * hu + 1.030, 0.0005886 * hu + 1.03), min=0.0)
 
 
+def _density(hu: torch.Tensor, out: torch.Tensor | None = None, tmp: torch.Tensor | None = None) -> torch.Tensor:
+    """``hu_to_density`` in four element-wise passes (``torch.add`` with ``alpha`` fuses scale and offset)."""
+    one = torch.tensor(1.03, dtype=hu.dtype, device=hu.device)  # both lines of the conversion meet at 0 HU
+    rho = torch.add(one, hu, alpha=0.001029, out=out)
+    return torch.minimum(rho, torch.add(one, hu, alpha=0.0005886, out=tmp), out=rho).clamp_(min=0.0)
+
+
 def material_densities(hu: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
     """Split a HU volume into per-material density volumes (g/cm^3), stacked along ``channel_dim``.
 
@@ -112,12 +125,11 @@ def material_densities(hu: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
         hu: HU values, any shape.
         channel_dim: where the material axis (air, soft tissue, bone) is inserted.
     """
-    hu = hu.float()
+    hu = hu.float().contiguous()
     dim = channel_dim % (hu.ndim + 1)
     out = torch.empty((3, *hu.shape), dtype=hu.dtype, device=hu.device)
     # written in place into the output (element-wise passes over the volume dominate the cost on CPU)
-    rho = torch.mul(hu, 0.001029, out=out[1]).add_(1.030)
-    torch.minimum(rho, torch.mul(hu, 0.0005886, out=out[2]).add_(1.03), out=rho).clamp_(min=0.0)
+    rho = _density(hu, out=out[1], tmp=out[2])
     torch.mul(rho, hu <= HU_AIR_MAX, out=out[0])
     torch.mul(rho, hu > HU_SOFT_MAX, out=out[2])
     rho.sub_(out[0]).sub_(out[2])
@@ -127,35 +139,45 @@ def material_densities(hu: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
 def linear_attenuation(hu: torch.Tensor, energy_kev: float) -> torch.Tensor:
     """Linear attenuation coefficient (1/mm) of a HU volume at one energy."""
     mu = [float(m) * 0.1 for m in mass_attenuation(energy_kev)[:, 0]]  # cm^2/g * g/cm^3 -> 1/cm -> 1/mm
-    hu = hu.float()
-    rho = hu_to_density(hu)
+    hu = hu.float().contiguous()
     coef = torch.where(hu > HU_SOFT_MAX, mu[2], mu[1])
     coef.masked_fill_(hu <= HU_AIR_MAX, mu[0])
-    return rho.mul_(coef)
+    return _density(hu).mul_(coef)
 
 
 def expected_photons(
-    line_integrals: torch.Tensor, spectrum_name: str = "60kV", photon_count: float = 1e6, channel_dim: int = -3
+    line_integrals: torch.Tensor,
+    spectrum_name: str = "60kV",
+    photon_count: float = 1e6,
+    channel_dim: int = -3,
+    length_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Expected photon counts per energy bin behind the object.
 
     Args:
-        line_integrals: per-material density line integrals in g/cm^2, materials along ``channel_dim``.
+        line_integrals: per-material density line integrals in g/cm^2 (times ``length_scale``), materials
+            along ``channel_dim``.
         spectrum_name: tabulated spectrum.
         photon_count: photons per pixel of the unattenuated beam.
         channel_dim: the material axis of ``line_integrals``.
+        length_scale: factor that converts ``line_integrals`` to g/cm^2 (0.1 for g/cm^3 x mm).
 
     Returns:
         (counts with the material axis replaced by a trailing energy axis, energies in keV as a tensor).
     """
-    energies, fluence = spectrum(spectrum_name)
+    energies, fluence = _spectrum_arrays(spectrum_name)
     kw = dict(dtype=line_integrals.dtype, device=line_integrals.device)
-    mu = torch.as_tensor(mass_attenuation(energies), **kw)
-    lint = line_integrals.movedim(channel_dim, -1).contiguous()  # (..., 3)
+    mu = torch.as_tensor(mass_attenuation(energies) * -length_scale, **kw)  # (3, E)
     log_w = torch.as_tensor(np.log(fluence * photon_count), **kw)
-    # one GEMM and one exp: N(E) = N0 p(E) exp(-sum_m mu_m(E) L_m)
-    counts = torch.exp(torch.addmm(log_w, lint.reshape(-1, lint.shape[-1]), -mu))
-    return counts.reshape(*lint.shape[:-1], -1), torch.as_tensor(energies, **kw)
+    cd = channel_dim % line_integrals.ndim
+    n_mat = line_integrals.shape[cd]
+    rest = (*line_integrals.shape[:cd], *line_integrals.shape[cd + 1 :])
+    pre = int(np.prod(line_integrals.shape[:cd], dtype=np.int64))
+    # (pre, post, 3) view of the integrals (no copy), then one batched GEMM and one exp:
+    # N(E) = N0 p(E) exp(-sum_m mu_m(E) L_m)
+    lint = line_integrals.reshape(pre, n_mat, -1).transpose(1, 2)
+    counts = torch.baddbmm(log_w, lint, mu.expand(pre, *mu.shape)).exp_()
+    return counts.reshape(*rest, -1), torch.as_tensor(energies, **kw)
 
 
 def energy_integrating_signal(
@@ -180,7 +202,7 @@ def energy_integrating_signal(
     moments = counts @ torch.stack([energies, energies * energies, torch.ones_like(energies)], -1)
     mean, var, total = moments.unbind(-1)
     z = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-    signal = mean + var.sqrt() * z
+    signal = torch.addcmul(mean, var.sqrt_(), z)
     few = total < gaussian_above
     if bool(few.any()):
         exact = torch.poisson(counts[few], generator=generator) @ energies
@@ -195,6 +217,7 @@ def polychromatic_image(
     noise: bool = True,
     generator: torch.Generator | None = None,
     channel_dim: int = -3,
+    length_scale: float = 1.0,
 ) -> torch.Tensor:
     """``-log(S / S0)`` from per-material density line integrals (g/cm^2).
 
@@ -205,16 +228,17 @@ def polychromatic_image(
         noise: add quantum noise (needs ``photon_count``).
         generator: torch random generator for the noise.
         channel_dim: the material axis.
+        length_scale: factor that converts ``line_integrals`` to g/cm^2 (0.1 for g/cm^3 x mm).
 
     Returns:
         the image with the material axis removed.
     """
     n0 = 1.0 if photon_count is None else float(photon_count)
-    counts, energies = expected_photons(line_integrals.float(), spectrum_name, n0, channel_dim)
-    _, fluence = spectrum(spectrum_name)
-    s0 = float((fluence * n0 * energies.cpu().numpy()).sum())
+    counts, energies = expected_photons(line_integrals.float(), spectrum_name, n0, channel_dim, length_scale)
+    e, fluence = _spectrum_arrays(spectrum_name)
+    s0 = float((fluence * n0 * e).sum())
     noisy = noise and photon_count is not None
     signal = energy_integrating_signal(counts, energies, noisy, generator)
     # with noise, a pixel that received no photon is set to the smallest detectable signal (one photon)
-    signal = torch.clamp(signal, min=float(energies.min()) if noisy else s0 * 1e-30)
-    return (-torch.log(signal / s0)).to(line_integrals.dtype)
+    signal = signal.clamp_(min=float(e.min()) if noisy else s0 * 1e-30)
+    return torch.log(signal.mul_(1.0 / s0)).neg_().to(line_integrals.dtype)
