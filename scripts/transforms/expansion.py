@@ -35,6 +35,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from scripts.drr import ConeBeamGeometry, as_angles, crop_centre, grid_affine
+from scripts.drr.geometry import DEFAULT_SDD, DEFAULT_SOD
 
 __all__ = ["DimensionExpansion", "DimensionExpansiond", "EXPANSION_MODES", "zscore_images"]
 
@@ -62,9 +63,14 @@ class DimensionExpansion(Transform):
         mode: "backproject" or "replicate".
         spatial_size: output grid size when no reference affine is given (int or 3 ints).
         spacing: output voxel size in mm when no reference affine is given.
-        geometry: default ``ConeBeamGeometry`` (or dict); None = ``for_crop(spatial_size, spacing)`` with the
-            images' detector size.
+        geometry: default ``ConeBeamGeometry`` (or dict). None: the images' own geometry when they carry one
+            (DRRs), else ``sdd``, ``sod`` and the images' pixel spacing (``meta["pixel_spacing"]``, e.g. from
+            DICOM or a datalist, see :class:`~scripts.transforms.LoadXRayPair`) when known and
+            ``use_pixel_spacing``, else ``for_crop`` of the output grid (the detector just sees the crop).
         zscore: z-score each image before expansion.
+        sdd: source-to-detector distance (mm) of the X-ray system when no geometry is given.
+        sod: source-to-isocentre distance (mm) of the X-ray system when no geometry is given.
+        use_pixel_spacing: use the images' pixel spacing, when known, for the default geometry.
     """
 
     def __init__(
@@ -74,6 +80,9 @@ class DimensionExpansion(Transform):
         spacing: float = 1.0,
         geometry: ConeBeamGeometry | Mapping | None = None,
         zscore: bool = True,
+        sdd: float = DEFAULT_SDD,
+        sod: float = DEFAULT_SOD,
+        use_pixel_spacing: bool = True,
     ) -> None:
         if mode not in EXPANSION_MODES:
             raise ValueError(f"mode must be one of {EXPANSION_MODES}, got {mode!r}.")
@@ -85,6 +94,7 @@ class DimensionExpansion(Transform):
         self.spacing = float(spacing)
         self.geometry = None if geometry is None else ConeBeamGeometry.from_any(geometry)
         self.zscore = zscore
+        self.sdd, self.sod, self.use_pixel_spacing = float(sdd), float(sod), use_pixel_spacing
 
     def __call__(
         self,
@@ -114,10 +124,12 @@ class DimensionExpansion(Transform):
         if geometry is None:
             geometry = self.geometry
         size = tuple(int(s) for s in (spatial_size if spatial_size is not None else self.spatial_size))
+        if geometry is None and self.use_pixel_spacing:
+            geometry = self._geometry_from_pixel_spacing(img, (h, w))
         if geometry is None:
             # the default X-ray system of the output grid (the one scripts.simulate and DRR use for a crop)
             spacing = self.spacing if affine is None else float(np.linalg.norm(_to_f64(affine)[:3, :3], axis=0).max())
-            geometry = ConeBeamGeometry.for_crop(max(size), spacing, detector_size=(h, w))
+            geometry = ConeBeamGeometry.for_crop(max(size), spacing, self.sdd, self.sod, detector_size=(h, w))
         geometry = ConeBeamGeometry.from_any(geometry)
         if tuple(geometry.detector_shape) != (h, w):
             raise ValueError(
@@ -148,6 +160,21 @@ class DimensionExpansion(Transform):
         return MetaTensor(
             vol, affine=aff, meta={"expansion_mode": self.mode, "angles": ang.numpy(), "filename_or_obj": name}
         )
+
+    def _geometry_from_pixel_spacing(self, img: torch.Tensor, shape: tuple[int, int]) -> ConeBeamGeometry | None:
+        """The system ``sdd``, ``sod`` with the images' known pixel spacing, or None where it is unknown."""
+        spacing = img.meta.get("pixel_spacing") if isinstance(img, MetaTensor) else None
+        if spacing is None:
+            return None
+        sp = np.asarray(spacing, dtype=np.float64).reshape(-1, 2)
+        if not np.all(np.isfinite(sp)):
+            return None
+        if not np.allclose(sp, sp[0], rtol=1e-3):
+            raise ValueError(
+                f"the views have different pixel spacings {sp.tolist()} mm; resample them to one spacing, or pass "
+                "a geometry."
+            )
+        return ConeBeamGeometry(self.sdd, self.sod, shape, tuple(sp[0]))
 
     def expand(self, data, ang, geometry: ConeBeamGeometry, aff, size, iso) -> torch.Tensor:
         """Sample the images at the projections of the grid's voxel centres: (V, X, Y, Z)."""
@@ -197,7 +224,7 @@ class DimensionExpansiond(MapTransform):
         geometry_key: key of a geometry dict (default "<key>_geometry" when present; the image's meta is used
             otherwise).
         angles_key: key of the view angles used when neither the geometry nor the meta has them.
-        spatial_size, spacing, geometry, zscore: see :class:`DimensionExpansion`.
+        spatial_size, spacing, geometry, zscore, sdd, sod, use_pixel_spacing: see :class:`DimensionExpansion`.
         allow_missing_keys: skip missing keys.
     """
 
@@ -213,6 +240,9 @@ class DimensionExpansiond(MapTransform):
         spacing: float = 1.0,
         geometry: ConeBeamGeometry | Mapping | None = None,
         zscore: bool = True,
+        sdd: float = DEFAULT_SDD,
+        sod: float = DEFAULT_SOD,
+        use_pixel_spacing: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -221,7 +251,7 @@ class DimensionExpansiond(MapTransform):
         self.output_keys = [output_keys] if isinstance(output_keys, str) else list(output_keys)
         if len(self.output_keys) != len(self.keys):
             raise ValueError(f"need one output key per key: keys={self.keys}, output_keys={self.output_keys}.")
-        self.expander = DimensionExpansion(mode, spatial_size, spacing, geometry, zscore)
+        self.expander = DimensionExpansion(mode, spatial_size, spacing, geometry, zscore, sdd, sod, use_pixel_spacing)
         self.ref_key, self.geometry_key, self.angles_key = ref_key, geometry_key, angles_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
