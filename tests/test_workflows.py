@@ -424,3 +424,27 @@ def test_infer_from_datalist(dataset, trained, tmp_path):
     a = nib.load(str(out / "first" / "first_hu.nii.gz")).get_fdata()
     b = nib.load(str(out / "second" / "second_hu.nii.gz")).get_fdata()
     np.testing.assert_allclose(a, b, atol=1e-4, err_msg="default angles are AP and lateral")
+
+
+def test_train_other_network_e2e_baseline(dataset, tmp_path):
+    """Any MONAI network fits the workflow: E2E (dimension expansion + 3-D U-Net) is a network_def override."""
+    ckpt = tmp_path / "models"
+    wf = _workflow(
+        ["train.json"],
+        "train",
+        dataset_dir=str(dataset),
+        ckpt_dir=str(ckpt),
+        output_dir=str(tmp_path / "runs"),
+        epochs=1,
+        network_def={
+            "_target_": "monai.networks.nets.BasicUNet",
+            "spatial_dims": 3,
+            "in_channels": 2,
+            "out_channels": 1,
+            "features": [4, 8, 8, 16, 16, 4],
+        },
+        **SMALL,
+    )
+    wf.initialize()
+    wf.run()
+    assert (ckpt / "model.pt").is_file() and _saved_epoch(ckpt) == 1
