@@ -130,9 +130,10 @@ def material_densities(hu: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
     out = torch.empty((3, *hu.shape), dtype=hu.dtype, device=hu.device)
     # written in place into the output (element-wise passes over the volume dominate the cost on CPU)
     rho = _density(hu, out=out[1], tmp=out[2])
-    torch.mul(rho, hu <= HU_AIR_MAX, out=out[0])
-    torch.mul(rho, hu > HU_SOFT_MAX, out=out[2])
-    rho.sub_(out[0]).sub_(out[2])
+    zero = torch.zeros((), dtype=hu.dtype, device=hu.device)
+    torch.where(hu <= HU_AIR_MAX, rho, zero, out=out[0])
+    torch.where(hu > HU_SOFT_MAX, rho, zero, out=out[2])
+    rho.sub_(out[0]).sub_(out[2])  # soft tissue: the rest
     return out.movedim(0, dim)
 
 
