@@ -32,7 +32,7 @@ from .physics import spectrum as get_spectrum
 __all__ = ["line_integrals", "DRRProjector", "PHYSICS_MODES", "check_volume", "default_geometry"]
 
 PHYSICS_MODES = ("poly", "mono")
-_MAX_ELEMENTS = 2**25  # grid_sample output elements per chunk of slices (bounds the memory)
+_MAX_ELEMENTS = 2**22  # grid_sample output elements per chunk of slices (bounds the memory; smaller reuses it)
 _PLAN_CACHE_SIZE = 16  # sampling plans kept (a 128 x 128 pair takes 0.7 MB)
 _PLAN_CACHE: OrderedDict[tuple, tuple] = OrderedDict()
 
