@@ -216,11 +216,13 @@ def _integrate_group(volume: torch.Tensor, group: _RayGroup, m: int) -> torch.Te
     n_s = stack.shape[0]
     rows, w = group.base.shape[:2]
     acc = None
-    chunk = max(1, _MAX_ELEMENTS // max(1, g * c * rows * w))
-    for s0 in range(0, n_s, chunk):  # chunks of slices, to bound the memory
+    n_chunks = -(-n_s * g * c * rows * w // _MAX_ELEMENTS)  # chunks of slices, to bound the memory
+    chunk = -(-n_s // n_chunks)
+    grid_buf = group.base.new_empty(min(chunk, n_s), rows, w, 2)  # one grid buffer for all chunks
+    for s0 in range(0, n_s, chunk):
         s1 = min(n_s, s0 + chunk)
         k = torch.arange(s0, s1, dtype=group.base.dtype, device=group.base.device).reshape(-1, 1, 1, 1)
-        grid = torch.addcmul(group.base, k, group.slope)  # (s1 - s0, Vg * H, W, 2)
+        grid = torch.addcmul(group.base, k, group.slope, out=grid_buf[: s1 - s0])  # (s1 - s0, Vg * H, W, 2)
         # zeros padding: within one voxel outside a side face the samples fade linearly to zero, which
         # integrates like the voxel's box ending half a voxel beyond its centre
         smp = F.grid_sample(stack[s0:s1], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
