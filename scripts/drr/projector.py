@@ -108,7 +108,7 @@ def _c_order(volume: torch.Tensor) -> torch.Tensor:
 
 
 def _tensor(array: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    # C order: element-wise results inherit the layout, and grid_sample reads a strided grid slowly
+    # C order: the sampling grids computed from these inherit their memory layout
     return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=device).contiguous()
 
 
