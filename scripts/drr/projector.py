@@ -17,6 +17,7 @@ integrates like a box ending half a voxel beyond the edge voxel's centre.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ PHYSICS_MODES = ("poly", "mono")
 _MAX_ELEMENTS = 2**22  # grid_sample output elements per chunk of slices (bounds the memory; smaller reuses it)
 _PLAN_CACHE_SIZE = 16  # sampling plans kept (a 128 x 128 pair takes 0.7 MB)
 _PLAN_CACHE: OrderedDict[tuple, tuple] = OrderedDict()
+_PLAN_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -139,10 +141,11 @@ def _ray_groups(
         dtype,
         str(device),
     )
-    plan = _PLAN_CACHE.get(key)
-    if plan is not None:
-        _PLAN_CACHE.move_to_end(key)
-        return plan
+    with _PLAN_LOCK:  # (transforms may run in threads)
+        plan = _PLAN_CACHE.get(key)
+        if plan is not None:
+            _PLAN_CACHE.move_to_end(key)
+            return plan
     # Ray set-up in float64 numpy (a few small arrays per view; numpy keeps these many small operations
     # off torch's intra-op thread pool). Rays in voxel index coordinates: source s (V, 3) and direction d
     # to every pixel centre (V, H, W, 3); pixel centres are affine in the pixel's row and column.
@@ -189,9 +192,10 @@ def _ray_groups(
             )
         )
     plan = tuple(groups)
-    _PLAN_CACHE[key] = plan
-    while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
-        _PLAN_CACHE.popitem(last=False)
+    with _PLAN_LOCK:
+        _PLAN_CACHE[key] = plan
+        while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
+            _PLAN_CACHE.popitem(last=False)
     return plan
 
 
