@@ -16,6 +16,7 @@ import torch
 from monai.handlers import IgniteMetricHandler, from_engine
 
 from scripts.metrics import METRIC_NAMES, VertebraMetric
+from scripts.transforms.intensity import load_intensity_stats
 from scripts.transforms.xray_io import check_xray_cases
 from scripts.utils import atomic_path
 
@@ -88,12 +89,13 @@ def _absolute(item: dict, base: Path) -> dict:
 def dataset_statistics(dataset_dir: str | os.PathLike) -> dict[str, float]:
     """HU mean and standard deviation of the training ground truth, stored by the preparation."""
     datalist = check_dataset(dataset_dir)
-    stats = json.loads(datalist.read_text()).get("statistics")
-    if not stats or "gt_mean" not in stats or "gt_std" not in stats:
-        raise ValueError(f"{datalist} has no 'statistics' with gt_mean and gt_std; re-run the preparation.")
-    if not stats["gt_std"] > 0:
-        raise ValueError(f"{datalist}: gt_std must be positive, got {stats['gt_std']}.")
-    return {"gt_mean": float(stats["gt_mean"]), "gt_std": float(stats["gt_std"])}
+    try:
+        mean, std = load_intensity_stats(datalist, "statistics.gt_mean", "statistics.gt_std")
+    except KeyError as e:
+        raise ValueError(f"{datalist} has no 'statistics' with gt_mean and gt_std; re-run the preparation.") from e
+    if not std > 0:
+        raise ValueError(f"{datalist}: gt_std must be positive, got {std}.")
+    return {"gt_mean": mean, "gt_std": std}
 
 
 def save_model_statistics(stats: dict[str, float], ckpt_dir: str | os.PathLike) -> Path:
@@ -113,8 +115,8 @@ def model_statistics(ckpt_dir: str | os.PathLike) -> dict[str, float]:
             f"missing {path}: it is written by training (configs/train.json) beside model.pt; copy it with the "
             'model, or write {"gt_mean": ..., "gt_std": ...} from the training dataset\'s datalist.json statistics.'
         )
-    stats = json.loads(path.read_text())
-    return {"gt_mean": float(stats["gt_mean"]), "gt_std": float(stats["gt_std"])}
+    mean, std = load_intensity_stats(path, "gt_mean", "gt_std")
+    return {"gt_mean": mean, "gt_std": std}
 
 
 def check_model(path: str | os.PathLike) -> Path:
