@@ -195,5 +195,5 @@ class VertebraMetricsTable:
             writer = csv.writer(f)
             writer.writerow(["metric", "mean", "std", "median", "n", "n_not_finite"])
             writer.writerows(summary)
-        text = ", ".join(f"{n} {m:.4g} ± {s:.2g}" for n, m, s, *_ in summary)
+        text = ", ".join(f"{n} {m:.4g}" + (f" ± {s:.2g}" if math.isfinite(s) else "") for n, m, s, *_ in summary)
         self.logger.info(f"{len(rows)} vertebrae: {text}; tables in {self.save_dir}")
