@@ -184,6 +184,7 @@ def test_infer_writes_volume_mesh_preview(dataset, trained, tmp_path):
     if report["vertices"]:
         assert (case / "T4_mesh.stl").is_file() and (case / "T4_mesh.ply").is_file()
     assert Image.open(case / "T4_preview.png").size[0] > 100
+    assert sorted(p.name for p in out.iterdir()) == ["T4"], "a finished case only, no staging folder left"
 
 
 def test_infer_from_simulated_ct_reports_metrics(dataset, trained, tmp_path):

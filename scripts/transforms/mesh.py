@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -200,8 +201,9 @@ class SaveMeshd(MapTransform):
                 report = mesh_report(mesh, self.level, write_mesh(mesh, stem, self.formats))
                 if not report.watertight:
                     logger.warning("%s: mesh is not watertight (%d components)", stem, report.components)
-            if self.write_report:
+            if self.write_report:  # file names relative to the report, so the folder can be moved
+                saved = {**asdict(report), "files": [Path(f).name for f in report.files]}
                 with atomic_path(f"{stem}.json") as tmp:
-                    tmp.write_text(json.dumps(asdict(report), indent=2))
+                    tmp.write_text(json.dumps(saved, indent=2))
             d[f"{key}_mesh"] = asdict(report)
         return d
