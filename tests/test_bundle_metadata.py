@@ -45,3 +45,10 @@ def test_layout(bundle_root):
     card = (bundle_root / "docs" / "README.md").read_text()
     for section in ["Model Description", "Data", "Preprocessing", "Performance", "MONAI Bundle Commands"]:
         assert f"## {section}" in card
+
+
+def test_download_large_files_reads_the_list(bundle_root):
+    """`monai.bundle download_large_files` parses large_files.yml (it needs PyYAML, a pinned requirement)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle_root)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=bundle_root, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
