@@ -101,6 +101,7 @@ def trained(dataset, tmp_path_factory) -> Path:
     wf.run()
     wf.finalize()
     assert list(runs.glob("events.out.tfevents*")), "TensorBoard logs are written"
+    assert (runs / "curves.png").is_file(), "training curves are drawn at the end"
     return ckpt
 
 
@@ -335,6 +336,7 @@ def test_ddp_two_gloo_processes(dataset, tmp_path):
     state = torch.load(ckpt / "checkpoint_last.pt", weights_only=False)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"], "saved after epoch 1"
     assert not any(k.startswith("module.") for k in state["model"]), "checkpoints hold the unwrapped network"
+    assert (tmp_path / "runs" / "curves.png").is_file(), "rank 0 draws the training curves"
     assert (ckpt / "model.pt").is_file()
 
 
