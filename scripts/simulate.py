@@ -215,6 +215,11 @@ def main(
 
 
 if __name__ == "__main__":
+    import sys
+
     import fire
 
-    fire.Fire(main)
+    try:
+        fire.Fire(main, serialize=lambda result: None)  # main prints its JSON summary itself
+    except (ValueError, FileNotFoundError, KeyError) as e:  # bad input: one line, no traceback
+        sys.exit(f"error: {e}")
