@@ -82,3 +82,18 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         parse_view_sets("[0, 90")
     assert [s.tolist() for s in parse_view_sets([0, 90])] == [[[0.0, 0.0], [90.0, 0.0]]]
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "scripts.simulate", "--data", str(tmp_path / "absent")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in res.stderr
+    assert "python -m scripts.prepare" in res.stderr
