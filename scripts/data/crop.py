@@ -1,5 +1,5 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""Per-vertebra crops (method section 2, steps 2-7).
+"""Per-vertebra crops (docs/README.md, Preprocessing, steps 2-5).
 
 1. Reorient to RAS and resample to an isotropic grid whose axes are the RAS axes (MONAI ``Orientation``
    and ``Spacing`` with ``diagonal=True``): CT linear, label map nearest. CT values below -1024 HU
