@@ -395,6 +395,13 @@ def test_train_from_presimulated_pairs(dataset, tmp_path):
     wf.initialize()
     batch = wf.parser.get_parsed_content("train#dataset")[0]
     assert batch["image"].shape == (2, ROI, ROI, ROI)
+    # fixed images: the target is not pose-augmented (it would no longer match them)
+    stats = json.loads((data / "datalist.json").read_text())["statistics"]
+    gt = nib.load(str(data / item["gt"])).get_fdata()
+    expected = (gt - stats["gt_mean"]) / stats["gt_std"]
+    for _ in range(3):
+        label = wf.parser.get_parsed_content("train#dataset")[0]["label"][0].numpy()
+        np.testing.assert_allclose(label, expected, atol=1e-4)
     # the expanded pre-simulated pair matches an on-the-fly simulation of the same vertebra (noise aside)
     online = _workflow(["train.json"], "train", dataset_dir=str(data), ckpt_dir=str(ckpt), pose_prob=0.0, **SMALL)
     online.initialize()
