@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 STATS_FILENAME = "intensity_stats.json"
-# datalist entries that hold file paths relative to the datalist (written by scripts.prepare / scripts.simulate)
-FILE_KEYS = ("ct", "gt", "mask", "drr", "drr_png", "drr_geometry")
+# datalist entries that hold file paths relative to the datalist (scripts.prepare, scripts.simulate, inference)
+FILE_KEYS = ("ct", "gt", "mask", "drr", "drr_png", "drr_geometry", "xray")
 
 _PREPARE_HINT = (
     "prepare it first, e.g. `python -m scripts.prepare --source example --out {d}` "
@@ -163,12 +163,7 @@ def inference_cases(
         if not isinstance(items, list) or not items:
             raise ValueError(f"{path} must be a non-empty JSON list of cases (or {{'testing': [...]}}).")
         base = path.parent
-        cases = []
-        for i, item in enumerate(items):
-            files = item.get("xray")
-            if isinstance(files, (list, tuple)):
-                files = [str(f) if os.path.isabs(f) else str(base / f) for f in files]
-            cases.append({**item, "xray": files, "id": str(item.get("id", f"case{i}"))})
+        cases = [{**_absolute(item, base), "id": str(item.get("id", f"case{i}"))} for i, item in enumerate(items)]
     elif xrays:
         if isinstance(xrays, str):
             xrays = [xrays]
