@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 
+from scripts.errors import BundleInputError
+
 __all__ = ["DataError"]
 
 
-class DataError(ValueError):
+class DataError(BundleInputError):
     """Bad input data. ``str(error)`` is one line: ``<file>: <problem>; <fix>``.
 
     Args:
@@ -22,4 +24,4 @@ class DataError(ValueError):
         self.problem = problem
         self.fix = fix
         text = f"{problem}; {fix}" if self.path is None else f"{self.path}: {problem}; {fix}"
-        super().__init__(" ".join(text.split()))
+        super().__init__(text)

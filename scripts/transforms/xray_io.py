@@ -41,6 +41,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize, Transform
 
+from scripts.errors import BundleInputError
+
 __all__ = [
     "XRayInputError",
     "read_xray",
@@ -60,7 +62,7 @@ _NIFTI_SUFFIXES = {".nii", ".nii.gz"}
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R 601, the weights of Pillow's "L"
 
 
-class XRayInputError(ValueError):
+class XRayInputError(BundleInputError):
     """A bad X-ray input: the message names the file or value and says how to fix it."""
 
 
