@@ -19,6 +19,7 @@ from scripts.transforms.xray_io import (
     check_xray_cases,
     parse_angles,
     read_xray,
+    xray_case_name,
 )
 
 
@@ -235,3 +236,94 @@ def test_check_xray_cases_lists_every_bad_case(tmp_path):
     msg = str(err.value)
     assert "2 bad case(s)" in msg and "lonely" in msg and "tilted" in msg and "ok:" not in msg
     check_xray_cases(cases[:1], base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "angles",
+    [[[0, 0], [0, 0]], [0, 5], [[90, 0], [90, 8]], [0, 180], [[-90, 0], [270, 0]]],
+)
+def test_views_along_the_same_line_are_refused(tmp_path, angles):
+    a = _pattern(np.uint8, 255)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    with pytest.raises(XRayInputError, match="nearly the same line") as err:
+        parse_angles(angles)
+    assert "\n" not in str(err.value) and "fix:" in str(err.value)
+    with pytest.raises(XRayInputError, match="nearly the same line"):
+        check_xray_cases([{"id": "twice", "xray": ["a.png", "a.png"], "angles": angles}], base_dir=tmp_path)
+
+
+def test_views_ten_degrees_apart_are_accepted():
+    np.testing.assert_array_equal(parse_angles([0, 12]), [[0, 0], [12, 0]])
+    np.testing.assert_array_equal(parse_angles([[0, 0], [0, 90]]), [[0, 0], [0, 90]])
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((6, 7), np.uint8),  # all black
+        np.full((6, 7), 1000, np.uint16),  # one value
+        (np.full((6, 7), 30000) + np.arange(42).reshape(6, 7) % 2).astype(np.uint16),  # std ~ 0 next to the value
+    ],
+)
+def test_blank_images_are_refused(tmp_path, image):
+    Image.fromarray(_pattern(np.uint16, 4000)).save(tmp_path / "a.png")
+    Image.fromarray(image).save(tmp_path / "blank.png")
+    with pytest.raises(XRayInputError, match="blank") as err:
+        LoadXRayPaird("xray")({"xray": [str(tmp_path / "a.png"), str(tmp_path / "blank.png")]})
+    assert "blank.png" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(XRayInputError, match="blank"):
+        check_xray_cases([{"id": "dark", "xray": ["blank.png", "a.png"]}], base_dir=tmp_path)
+
+
+def test_a_sparse_image_is_not_blank(tmp_path):
+    a = np.zeros((16, 16), np.uint16)
+    a[6:9, 7:10] = 900  # a small bright object on black, as a DRR of an isolated vertebra
+    for n in ("a.png", "b.png"):
+        Image.fromarray(a).save(tmp_path / n)
+    assert LoadXRayPair()([tmp_path / "a.png", tmp_path / "b.png"]).shape == (2, 16, 16)
+
+
+def test_check_xray_cases_checks_the_expansion_mode(tmp_path):
+    a = _pattern(np.uint8, 255)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    cases = [
+        {"id": "ap_lat", "xray": ["a.png", "a.png"]},
+        {"id": "oblique", "xray": ["a.png", "a.png"], "angles": [0, 45]},
+        {"id": "tilted", "xray": ["a.png", "a.png"], "angles": [[0, 10], [90, 0]]},
+        {"id": "top", "xray": ["a.png", "a.png"], "angles": [[0, 0], [0, 90]]},
+        {"id": "lat_ap", "xray": ["a.png", "a.png"], "angles": [[-90, 0], [180, 0]]},
+    ]
+    with pytest.raises(XRayInputError) as err:
+        check_xray_cases(cases, base_dir=tmp_path, expansion_mode="replicate")
+    msg = str(err.value)
+    assert "3 bad case(s)" in msg and "oblique:" in msg and "tilted:" in msg and "top:" in msg
+    assert "ap_lat:" not in msg and "lat_ap:" not in msg and "backproject" in msg
+    check_xray_cases(cases, base_dir=tmp_path, expansion_mode="backproject")
+    with pytest.raises(XRayInputError, match="unknown"):
+        check_xray_cases(cases[:1], base_dir=tmp_path, expansion_mode="replicat")
+
+
+def test_check_xray_cases_runs_the_expansion_checks(tmp_path):
+    a = _pattern(np.uint16, 4000)
+    _write_dicom(tmp_path / "ap.dcm", a, spacing=(0.2, 0.2))
+    _write_dicom(tmp_path / "lat.dcm", a, spacing=(0.3, 0.3))
+    cases = [{"id": "spacings", "xray": ["ap.dcm", "lat.dcm"]}]
+    with pytest.raises(XRayInputError, match="spacings: the dimension expansion refuses it.*pixel spacings"):
+        check_xray_cases(cases, base_dir=tmp_path, expansion_mode="replicate")
+    # a per-case spacing override is what the run uses: the check uses it too
+    check_xray_cases([{**cases[0], "pixel_spacing": 0.25}], base_dir=tmp_path, expansion_mode="replicate")
+
+
+@pytest.mark.parametrize(
+    "files, name",
+    [
+        (["P1_ap.png", "P1_lat.png"], "P1"),
+        (["/data/P1-AP.dcm", "/data/P1-LAT.dcm"], "P1"),
+        (["ap/L1.nii.gz", "lat/L1.nii.gz"], "L1"),
+        (["scan.v2_ap.png", "scan.v2_lat.png"], "scan_v2"),
+        (["ap.png", "lat.png"], "ap"),
+        (["img001.png", "img002.png"], "img001"),
+    ],
+)
+def test_case_name_from_files(files, name):
+    assert xray_case_name(files) == name

@@ -1,11 +1,19 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""Per-case outputs: naming by case, and publishing a case's files all at once."""
+"""Per-case outputs: naming by case, and publishing a case's files from a staging folder.
+
+A case named ``<name>`` has its files in ``<output_dir>/<name>/``. The writers (``SaveImaged``, ``SaveMeshd``,
+``SavePreviewd``) write them into ``<staging_dir>/<name>/``; :class:`PublishCaseOutputsd` then moves them
+into place file by file. Names are checked first (:func:`check_case_names`): two cases of one run never
+share a folder.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from collections.abc import Hashable, Mapping
+import weakref
+from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +21,68 @@ from monai.config import KeysCollection
 from monai.data import FolderLayout, MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["CaseNamed", "PublishCaseOutputsd"]
+from scripts.errors import BundleInputError
+
+__all__ = [
+    "CaseNamed",
+    "PublishCaseOutputsd",
+    "case_meta_name",
+    "case_folder_name",
+    "check_case_names",
+    "MANIFEST_NAME",
+]
+
+#: the file in a case folder that lists the files the last publishing of the case wrote there.
+MANIFEST_NAME = ".published.json"
+
+_LAYOUT = FolderLayout("", extension="", parent=True, makedirs=False)
+
+
+def case_meta_name(name: Any) -> str:
+    """The ``filename_or_obj`` value under which the writers name a case's folder and files exactly ``name``.
+
+    MONAI's writers take ``filename_or_obj`` for an input file and drop its extension (what follows the last
+    dot), so a name with a dot gets a ``.nii.gz`` suffix for them to drop.
+    """
+    name = str(name)
+    return f"{name}.nii.gz" if "." in name else name
+
+
+def case_folder_name(name: Any) -> str:
+    """The folder (and file prefix) the writers use for a case named ``name`` (see :func:`case_meta_name`)."""
+    return Path(_LAYOUT.filename(subject=case_meta_name(name))).parent.name
+
+
+def check_case_names(names: Iterable[Any], what: str = "case id") -> list[str]:
+    """Check that every case gets its own output folder named exactly after it; return the folder names.
+
+    Args:
+        names: the case names of one run, in order.
+        what: what the names are called in the message (e.g. ``"case id"``).
+
+    Raises:
+        BundleInputError: a name that is empty, hidden (starts with ``.``) or holds a path separator, or two
+            names that give the same folder (compared without case, as on case-insensitive file systems).
+    """
+    folders: list[str] = []
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        name = str(name)
+        folder = case_folder_name(name) if name else ""
+        if not name or name.startswith(".") or "/" in name or "\\" in name or folder != name:
+            raise BundleInputError(
+                f"{what} {name!r} (case {i + 1}) cannot name an output folder; fix: use a plain name without "
+                "'/', '\\' or a leading '.', e.g. P1_T4."
+            )
+        key = folder.casefold()
+        if key in seen:
+            raise BundleInputError(
+                f"cases {seen[key] + 1} and {i + 1} have the same {what} {name!r}: their outputs would overwrite "
+                f"each other in one folder; fix: give every case its own {what}."
+            )
+        seen[key] = i
+        folders.append(folder)
+    return folders
 
 
 class CaseNamed(MapTransform):
@@ -21,7 +90,8 @@ class CaseNamed(MapTransform):
 
     MONAI's writers (``SaveImaged``) and the bundle's ``SaveMeshd`` / ``SavePreviewd`` name their files after
     ``filename_or_obj``; a prediction made from a simulated X-ray would otherwise be named after the CT crop it
-    was simulated from (e.g. ``..._gt``).
+    was simulated from (e.g. ``..._gt``). The value is :func:`case_meta_name` of the name, so a name with a
+    dot keeps its full text in the file names.
 
     Args:
         keys: MetaTensor entries to rename.
@@ -39,24 +109,62 @@ class CaseNamed(MapTransform):
             raise KeyError(f"CaseNamed: the item has no '{self.name_key}' entry to name its outputs by.")
         for key in self.key_iterator(d):
             if isinstance(d[key], MetaTensor):
-                d[key].meta["filename_or_obj"] = str(d[self.name_key])
+                d[key].meta["filename_or_obj"] = case_meta_name(d[self.name_key])
         return d
 
 
+def _remove_staged(staging_dir: Path, folders: tuple[str, ...]) -> None:
+    """Remove the staging folders of ``folders``, then ``staging_dir`` itself when it is empty."""
+    for folder in folders:
+        shutil.rmtree(staging_dir / folder, ignore_errors=True)
+    try:
+        staging_dir.rmdir()  # only when empty: other runs' cases stay
+    except OSError:
+        pass
+
+
+def _read_manifest(folder: Path) -> set[str]:
+    """The files (relative paths) listed by the manifest of an earlier publishing in ``folder``."""
+    try:
+        files = json.loads((folder / MANIFEST_NAME).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    out = set()
+    for f in files if isinstance(files, list) else []:
+        p = Path(str(f))
+        if not p.is_absolute() and ".." not in p.parts and p.name != MANIFEST_NAME:
+            out.add(p.as_posix())
+    return out
+
+
 class PublishCaseOutputsd(MapTransform):
-    """Move a case's output folder from a staging folder into the output folder in one rename.
+    """Move a case's files from a staging folder into its output folder, one ``os.replace`` per file.
 
     The writers of a case (``SaveImaged``, ``SaveMeshd``, ``SavePreviewd`` with ``separate_folder=True``)
-    write into ``<staging_dir>/<name>/``; this transform, placed after them, renames that folder to
-    ``<output_dir>/<name>/``. A case whose writing fails half-way therefore never appears in
-    ``output_dir``; a finished case replaces an earlier result of the same name. Keep ``staging_dir`` inside
-    ``output_dir`` (same file system, so the rename is atomic).
+    write into ``<staging_dir>/<name>/``; this transform, placed after them, moves each file to
+    ``<output_dir>/<name>/``:
+
+    - a case whose writing fails half-way never reaches ``output_dir``;
+    - a rerun replaces only the case's own files: each file is replaced in one rename (the earlier version
+      stays until the new one is in place), reports (``.json``) last; files of the earlier publishing that
+      this one did not write (listed in the folder's :data:`MANIFEST_NAME`) are removed after that; any
+      other file in the folder is left alone;
+    - with ``case_names``, the staging folders of those cases are removed when the transform is created
+      (leftovers of a killed run are never published) and again when it is released or the process ends
+      (a failed case leaves nothing in ``staging_dir``); ``staging_dir`` is removed once empty.
+
+    Keep ``staging_dir`` inside ``output_dir`` (same file system, so each rename is atomic) and give each
+    concurrent run its own cases.
 
     Args:
         keys: the key whose ``filename_or_obj`` names the case (as for the writers), e.g. ``"pred"``.
         staging_dir: where the writers write.
         output_dir: where finished cases go.
+        case_names: the names of the cases of the run (checked with :func:`check_case_names`), or ``None``.
         allow_missing_keys: skip missing keys.
+
+    Raises:
+        BundleInputError: ``staging_dir`` is ``output_dir`` or holds it, or ``case_names`` share a folder.
     """
 
     def __init__(
@@ -64,11 +172,25 @@ class PublishCaseOutputsd(MapTransform):
         keys: KeysCollection,
         staging_dir: str | os.PathLike,
         output_dir: str | os.PathLike,
+        case_names: Iterable[Any] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.staging_dir, self.output_dir = Path(staging_dir), Path(output_dir)
+        staging, output = self.staging_dir.resolve(), self.output_dir.resolve()
+        if staging == output or staging in output.parents:
+            raise BundleInputError(
+                f"staging_dir {self.staging_dir} is the output folder or holds it; fix: use a folder inside "
+                f"it, e.g. {self.output_dir / '.partial'}."
+            )
         self._layout = FolderLayout(self.staging_dir, extension="", parent=True, makedirs=False)
+        folders = tuple(check_case_names(case_names)) if case_names is not None else ()
+        _remove_staged(self.staging_dir, folders)  # leftovers of a killed run
+        self._finalizer = weakref.finalize(self, _remove_staged, self.staging_dir, folders)
+
+    def clear_staging(self) -> None:
+        """Remove the staging folders of ``case_names`` now (it also happens when the transform is released)."""
+        self._finalizer()
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -77,13 +199,28 @@ class PublishCaseOutputsd(MapTransform):
             src = Path(self._layout.filename(subject=str(name))).parent
             if not src.is_dir():
                 raise FileNotFoundError(f"no outputs of case {name!r} in {self.staging_dir}; put the writers first.")
-            dst = self.output_dir / src.name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if dst.exists():
-                shutil.rmtree(dst)
-            os.replace(src, dst)
-        try:
-            self.staging_dir.rmdir()  # only when empty
-        except OSError:
-            pass
+            self._publish(src, self.output_dir / src.name)
+        _remove_staged(self.staging_dir, ())
         return d
+
+    @staticmethod
+    def _publish(src: Path, dst: Path) -> None:
+        """Move every file of ``src`` into ``dst`` (reports last), drop obsolete own files, write the manifest."""
+        files = sorted(
+            (p.relative_to(src).as_posix() for p in src.rglob("*") if not p.is_dir() and p.name != MANIFEST_NAME),
+            key=lambda f: (f.endswith(".json"), f),
+        )
+        dst.mkdir(parents=True, exist_ok=True)
+        earlier = _read_manifest(dst)
+        for f in files:
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src / f, dst / f)
+        for f in sorted(earlier - set(files)):
+            try:
+                (dst / f).unlink(missing_ok=True)
+            except OSError:  # replaced by a folder of the user's: theirs now
+                pass
+        tmp = dst / f"{MANIFEST_NAME}.tmp"
+        tmp.write_text(json.dumps({"case": dst.name, "files": files}, indent=1) + "\n")
+        os.replace(tmp, dst / MANIFEST_NAME)
+        shutil.rmtree(src, ignore_errors=True)

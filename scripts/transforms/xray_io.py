@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,19 +43,33 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize, Transform
 
 from scripts.errors import BundleInputError
+from scripts.transforms.outputs import case_meta_name
 
 __all__ = [
     "XRayInputError",
     "read_xray",
     "parse_angles",
+    "check_view_separation",
+    "check_not_blank",
+    "check_expansion_angles",
+    "xray_case_name",
     "LoadXRayPair",
     "LoadXRayPaird",
     "check_xray_cases",
     "DEFAULT_ANGLES",
+    "MIN_VIEW_SEPARATION",
 ]
 
 #: default views: view 1 AP (alpha=0, beta=0), view 2 lateral (alpha=90, beta=0), degrees.
 DEFAULT_ANGLES: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 0.0), (90.0, 0.0))
+
+#: smallest angle in degrees between the beam lines of two views; closer views (the same view twice, or a view
+#: and its opposite, which see the same projection) carry no depth information and are refused.
+MIN_VIEW_SEPARATION = 10.0
+#: an image whose pixel standard deviation is below this fraction of its largest absolute value is blank.
+BLANK_STD_FRACTION = 1e-3
+# angles within this many degrees of a multiple of 90 count as grid-aligned (as in DimensionExpansion)
+_AXIS_TOLERANCE = 0.01
 
 _PIL_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -226,7 +241,8 @@ def parse_angles(angles: Any = None) -> np.ndarray:
             (``beta = 0``), a pair ``(alpha, beta)`` or a mapping with keys ``alpha`` and optional ``beta``.
 
     Raises:
-        XRayInputError: wrong number of views, non-numeric, NaN / infinite, or outside [-360, 360] degrees.
+        XRayInputError: wrong number of views, non-numeric, NaN / infinite, outside [-360, 360] degrees, or
+            two views along nearly the same line (:func:`check_view_separation`).
     """
     if angles is None:
         return np.asarray(DEFAULT_ANGLES, dtype=np.float64)
@@ -260,7 +276,140 @@ def parse_angles(angles: Any = None) -> np.ndarray:
                     f"angle {name} of view {i + 1} = {v}: must be a finite angle in degrees within [-360, 360]."
                 )
             out[i, j] = v
+    check_view_separation(out)
     return out
+
+
+def _beam_directions(angles: np.ndarray) -> np.ndarray:
+    """Unit beam directions (world) of ``(V, 2)`` view angles in degrees, as ``scripts/drr/geometry.py``."""
+    from scripts.drr.geometry import view_rotation
+
+    return view_rotation(torch.as_tensor(np.asarray(angles, dtype=np.float64)))[:, :, 2].numpy()
+
+
+def _views(angles: np.ndarray) -> str:
+    return ", ".join(f"[{a:g}, {b:g}]" for a, b in np.asarray(angles, dtype=np.float64).reshape(-1, 2))
+
+
+def check_view_separation(angles: Any, min_separation: float = MIN_VIEW_SEPARATION) -> None:
+    """Refuse views whose beams run along (nearly) the same line.
+
+    Two views less than ``min_separation`` degrees apart, or nearly opposite (e.g. AP and PA, alpha 0 and 180),
+    project the object onto the same plane: the pair holds no depth information to reconstruct from.
+
+    Args:
+        angles: ``(V, 2)`` view angles ``(alpha, beta)`` in degrees.
+        min_separation: the smallest angle in degrees allowed between the beam lines of two views.
+
+    Raises:
+        XRayInputError: naming the two views and the fix.
+    """
+    ang = np.asarray(angles, dtype=np.float64).reshape(-1, 2)
+    beams = _beam_directions(ang)
+    for i in range(len(ang)):
+        for j in range(i + 1, len(ang)):
+            cos = float(np.clip(abs(beams[i] @ beams[j]), 0.0, 1.0))
+            apart = math.degrees(math.acos(cos))
+            if apart < min_separation:
+                raise XRayInputError(
+                    f"views {i + 1} and {j + 1} ({_views(ang[[i, j]])}, alpha and beta in degrees) look along "
+                    f"nearly the same line ({apart:.1f} degrees apart, {min_separation:g} needed): they hold no "
+                    "depth to reconstruct from; fix: give two different views, e.g. AP and lateral [[0, 0], [90, 0]]."
+                )
+
+
+def check_expansion_angles(angles: Any, mode: str) -> None:
+    """Refuse view angles that the dimension expansion ``mode`` cannot use (:mod:`scripts.transforms.expansion`).
+
+    ``"backproject"`` takes any views; ``"replicate"`` copies each image along its beam through an axis-aligned
+    grid, so it needs AP and lateral views: alpha a multiple of 90 degrees, beta 0, the two views 90 degrees apart.
+
+    Args:
+        angles: ``(2, 2)`` view angles ``(alpha, beta)`` in degrees.
+        mode: the expansion mode, ``"replicate"`` or ``"backproject"``.
+
+    Raises:
+        XRayInputError: naming the angles and the fix.
+    """
+    from scripts.transforms.expansion import EXPANSION_MODES
+
+    if mode not in EXPANSION_MODES:
+        raise XRayInputError(f"expansion_mode={mode!r} is unknown; fix: use one of {', '.join(EXPANSION_MODES)}.")
+    if mode != "replicate":
+        return
+    ang = np.asarray(angles, dtype=np.float64).reshape(-1, 2)
+    steps = ang[:, 0] / 90.0
+    aligned = np.all(np.abs(steps - np.round(steps)) * 90.0 <= _AXIS_TOLERANCE) and np.all(
+        np.abs(ang[:, 1]) <= _AXIS_TOLERANCE
+    )
+    if not aligned or len(ang) != 2 or int(np.round(steps[0] - steps[1])) % 2 == 0:
+        raise XRayInputError(
+            f"expansion_mode 'replicate' needs AP and lateral views (alpha a multiple of 90 degrees, the two "
+            f"90 degrees apart, beta 0), got {_views(ang)}; fix: give such views, or set --expansion_mode "
+            "backproject (with a model trained in that mode) for other angles."
+        )
+
+
+def check_not_blank(image: np.ndarray, path: str | os.PathLike) -> None:
+    """Refuse a blank image: all black, or every pixel (nearly) the same value.
+
+    Blank: the pixels' standard deviation is at most :data:`BLANK_STD_FRACTION` of the largest absolute value.
+
+    Args:
+        image: the 2-D image as read.
+        path: the file, named in the message.
+
+    Raises:
+        XRayInputError: naming the file and the fix.
+    """
+    arr = np.asarray(image, dtype=np.float64)
+    top = float(np.abs(arr).max()) if arr.size else 0.0
+    if arr.size == 0 or float(arr.std()) <= BLANK_STD_FRACTION * top:
+        raise XRayInputError(
+            f"{path}: the image is blank (every pixel about {float(arr.mean()) if arr.size else 0.0:g}); fix: "
+            "export the radiograph again and check that the file shows the X-ray, not an empty frame."
+        )
+
+
+_SEPARATORS = re.compile(r"([_\-.\s]+)")
+
+
+def _stem(path: str | os.PathLike) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", *_PIL_SUFFIXES, *_DICOM_SUFFIXES, ".nii", ".mha", ".mhd", ".nrrd", ".nhdr"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem or name
+
+
+def xray_case_name(files: Sequence[str | os.PathLike]) -> str:
+    """The name of a case given by its two image files: what the files' names have in common.
+
+    The names without extension are split at separators (``_``, ``-``, ``.``, spaces); the parts that both
+    names start with make the case name (``P1_ap.png`` and ``P1_lat.png`` give ``P1``; ``a/P1.dcm`` and
+    ``b/P1.dcm`` give ``P1``). Names without a common first part give the first file's name
+    (``ap.png`` and ``lat.png`` give ``ap``). Dots become ``_`` (the writers would drop what follows a dot).
+
+    Args:
+        files: the image paths of the case (view 1 first).
+
+    Returns:
+        a non-empty name usable as a folder and file name prefix.
+    """
+    stems = [_stem(f) for f in files]
+    if not stems:
+        return "case"
+    parts = [_SEPARATORS.split(s) for s in stems]
+    common: list[str] = []
+    for tokens in zip(*parts):
+        if any(t != tokens[0] for t in tokens):
+            break
+        common.append(tokens[0])
+    while common and (not common[-1] or _SEPARATORS.fullmatch(common[-1])):
+        common.pop()
+    name = "".join(common) if common else stems[0]
+    name = name.replace(".", "_").strip(" _-")
+    return name or "case"
 
 
 def _per_view(value: bool | Sequence[bool], name: str) -> tuple[bool, bool]:
@@ -345,10 +494,12 @@ class LoadXRayPair(Transform):
             angles: view angles, see :func:`parse_angles`; ``None`` means AP and lateral.
             pixel_spacing: spacing override for this case (see the class arguments); files' own spacing
                 otherwise, then the transform's ``pixel_spacing``.
-            name: value for the ``filename_or_obj`` meta key (names the outputs of ``SaveImage``).
+            name: the case name; ``filename_or_obj`` becomes :func:`~scripts.transforms.outputs.case_meta_name`
+                of it, which names the outputs of ``SaveImage`` exactly ``name``.
 
         Raises:
-            XRayInputError: with one line naming the file or value and the fix.
+            XRayInputError: with one line naming the file or value and the fix (also for a blank image,
+                :func:`check_not_blank`).
         """
         if isinstance(files, (str, os.PathLike)) or not isinstance(files, Sequence) or len(files) != 2:
             n = 1 if isinstance(files, (str, os.PathLike)) else (len(files) if isinstance(files, Sequence) else 0)
@@ -381,6 +532,8 @@ class LoadXRayPair(Transform):
                 f"{files[1]} is {images[1].shape[0]}x{images[1].shape[1]} (rows x columns, after the "
                 "configured transposition); fix: give both views from the same detector size."
             )
+        for f, image in zip(files, images):
+            check_not_blank(image, f)
         img = torch.from_numpy(np.stack(images))
         spacing = np.asarray(spacings, dtype=np.float64)
         if self.spatial_size is not None and tuple(img.shape[1:]) != self.spatial_size:
@@ -394,7 +547,7 @@ class LoadXRayPair(Transform):
         if np.all(np.isfinite(spacing[0])):
             affine[0, 0], affine[1, 1] = float(spacing[0, 0]), float(spacing[0, 1])
         meta = {
-            "filename_or_obj": str(name) if name is not None else str(files[0]),
+            "filename_or_obj": case_meta_name(name) if name is not None else str(files[0]),
             "xray_files": [str(f) for f in files],
             "angles": ang,
             "pixel_spacing": spacing,
@@ -456,22 +609,34 @@ def check_xray_cases(
     key: str = "xray",
     angles_key: str = "angles",
     base_dir: str | os.PathLike | None = None,
+    expansion_mode: str | None = None,
+    spacing_key: str | None = "pixel_spacing",
     **kwargs: Any,
 ) -> None:
     """Validate every case of a datalist before anything is written, so a bad case stops the run early.
 
-    Each case is read completely with :class:`LoadXRayPair` (reading is cheap next to reconstruction).
+    Each case is read completely with :class:`LoadXRayPair` (reading is cheap next to reconstruction): files,
+    sizes, blank images, view angles (:func:`parse_angles`), and, with ``expansion_mode``, whether the
+    dimension expansion takes the case (:func:`check_expansion_angles`, then the expansion itself on a
+    2-voxel grid, which also checks the pixel spacings of the two views).
 
     Args:
         cases: datalist items, each with ``key`` (two paths) and optional ``angles_key``.
         key: the key of the two image paths.
         angles_key: the key of the angles.
         base_dir: folder that relative paths are resolved against (the datalist's folder).
+        expansion_mode: the run's ``DimensionExpansion`` mode (``"replicate"`` or ``"backproject"``); ``None``
+            skips the expansion check.
+        spacing_key: the key of a case's pixel spacing override (mm), as for :class:`LoadXRayPaird`.
         kwargs: the arguments of :class:`LoadXRayPair` (orientation, inversion, size).
 
     Raises:
-        XRayInputError: one line per bad case, all cases listed.
+        XRayInputError: one line listing every bad case.
     """
+    from scripts.transforms.expansion import DimensionExpansion
+
+    if expansion_mode is not None:
+        check_expansion_angles(DEFAULT_ANGLES, expansion_mode)  # an unknown mode stops here, once
     loader = LoadXRayPair(**kwargs)
     errors = []
     for i, case in enumerate(cases):
@@ -483,8 +648,16 @@ def check_xray_cases(
         if base_dir is not None and isinstance(files, Sequence) and not isinstance(files, (str, bytes)):
             files = [f if os.path.isabs(f) else os.path.join(base_dir, f) for f in files]
         try:
-            loader(files, angles=case.get(angles_key))
+            img = loader(
+                files, angles=case.get(angles_key), pixel_spacing=case.get(spacing_key) if spacing_key else None
+            )
+            if expansion_mode is not None:
+                check_expansion_angles(img.meta["angles"], expansion_mode)
+                try:
+                    DimensionExpansion(expansion_mode, spatial_size=2)(img)
+                except ValueError as e:
+                    raise XRayInputError(f"the dimension expansion refuses it: {e}") from e
         except XRayInputError as e:
             errors.append(f"{label}: {e}")
     if errors:
-        raise XRayInputError(f"{len(errors)} bad case(s):\n" + "\n".join(errors))
+        raise XRayInputError(f"{len(errors)} bad case(s): " + " | ".join(errors))
