@@ -7,6 +7,8 @@ Usage::
     python -m scripts.prepare --source example --out data/example64 --spacing 2 --roi 64
     python -m scripts.prepare --source /data/verse --out data/verse --workers 2
     python -m scripts.prepare --source pairs.csv --out data/mine --labels totalseg --levels T1-L5
+    python -m scripts.prepare --source docs/spine-ct-sources.csv --out data/spine64 --spacing 2 --roi 64
+    python -m scripts.prepare --source scans/ --intensity windowed --split "verse081=validation,colonog0532=test"
 
 Output (paths relative to ``--out``)::
 
@@ -37,13 +39,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from scripts.data.crop import bounding_boxes, crop_vertebra, gt_statistics, labels_touching_border, to_ras_isotropic
 from scripts.data.errors import DataError
+from scripts.data.intensity import INTENSITIES, HUFit, apply_fit, check_finite, fit_hu, given_fit, looks_windowed
 from scripts.data.io import check_same_grid, load_volume, save_nifti
 from scripts.data.labels import LEVELS, level_from_name, parse_levels, read_class_map, vertebra_labels
+from scripts.data.orientation import check_orientation, vertebra_geometry
 from scripts.data.sources import Case, default_cache_dir, find_cases
-from scripts.data.split import SPLITS, split_items
+from scripts.data.split import SPLITS, parse_split, split_given, split_items
 from scripts.utils import atomic_path
 
 __all__ = ["PrepareSummary", "CaseResult", "prepare", "process_case", "rebuild_index", "main"]
@@ -52,8 +57,12 @@ FILE_KINDS = ("ct", "gt", "mask")
 MANIFEST_COLUMNS = (
     "patient", "subject", "level", "id", "label", "split", "status", "spacing_mm", "roi",
     "origin_x_mm", "origin_y_mm", "origin_z_mm", "hu_mean", "hu_std", "hu_min", "hu_max",
-    "mask_voxels", "extent_x", "extent_y", "extent_z", "source_ct", "source_mask",
+    "mask_voxels", "extent_x", "extent_y", "extent_z", "intensity", "hu_scale", "hu_offset", "hu_fit",
+    "hu_landmarks", "hu_residuals", "hu_warning", "source_ct", "source_mask",
 )  # fmt: skip
+ORIENTATION_MODES = ("check", "warn")
+#: Fewest output voxels along a complete vertebra's smallest world extent (``--min_voxels``).
+MIN_VOXELS = 8
 CUT_OFF = "cut_off"
 EMPTY = "empty_after_resampling"
 _REASONS = {CUT_OFF: "cut off by the scan border", EMPTY: "no voxel left after resampling"}
@@ -69,6 +78,9 @@ class CaseResult:
         done: manifest rows of the vertebrae finished by an earlier run.
         skipped: ``(level, status)`` of the vertebrae not cropped (``cut_off``, ``empty_after_resampling``).
         error: one-line message when the scan could not be used at all.
+        fit: the HU map applied to a windowed scan (``None`` for a scan stored in HU, or when nothing was
+            cropped now).
+        warnings: one-line warnings (poor HU fit, orientation kept under ``--orientation warn``).
     """
 
     patient: str
@@ -76,6 +88,8 @@ class CaseResult:
     done: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str, dict]] = field(default_factory=list)
     error: str | None = None
+    fit: HUFit | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,9 +101,11 @@ class PrepareSummary:
         written / done / skipped / failed: counts of vertebrae written now, already finished, skipped,
             and of scans that failed.
         messages: the one-line messages of failed scans and unpaired files.
-        split_by: ``"patient"`` or ``"vertebra"``; ``split_sizes``: vertebrae per split.
+        split_by: ``"patient"``, ``"vertebra"`` or ``"given"``; ``split_sizes``: vertebrae per split.
         statistics: ``gt_mean`` / ``gt_std`` of the training ground truth.
         seconds: wall time.
+        fits: one line per scan on how its HU were obtained (for windowed scans: the fit).
+        warnings: one-line warnings of single scans (poor HU fit, orientation).
     """
 
     out: Path
@@ -102,6 +118,8 @@ class PrepareSummary:
     split_sizes: dict[str, int] = field(default_factory=dict)
     statistics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    fits: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ready(self) -> int:
@@ -192,8 +210,49 @@ def _row(case: Case, level: str, value: int, spacing: float, roi: int, status: s
     }
 
 
+def _check_anatomy(case: Case, labels: np.ndarray, affine: Any, complete: dict[int, str], mode: str) -> list[str]:
+    """Refuse (``mode="check"``) or warn about a scan whose vertebrae contradict its orientation metadata."""
+    if not complete:
+        return []
+    report = check_orientation(vertebra_geometry(labels, np.asarray(affine), complete), np.asarray(affine))
+    if report.problems and mode == "check":
+        problem, fix = report.problems[0]
+        raise DataError(case.ct, problem, f"{fix} (or pass --orientation warn to prepare it as it is)")
+    return [f"{case.ct}: {problem}; {fix}" for problem, fix in report.problems]
+
+
+def _to_hu(case: Case, ct: Any, labels: np.ndarray, vertebrae: list[int], intensity: str) -> tuple[Any, HUFit | None]:
+    """The CT in HU: checked when stored in HU, recovered when windowed (fit, or the source list's map)."""
+    arr = np.asarray(ct[0])
+    check_finite(arr, case.ct)
+    mode = case.intensity or intensity
+    if case.scale is not None and case.offset is not None:
+        fit = given_fit(case.scale, case.offset)
+    elif mode == "windowed":
+        spacing = tuple(float(s) for s in np.sqrt((np.asarray(ct.affine)[:3, :3] ** 2).sum(0)))
+        fit = fit_hu(arr, np.isin(labels, vertebrae), spacing, case.ct)
+    else:
+        if looks_windowed(arr):
+            raise DataError(
+                case.ct,
+                f"values {float(arr.min()):g}..{float(arr.max()):g} hold nothing below 0, so they are not HU "
+                "(air is about -1000 HU); the scan looks windowed",
+                "pass --intensity windowed to recover HU from the scan (or give scale,offset in the source list)",
+            )
+        return ct, None
+    ct.as_tensor()[0].copy_(torch.from_numpy(apply_fit(arr, fit)))
+    return ct, fit
+
+
 def process_case(
-    case: Case, out: str | os.PathLike, spacing: float, roi: int, labels: str = "auto", levels: set[str] | None = None
+    case: Case,
+    out: str | os.PathLike,
+    spacing: float,
+    roi: int,
+    labels: str = "auto",
+    levels: set[str] | None = None,
+    intensity: str = "hu",
+    orientation: str = "check",
 ) -> CaseResult:
     """Crop every requested, complete vertebra of one scan and write its files (skipping finished ones).
 
@@ -204,6 +263,10 @@ def process_case(
         roi: cube edge in voxels.
         labels: ``auto``, ``verse`` or ``totalseg``.
         levels: levels to crop (``None``: all).
+        intensity: ``hu`` (stored in HU; a scan without negative values is refused) or ``windowed``
+            (HU recovered by :func:`scripts.data.intensity.fit_hu`); the case's own ``intensity``,
+            ``scale`` and ``offset`` take precedence.
+        orientation: ``check`` (refuse a scan whose anatomy contradicts its orientation) or ``warn``.
 
     Returns:
         the scan's :class:`CaseResult`; bad input is reported in ``error``, never raised.
@@ -212,9 +275,13 @@ def process_case(
     result = CaseResult(case.patient)
     try:
         mask, found, mask_path = _load_labels(case, labels)
+        lab_np = np.asarray(mask[0]).astype(np.int32)
+        touching = labels_touching_border(lab_np)
+        complete = {v: lvl for v, lvl in found.items() if v not in touching}
+        result.warnings += _check_anatomy(case, lab_np, mask.affine, complete, orientation)
+        vertebrae = list(found)
         if levels is not None:
             found = {v: lvl for v, lvl in found.items() if lvl in levels}
-        touching = labels_touching_border(np.asarray(mask[0]).astype(np.int32))
         todo = {}
         for value, level in sorted(found.items(), key=lambda kv: LEVELS.index(kv[1])):
             row = _row(case, level, value, spacing, roi, "ok")
@@ -228,6 +295,11 @@ def process_case(
             return result
         ct = load_volume(case.ct, "CT")
         check_same_grid(ct, mask, mask_path, case.ct)
+        ct, result.fit = _to_hu(case, ct, lab_np, vertebrae, intensity)
+        del lab_np
+        hu_fields = {"intensity": "windowed", **result.fit.manifest_fields()} if result.fit else {"intensity": "hu"}
+        if result.fit:
+            result.warnings += [f"{case.ct}: HU fit poorly conditioned: {w}" for w in result.fit.warnings]
         ct_iso = to_ras_isotropic(ct, spacing)
         del ct
         lab_iso = to_ras_isotropic(mask, spacing, is_label=True)
@@ -248,6 +320,7 @@ def process_case(
                 {f"origin_{a}_mm": round(float(o), 4) for a, o in zip("xyz", origin)},
                 **{f"extent_{a}": int(e) for a, e in zip("xyz", crop.extent)},
                 mask_voxels=int(crop.mask.sum()),
+                **hu_fields,
                 **gt_statistics(crop),
                 affine=crop.affine.tolist(),
                 start=list(crop.start),
@@ -299,7 +372,10 @@ def _pooled(rows: list[dict]) -> dict[str, float]:
 
 
 def rebuild_index(
-    out: str | os.PathLike, seed: int = 0, skipped_rows: list[dict] | None = None
+    out: str | os.PathLike,
+    seed: int = 0,
+    skipped_rows: list[dict] | None = None,
+    given: dict[str, str] | None = None,
 ) -> tuple[str, dict[str, int], dict[str, float]] | None:
     """Write ``manifest.csv`` and ``datalist.json`` from every finished vertebra in ``out`` (atomically).
 
@@ -307,10 +383,13 @@ def rebuild_index(
         out: the output folder.
         seed: split seed.
         skipped_rows: manifest rows of skipped vertebrae to list as well.
+        given: patient -> split; when not empty, the split is this (patients not named go to training)
+            instead of the seeded one.
 
     Returns:
-        (``"patient"`` or ``"vertebra"``, vertebrae per split, training statistics), or ``None`` when the
-        folder holds no finished vertebra (then nothing is written).
+        (``"patient"``, ``"vertebra"`` or ``"given"``, vertebrae per split, training statistics), or
+        ``None`` when the folder holds no finished vertebra (then nothing is written). The statistics are
+        those of the training split, or of all vertebrae when training is empty (``"of": "all"``).
     """
     out = Path(out)
     rows = []
@@ -325,15 +404,19 @@ def rebuild_index(
         return None
     order = {lvl: i for i, lvl in enumerate(LEVELS)}
     rows.sort(key=lambda r: (r["patient"], order.get(r["level"], 99)))
-    splits, by = split_items(rows, group=lambda r: r.get("subject") or r["patient"], seed=seed)
-    stats = _pooled(splits["training"])
+    group = lambda r: r.get("subject") or r["patient"]  # noqa: E731
+    if given:
+        splits, by = split_given(rows, lambda r: r["patient"], group, given), "given"
+    else:
+        splits, by = split_items(rows, group=group, seed=seed)
+    stats = {**_pooled(splits["training"]), "of": "training"} if splits["training"] else {**_pooled(rows), "of": "all"}
     datalist: dict[str, Any] = {
         "description": "per-vertebra CT crops, ground truth and masks (python -m scripts.prepare)",
         "spacing_mm": rows[0]["spacing_mm"],
         "roi": rows[0]["roi"],
         "split_by": by,
         "seed": seed,
-        "statistics": {"gt_mean": stats["gt_mean"], "gt_std": stats["gt_std"], "n_voxels": stats["n_voxels"]},
+        "statistics": {k: stats[k] for k in ("gt_mean", "gt_std", "n_voxels", "of")},
     }
     for name in SPLITS:
         datalist[name] = [
@@ -361,6 +444,13 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _validate_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    text = str(value).lower()
+    if text not in allowed:
+        raise DataError(None, f"unknown --{name} {value!r}", f"use --{name} {' or '.join(allowed)}")
+    return text
+
+
 def _validate_args(spacing: Any, roi: Any, labels: Any, workers: Any) -> tuple[float, int, str, int]:
     try:
         spacing_f = float(spacing)
@@ -378,6 +468,49 @@ def _validate_args(spacing: Any, roi: Any, labels: Any, workers: Any) -> tuple[f
     return spacing_f, int(roi), labels_s, workers
 
 
+def _smallest_vertebra(cases: list[Case], labels: str, levels: set[str] | None) -> tuple[float, str, str] | None:
+    """The smallest world extent (mm) of any requested, complete vertebra, with its patient and level."""
+    smallest = None
+    for case in cases:
+        try:
+            mask, found, _ = _load_labels(case, labels)
+        except DataError:
+            continue  # reported when the scan is processed
+        lab = np.asarray(mask[0]).astype(np.int32)
+        touching = labels_touching_border(lab)
+        use = {v: lvl for v, lvl in found.items() if v not in touching and (levels is None or lvl in levels)}
+        for g in vertebra_geometry(lab, np.asarray(mask.affine), use) if use else []:
+            if smallest is None or float(g.extent.min()) < smallest[0]:
+                smallest = (float(g.extent.min()), case.patient, g.level)
+    return smallest
+
+
+def _check_spacing(cases: list[Case], spacing: float, labels: str, levels: set[str] | None, min_voxels: float) -> None:
+    """Refuse a ``--spacing`` that leaves a vertebra fewer than ``min_voxels`` voxels across."""
+    smallest = _smallest_vertebra(cases, labels, levels) if min_voxels > 0 else None
+    if smallest is not None and smallest[0] / spacing < min_voxels:
+        mm, patient, level = smallest
+        finer = math.floor(mm / min_voxels * 100) / 100
+        raise DataError(
+            None,
+            f"--spacing {spacing:g} mm leaves {patient} {level} {mm / spacing:.1f} voxels across (its smallest "
+            f"extent is {mm:.1f} mm; at least {min_voxels:g} voxels are needed)",
+            f"use --spacing {finer:g} or finer, or --levels without {level}",
+        )
+
+
+def _given_splits(cases: list[Case], split: Any) -> dict[str, str]:
+    """Patient -> split from the source list's ``split`` column and ``--split`` (which wins)."""
+    given = {c.patient: c.split for c in cases if c.split}
+    named = parse_split(split)
+    unknown = sorted(set(named) - {c.patient for c in cases})
+    if unknown:
+        known = ", ".join(sorted(c.patient for c in cases)[:12])
+        fix = f"use patient ids of the source: {known}"
+        raise DataError(None, f"--split names unknown patient(s) {', '.join(unknown)}", fix)
+    return {**given, **named}
+
+
 def prepare(
     source: str = "example",
     out: str | os.PathLike = "data/example",
@@ -390,6 +523,10 @@ def prepare(
     levels: str | list[str] | None = "all",
     progress: bool = True,
     log=print,
+    intensity: str = "hu",
+    split: str | dict[str, str] | None = None,
+    orientation: str = "check",
+    min_voxels: float = MIN_VOXELS,
 ) -> PrepareSummary:
     """Make per-vertebra crops of every scan of ``source`` in ``out``, then its manifest and datalist.
 
@@ -405,24 +542,37 @@ def prepare(
         levels: ``all``, a list such as ``T12,L1`` or a range such as ``T1-L1``.
         progress: show a tqdm progress bar.
         log: where the summary lines go.
+        intensity: how the CTs are stored: ``hu``, or ``windowed`` (0-255 after an unknown window; HU are
+            recovered per scan). A source list's ``intensity``, ``scale`` and ``offset`` columns override it.
+        split: ``"patient=split,..."`` (or a dict); with it, or a source list's ``split`` column, whole
+            patients go where they are named and the others to training.
+        orientation: ``check`` refuses a scan whose vertebrae contradict its orientation, ``warn`` keeps it.
+        min_voxels: fewest output voxels across a vertebra's smallest extent (0: no check).
 
     Raises:
-        DataError: bad arguments, or a source with no usable pair. Problems of single scans are reported in
-            the summary instead.
+        DataError: bad arguments, a source with no usable pair, a ``--split`` naming an unknown patient, or
+            a ``--spacing`` too coarse for a vertebra. Problems of single scans are reported in the summary
+            instead.
     """
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     spacing, roi, labels, workers = _validate_args(spacing, roi, labels, workers)
+    intensity = _validate_choice("intensity", intensity, INTENSITIES)
+    orientation = _validate_choice("orientation", orientation, ORIENTATION_MODES)
     wanted = parse_levels(levels)
+    given = parse_split(split)  # syntax first, patients once the source is read
     out = Path(out)
     _check_settings(out, spacing, roi)
     cases, problems = find_cases(str(source), cache if cache else default_cache_dir())
+    given = _given_splits(cases, given)
+    _check_spacing(cases, spacing, labels, wanted, float(min_voxels))
     summary = PrepareSummary(out=out)
     for p in problems:
         summary.messages.append(str(p))
         log(f"warning: {p}")
     results: list[CaseResult] = []
+    options = (spacing, roi, labels, wanted, intensity, orientation)
 
     def _collect(res: CaseResult, bar) -> None:
         results.append(res)
@@ -435,26 +585,32 @@ def prepare(
     with tqdm(total=len(cases), unit="scan", desc="prepare", disable=not progress, file=sys.stderr) as bar:
         if workers == 1 or len(cases) == 1:
             for case in cases:
-                _collect(process_case(case, out, spacing, roi, labels, wanted), bar)
+                _collect(process_case(case, out, *options), bar)
         else:
             # submit the function of the importable module (not ``__main__``) so that spawned workers find it
             worker_fn = importlib.import_module("scripts.prepare").process_case
             threads = max(1, (os.cpu_count() or 1) // workers)
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = [pool.submit(worker_fn, c, out, spacing, roi, labels, wanted) for c in cases]
+                futures = [pool.submit(worker_fn, c, out, *options) for c in cases]
                 for fut in as_completed(futures):
                     _collect(fut.result(), bar)
 
     skipped_rows = []
+    by_patient = {c.patient: c for c in cases}
     for res in sorted(results, key=lambda r: r.patient):
         summary.written += len(res.written)
         summary.done += len(res.done)
         summary.failed += res.error is not None
+        summary.warnings += res.warnings
         for level, status, row in res.skipped:
             summary.skipped.append(f"{res.patient} {level}: {_REASONS[status]}")
             skipped_rows.append(row)
-    index = rebuild_index(out, seed, skipped_rows) if summary.ready else None
+        if res.fit is not None:
+            summary.fits[res.patient] = res.fit.describe()
+        elif res.written and by_patient[res.patient].scale is None:
+            summary.fits[res.patient] = "stored in HU"
+    index = rebuild_index(out, seed, skipped_rows, given) if summary.ready else None
     if index is not None:
         summary.split_by, summary.split_sizes, summary.statistics = index
     summary.seconds = time.perf_counter() - t0
@@ -470,13 +626,18 @@ def _print_summary(s: PrepareSummary, n_cases: int, spacing: float, roi: int, lo
     log(f"  written now {s.written}, already done {s.done}, skipped {len(s.skipped)}, failed scans {s.failed}")
     for line in s.skipped:
         log(f"  skipped {line}")
+    for patient, text in s.fits.items():
+        log(f"  intensity {patient}: {text}")
+    for line in s.warnings:
+        log(f"  warning: {line}")
     if s.split_by == "vertebra":
         log("  notice: fewer than 3 patients, so the split is by vertebra (validation/test share patients)")
     if s.split_sizes:
         sizes = ", ".join(f"{k} {v}" for k, v in s.split_sizes.items())
         log(f"  split by {s.split_by}: {sizes}")
         st = s.statistics
-        log(f"  training gt statistics: mean {st['gt_mean']:.1f} HU, std {st['gt_std']:.1f} HU")
+        of = "training" if st.get("of", "training") == "training" else "all (no training vertebrae)"
+        log(f"  {of} gt statistics: mean {st['gt_mean']:.1f} HU, std {st['gt_std']:.1f} HU")
         log(f"  wrote {s.out / 'manifest.csv'} and {s.out / 'datalist.json'}")
     else:
         log("  nothing could be prepared; no manifest or datalist written (see the messages above)")
@@ -498,6 +659,10 @@ def main(argv: list[str] | None = None) -> int:
         seed: int = 0,
         cache: str | None = None,
         levels: str = "all",
+        intensity: str = "hu",
+        split: str = "",
+        orientation: str = "check",
+        min_voxels: float = MIN_VOXELS,
     ) -> None:
         """Per-vertebra training data (CT crop, ground truth, mask, manifest, datalist) from spine CT.
 
@@ -511,9 +676,16 @@ def main(argv: list[str] | None = None) -> int:
             seed: seed of the 8:1:1 split by patient
             cache: download cache for the example (default $EAR_CACHE or ~/.cache/ear-bundle)
             levels: all | T12,L1 | T1-L1
+            intensity: hu | windowed (0-255 after an unknown window: HU recovered per scan)
+            split: patient=training|validation|test,... (the others train); default: seeded 8:1:1 by patient
+            orientation: check (refuse a scan whose anatomy contradicts its orientation) | warn
+            min_voxels: fewest voxels across a vertebra's smallest extent (0: no check)
         """
         try:
-            summary = prepare(source, out, spacing, roi, labels, workers, seed, cache, levels)
+            summary = prepare(
+                source, out, spacing, roi, labels, workers, seed, cache, levels,
+                intensity=intensity, split=split, orientation=orientation, min_voxels=min_voxels,
+            )  # fmt: skip
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             status["code"] = 1

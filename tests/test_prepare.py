@@ -83,6 +83,7 @@ def run(tmp_path, source, out="out", **kw):
     kw.setdefault("roi", 16)
     kw.setdefault("progress", False)
     kw.setdefault("log", lambda *a: None)
+    kw.setdefault("min_voxels", 3)  # the phantoms' vertebrae are 10 mm across, smaller than real ones
     return prep.prepare(str(source), tmp_path / out, **kw)
 
 
@@ -322,7 +323,8 @@ def test_bad_inputs_messages(tmp_path, capsys):
             ["missing", src / "nothere.nii.gz", good_lab],
         ],
     )
-    code = prep.main(["--source", str(pairs), "--out", str(tmp_path / "out"), "--spacing", "2", "--roi", "16"])
+    small = ["--spacing", "2", "--roi", "16", "--min_voxels", "3"]
+    code = prep.main(["--source", str(pairs), "--out", str(tmp_path / "out"), *small])
     err = capsys.readouterr()
     assert code == 0  # the good scan was prepared
     lines = [ln for ln in err.err.splitlines() if ln.startswith("error:")]
@@ -345,7 +347,7 @@ def test_bad_inputs_messages(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["datalist.json", "good", "manifest.csv"]
     # nothing usable: non-zero exit, no manifest or datalist
     bad = write_pairs(tmp_path, [["shape", good_ct, src / "shape.nii.gz"]])
-    code = prep.main(["--source", str(bad), "--out", str(tmp_path / "out2"), "--spacing", "2", "--roi", "16"])
+    code = prep.main(["--source", str(bad), "--out", str(tmp_path / "out2"), *small])
     assert code == 1 and not (tmp_path / "out2" / "datalist.json").exists()
     assert "nothing could be prepared" in capsys.readouterr().out
     # a folder without pairs, and bad arguments

@@ -9,7 +9,9 @@
   + ``<case>_seg.nii.gz``) or TotalSegmentator (``<case>/ct.nii.gz`` + ``<case>/segmentations/
   vertebrae_*.nii.gz``, or + one multilabel map such as ``<case>/segmentations.nii.gz``), searched
   recursively. NRRD / MHA / MHD files are recognised like ``.nii.gz``.
-- a CSV or JSON list of pairs (columns / keys ``ct`` and ``mask``; see :func:`read_pair_list`).
+- a CSV or JSON list of pairs (columns / keys ``ct`` and ``mask``; see :func:`read_pair_list`), which
+  may also name the example (``ct`` = ``example``) and give each scan's split, intensity convention and
+  linear HU map.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from scripts.data.errors import DataError
 from scripts.data.io import is_volume_file, strip_volume_suffix
+from scripts.data.split import SPLIT_ALIASES, SPLITS
 from scripts.utils import atomic_path
 
 __all__ = [
@@ -78,6 +82,12 @@ class Case:
         convention: label convention implied by the layout (``"verse"``, ``"totalseg"``) or ``None``.
         subject: the person scanned, for the patient-level split (defaults to ``patient``; differs when
             one person has several scans).
+        split: ``training``, ``validation`` or ``test`` when the source list fixes it, else ``None``.
+        intensity: ``hu`` or ``windowed`` when the source list says how the CT is stored (else the
+            ``--intensity`` of the run applies).
+        scale: with ``offset``, the linear map ``HU = scale * value + offset`` given for this scan (it
+            overrides the fit of a windowed scan).
+        offset: see ``scale``.
     """
 
     patient: str
@@ -87,6 +97,10 @@ class Case:
     class_map: str | None = None
     convention: str | None = None
     subject: str | None = None
+    split: str | None = None
+    intensity: str | None = None
+    scale: float | None = None
+    offset: float | None = None
 
     def __post_init__(self) -> None:
         self.patient = _safe_id(self.patient)
@@ -277,14 +291,57 @@ def _field(item: dict, names: tuple[str, ...]) -> str | None:
     return None
 
 
-def read_pair_list(path: str | os.PathLike) -> list[Case]:
+def _number(item: dict, name: str, path: Path, n: int) -> float | None:
+    text = _field(item, (name,))
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        fix = f"give {name} as a number, or leave it empty"
+        raise DataError(path, f"entry {n}: {name} {text!r} is not a number", fix)
+    return value
+
+
+def _choice(item: dict, names: tuple[str, ...], allowed: tuple[str, ...], path: Path, n: int) -> str | None:
+    text = _field(item, names)
+    if text is None:
+        return None
+    value = SPLIT_ALIASES.get(text.lower(), text.lower()) if names[0] == "split" else text.lower()
+    if value not in allowed:
+        raise DataError(path, f"entry {n}: {names[0]} {text!r} is unknown", f"use one of {', '.join(allowed)}")
+    return value
+
+
+def _extras(item: dict, path: Path, n: int) -> dict:
+    """The optional split, intensity and HU map of one entry."""
+    scale, offset = _number(item, "scale", path, n), _number(item, "offset", path, n)
+    if (scale is None) != (offset is None):
+        fix = "give both (HU = scale * value + offset)"
+        raise DataError(path, f"entry {n} gives only one of scale and offset", fix)
+    if scale is not None and scale <= 0:
+        raise DataError(path, f"entry {n}: scale {scale:g} is not positive", "give HU per stored unit, e.g. 16.06")
+    return {
+        "split": _choice(item, ("split",), SPLITS, path, n),
+        "intensity": _choice(item, ("intensity",), ("hu", "windowed"), path, n),
+        "scale": scale,
+        "offset": offset,
+    }
+
+
+def read_pair_list(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> list[Case]:
     """Read an explicit list of pairs from CSV or JSON.
 
     CSV: a header with ``ct`` and ``mask`` (or ``label`` / ``seg``), optional ``patient``, ``subject``,
-    ``labels`` (``verse`` / ``totalseg``) and ``class_map``. JSON: a list of such objects, or an object
-    whose list values hold them (e.g. a MONAI datalist with ``image`` / ``label`` keys). Relative paths
-    are taken from the list's folder. Without ``patient``, the CT file name (without ``_ct``) is used, or
-    its folder's name when the file is called ``ct``.
+    ``labels`` (``verse`` / ``totalseg``), ``class_map``, ``split`` (``training`` / ``validation`` /
+    ``test``), ``intensity`` (``hu`` / ``windowed``) and ``scale``, ``offset`` (``HU = scale * value +
+    offset``). JSON: a list of such objects, or an object whose list values hold them (e.g. a MONAI
+    datalist with ``image`` / ``label`` keys). Relative paths are taken from the list's folder. Without
+    ``patient``, the CT file name (without ``_ct``) is used, or its folder's name when the file is called
+    ``ct``. An entry whose ``ct`` is ``example`` (no ``mask``) stands for the embedded example, fetched
+    into ``cache_dir``.
 
     Raises:
         DataError: the list cannot be parsed, misses a column, or is empty.
@@ -305,6 +362,14 @@ def read_pair_list(path: str | os.PathLike) -> list[Case]:
         if not isinstance(item, dict):
             raise DataError(path, f"entry {n} is not an object with ct and mask", fix)
         ct, mask = _field(item, ("ct", "image")), _field(item, ("mask", "label", "seg", "labels_map"))
+        if ct == "example" and not mask:
+            example, extras = fetch_example(cache_dir), _extras(item, path, n)
+            example.split, example.intensity = extras["split"], extras["intensity"]
+            example.scale, example.offset = extras["scale"], extras["offset"]
+            patient = _field(item, ("patient", "id", "case"))
+            example.patient = example.subject = patient or example.patient
+            cases.append(example)
+            continue
         if not ct or not mask:
             raise DataError(path, f"entry {n} lacks a 'ct' or 'mask' value", fix)
         ct_p, mask_p = (Path(p) if Path(p).is_absolute() else path.parent / p for p in (ct, mask))
@@ -317,7 +382,7 @@ def read_pair_list(path: str | os.PathLike) -> list[Case]:
             class_map = str(path.parent / class_map)
         convention = _field(item, ("labels", "convention"))
         cases.append(Case(patient, str(ct_p), mask=str(mask_p), class_map=class_map, convention=convention,
-                          subject=_field(item, ("subject",))))  # fmt: skip
+                          subject=_field(item, ("subject",)), **_extras(item, path, n)))  # fmt: skip
     if not cases:
         raise DataError(path, "the list of pairs is empty", fix)
     return cases
@@ -340,7 +405,7 @@ def find_cases(source: str, cache_dir: str | os.PathLike | None = None) -> tuple
         if p.is_dir():
             cases, problems = find_cases_in_folder(p)
         elif p.is_file() and p.suffix.lower() in (".csv", ".json"):
-            cases = read_pair_list(p)
+            cases = read_pair_list(p, cache_dir)
         elif p.exists():
             fix = "pass --source example, a dataset folder or a .csv/.json list"
             raise DataError(p, "is neither a folder nor a .csv/.json list of pairs", fix)

@@ -1,15 +1,20 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""Seeded 8:1:1 training / validation / test split by patient (by vertebra when there are too few)."""
+"""Training / validation / test split: seeded 8:1:1 by patient (by vertebra when there are too few), or
+given per patient (``--split`` or the ``split`` column of a source list)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["SPLITS", "split_counts", "split_items"]
+from scripts.data.errors import DataError
+
+__all__ = ["SPLITS", "SPLIT_ALIASES", "parse_split", "split_counts", "split_items", "split_given"]
 
 SPLITS = ("training", "validation", "test")
+#: Other names accepted for the splits.
+SPLIT_ALIASES = {"train": "training", "val": "validation", "valid": "validation", "testing": "test"}
 T = TypeVar("T")
 
 
@@ -84,3 +89,70 @@ def split_items(
     for item, s in zip(items, assign):
         out[s].append(item)
     return out, by
+
+
+def _split_name(text: str, spec: Any) -> str:
+    name = SPLIT_ALIASES.get(text.strip().lower(), text.strip().lower())
+    if name not in SPLITS:
+        raise DataError(None, f"--split {spec!r}: unknown split {text.strip()!r}", f"use {', '.join(SPLITS)}")
+    return name
+
+
+def parse_split(spec: str | Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
+    """Parse ``--split``: ``"verse081=validation,colonog0532=test"`` -> ``{patient: split}``.
+
+    A mapping, or a list of ``patient=split`` strings, is accepted as well; ``None`` or ``""`` gives ``{}``.
+
+    Raises:
+        DataError: an entry without ``=``, an unknown split name, or a patient given twice.
+    """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return {}
+    if isinstance(spec, Mapping):
+        pairs = [(str(k), str(v)) for k, v in spec.items()]
+    else:
+        parts = spec.split(",") if isinstance(spec, str) else [str(p) for p in spec]
+        pairs = []
+        for part in (p.strip() for p in parts if p.strip()):
+            if "=" not in part:
+                fix = "write patient=split pairs, e.g. --split verse081=validation,colonog0532=test"
+                raise DataError(None, f"--split entry {part!r} lacks '='", fix)
+            patient, name = part.split("=", 1)
+            pairs.append((patient.strip(), name))
+    out: dict[str, str] = {}
+    for patient, name in pairs:
+        split = _split_name(name, spec)
+        if out.get(patient, split) != split:
+            raise DataError(None, f"--split gives patient {patient!r} twice", "name each patient once")
+        out[patient] = split
+    return out
+
+
+def split_given(
+    items: Sequence[T], patient: Callable[[T], str], group: Callable[[T], Any], given: Mapping[str, str]
+) -> dict[str, list[T]]:
+    """Split ``items`` as given per patient; patients not named go to training.
+
+    All patients of one group (the person scanned) must land in one split: an unnamed patient follows
+    the named patients of its group.
+
+    Args:
+        items: the things to split.
+        patient: the patient of an item (the key of ``given``).
+        group: the group (subject) of an item.
+        given: patient -> ``training`` / ``validation`` / ``test``.
+
+    Raises:
+        DataError: two patients of one group are given different splits.
+    """
+    by_group: dict[Any, str] = {}
+    for item in items:
+        p, g = patient(item), group(item)
+        if p in given:
+            if by_group.setdefault(g, given[p]) != given[p]:
+                fix = "give every scan of one person the same split"
+                raise DataError(None, f"--split puts scans of subject {g!r} in {by_group[g]} and {given[p]}", fix)
+    out: dict[str, list[T]] = {s: [] for s in SPLITS}
+    for item in items:
+        out[by_group.get(group(item), SPLITS[0])].append(item)
+    return out
