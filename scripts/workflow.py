@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from monai.handlers import IgniteMetricHandler, from_engine
 
+from scripts.errors import BundleInputError, reports_input_errors
 from scripts.metrics import METRIC_NAMES, VertebraMetric
 from scripts.transforms.intensity import load_intensity_stats
 from scripts.transforms.xray_io import check_xray_cases
@@ -131,54 +132,85 @@ def check_model(path: str | os.PathLike) -> Path:
     return p
 
 
+@reports_input_errors
 def inference_cases(
     datalist: str | os.PathLike | None = None,
     xrays: Sequence[str] | None = None,
     angles: Sequence | None = None,
-    case_id: str = "case",
+    case_id: str | None = None,
     check: bool = True,
+    expansion_mode: str | None = None,
     **loader_kwargs,
 ) -> list[dict]:
     """The cases of an inference run: from a JSON datalist or from two image paths given on the command line.
 
     A datalist is a JSON list (or ``{"testing": [...]}``) of ``{"xray": [view1, view2], "angles": [[a1, b1],
     [a2, b2]], "id": name}``; relative paths are resolved against the datalist's folder and ``angles``
-    defaults to AP and lateral. With ``check`` every case is read and validated first, so a bad case stops
-    the run before anything is written.
+    defaults to AP and lateral. A case's outputs go to a folder named after its ``id`` (``case_id`` for
+    ``xrays``); without one, after its two files (:func:`scripts.transforms.xray_io.xray_case_name`:
+    ``P1_ap.png`` and ``P1_lat.png`` give ``P1``). Names are checked first: a name that cannot be a folder
+    name, or two cases with the same name, stop the run before anything is written. With ``check`` every
+    case is also read and validated (files, blank images, angles, and the expansion ``expansion_mode``), so
+    a bad case stops the run before anything is written.
 
     Args:
         datalist: path of the JSON datalist.
         xrays: two image paths (used when ``datalist`` is not given).
         angles: the angles of ``xrays``.
-        case_id: the name of the ``xrays`` case (names its outputs).
+        case_id: the name of the ``xrays`` case (names its outputs); ``None``: named after the files.
         check: validate every case before returning.
+        expansion_mode: the run's dimension expansion mode, checked against every case's angles.
         loader_kwargs: arguments of :class:`scripts.transforms.LoadXRayPair` used by the check.
+
+    Raises:
+        BundleInputError: with one line naming the cause and the fix.
     """
+    from scripts.transforms.outputs import check_case_names
+
     if datalist:
         path = Path(datalist)
         if not path.is_file():
             raise FileNotFoundError(f"inference datalist {path} does not exist; give --datalist PATH.json.")
-        content = json.loads(path.read_text())
+        try:
+            content = json.loads(path.read_text())
+        except ValueError as e:
+            raise BundleInputError(f"{path} is not valid JSON ({e}); fix: write a JSON list of cases.") from e
         items = content.get("testing", content.get("test")) if isinstance(content, dict) else content
-        if not isinstance(items, list) or not items:
-            raise ValueError(f"{path} must be a non-empty JSON list of cases (or {{'testing': [...]}}).")
-        base = path.parent
-        cases = [{**_absolute(item, base), "id": str(item.get("id", f"case{i}"))} for i, item in enumerate(items)]
+        if not isinstance(items, list) or not items or not all(isinstance(it, dict) for it in items):
+            raise BundleInputError(
+                f"{path} must be a non-empty JSON list of cases (or {{'testing': [...]}}), each an object "
+                'like {"xray": ["ap.png", "lat.png"], "id": "P1"}.'
+            )
+        cases = [_inference_case(_absolute(item, path.parent)) for item in items]
     elif xrays:
         if isinstance(xrays, str):
             xrays = [xrays]
-        cases = [{"xray": [str(x) for x in xrays], "angles": angles, "id": case_id}]
+        case = {"xray": [str(x) for x in xrays], "angles": angles}
+        cases = [_inference_case({**case, "id": case_id} if case_id is not None else case)]
     else:
-        raise ValueError(
+        raise BundleInputError(
             "no input: give --datalist cases.json, or --xrays \"['ap.png','lateral.png']\" "
             '(optionally --angles "[[0,0],[90,0]]").'
         )
-    for c in cases:
-        if c.get("angles") is None:
-            c.pop("angles", None)
+    check_case_names([c["id"] for c in cases])
     if check:
-        check_xray_cases(cases, **loader_kwargs)
+        check_xray_cases(cases, expansion_mode=expansion_mode, **loader_kwargs)
     return cases
+
+
+def _inference_case(item: dict) -> dict:
+    """One inference case: its ``id`` as a string (named after its files when it has none), no ``angles: None``."""
+    from scripts.transforms.xray_io import xray_case_name
+
+    case = {k: v for k, v in item.items() if not (k == "angles" and v is None)}
+    files = case.get("xray")
+    if case.get("id") is not None:
+        case["id"] = str(case["id"])
+    elif isinstance(files, (list, tuple)) and files:
+        case["id"] = xray_case_name(files)
+    else:
+        case["id"] = "case"
+    return case
 
 
 def zscore_of_hu(hu: float, stats: dict[str, float]) -> float:

@@ -34,6 +34,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Transform
 
 from scripts.drr import ConeBeamGeometry, DRRProjector, as_angles, crop_centre
+from scripts.transforms.xray_io import check_view_separation
 
 __all__ = ["DRR", "DRRd", "random_rotation", "geometry_to_tensors"]
 
@@ -58,6 +59,8 @@ class DRR(Randomizable, Transform):
 
     Args:
         angles: views as (alpha, beta) pairs in degrees or plain alphas; default AP and lateral ``(0, 90)``.
+            Two views whose beams are less than 10 degrees apart (or nearly opposite) are refused
+            (``XRayInputError``, :func:`scripts.transforms.xray_io.check_view_separation`).
         geometry: ``ConeBeamGeometry`` (or its dict); None = ``ConeBeamGeometry.for_crop`` of the input
             (detector of the crop's size, sdd 1020 mm, sod 700 mm, isocentre at the crop centre).
         physics: "poly" (polychromatic, noise) or "mono" (line integral of mu, no noise).
@@ -86,6 +89,7 @@ class DRR(Randomizable, Transform):
         device: str | torch.device | None = None,
     ) -> None:
         self.angles = as_angles(angles)
+        check_view_separation(self.angles.numpy())  # two views along one line hold no depth
         self.projector = DRRProjector(
             geometry, physics, spectrum, photon_count, energy_kev, samples_per_voxel, backend=backend
         )
