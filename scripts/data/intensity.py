@@ -136,9 +136,10 @@ def _strides(spacing: tuple[float, float, float]) -> tuple[slice, slice, slice]:
     return tuple(slice(None, None, max(1, int(round(_ANALYSIS_MM / s)))) for s in spacing)  # type: ignore[return-value]
 
 
-def _histogram(values: np.ndarray, lo: float, step: float, n: int) -> np.ndarray:
+def _histogram(values: np.ndarray, lo: float, step: float, n: int, smooth: bool = True) -> np.ndarray:
     idx = np.clip(np.round((values - lo) / step).astype(np.int64), 0, n - 1)
-    return ndimage.gaussian_filter1d(np.bincount(idx, minlength=n).astype(np.float64), 1.0)
+    counts = np.bincount(idx, minlength=n).astype(np.float64)
+    return ndimage.gaussian_filter1d(counts, 1.0) if smooth else counts
 
 
 def _peak_in(hist: np.ndarray, lo_bin: float, hi_bin: float) -> int | None:
@@ -192,7 +193,8 @@ def fit_hu(
     lo = float(inside.min())
     n = int(round((float(inside.max()) - lo) / step)) + 1
     to_v = lambda b: lo + b * step  # noqa: E731
-    hist = _histogram(inside, lo, step, n)
+    raw = _histogram(inside, lo, step, n, smooth=False)
+    hist = ndimage.gaussian_filter1d(raw, 1.0)
 
     v_bone = float(np.median(v[vert & fov]))
     near = ndimage.distance_transform_edt(~vert, sampling=sub_spacing) <= _SOFT_RADIUS_MM
@@ -213,7 +215,9 @@ def fit_hu(
     if n_low >= _AIR_MIN_FRACTION * inside.size and air_top >= 0:
         air_bin = int(np.argmax(hist[: int(np.floor(air_top)) + 1]))
         points["air"] = to_v(air_bin)
-        if points["air"] - PADDING_VALUE <= 2 * step and (~fov).any():
+        # the air peak cut off at the padding value: air below the window reads as padding
+        touches = lo - PADDING_VALUE <= 1.5 * step and raw[0] >= 0.25 * raw[air_bin]
+        if (touches or points["air"] - PADDING_VALUE <= 2 * step) and (~fov).any():
             warnings.append(f"air lies at the padding value ({points['air']:g}): padding and air cannot be told apart")
     else:
         warnings.append("no air in the field of view")
