@@ -508,7 +508,9 @@ def _given_splits(cases: list[Case], split: Any) -> dict[str, str]:
         known = ", ".join(sorted(c.patient for c in cases)[:12])
         fix = f"use patient ids of the source: {known}"
         raise DataError(None, f"--split names unknown patient(s) {', '.join(unknown)}", fix)
-    return {**given, **named}
+    given = {**given, **named}
+    split_given(cases, lambda c: c.patient, lambda c: c.subject, given)  # one subject, one split
+    return given
 
 
 def prepare(
