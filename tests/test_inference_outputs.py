@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from PIL import Image
 from scripts import workflow
 from scripts.errors import BundleInputError
 from scripts.transforms import DRR, DRRd, XRayInputError
-from scripts.transforms.outputs import MANIFEST_NAME
+from scripts.transforms.outputs import MANIFEST_NAME, run_staging_dir
 from tests import test_workflows
 from tests.test_workflows import ROOT, SMALL, _bundle_cmd, _chain, _workflow, _write_xrays
 
@@ -113,8 +114,11 @@ def test_infer_names_the_case_after_the_files_and_a_rerun_keeps_other_files(data
     out = tmp_path / "out"
     (out / "P7").mkdir(parents=True)
     (out / "P7" / "notes.txt").write_text("the user's own file")
-    (out / ".partial" / "P7").mkdir(parents=True)
-    (out / ".partial" / "P7" / "P7_extra.nii.gz").write_bytes(b"left by a killed run")
+    killed = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = Path(run_staging_dir(out)).name.rsplit("-", 1)[0]
+    stale = out / ".partial" / f"{host}-{int(killed.stdout)}" / "P7"  # what a killed run left
+    stale.mkdir(parents=True)
+    (stale / "P7_extra.nii.gz").write_bytes(b"left by a killed run")
     _infer(trained, out, xrays=xrays)
     assert sorted(p.name for p in out.iterdir()) == ["P7"], "named after the files, no staging folder left"
     case = out / "P7"

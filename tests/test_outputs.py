@@ -6,6 +6,10 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +19,7 @@ from monai.transforms import Compose, Lambdad, SaveImaged
 from scripts.errors import BundleInputError
 from scripts.transforms import CaseNamed, PublishCaseOutputsd
 from scripts.transforms import outputs as outputs_module
-from scripts.transforms.outputs import MANIFEST_NAME, case_folder_name, check_case_names
+from scripts.transforms.outputs import MANIFEST_NAME, case_folder_name, check_case_names, run_staging_dir
 
 
 def _item(case_id: str = "P1_T4") -> dict:
@@ -98,6 +102,30 @@ def test_stale_staging_of_a_killed_run_is_not_published(tmp_path):
     assert _names(staging) == ["other"]
 
 
+def _ended_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_each_run_stages_in_its_own_folder_and_ended_runs_are_cleared(tmp_path):
+    out = tmp_path / "out"
+    staging = Path(run_staging_dir(out))
+    assert staging.parent == out / ".partial" and staging.name.endswith(f"-{os.getpid()}")
+    host = staging.name.rsplit("-", 1)[0]
+    ended, running = out / ".partial" / f"{host}-{_ended_pid()}", out / ".partial" / f"{host}-{os.getppid()}"
+    for run in (ended, running):
+        (run / "P1_T4").mkdir(parents=True)
+        (run / "P1_T4" / "P1_T4_mesh.stl").write_bytes(b"staged")
+    publish = PublishCaseOutputsd("pred", staging, out)
+    assert not ended.exists(), "the folder of an ended run is removed"
+    Compose([CaseNamed("pred"), _save(staging), publish])(_item())
+    assert _names(out / "P1_T4") == [MANIFEST_NAME, "P1_T4_hu.nii.gz"]
+    assert _names(out / ".partial") == [running.name], "a running process's folder stays"
+    shutil.rmtree(running)
+    Compose([CaseNamed("pred"), _save(staging), PublishCaseOutputsd("pred", staging, out)])(_item())
+    assert _names(out) == ["P1_T4"], "no staging folder is left"
+
+
 def test_failed_case_leaves_no_staging(tmp_path):
     out, staging = tmp_path / "out", tmp_path / "out" / ".partial"
     Compose([CaseNamed("pred"), _save(staging), PublishCaseOutputsd("pred", staging, out)])(_item())
@@ -158,16 +186,27 @@ def test_case_names_that_would_share_or_escape_a_folder_are_refused(tmp_path, na
     assert (staging / "P1_T4").is_dir(), "nothing is cleared for refused names"
 
 
-def test_staging_dir_must_not_hold_the_outputs(tmp_path):
-    with pytest.raises(BundleInputError, match="staging_dir"):
-        PublishCaseOutputsd("pred", tmp_path, tmp_path)
-    with pytest.raises(BundleInputError, match="staging_dir"):
-        PublishCaseOutputsd("pred", tmp_path, tmp_path / "out")
+def test_staging_dir_must_be_inside_the_output_folder(tmp_path):
+    (tmp_path / "out" / "P1_T4").mkdir(parents=True)
+    for staging in (tmp_path / "out", tmp_path, tmp_path / "elsewhere"):
+        with pytest.raises(BundleInputError, match="not inside the output folder"):
+            PublishCaseOutputsd("pred", staging, tmp_path / "out")
+    assert (tmp_path / "out" / "P1_T4").is_dir()
+
+
+def test_without_case_names_the_whole_staging_folder_is_the_runs(tmp_path):
+    out, staging = tmp_path / "out", tmp_path / "out" / ".partial"
+    (staging / "P1_T4").mkdir(parents=True)
+    (staging / "P1_T4" / "P1_T4_mesh.stl").write_bytes(b"from a killed run")
+    publish = PublishCaseOutputsd("pred", staging, out)
+    assert not staging.exists()
+    Compose([CaseNamed("pred"), _save(staging), publish])(_item())
+    assert _names(out / "P1_T4") == [MANIFEST_NAME, "P1_T4_hu.nii.gz"]
 
 
 def test_missing_staged_outputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="put the writers first"):
-        PublishCaseOutputsd("pred", tmp_path / "s", tmp_path / "o")(_item())
+        PublishCaseOutputsd("pred", tmp_path / "o" / "s", tmp_path / "o")(_item())
 
 
 def test_case_named_needs_the_id():

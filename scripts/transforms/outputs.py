@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import weakref
 from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
@@ -29,6 +31,7 @@ __all__ = [
     "case_meta_name",
     "case_folder_name",
     "check_case_names",
+    "run_staging_dir",
     "MANIFEST_NAME",
 ]
 
@@ -36,6 +39,39 @@ __all__ = [
 MANIFEST_NAME = ".published.json"
 
 _LAYOUT = FolderLayout("", extension="", parent=True, makedirs=False)
+_HOST = re.sub(r"[^A-Za-z0-9_-]+", "_", socket.gethostname()) or "host"
+
+
+def run_staging_dir(output_dir: str | os.PathLike) -> str:
+    """The staging folder of this process's run: ``<output_dir>/.partial/<host>-<pid>``.
+
+    Each run writes into a folder of its own, so concurrent runs into one output folder never see each other's
+    files; :class:`PublishCaseOutputsd` removes those of finished processes of this host.
+    """
+    return str(Path(output_dir) / ".partial" / f"{_HOST}-{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: keep its folder
+    return True
+
+
+def _remove_dead_runs(staging_dir: Path) -> None:
+    """Remove sibling run folders (:func:`run_staging_dir`) of this host whose process has ended."""
+    pattern = re.compile(rf"{re.escape(_HOST)}-(\d+)")
+    try:
+        siblings = list(staging_dir.parent.iterdir())
+    except OSError:
+        return
+    for sibling in siblings:
+        m = pattern.fullmatch(sibling.name)
+        if m and sibling != staging_dir and sibling.is_dir() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def case_meta_name(name: Any) -> str:
@@ -113,14 +149,20 @@ class CaseNamed(MapTransform):
         return d
 
 
-def _remove_staged(staging_dir: Path, folders: tuple[str, ...]) -> None:
-    """Remove the staging folders of ``folders``, then ``staging_dir`` itself when it is empty."""
-    for folder in folders:
+def _remove_staged(staging_dir: Path, folders: tuple[str, ...] | None, parent: bool = False) -> None:
+    """Remove the staging folders of ``folders`` (``None``: all of them), then ``staging_dir`` when it is empty
+    (and, with ``parent``, its parent folder when that is empty too)."""
+    if folders is None:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+    for folder in folders or ():
         shutil.rmtree(staging_dir / folder, ignore_errors=True)
-    try:
-        staging_dir.rmdir()  # only when empty: other runs' cases stay
-    except OSError:
-        pass
+    for folder in (staging_dir, staging_dir.parent) if parent else (staging_dir,):
+        try:
+            folder.rmdir()  # only when empty: other runs' files stay
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break
 
 
 def _read_manifest(folder: Path) -> set[str]:
@@ -149,22 +191,25 @@ class PublishCaseOutputsd(MapTransform):
       stays until the new one is in place), reports (``.json``) last; files of the earlier publishing that
       this one did not write (listed in the folder's :data:`MANIFEST_NAME`) are removed after that; any
       other file in the folder is left alone;
-    - with ``case_names``, the staging folders of those cases are removed when the transform is created
-      (leftovers of a killed run are never published) and again when it is released or the process ends
-      (a failed case leaves nothing in ``staging_dir``); ``staging_dir`` is removed once empty.
+    - the staging folders of the run's cases are removed when the transform is created (leftovers of a
+      killed run are never published) and again when it is released or the process ends (a failed case
+      leaves nothing in ``staging_dir``); ``staging_dir`` is removed once empty. With ``case_names`` these
+      are the folders of those cases, so concurrent runs with other cases can share ``staging_dir``;
+      without, the whole ``staging_dir`` is the run's: give each run its own, :func:`run_staging_dir`
+      (the folders of ended runs of this host beside it are removed too).
 
-    Keep ``staging_dir`` inside ``output_dir`` (same file system, so each rename is atomic) and give each
-    concurrent run its own cases.
+    ``staging_dir`` must be inside ``output_dir`` (one file system, so each rename is atomic).
 
     Args:
         keys: the key whose ``filename_or_obj`` names the case (as for the writers), e.g. ``"pred"``.
         staging_dir: where the writers write.
         output_dir: where finished cases go.
-        case_names: the names of the cases of the run (checked with :func:`check_case_names`), or ``None``.
+        case_names: the names of the cases of the run (checked with :func:`check_case_names`), or ``None``
+            (the whole ``staging_dir`` belongs to the run).
         allow_missing_keys: skip missing keys.
 
     Raises:
-        BundleInputError: ``staging_dir`` is ``output_dir`` or holds it, or ``case_names`` share a folder.
+        BundleInputError: ``staging_dir`` is not inside ``output_dir``, or ``case_names`` share a folder.
     """
 
     def __init__(
@@ -178,18 +223,21 @@ class PublishCaseOutputsd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.staging_dir, self.output_dir = Path(staging_dir), Path(output_dir)
         staging, output = self.staging_dir.resolve(), self.output_dir.resolve()
-        if staging == output or staging in output.parents:
+        if output not in staging.parents:
             raise BundleInputError(
-                f"staging_dir {self.staging_dir} is the output folder or holds it; fix: use a folder inside "
-                f"it, e.g. {self.output_dir / '.partial'}."
+                f"staging_dir {self.staging_dir} is not inside the output folder {self.output_dir}; fix: use a "
+                f"folder inside it, e.g. {self.output_dir / '.partial'}."
             )
         self._layout = FolderLayout(self.staging_dir, extension="", parent=True, makedirs=False)
-        folders = tuple(check_case_names(case_names)) if case_names is not None else ()
-        _remove_staged(self.staging_dir, folders)  # leftovers of a killed run
-        self._finalizer = weakref.finalize(self, _remove_staged, self.staging_dir, folders)
+        folders = tuple(check_case_names(case_names)) if case_names is not None else None
+        self._parent = output in staging.parent.parents  # a run folder of run_staging_dir: tidy its parent too
+        if self._parent:
+            _remove_dead_runs(self.staging_dir)
+        _remove_staged(self.staging_dir, folders, self._parent)  # leftovers of a killed run
+        self._finalizer = weakref.finalize(self, _remove_staged, self.staging_dir, folders, self._parent)
 
     def clear_staging(self) -> None:
-        """Remove the staging folders of ``case_names`` now (it also happens when the transform is released)."""
+        """Remove the run's staging folders now (it also happens when the transform is released)."""
         self._finalizer()
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -200,7 +248,7 @@ class PublishCaseOutputsd(MapTransform):
             if not src.is_dir():
                 raise FileNotFoundError(f"no outputs of case {name!r} in {self.staging_dir}; put the writers first.")
             self._publish(src, self.output_dir / src.name)
-        _remove_staged(self.staging_dir, ())
+        _remove_staged(self.staging_dir, (), self._parent)
         return d
 
     @staticmethod
