@@ -16,7 +16,7 @@ from ignite.engine import Engine, Events
 
 from scripts.utils import atomic_path
 
-__all__ = ["ResumableCheckpoint", "VertebraMetricsTable"]
+__all__ = ["ResumableCheckpoint", "BestModelSaver", "VertebraMetricsTable"]
 
 
 def _unwrap(obj: Any) -> Any:
@@ -114,6 +114,82 @@ class ResumableCheckpoint:
                 )
             engine.state.max_epochs = max_epochs
         self.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")
+
+
+class BestModelSaver:
+    """Keeps the network with the best validation metric in one file, replaced only by a better one.
+
+    Attach it to the evaluator of a training run. After each validation it compares the key metric
+    (``engine.state.metrics[metric_name]``) with the best so far and, only if it is better, writes the
+    unwrapped network's ``state_dict`` (weights and the buffers of
+    :func:`scripts.networks.attach_model_info`) to ``save_dir/filename`` atomically: the old file stays in
+    place until the new one is complete. Its ``state_dict`` (best value and epoch) is saved by
+    :class:`ResumableCheckpoint` (put it in ``save_dict``), so a resumed run keeps the best model and does
+    not overwrite it with a worse one; the evaluator's ``best_metric`` is restored with it.
+
+    MONAI's ``CheckpointSaver`` (through ignite's ``Checkpoint``) deletes the previous best file before it
+    writes the new one and forgets the best value when a run resumes, hence this handler.
+
+    Args:
+        save_dir: folder of the model file.
+        network: the network to save (a DDP wrapper is unwrapped).
+        metric_name: the metric to compare (default: the evaluator's key metric).
+        filename: name of the model file.
+        mode: ``"max"`` (higher is better, e.g. Dice) or ``"min"``.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        network: torch.nn.Module,
+        metric_name: str | None = None,
+        filename: str = "model.pt",
+        mode: str = "max",
+    ) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+        self.path = Path(save_dir) / filename
+        self.network = network
+        self.metric_name = metric_name
+        self.mode = mode
+        self.best: float | None = None
+        self.best_epoch: int = -1
+        self._engine: Engine | None = None
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        self._engine = engine
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _better(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def __call__(self, engine: Engine) -> None:
+        name = self.metric_name or getattr(engine.state, "key_metric_name", None)
+        if name is None or name not in engine.state.metrics:
+            raise KeyError(f"BestModelSaver: no metric {name!r} among {list(engine.state.metrics)}.")
+        value = float(engine.state.metrics[name])
+        if not self._better(value):
+            return
+        self.best, self.best_epoch = value, int(engine.state.epoch)
+        if ResumableCheckpoint._is_main_process():
+            with atomic_path(self.path) as tmp:
+                torch.save(_unwrap(self.network).state_dict(), tmp)
+            self.logger.info(f"epoch {self.best_epoch}: best {name} {value:.4f}, model saved to {self.path}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "mode": self.mode}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = None if state.get("best") is None else float(state["best"])
+        self.best_epoch = int(state.get("best_epoch", -1))
+        if self._engine is not None and self.best is not None:  # the evaluator's own tracking, for its logs
+            self._engine.state.best_metric = self.best
+            self._engine.state.best_metric_epoch = self.best_epoch
 
 
 class VertebraMetricsTable:

@@ -15,7 +15,8 @@ Per vertebra (prediction and ground truth in HU on the same isotropic grid):
             divided by the same for an all-background prediction: 0 = perfect, about 1 = predicts nothing
 ``assd``    average symmetric surface distance in mm (MONAI ``SurfaceDistanceMetric``, symmetric)
 ``hd95``    95th-percentile Hausdorff distance in mm (MONAI ``HausdorffDistanceMetric``)
-``nsd``     normalised surface Dice at 1 mm tolerance (MONAI ``SurfaceDiceMetric``)
+``nsd``     normalised surface Dice (MONAI ``SurfaceDiceMetric``) at a tolerance of one voxel, and at
+            least 1 mm: 1 mm on 1 mm grids, 2 mm on 2 mm grids (:func:`nsd_tolerance`)
 =========== ===================================================================================
 
 :func:`vertebra_metrics` returns all of them for one vertebra; :class:`VertebraMetric` (one named
@@ -56,6 +57,7 @@ __all__ = [
     "MAX_VALUE",
     "DICE_THRESHOLD_HU",
     "SURFACE_TOLERANCE_MM",
+    "nsd_tolerance",
     "METRIC_NAMES",
     "rescale_hu",
     "frequency_distance",
@@ -90,6 +92,16 @@ def frequency_distance(pred_hu: torch.Tensor, gt_hu: torch.Tensor, fft_norm: str
     num = torch.log10(1.0 + spectral_distance(p, g, norm=fft_norm))
     den = torch.log10(1.0 + spectral_distance(torch.zeros_like(g), g, norm=fft_norm))
     return num / den
+
+
+def nsd_tolerance(spacing_mm: Sequence[float]) -> float:
+    """Tolerance of ``nsd`` in mm: the largest voxel spacing, and at least :data:`SURFACE_TOLERANCE_MM`.
+
+    Surface distances on a voxel grid come in steps of the spacing, so a tolerance below one voxel counts
+    only surface voxels that coincide exactly: at 2 mm voxels a 1 mm tolerance would measure overlap, not
+    closeness.
+    """
+    return max(SURFACE_TOLERANCE_MM, max(float(s) for s in spacing_mm))
 
 
 def _spacing_list(spacing: Any, ref: torch.Tensor, batch: int) -> list[list[float]]:
@@ -165,7 +177,7 @@ def metric_per_item(
         elif name == "hd95":
             metric = HausdorffDistanceMetric(include_background=True, percentile=95.0)
         else:
-            metric = SurfaceDiceMetric(class_thresholds=[SURFACE_TOLERANCE_MM], include_background=True)
+            metric = SurfaceDiceMetric(class_thresholds=[nsd_tolerance(spacing_mm[i])], include_background=True)
         rows.append(metric(pb[i : i + 1], gb[i : i + 1], spacing=spacing_mm[i]).float())
     return torch.cat(rows, dim=0)
 

@@ -7,19 +7,24 @@ the data a message with the command that fixes it.
 
 from __future__ import annotations
 
+import ast
+import difflib
 import json
+import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from monai.bundle import ConfigParser
 from monai.handlers import IgniteMetricHandler, from_engine
 
 from scripts.errors import BundleInputError, reports_input_errors
 from scripts.metrics import METRIC_NAMES, VertebraMetric
+from scripts.networks.model_info import load_state_dict_file, read_model_info
 from scripts.transforms.intensity import load_intensity_stats
 from scripts.transforms.xray_io import check_xray_cases
-from scripts.utils import atomic_path
 
 __all__ = [
     "check_dataset",
@@ -28,13 +33,12 @@ __all__ = [
     "distributed_backend",
     "zscore_of_hu",
     "metric_handlers",
-    "save_model_statistics",
     "model_statistics",
     "inference_cases",
     "check_model",
+    "check_cli_overrides",
 ]
 
-STATS_FILENAME = "intensity_stats.json"
 # datalist entries that hold file paths relative to the datalist (scripts.prepare, scripts.simulate, inference)
 FILE_KEYS = ("ct", "gt", "mask", "drr", "drr_png", "drr_geometry", "xray")
 
@@ -44,36 +48,40 @@ _PREPARE_HINT = (
 )
 
 
+@reports_input_errors
 def check_dataset(dataset_dir: str | os.PathLike) -> Path:
     """Return the path of ``datalist.json`` in a prepared dataset, or raise an error saying how to make it."""
     d = Path(dataset_dir)
     datalist = d / "datalist.json"
     if not datalist.is_file():
-        raise FileNotFoundError(f"no prepared dataset at {d} (missing {datalist}): " + _PREPARE_HINT.format(d=d))
+        raise BundleInputError(f"no prepared dataset at {d} (missing {datalist}): " + _PREPARE_HINT.format(d=d))
     return datalist
 
 
-def load_split(dataset_dir: str | os.PathLike, split: str, fallback: str | None = None) -> list[dict]:
+@reports_input_errors
+def load_split(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
     """Load one split (``training``, ``validation`` or ``test``) of a prepared dataset's datalist.
 
     The file entries (:data:`FILE_KEYS`) are made absolute against the dataset folder; other entries
     (``id``, ``patient``, ``level``) stay as they are. MONAI's ``load_decathlon_datalist`` is not used
     because it turns any value that names an existing path, such as a patient whose folder exists, into a
-    path.
+    path. An empty split is an error (no silent fall-back to another split: validating on training data
+    would select models on what they were fitted to).
 
     Args:
         dataset_dir: folder written by ``python -m scripts.prepare``.
         split: key of the datalist to load.
-        fallback: split to use when ``split`` is empty (a tiny dataset may have an empty validation list).
     """
     datalist = check_dataset(dataset_dir)
     base = datalist.parent
     content = json.loads(datalist.read_text())
-    keys = [split] + ([fallback] if fallback else [])
-    for key in keys:
-        if content.get(key):
-            return [_absolute(item, base) for item in content[key]]
-    raise ValueError(f"{datalist} has no items in {' or '.join(repr(k) for k in keys)}; re-run the preparation.")
+    if not content.get(split):
+        raise BundleInputError(
+            f"{datalist} has no items in {split!r}: prepare the dataset with at least one patient in that split "
+            "(python -m scripts.prepare --split ...), or give the items in the config "
+            f"(e.g. --validate#dataset#data for validation)."
+        )
+    return [_absolute(item, base) for item in content[split]]
 
 
 def _absolute(item: dict, base: Path) -> dict:
@@ -87,47 +95,87 @@ def _absolute(item: dict, base: Path) -> dict:
     return {k: (join(v) if k in FILE_KEYS else v) for k, v in item.items()}
 
 
+@reports_input_errors
 def dataset_statistics(dataset_dir: str | os.PathLike) -> dict[str, float]:
     """HU mean and standard deviation of the training ground truth, stored by the preparation."""
     datalist = check_dataset(dataset_dir)
     try:
         mean, std = load_intensity_stats(datalist, "statistics.gt_mean", "statistics.gt_std")
-    except KeyError as e:
-        raise ValueError(f"{datalist} has no 'statistics' with gt_mean and gt_std; re-run the preparation.") from e
-    if not std > 0:
-        raise ValueError(f"{datalist}: gt_std must be positive, got {std}.")
-    return {"gt_mean": mean, "gt_std": std}
-
-
-def save_model_statistics(stats: dict[str, float], ckpt_dir: str | os.PathLike) -> Path:
-    """Store the z-score statistics beside the model (``intensity_stats.json``): inference needs them to
-    turn the network's output into HU without the training data."""
-    path = Path(ckpt_dir) / STATS_FILENAME
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"gt_mean": float(stats["gt_mean"]), "gt_std": float(stats["gt_std"])}, indent=2))
-    return path
-
-
-def model_statistics(ckpt_dir: str | os.PathLike) -> dict[str, float]:
-    """The z-score statistics stored beside a trained model by :func:`save_model_statistics`."""
-    path = Path(ckpt_dir) / STATS_FILENAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"missing {path}: it is written by training (configs/train.json) beside model.pt; copy it with the "
-            'model, or write {"gt_mean": ..., "gt_std": ...} from the training dataset\'s datalist.json statistics.'
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleInputError(f"{datalist} has no 'statistics' (gt_mean, gt_std); re-run the preparation.") from e
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise BundleInputError(
+            f"{datalist}: the HU statistics must be finite with a positive std, got mean {mean}, std {std}; "
+            "a CT with NaN or infinite values was prepared: re-run the preparation."
         )
-    mean, std = load_intensity_stats(path, "gt_mean", "gt_std")
     return {"gt_mean": mean, "gt_std": std}
 
 
-def check_model(path: str | os.PathLike) -> Path:
-    """Return ``path`` if the trained weights exist, else raise an error saying how to get them."""
+@reports_input_errors
+def model_statistics(path: str | os.PathLike) -> dict[str, float]:
+    """The z-score statistics stored inside a trained model (``model.pt`` or ``model.ts``).
+
+    Evaluation and inference read them here, never from the dataset they run on: the model was trained
+    with these numbers (:func:`scripts.networks.attach_model_info`).
+    """
+    info = read_model_info(path)
+    return {"gt_mean": info["gt_mean"], "gt_std": info["gt_std"]}
+
+
+@reports_input_errors
+def check_model(
+    path: str | os.PathLike,
+    network: torch.nn.Module | None = None,
+    spacing: float | None = None,
+    roi_size: int | None = None,
+) -> Path:
+    """Check that a trained model exists and fits the config before any work; return its path.
+
+    Args:
+        path: the checkpoint (``model.pt``).
+        network: the config's network: every tensor of the checkpoint must exist in it with the same shape
+            (catches other widths, input channels or network classes).
+        spacing: the config's voxel spacing in mm: must be the training spacing stored in the model.
+        roi_size: the config's crop size: must be the training crop size stored in the model.
+
+    Raises:
+        BundleInputError: with one line naming what differs and the fix.
+    """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(
+        raise BundleInputError(
             f"no trained model at {p}: train one with `python -m monai.bundle run --config_file "
             "\"['configs/train.json','configs/cpu.json']\"` (CPU) or configs/train.json alone (GPU), "
-            "or set --ckpt_dir to a folder holding model.pt and intensity_stats.json."
+            "or set --ckpt_dir to a folder holding model.pt."
+        )
+    state = load_state_dict_file(p)
+    fix = "use the config the model was trained with (e.g. add configs/cpu.json for models/cpu)"
+    if network is not None:
+        own = network.module.state_dict() if hasattr(network, "module") else network.state_dict()
+        unknown = [k for k in state if k not in own]
+        missing = [k for k in own if k not in state]
+        if unknown or missing:
+            raise BundleInputError(
+                f"{p} does not fit the config's network_def: {len(unknown)} checkpoint tensors unknown to it "
+                f"(e.g. {unknown[:2]}), {len(missing)} of its tensors missing (e.g. {missing[:2]}); {fix}."
+            )
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(own[k].shape):
+                raise BundleInputError(
+                    f"{p} does not fit the config's network_def: {k} has shape {tuple(v.shape)} in the checkpoint "
+                    f"but {tuple(own[k].shape)} in the config (other input channels or widths); {fix}."
+                )
+    info = read_model_info(state)
+    trained_spacing = info["spacing"]
+    if spacing is not None and trained_spacing is not None and not math.isclose(float(spacing), trained_spacing):
+        raise BundleInputError(
+            f"{p} was trained at {info['spacing']:g} mm voxels but the config sets spacing {float(spacing):g}; "
+            f"set --spacing {info['spacing']:g}, or {fix}."
+        )
+    if roi_size is not None and info["roi_size"] is not None and int(roi_size) != info["roi_size"]:
+        raise BundleInputError(
+            f"{p} was trained on {info['roi_size']}^3 crops but the config sets roi_size {int(roi_size)}; "
+            f"set --roi_size {info['roi_size']}, or {fix}."
         )
     return p
 
@@ -251,3 +299,75 @@ def metric_handlers(
         for n in names
         if n not in exclude
     }
+
+
+# the arguments of `python -m monai.bundle run` that are not config overrides
+_RUN_ARGS = {
+    "run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
+    "workflow_type", "workflow_name",
+}  # fmt: skip
+
+
+def _cli_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(config files, override keys)`` of a ``python -m monai.bundle run ...`` command line."""
+    files: list[str] = []
+    keys: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--"):
+            name, has_value, value = token[2:].partition("=")
+            if not has_value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value, i = argv[i + 1], i + 1
+            name = name.replace("-", "_") if name.replace("-", "_") in _RUN_ARGS else name
+            if name == "config_file":
+                try:
+                    parsed = ast.literal_eval(value)
+                except (ValueError, SyntaxError):
+                    parsed = value
+                files += [parsed] if isinstance(parsed, str) else [str(f) for f in parsed]
+            elif name not in _RUN_ARGS:
+                keys.append(name)
+        i += 1
+    return files, keys
+
+
+@reports_input_errors
+def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
+    """Refuse command-line overrides that no loaded config defines (e.g. ``--epoch`` for ``--epochs``).
+
+    MONAI's runner accepts any ``--key value`` and adds it to the config, so a misspelt override is
+    silently ignored and the run goes on with the default. This check reads the command line of
+    ``python -m monai.bundle run`` (it does nothing in other programs, e.g. ``ConfigWorkflow`` in Python or
+    MONAI Label) and requires the first part of every override id to be defined by one of the config files,
+    and, for a nested id (``a#b#c``), its parent to exist. Keys that a config file adds stay legal.
+
+    Args:
+        argv: the command line (default ``sys.argv``).
+
+    Raises:
+        BundleInputError: naming the unknown keys and their close matches.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return
+    files, keys = _cli_overrides(argv[1:])
+    if not keys or not files:
+        return
+    parser = ConfigParser()
+    parser.read_config(files)
+    top = [k.lstrip("+") for k in parser.get().keys()]
+    unknown = []
+    for key in keys:
+        parts = [p for p in key.replace("::", "#").split("#") if p]
+        if not parts or parts[0] not in top or (len(parts) > 2 and "#".join(parts[:-1]) not in parser):
+            unknown.append(key)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key.split("#")[0], top, n=3)
+            hints.append(f"--{key}" + (f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""))
+        raise BundleInputError(
+            f"unknown command-line override {'; '.join(hints)}: no loaded config defines it, so it would be "
+            "ignored; fix the spelling or add the key to a config file."
+        )

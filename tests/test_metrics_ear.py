@@ -17,6 +17,7 @@ from scripts.metrics import (
     FrequencyDistanceMetric,
     VertebraMetric,
     frequency_distance,
+    nsd_tolerance,
     rescale_hu,
     vertebra_metrics,
 )
@@ -138,3 +139,27 @@ def test_vertebra_metric_spacing_from_metatensor_and_batch_buffer():
         VertebraMetric("psnr_db")
     with pytest.raises(ValueError, match="z-score statistics"):
         VertebraMetric("mse_z")
+
+
+def test_nsd_tolerance_is_one_voxel_and_at_least_1mm():
+    assert nsd_tolerance([1.0, 1.0, 1.0]) == 1.0
+    assert nsd_tolerance([2.0, 2.0, 2.0]) == 2.0
+    assert nsd_tolerance([0.5, 0.5, 0.8]) == 1.0
+    # a sphere shifted by one voxel: every surface voxel lies one voxel from the other surface, within tolerance
+    gt = _sphere((24, 24, 24), 10.0)
+    pred = _sphere((25, 24, 24), 10.0)
+    row = vertebra_metrics(pred, gt, 2.0, MEAN, STD, names=("nsd",))
+    assert row["nsd"] > 0.95
+
+
+def test_fd_is_a_log_compressed_l2_error_by_parseval():
+    """The paper's FD (Eq. 7-8) with an orthonormal FFT: D_real + D_imag lies between ||p - g|| and sqrt(2)||p - g||."""
+    from scripts.metrics import rescale_hu
+    from scripts.transforms.fourier import spectral_distance
+
+    torch.manual_seed(0)
+    gt = _sphere((24, 24, 24), 10.0)[None, None]
+    pred = gt + 100 * torch.randn_like(gt)
+    d = float(spectral_distance(rescale_hu(pred), rescale_hu(gt))[0])
+    l2 = float(torch.linalg.vector_norm(rescale_hu(pred) - rescale_hu(gt)))
+    assert l2 <= d * (1 + 1e-5) and d <= math.sqrt(2) * l2 * (1 + 1e-5)

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from scripts import workflow
+from scripts.errors import BundleInputError
+from scripts.networks import attach_model_info
 
 
 def _datalist(tmp_path, **extra):
@@ -27,13 +29,12 @@ def test_load_split_joins_only_file_entries(tmp_path):
     (item,) = workflow.load_split(tmp_path, "training")
     assert item["ct"] == str(tmp_path / "P1" / "a_ct.nii.gz")
     assert item["patient"] == "P1" and item["id"] == "P1_T1"
-    assert workflow.load_split(tmp_path, "validation", fallback="training")[0]["id"] == "P1_T1"
-    with pytest.raises(ValueError, match="no items in 'validation'"):
-        workflow.load_split(tmp_path, "validation")
+    with pytest.raises(BundleInputError, match="no items in 'validation'"):
+        workflow.load_split(tmp_path, "validation")  # no silent fall-back to the training split
 
 
 def test_missing_dataset_names_the_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m scripts.prepare --source example"):
+    with pytest.raises(BundleInputError, match="python -m scripts.prepare --source example"):
         workflow.load_split(tmp_path / "absent", "training")
 
 
@@ -42,10 +43,14 @@ def test_statistics(tmp_path):
     stats = workflow.dataset_statistics(tmp_path)
     assert stats == {"gt_mean": -900.0, "gt_std": 250.0}
     assert workflow.zscore_of_hu(-500.0, stats) == pytest.approx(1.6)
-    workflow.save_model_statistics(stats, tmp_path / "models")
-    assert workflow.model_statistics(tmp_path / "models") == stats
-    with pytest.raises(FileNotFoundError, match="intensity_stats.json"):
-        workflow.model_statistics(tmp_path / "nowhere")
+    net = attach_model_info(torch.nn.Conv3d(2, 1, 1), stats, spacing=2.0, roi_size=64)
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    assert workflow.model_statistics(tmp_path / "model.pt") == stats
+    with pytest.raises(BundleInputError, match="no trained model"):
+        workflow.model_statistics(tmp_path / "nowhere.pt")
+    torch.save(torch.nn.Conv3d(2, 1, 1).state_dict(), tmp_path / "old.pt")
+    with pytest.raises(BundleInputError, match="holds no intensity statistics"):
+        workflow.model_statistics(tmp_path / "old.pt")
     no_stats = tmp_path / "b"
     no_stats.mkdir()
     (no_stats / "datalist.json").write_text(json.dumps({"training": []}))

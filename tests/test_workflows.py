@@ -20,6 +20,7 @@ from monai.bundle import ConfigWorkflow
 from PIL import Image
 
 from scripts.metrics import METRIC_NAMES
+from scripts.networks import read_model_info
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -118,10 +119,11 @@ def test_check_properties_train_and_infer(dataset, tmp_path):
 def test_train_one_epoch_writes_checkpoints(trained):
     assert (trained / "model.pt").is_file(), "best model by the validation metric"
     assert (trained / "checkpoint_last.pt").is_file(), "resumable checkpoint"
-    stats = json.loads((trained / "intensity_stats.json").read_text())
-    assert stats["gt_std"] > 0
+    info = read_model_info(trained / "model.pt")
+    assert info["gt_std"] > 0 and info["spacing"] == SPACING and info["roi_size"] == ROI, "the model owns its stats"
+    assert not (trained / "intensity_stats.json").exists()
     state = torch.load(trained / "checkpoint_last.pt", weights_only=False)
-    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "best_model"} <= set(state)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"], "saved after epoch 1"
 
 
@@ -244,7 +246,6 @@ def test_bad_inference_inputs(dataset, trained, tmp_path, case, message):
 
 def test_missing_model_says_how_to_train(tmp_path, dataset):
     ap, lat = _write_xrays(tmp_path, dataset)
-    (tmp_path / "intensity_stats.json").write_text('{"gt_mean": -900, "gt_std": 300}')
     wf = _workflow(["inference.json"], "infer", ckpt_dir=str(tmp_path), xrays=[ap, lat], **SMALL)
     with pytest.raises(Exception) as err:
         wf.initialize()
@@ -328,7 +329,11 @@ def test_ddp_two_gloo_processes(dataset, tmp_path):
         output_dir=str(tmp_path / "runs"),
         epochs=1,
         # two items per rank: batch norm needs more than one value per channel at the 1-voxel bottleneck of 32^3
-        **{"train#dataset#data": "$scripts.workflow.load_split(@dataset_dir, 'training') * 2"},
+        **{
+            "train#dataset#data": "$scripts.workflow.load_split(@dataset_dir, 'training') * 2",
+            # MONAI's DistributedSampler without even_divisible needs at least one validation item per rank
+            "validate#dataset#data": "$scripts.workflow.load_split(@dataset_dir, 'validation') * 2",
+        },
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
@@ -347,7 +352,7 @@ def test_ckpt_export_matches_eager(trained, tmp_path):
         "-m",
         "monai.bundle",
         "ckpt_export",
-        "network_def",
+        "network",
         "--filepath",
         str(ts),
         "--ckpt_file",
@@ -359,12 +364,13 @@ def test_ckpt_export_matches_eager(trained, tmp_path):
     ] + _overrides(ckpt_dir=str(trained))
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    from scripts.networks import EAR
+    from scripts.networks import EAR, attach_model_info
 
-    net = EAR(channels=SMALL["channels"])
+    net = attach_model_info(EAR(channels=SMALL["channels"]))
     net.load_state_dict(torch.load(trained / "model.pt", weights_only=True))
     net.eval()
     scripted = torch.jit.load(str(ts))
+    assert read_model_info(ts) == read_model_info(trained / "model.pt"), "the statistics survive TorchScript export"
     x = torch.randn(1, 2, ROI, ROI, ROI)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from scripts.networks.blocks import CBAM3D, EAM, FEM, ChannelAttention3D, GatedConvBlock, SpatialAttention3D
 from scripts.networks.ear import EAR, DecoderLevel, EncoderLevel
+from scripts.networks.model_info import MODEL_INFO_KEYS, attach_model_info, read_model_info
 
 __all__ = [
     "EAR",
@@ -16,4 +17,7 @@ __all__ = [
     "CBAM3D",
     "ChannelAttention3D",
     "SpatialAttention3D",
+    "MODEL_INFO_KEYS",
+    "attach_model_info",
+    "read_model_info",
 ]

@@ -2,13 +2,14 @@
 """MONAI transforms of the bundle (array and dictionary versions), importable from configs as
 ``scripts.transforms.<Name>``."""
 
-from scripts.transforms.drr import DRR, DRRd, geometry_to_tensors, random_rotation  # noqa: F401
+from scripts.transforms.drr import DRR, DRRd, SeededDRRd, geometry_to_tensors, item_seed, random_rotation  # noqa: F401
 from scripts.transforms.edges import EdgeMap, EdgeMapd, boundary_map  # noqa: F401
 from scripts.transforms.expansion import DimensionExpansion, DimensionExpansiond, zscore_images  # noqa: F401
 from scripts.transforms.fourier import FourierRealImag, FourierRealImagd, real_imag_spectrum  # noqa: F401
 from scripts.transforms.intensity import (  # noqa: F401
     HUToZScore,
     HUToZScored,
+    ModelZScoreToHUd,
     ZScoreToHU,
     ZScoreToHUd,
     load_intensity_stats,

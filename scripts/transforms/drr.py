@@ -24,6 +24,7 @@ CT and the labels together with MONAI's ``RandRotated`` before ``DRRd`` when the
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ from monai.transforms import MapTransform, Randomizable, Transform
 from scripts.drr import ConeBeamGeometry, DRRProjector, as_angles, crop_centre
 from scripts.transforms.xray_io import check_view_separation
 
-__all__ = ["DRR", "DRRd", "random_rotation", "geometry_to_tensors"]
+__all__ = ["DRR", "DRRd", "SeededDRRd", "item_seed", "random_rotation", "geometry_to_tensors"]
 
 
 def random_rotation(angles_deg: Sequence[float]) -> np.ndarray:
@@ -202,6 +203,58 @@ class DRRd(Randomizable, MapTransform):
         self.randomize()
         for key, out_key in self.key_iterator(d, self.output_keys):
             out = self.drr(d[key], randomize=False)
+            d[out_key] = out
+            d[f"{out_key}_geometry"] = geometry_to_tensors(out.meta["drr_geometry"])
+        return d
+
+
+def item_seed(name: Any, seed: int = 0) -> int:
+    """A noise seed from an item's name (e.g. its ``id``) and a base seed, the same in every process."""
+    return (zlib.crc32(str(name).encode("utf-8")) + 1_000_003 * int(seed)) % (2**31 - 1)
+
+
+class SeededDRRd(MapTransform):
+    """:class:`DRRd` without randomness: the X-rays of an item depend only on the item.
+
+    The noise seed comes from the item's ``seed_key`` entry (its ``id``) and ``seed``; the views are the
+    nominal ones (no jitter, no rotation). Validation during training, evaluation and inference on simulated
+    X-rays use it, so the same vertebra gets the same X-rays in each, two validations of one model agree,
+    and, since it is not ``Randomizable``, MONAI's ``CacheDataset`` caches its output.
+
+    Args:
+        keys: keys of the HU volumes to project.
+        output_keys: as :class:`DRRd`.
+        seed_key: item entry that names the item (its seed).
+        seed: base seed.
+        allow_missing_keys: skip missing keys.
+        kwargs: arguments of :class:`DRR` (``angle_jitter`` and ``rotation_range`` are not allowed).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_keys: str | Sequence[str] | None = None,
+        seed_key: str = "id",
+        seed: int = 0,
+        allow_missing_keys: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        for arg in ("angle_jitter", "rotation_range"):
+            if arg in kwargs and np.any(np.asarray(kwargs[arg]) != 0):
+                raise ValueError(f"SeededDRRd is deterministic: {arg} must be 0 (use DRRd for augmentation).")
+        self._drrd = DRRd(keys, output_keys=output_keys, allow_missing_keys=allow_missing_keys, **kwargs)
+        super().__init__(self._drrd.keys, allow_missing_keys)
+        self.seed_key = seed_key
+        self.seed = int(seed)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.seed_key not in d:
+            raise KeyError(f"SeededDRRd: the item has no {self.seed_key!r} entry to seed its X-ray noise with.")
+        drr = self._drrd.drr
+        drr._seed = item_seed(d[self.seed_key], self.seed)
+        for key, out_key in self._drrd.key_iterator(d, self._drrd.output_keys):
+            out = drr(d[key], randomize=False)
             d[out_key] = out
             d[f"{out_key}_geometry"] = geometry_to_tensors(out.meta["drr_geometry"])
         return d

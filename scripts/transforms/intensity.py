@@ -14,6 +14,9 @@ from pathlib import Path
 
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
+from torch import nn
+
+from scripts.networks.model_info import read_model_info
 
 __all__ = [
     "load_intensity_stats",
@@ -23,6 +26,7 @@ __all__ = [
     "ZScoreToHU",
     "HUToZScored",
     "ZScoreToHUd",
+    "ModelZScoreToHUd",
 ]
 
 
@@ -141,3 +145,30 @@ class ZScoreToHUd(HUToZScored):
     """Dictionary version of :class:`ZScoreToHU` (same arguments as :class:`HUToZScored`)."""
 
     _array_cls = ZScoreToHU
+
+
+class ModelZScoreToHUd(MapTransform):
+    """z-score -> HU with the statistics stored inside a model (:func:`scripts.networks.attach_model_info`).
+
+    The statistics are read from ``model`` at each call, so weights loaded after the transform was built
+    (e.g. by a ``CheckpointLoader`` when the engine starts) are the ones that count, and inference never
+    depends on the statistics of the data it runs on.
+
+    Args:
+        keys: keys to convert.
+        model: the network holding the statistics as buffers.
+        allow_missing_keys: do not raise for missing keys.
+    """
+
+    backend = ["torch", "numpy"]
+
+    def __init__(self, keys: KeysCollection, model: nn.Module, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.model = model
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        info = read_model_info(self.model)
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = zscore_to_hu(d[key], info["gt_mean"], info["gt_std"])
+        return d
