@@ -41,12 +41,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from scripts.data.crop import bounding_boxes, crop_vertebra, gt_statistics, labels_touching_border, to_ras_isotropic
+from scripts.data.crop import (
+    bounding_boxes,
+    crop_vertebra,
+    gt_statistics,
+    labels_touching_border,
+    labels_touching_padding,
+    to_ras_isotropic,
+)
 from scripts.data.errors import DataError
 from scripts.data.intensity import INTENSITIES, HUFit, apply_fit, check_finite, fit_hu, given_fit, looks_windowed
 from scripts.data.io import check_same_grid, load_volume, save_nifti
 from scripts.data.labels import LEVELS, level_from_name, parse_levels, read_class_map, vertebra_labels
-from scripts.data.orientation import check_orientation, vertebra_geometry
+from scripts.data.orientation import check_orientation, fragments, vertebra_geometry
 from scripts.data.sources import Case, default_cache_dir, find_cases
 from scripts.data.split import SPLITS, parse_split, split_given, split_items
 from scripts.utils import atomic_path
@@ -65,7 +72,14 @@ ORIENTATION_MODES = ("check", "warn")
 MIN_VOXELS = 8
 CUT_OFF = "cut_off"
 EMPTY = "empty_after_resampling"
-_REASONS = {CUT_OFF: "cut off by the scan border", EMPTY: "no voxel left after resampling"}
+CUT_OFF_FOV = "cut_off_fov"
+FRAGMENT = "fragment"
+_REASONS = {
+    FRAGMENT: "a fragment (under a quarter of its neighbours' volume)",
+    CUT_OFF: "cut off by the scan border",
+    CUT_OFF_FOV: "cut off by the field of view (next to padding)",
+    EMPTY: "no voxel left after resampling",
+}
 
 
 @dataclass
@@ -210,15 +224,20 @@ def _row(case: Case, level: str, value: int, spacing: float, roi: int, status: s
     }
 
 
-def _check_anatomy(case: Case, labels: np.ndarray, affine: Any, complete: dict[int, str], mode: str) -> list[str]:
+def _check_anatomy(case: Case, geometry: list, affine: Any, mode: str) -> list[str]:
     """Refuse (``mode="check"``) or warn about a scan whose vertebrae contradict its orientation metadata."""
-    if not complete:
+    if not geometry:
         return []
-    report = check_orientation(vertebra_geometry(labels, np.asarray(affine), complete), np.asarray(affine))
+    report = check_orientation(geometry, np.asarray(affine))
     if report.problems and mode == "check":
         problem, fix = report.problems[0]
         raise DataError(case.ct, problem, f"{fix} (or pass --orientation warn to prepare it as it is)")
     return [f"{case.ct}: {problem}; {fix}" for problem, fix in report.problems]
+
+
+def _is_windowed(case: Case, intensity: str) -> bool:
+    """Whether the scan's values are stored windowed (with 0 as padding) rather than in HU."""
+    return case.scale is not None or (case.intensity or intensity) == "windowed"
 
 
 def _to_hu(case: Case, ct: Any, labels: np.ndarray, vertebrae: list[int], intensity: str) -> tuple[Any, HUFit | None]:
@@ -278,7 +297,9 @@ def process_case(
         lab_np = np.asarray(mask[0]).astype(np.int32)
         touching = labels_touching_border(lab_np)
         complete = {v: lvl for v, lvl in found.items() if v not in touching}
-        result.warnings += _check_anatomy(case, lab_np, mask.affine, complete, orientation)
+        geometry = vertebra_geometry(lab_np, np.asarray(mask.affine), complete) if complete else []
+        small = fragments(geometry)
+        result.warnings += _check_anatomy(case, [g for g in geometry if g.level not in small], mask.affine, orientation)
         vertebrae = list(found)
         if levels is not None:
             found = {v: lvl for v, lvl in found.items() if lvl in levels}
@@ -287,6 +308,8 @@ def process_case(
             row = _row(case, level, value, spacing, roi, "ok")
             if value in touching:
                 result.skipped.append((level, CUT_OFF, {**row, "status": CUT_OFF}))
+            elif level in small:
+                result.skipped.append((level, FRAGMENT, {**row, "status": FRAGMENT}))
             elif (done := _finished_row(out, case.patient, level)) is not None:
                 result.done.append(done)
             else:
@@ -295,6 +318,10 @@ def process_case(
             return result
         ct = load_volume(case.ct, "CT")
         check_same_grid(ct, mask, mask_path, case.ct)
+        if _is_windowed(case, intensity):
+            for value in labels_touching_padding(lab_np, np.asarray(ct[0])) & set(todo):
+                row = todo.pop(value)
+                result.skipped.append((row["level"], CUT_OFF_FOV, {**row, "status": CUT_OFF_FOV}))
         ct, result.fit = _to_hu(case, ct, lab_np, vertebrae, intensity)
         del lab_np
         hu_fields = {"intensity": "windowed", **result.fit.manifest_fields()} if result.fit else {"intensity": "hu"}
@@ -468,7 +495,9 @@ def _validate_args(spacing: Any, roi: Any, labels: Any, workers: Any) -> tuple[f
     return spacing_f, int(roi), labels_s, workers
 
 
-def _smallest_vertebra(cases: list[Case], labels: str, levels: set[str] | None) -> tuple[float, str, str] | None:
+def _smallest_vertebra(
+    cases: list[Case], labels: str, levels: set[str] | None, intensity: str
+) -> tuple[float, str, str] | None:
     """The smallest world extent (mm) of any requested, complete vertebra, with its patient and level."""
     smallest = None
     for case in cases:
@@ -478,16 +507,25 @@ def _smallest_vertebra(cases: list[Case], labels: str, levels: set[str] | None) 
             continue  # reported when the scan is processed
         lab = np.asarray(mask[0]).astype(np.int32)
         touching = labels_touching_border(lab)
+        if _is_windowed(case, intensity):
+            try:
+                touching |= labels_touching_padding(lab, np.asarray(load_volume(case.ct, "CT")[0]))
+            except (DataError, ValueError, IndexError):
+                continue  # reported when the scan is processed
         use = {v: lvl for v, lvl in found.items() if v not in touching and (levels is None or lvl in levels)}
-        for g in vertebra_geometry(lab, np.asarray(mask.affine), use) if use else []:
+        geometry = vertebra_geometry(lab, np.asarray(mask.affine), use) if use else []
+        small = fragments(geometry)
+        for g in (g for g in geometry if g.level not in small):
             if smallest is None or float(g.extent.min()) < smallest[0]:
                 smallest = (float(g.extent.min()), case.patient, g.level)
     return smallest
 
 
-def _check_spacing(cases: list[Case], spacing: float, labels: str, levels: set[str] | None, min_voxels: float) -> None:
+def _check_spacing(
+    cases: list[Case], spacing: float, labels: str, levels: set[str] | None, min_voxels: float, intensity: str
+) -> None:
     """Refuse a ``--spacing`` that leaves a vertebra fewer than ``min_voxels`` voxels across."""
-    smallest = _smallest_vertebra(cases, labels, levels) if min_voxels > 0 else None
+    smallest = _smallest_vertebra(cases, labels, levels, intensity) if min_voxels > 0 else None
     if smallest is not None and smallest[0] / spacing < min_voxels:
         mm, patient, level = smallest
         finer = math.floor(mm / min_voxels * 100) / 100
@@ -568,7 +606,7 @@ def prepare(
     _check_settings(out, spacing, roi)
     cases, problems = find_cases(str(source), cache if cache else default_cache_dir())
     given = _given_splits(cases, given)
-    _check_spacing(cases, spacing, labels, wanted, float(min_voxels))
+    _check_spacing(cases, spacing, labels, wanted, float(min_voxels), intensity)
     summary = PrepareSummary(out=out)
     for p in problems:
         summary.messages.append(str(p))
@@ -636,7 +674,8 @@ def _print_summary(s: PrepareSummary, n_cases: int, spacing: float, roi: int, lo
         log("  notice: fewer than 3 patients, so the split is by vertebra (validation/test share patients)")
     if s.split_sizes:
         sizes = ", ".join(f"{k} {v}" for k, v in s.split_sizes.items())
-        log(f"  split by {s.split_by}: {sizes}")
+        how = "as given per patient (the others train)" if s.split_by == "given" else f"by {s.split_by}"
+        log(f"  split {how}: {sizes}")
         st = s.statistics
         of = "training" if st.get("of", "training") == "training" else "all (no training vertebrae)"
         log(f"  {of} gt statistics: mean {st['gt_mean']:.1f} HU, std {st['gt_std']:.1f} HU")

@@ -6,7 +6,8 @@
    (scanner padding outside the field of view, e.g. -2048) are raised to -1024 (air) first, and the
    resampled CT is -1024 where the new grid leaves the scan.
 2. A vertebra whose label touches a face of the scan (first or last voxel plane along any axis of the
-   original grid) is cut off: it is skipped and reported.
+   original grid) is cut off: it is skipped and reported. In a windowed scan (stored with 0 as padding
+   outside the field of view) a vertebra next to a padding voxel is cut off as well.
 3. A cube of ``roi`` voxels is centred on the vertebra's bounding-box centre in the resampled grid
    (MONAI ``SpatialCrop``, then ``BorderPad`` with -1024 HU / label 0 where the scan ends); its affine
    follows the crop, so every crop voxel maps to its world point in the scan.
@@ -29,6 +30,7 @@ __all__ = [
     "VertebraCrop",
     "to_ras_isotropic",
     "labels_touching_border",
+    "labels_touching_padding",
     "bounding_boxes",
     "cube_start",
     "crop_cube",
@@ -89,6 +91,26 @@ def labels_touching_border(labels: np.ndarray) -> set[int]:
     """The label values present on any face (first / last voxel plane along each axis) of a 3-D map."""
     faces = [labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]
     return {int(v) for v in np.unique(np.concatenate([np.asarray(f).ravel() for f in faces])) if v != 0}
+
+
+def labels_touching_padding(labels: np.ndarray, values: np.ndarray, padding: float = 0.0) -> set[int]:
+    """The label values next to (26-neighbourhood) or on a voxel whose stored CT value is ``padding``.
+
+    Only padding-valued regions that reach a face of the array count. In a scan stored with a padding value
+    outside its field of view, such a vertebra is cut off by the field of view even when it does not reach
+    a face of the array.
+    """
+    pad = np.asarray(values) == padding
+    if not pad.any():
+        return set()
+    # padding surrounds the field of view: keep the padding-valued regions that reach a face of the array
+    # (air clipped to the padding value inside the body, e.g. in the trachea, is not padding)
+    regions, _ = ndimage.label(pad)
+    outer = labels_touching_border(regions)
+    pad = np.isin(regions, list(outer)) if outer else np.zeros_like(pad)
+    near = ndimage.binary_dilation(pad, structure=np.ones((3, 3, 3), dtype=bool))
+    lab = np.asarray(labels)
+    return {int(v) for v in np.unique(lab[near & (lab != 0)])}
 
 
 def bounding_boxes(labels: np.ndarray, values: list[int]) -> dict[int, tuple[slice, slice, slice]]:

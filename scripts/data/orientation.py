@@ -14,8 +14,8 @@ checks use only the vertebra labels and the affine (RAS world mm):
 - head-feet: the centroids of consecutive levels (C1 ... L5) must descend along the world superior axis.
   Most pairs rising means the superior-inferior axis is mirrored; a few means mislabelled levels.
 
-Only vertebrae that do not touch the scan border are used: a cut-off vertebra's partial mask gives a
-biased centroid.
+Only vertebrae that do not touch the scan border and are not fragments (:func:`fragments`) are used: a
+cut-off vertebra's partial mask gives a biased centroid.
 """
 
 from __future__ import annotations
@@ -27,10 +27,20 @@ from scipy import ndimage
 
 from scripts.data.labels import LEVELS
 
-__all__ = ["AP_MARGIN", "VertebraGeometry", "OrientationReport", "vertebra_geometry", "check_orientation"]
+__all__ = [
+    "AP_MARGIN",
+    "FRAGMENT_FRACTION",
+    "VertebraGeometry",
+    "OrientationReport",
+    "vertebra_geometry",
+    "fragments",
+    "check_orientation",
+]
 
 #: Median AP offset beyond which a scan's front-back direction is decided.
 AP_MARGIN = 0.02
+#: A vertebra holding less than this fraction of the mean volume of its labelled neighbours is a fragment.
+FRAGMENT_FRACTION = 0.25
 
 
 @dataclass
@@ -42,12 +52,14 @@ class VertebraGeometry:
         centroid: mean world position (RAS mm) of its voxels.
         extent: bounding-box size along the world R, A, S axes (mm, voxel centres plus one voxel).
         ap_offset: (centroid - box centre) / box depth along the anterior axis.
+        volume: mm^3.
     """
 
     level: str
     centroid: np.ndarray
     extent: np.ndarray
     ap_offset: float
+    volume: float = 0.0
 
 
 @dataclass
@@ -88,8 +100,20 @@ def vertebra_geometry(labels: np.ndarray, affine: np.ndarray, levels: dict[int, 
         lo, hi = world.min(0), world.max(0)
         depth = hi[1] - lo[1]
         ap = float((world[:, 1].mean() - (lo[1] + hi[1]) / 2) / depth) if depth > 0 else 0.0
-        out.append(VertebraGeometry(levels[v], world.mean(0), hi - lo + voxel, ap))
+        volume = len(idx) * abs(float(np.linalg.det(aff[:3, :3])))
+        out.append(VertebraGeometry(levels[v], world.mean(0), hi - lo + voxel, ap, volume))
     return sorted(out, key=lambda g: LEVELS.index(g.level))
+
+
+def fragments(geometry: list[VertebraGeometry]) -> set[str]:
+    """Levels whose label is a fragment: under :data:`FRAGMENT_FRACTION` of the mean volume of the labelled
+    levels next to it (e.g. the last level of a label map that stops short of the scan's border)."""
+    out = set()
+    for i, g in enumerate(geometry):
+        neighbours = [n.volume for n in geometry[max(0, i - 1) : i + 2] if n is not g]
+        if neighbours and g.volume < FRAGMENT_FRACTION * float(np.mean(neighbours)):
+            out.add(g.level)
+    return out
 
 
 def _array_axis(affine: np.ndarray, world_axis: int) -> int:

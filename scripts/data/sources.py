@@ -331,6 +331,12 @@ def _extras(item: dict, path: Path, n: int) -> dict:
     }
 
 
+def _relative_to(pair_list: Path, text: str) -> Path:
+    """A path of a list of pairs: absolute as given, else taken from the list's folder (normalised)."""
+    p = Path(text)
+    return p if p.is_absolute() else Path(os.path.normpath(pair_list.parent / p))
+
+
 def read_pair_list(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> list[Case]:
     """Read an explicit list of pairs from CSV or JSON.
 
@@ -372,7 +378,7 @@ def read_pair_list(path: str | os.PathLike, cache_dir: str | os.PathLike | None 
             continue
         if not ct or not mask:
             raise DataError(path, f"entry {n} lacks a 'ct' or 'mask' value", fix)
-        ct_p, mask_p = (Path(p) if Path(p).is_absolute() else path.parent / p for p in (ct, mask))
+        ct_p, mask_p = (_relative_to(path, p) for p in (ct, mask))
         patient = _field(item, ("patient", "id", "case"))
         if not patient:
             stem = strip_volume_suffix(ct_p.name)
