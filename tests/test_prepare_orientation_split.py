@@ -173,3 +173,18 @@ def test_split_keeps_a_subject_together(tmp_path):
     assert not (tmp_path / "out").exists()
     s = run(tmp_path, src, out="out2", spacing=3.0, roi=12, split="sub-01_ses-0=test")
     assert s.split_sizes == {"training": 0, "validation": 0, "test": 4}  # the other scan follows its subject
+
+
+def test_padding_and_fragments():
+    from scripts.data.crop import labels_touching_padding
+    from scripts.data.orientation import VertebraGeometry, fragments
+
+    values = np.full((6, 6, 6), 50.0, np.float32)
+    values[:, :, 0] = 0  # padding along one face
+    values[3, 3, 3] = 0  # a padding-valued voxel inside the field of view (clipped air), not padding
+    labels = np.zeros((6, 6, 6), np.int32)
+    labels[1, 1, 1], labels[3, 3, 4], labels[4, 4, 4] = 5, 6, 7
+    assert labels_touching_padding(labels, values) == {5}
+    geometry = [VertebraGeometry(lvl, np.zeros(3), np.ones(3), 0.1, vol) for lvl, vol in
+                (("C7", 1.0), ("T1", 20.0), ("T2", 24.0), ("T3", 5.0), ("T4", 26.0))]  # fmt: skip
+    assert fragments(geometry) == {"C7", "T3"}
