@@ -5,6 +5,7 @@ Usage::
 
     python -m scripts.benchmark drr --out bench_drr.json
     python -m scripts.benchmark network --out bench_network.json
+    python -m scripts.benchmark epoch --out bench_epoch.json
 
 Every benchmark measures this bundle's component and a peer (DiffDRR, MONAI's BasicUNet) in the same
 process and run, and reports their ratio, so numbers from different machines are comparable.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import threading
 import time
@@ -185,10 +187,85 @@ def drr(
     return write_report(drr_benchmark(size, detector, samples_per_voxel, repeat, warmup), out)
 
 
+_EPOCH_LINE = re.compile(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
+
+#: training set-ups compared by :func:`epoch`: name -> (processes, extra command-line overrides)
+EPOCH_VARIANTS: dict[str, tuple[int, list[str]]] = {
+    "default": (1, []),
+    "workers0": (1, ["--num_workers", "0"]),
+    "workers1": (1, ["--num_workers", "1"]),
+    "torchrun2": (2, []),
+}
+
+
+def _epoch_times(log: str) -> list[float]:
+    return [int(h) * 3600 + int(m) * 60 + float(s) for _, h, m, s in _EPOCH_LINE.findall(log)]
+
+
+def epoch(
+    configs: Any = "configs/train.json,configs/cpu.json",
+    dataset_dir: str | None = None,
+    epochs: int = 3,
+    variants: Any = "default,workers0,torchrun2",
+    timeout: float = 1800.0,
+    out: str | None = None,
+) -> dict:
+    """Seconds per training epoch of a bundle config, single process against ``torchrun`` (2 processes).
+
+    Each variant (:data:`EPOCH_VARIANTS`) trains ``epochs`` epochs from scratch without validation in a
+    fresh process with temporary checkpoint and log folders; the report holds every epoch's time and the
+    median of the epochs after the first (the first fills the caches), and each variant's ratio to
+    ``torchrun2``, the two-process run with one thread per process.
+
+    Example: ``python -m scripts.benchmark epoch --dataset_dir data/example64 --out bench_epoch.json``.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    files = configs.split(",") if isinstance(configs, str) else list(configs)
+    names = variants.split(",") if isinstance(variants, str) else list(variants)
+    unknown = [n for n in names if n not in EPOCH_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {sorted(EPOCH_VARIANTS)}.")
+    results: dict[str, dict] = {}
+    for name in names:
+        procs, extra = EPOCH_VARIANTS[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files)]
+            if procs > 1:
+                cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "-m"] + cmd[2:]
+                cmd[-1] = str(files + ["configs/multi_gpu_train.json"])
+            cmd += ["--epochs", str(epochs), "--val_interval", str(epochs + 1), "--resume", "false"]
+            cmd += ["--ckpt_dir", f"{tmp}/models", "--output_dir", f"{tmp}/runs"] + extra
+            if dataset_dir:
+                cmd += ["--dataset_dir", str(dataset_dir)]
+            start = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            wall = time.perf_counter() - start
+        times = _epoch_times(res.stdout + res.stderr)
+        if res.returncode != 0 or len(times) < epochs:
+            raise RuntimeError(f"variant {name!r} failed: {(res.stdout + res.stderr)[-2000:]}")
+        results[name] = {
+            "processes": procs,
+            "overrides": extra,
+            "epoch_s": times[:epochs],
+            "median_epoch_s": statistics.median(times[1:epochs]) if epochs > 1 else times[0],
+            "wall_s": wall,
+        }
+    if "torchrun2" in results:
+        ref = results["torchrun2"]["median_epoch_s"]
+        for r in results.values():
+            r["ratio_to_torchrun2"] = r["median_epoch_s"] / ref
+    report = {"benchmark": "epoch", "configs": files, "dataset_dir": dataset_dir, "machine": machine_info()}
+    return write_report({**report, "results": results}, out)
+
+
 # Benchmark commands: name -> function. Each returns the report dict it printed.
 COMMANDS: dict[str, Callable[..., dict]] = {}
 COMMANDS["network"] = network
 COMMANDS["drr"] = drr
+COMMANDS["epoch"] = epoch
 
 if __name__ == "__main__":
     import fire

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser
+from monai.data import DistributedSampler
 from monai.handlers import IgniteMetricHandler, from_engine
 
 from scripts.errors import BundleInputError, reports_input_errors
@@ -37,6 +38,7 @@ __all__ = [
     "inference_cases",
     "check_model",
     "check_cli_overrides",
+    "validation_sampler",
 ]
 
 # datalist entries that hold file paths relative to the datalist (scripts.prepare, scripts.simulate, inference)
@@ -371,3 +373,16 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
             f"unknown command-line override {'; '.join(hints)}: no loaded config defines it, so it would be "
             "ignored; fix the spelling or add the key to a config file."
         )
+
+
+def validation_sampler(dataset: Sequence) -> DistributedSampler | None:
+    """The sampler of distributed validation: each vertebra on one process, none padded or repeated.
+
+    MONAI's ``DistributedSampler(even_divisible=False)`` needs at least one item per process; with fewer
+    validation items than processes every process validates all of them (``None``: no sampler), which
+    leaves the metric means unchanged, as every item then counts once per process.
+    """
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if len(dataset) < world:
+        return None
+    return DistributedSampler(dataset, even_divisible=False, shuffle=False)

@@ -83,3 +83,22 @@ def test_bad_inputs():
         DRR(spectrum="80kV")
     with pytest.raises(ValueError, match="at least 1 x 1"):
         DRR(geometry={"detector_shape": (0, 0), "pixel_spacing": (1, 1)})
+
+
+def test_spectrum_and_photon_count_drawn_per_item():
+    vol = torch.full((1, 32, 32, 32), -1024.0)
+    vol[:, 8:24, 8:24, 8:24] = 500.0
+    item = {"gt": MetaTensor(vol, affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))}
+    t = DRRd("gt", output_keys="drr", spectrum=["60kV", "120kV"], photon_count=[1e4, 1e6])
+    t.set_random_state(0)
+    spectra, photons = set(), []
+    for _ in range(12):
+        meta = t(item)["drr"].meta["drr_geometry"]
+        spectra.add(meta["spectrum"])
+        photons.append(meta["photon_count"])
+    assert spectra == {"60kV", "120kV"}
+    assert 1e4 <= min(photons) < max(photons) <= 1e6
+    with pytest.raises(ValueError, match="low <= high"):
+        DRRd("gt", photon_count=[1e6, 1e4])
+    with pytest.raises(ValueError):
+        DRRd("gt", spectrum=["60kV", "42kV"])

@@ -50,3 +50,24 @@ def test_probability_zero_is_identity():
 def test_bad_range():
     with pytest.raises(ValueError, match="range_deg"):
         RandPoseRotated("a", range_deg=-1.0)
+
+
+def test_fixed_grid_scales_the_object_inside_the_grid():
+    from monai.transforms import RandAffined, Randomizable
+
+    from scripts.transforms import FixedGridd
+
+    affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))
+    inner = RandAffined(["a", "b"], prob=1.0, scale_range=[(0.3, 0.3), (0.0, 0.0), (0.0, 0.0)], mode="bilinear")
+    t = FixedGridd(["a", "b"], inner)
+    assert isinstance(t, Randomizable), "CacheDataset must stop caching before it"
+    t.set_random_state(0)
+    out = t({"a": _point_volume(affine), "b": _point_volume(affine)})
+    for k in ("a", "b"):
+        assert torch.equal(out[k].affine.float(), affine), "the grid (affine) stays as it was"
+    ia = np.unravel_index(int(out["a"].argmax()), out["a"].shape[1:])
+    assert ia == np.unravel_index(int(out["b"].argmax()), out["b"].shape[1:]), "one draw for every key"
+    assert ia[1:] == (16, 16), "a scaling along x keeps the point on the x axis"
+    factor = float(inner.rand_affine.rand_affine_grid.scale_params[0])  # 1 + the drawn offset
+    assert abs(factor - 1.0) > 0.01
+    assert abs((ia[0] - 16) - 10 / factor) <= 1.0, "the object is resampled, the grid is not moved"

@@ -221,11 +221,18 @@ def test_validation_evaluation_and_simulated_inference_simulate_alike():
         assert cfg["spectrum"] == "60kV" and np.allclose(cfg["angles"], [[0, 0], [90, 0]])
 
 
-def test_distributed_validation_counts_every_vertebra_once():
+def test_distributed_validation_counts_every_vertebra_once(monkeypatch):
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
-    assert parser.get("validate#sampler#even_divisible") is False, "no padded duplicates in the metrics"
+    assert "validation_sampler" in parser.get("validate#sampler")
     assert "fallback" not in parser.get("validate#dataset#data")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    sampler = workflow.validation_sampler(list(range(5)))
+    assert list(sampler) == [1, 3], "rank 1 of 2 gets items 1 and 3 of 5, none padded"
+    assert len(sampler) == 2
+    assert workflow.validation_sampler([0]) is None, "fewer items than processes: every process validates all"
 
 
 def test_misspelt_override_is_refused_with_close_matches(tmp_path):

@@ -331,8 +331,6 @@ def test_ddp_two_gloo_processes(dataset, tmp_path):
         # two items per rank: batch norm needs more than one value per channel at the 1-voxel bottleneck of 32^3
         **{
             "train#dataset#data": "$scripts.workflow.load_split(@dataset_dir, 'training') * 2",
-            # MONAI's DistributedSampler without even_divisible needs at least one validation item per rank
-            "validate#dataset#data": "$scripts.workflow.load_split(@dataset_dir, 'validation') * 2",
         },
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -409,7 +407,7 @@ def test_train_from_presimulated_pairs(dataset, tmp_path):
         label = wf.parser.get_parsed_content("train#dataset")[0]["label"][0].numpy()
         np.testing.assert_allclose(label, expected, atol=1e-4)
     # the expanded pre-simulated pair matches an on-the-fly simulation of the same vertebra (noise aside)
-    online = _workflow(["train.json"], "train", dataset_dir=str(data), ckpt_dir=str(ckpt), pose_prob=0.0, **SMALL)
+    online = _workflow(["train.json"], "train", dataset_dir=str(data), ckpt_dir=str(ckpt), augment_prob=0.0, **SMALL)
     online.initialize()
     ref = online.parser.get_parsed_content("train#dataset")[0]["image"]
     corr = torch.corrcoef(torch.stack([batch["image"].flatten(), ref.flatten()]))[0, 1]

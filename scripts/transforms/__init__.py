@@ -16,7 +16,7 @@ from scripts.transforms.intensity import (  # noqa: F401
 )
 from scripts.transforms.mesh import SaveMeshd, mesh_report, volume_to_mesh, write_mesh  # noqa: F401
 from scripts.transforms.outputs import CaseNamed, PublishCaseOutputsd  # noqa: F401
-from scripts.transforms.pose import RandPoseRotated  # noqa: F401
+from scripts.transforms.pose import FixedGridd, RandPoseRotated  # noqa: F401
 from scripts.transforms.preview import SavePreviewd, orthogonal_views, preview_figure  # noqa: F401
 from scripts.transforms.projection import (  # noqa: F401
     MaximumIntensityProjection,

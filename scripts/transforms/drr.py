@@ -65,8 +65,10 @@ class DRR(Randomizable, Transform):
         geometry: ``ConeBeamGeometry`` (or its dict); None = ``ConeBeamGeometry.for_crop`` of the input
             (detector of the crop's size, sdd 1020 mm, sod 700 mm, isocentre at the crop centre).
         physics: "poly" (polychromatic, noise) or "mono" (line integral of mu, no noise).
-        spectrum: "60kV" (3.5 mm Al, default), "90kV" (4.0 mm Al) or "120kV" (4.3 mm Al).
-        photon_count: photons per pixel of the unattenuated beam; None = no noise.
+        spectrum: "60kV" (3.5 mm Al, default), "90kV" (4.0 mm Al) or "120kV" (4.3 mm Al); a list of them
+            draws one per item (augmentation: other tube voltages).
+        photon_count: photons per pixel of the unattenuated beam; None = no noise; a pair ``(low, high)``
+            draws one per item, log-uniformly (augmentation: other doses).
         energy_kev: energy of the monochromatic mode (default the spectrum's mean energy).
         samples_per_voxel: ray sampling density.
         angle_jitter: maximum random offset (alpha, beta) in degrees added to every view (0 = none).
@@ -80,8 +82,8 @@ class DRR(Randomizable, Transform):
         angles: Sequence = (0.0, 90.0),
         geometry: ConeBeamGeometry | dict | None = None,
         physics: str = "poly",
-        spectrum: str = "60kV",
-        photon_count: float | None = 1e6,
+        spectrum: str | Sequence[str] = "60kV",
+        photon_count: float | Sequence[float] | None = 1e6,
         energy_kev: float | None = None,
         samples_per_voxel: int = 1,
         angle_jitter: float | Sequence[float] = 0.0,
@@ -91,9 +93,22 @@ class DRR(Randomizable, Transform):
     ) -> None:
         self.angles = as_angles(angles)
         check_view_separation(self.angles.numpy())  # two views along one line hold no depth
+        self.spectra = [spectrum] if isinstance(spectrum, str) else [str(s) for s in spectrum]
+        if photon_count is None or np.ndim(photon_count) == 0:
+            self.photon_range = None if photon_count is None else (float(photon_count), float(photon_count))
+        else:
+            low, high = (float(v) for v in photon_count)
+            if not 0 < low <= high:
+                raise ValueError(f"photon_count range must be 0 < low <= high, got {photon_count}.")
+            self.photon_range = (low, high)
+        if not self.spectra:
+            raise ValueError("spectrum needs at least one name.")
+        photons = None if self.photon_range is None else self.photon_range[0]
         self.projector = DRRProjector(
-            geometry, physics, spectrum, photon_count, energy_kev, samples_per_voxel, backend=backend
+            geometry, physics, self.spectra[0], photons, energy_kev, samples_per_voxel, backend=backend
         )
+        for name in self.spectra[1:]:  # validates every name now, not at the first draw
+            DRRProjector(None, physics, name, photons, energy_kev, samples_per_voxel)
         self.angle_jitter = np.broadcast_to(np.asarray(angle_jitter, dtype=np.float64), (2,)).copy()
         self.rotation_range = np.broadcast_to(np.asarray(rotation_range, dtype=np.float64), (3,)).copy()
         if np.any(self.angle_jitter < 0) or np.any(self.rotation_range < 0) or np.any(self.rotation_range > 180):
@@ -109,6 +124,11 @@ class DRR(Randomizable, Transform):
         self._offsets = self.R.uniform(-1, 1, size=(len(self.angles), 2)) * self.angle_jitter
         self._rotation = random_rotation(self.R.uniform(-1, 1, size=3) * self.rotation_range)
         self._seed = int(self.R.randint(0, 2**31 - 1))
+        if len(self.spectra) > 1:
+            self.projector.spectrum = self.spectra[int(self.R.randint(len(self.spectra)))]
+        if self.photon_range is not None and self.photon_range[1] > self.photon_range[0]:
+            low, high = np.log(self.photon_range)
+            self.projector.photon_count = float(np.exp(self.R.uniform(low, high)))
 
     def __call__(self, img: torch.Tensor, affine: Any = None, randomize: bool = True) -> MetaTensor:
         """Project ``img`` (1, X, Y, Z) in HU; ``affine`` overrides / supplies the voxel-to-world matrix."""

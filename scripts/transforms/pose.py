@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, RandomizableTransform, RandRotated
+from monai.transforms import MapTransform, Randomizable, RandomizableTransform, RandRotated
 
-__all__ = ["RandPoseRotated"]
+__all__ = ["RandPoseRotated", "FixedGridd"]
 
 
 class RandPoseRotated(RandomizableTransform, MapTransform):
@@ -73,6 +73,45 @@ class RandPoseRotated(RandomizableTransform, MapTransform):
         d = dict(self.rotate(d))
         for k, affine in affines.items():
             out = MetaTensor(d[k].as_tensor(), meta=dict(d[k].meta))  # drops the rotation from applied_operations
+            out.affine = affine
+            d[k] = out
+        return d
+
+
+class FixedGridd(Randomizable, MapTransform):
+    """Apply a spatial transform to the content of ``keys`` while each key keeps its grid (affine).
+
+    MONAI's spatial transforms (``RandAffined``, ``Rand3DElasticd``, ...) move the affine with the data, so
+    the object stays where it was in world space. For simulated X-rays the object has to move, scale or
+    deform while the grid, and with it the X-ray geometry and the axis-aligned dimension expansion, stays
+    put: this wrapper runs ``transform`` and then restores each key's affine (the transform is not
+    invertible afterwards). Give the inner transform the same keys; every key gets the same random draw.
+
+    Args:
+        keys: channel-first ``(C, X, Y, Z)`` MetaTensors whose affine is kept.
+        transform: the MONAI dictionary transform to apply, e.g. ``RandAffined(keys, scale_range=...)``.
+        allow_missing_keys: skip missing keys.
+    """
+
+    def __init__(self, keys: KeysCollection, transform: MapTransform, allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.transform = transform
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> FixedGridd:
+        super().set_random_state(seed, state)
+        if isinstance(self.transform, Randomizable):
+            self.transform.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """The inner transform draws its own parameters."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        affines = {k: d[k].affine.clone() for k in self.key_iterator(d) if isinstance(d[k], MetaTensor)}
+        d = dict(self.transform(d))
+        for k, affine in affines.items():
+            out = MetaTensor(d[k].as_tensor(), meta=dict(d[k].meta))  # drops the applied operations
             out.affine = affine
             d[k] = out
         return d
