@@ -14,18 +14,19 @@ import os
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import trimesh
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.folder_layout import FolderLayout
 from monai.transforms import MapTransform
-from skimage.measure import marching_cubes
 
 from scripts.utils import atomic_path
+
+if TYPE_CHECKING:  # trimesh and scikit-image are imported where used: importing the transforms stays light
+    import trimesh
 
 __all__ = ["EmptyMeshError", "MeshReport", "volume_to_mesh", "mesh_report", "write_mesh", "SaveMeshd"]
 
@@ -105,6 +106,9 @@ def volume_to_mesh(
         raise EmptyMeshError(f"no voxel above {level} (maximum {vmax:.1f}): the volume has no surface.")
     background = min(float(vol.min()), level - 1.0)
     padded = np.pad(vol, 1, mode="constant", constant_values=background)
+    import trimesh
+    from skimage.measure import marching_cubes
+
     verts, faces, _, _ = marching_cubes(padded, level=level, step_size=step_size, allow_degenerate=False)
     verts = verts.astype(np.float64) - 1.0  # undo the padding: voxel indices of the original volume
     world = verts @ affine[:3, :3].T + affine[:3, 3]
@@ -119,6 +123,8 @@ def volume_to_mesh(
 def mesh_report(mesh: trimesh.Trimesh, level: float = BONE_LEVEL_HU, files: Sequence[str] = ()) -> MeshReport:
     """Counts, closedness, components, area and (closed meshes only) volume of ``mesh``."""
     watertight = bool(mesh.is_watertight)
+    import trimesh
+
     n_comp = len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(mesh.faces))))
     return MeshReport(
         vertices=len(mesh.vertices),

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.folder_layout import FolderLayout
 from monai.transforms import MapTransform
 
 from scripts.utils import atomic_path
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: importing the transforms stays light
+    from matplotlib.figure import Figure
 
 __all__ = ["orthogonal_views", "preview_figure", "SavePreviewd"]
 
@@ -109,6 +110,9 @@ def preview_figure(
         mips = (("AP MIP", "mip_ap", "coronal"), ("lateral MIP", "mip_lateral", "sagittal"))
         mips += (("axial MIP", "mip_axial", "axial"),)
         rows.append((name, [(t, views[k], aspect[p], "hu") for t, k, p in mips]))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(9.0, 3.0 * len(rows) + 0.4), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), 3, squeeze=False)
