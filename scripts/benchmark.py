@@ -156,15 +156,19 @@ def network(
     warmup: int = 1,
     memory: bool = True,
     out: str | None = None,
+    baselines: bool = False,
 ) -> dict:
     """EAR vs MONAI BasicUNet of the same widths on CPU: inference latency (batch 1), training step (batch 2,
     forward + backward + Adam), peak memory, parameter count and ratios (see scripts/networks/speed.py).
+    ``--baselines``: also PSR, SIT, E2E and BX2S, with the widths of their configs/baselines overlays.
 
     Example: ``python -m scripts.benchmark network --sizes 64,128 --out bench_network.json``.
     """
     from scripts.networks.speed import network_benchmark
 
-    report = network_benchmark(_int_list(sizes), _int_list(channels), infer_repeat, train_repeat, warmup, memory)
+    report = network_benchmark(
+        _int_list(sizes), _int_list(channels), infer_repeat, train_repeat, warmup, memory, baselines=bool(baselines)
+    )
     return write_report(report, out)
 
 

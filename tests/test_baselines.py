@@ -168,3 +168,22 @@ def test_overlay_passes_train_workflow_check_properties(name, dataset, tmp_path)
     wf.initialize()
     assert not wf.check_properties()
     assert isinstance(wf.network_def, OVERLAYS[name])
+
+
+def test_network_benchmark_includes_the_baselines():
+    from scripts.networks.speed import network_benchmark
+
+    report = network_benchmark(
+        sizes=[32], channels=WIDTHS, infer_repeat=1, train_repeat=1, warmup=0, memory=False, baselines=True
+    )
+    entry = report["sizes"]["32"]
+    for name in OVERLAYS:
+        assert entry["params"][name] == sum(p.numel() for p in _build(name, widths=_overlay_widths(name)).parameters())
+        for mode in ("inference", "train_step"):
+            assert entry[mode][name]["median_ms"] > 0 and entry[mode]["ratio_to_ear"][name]["median_ms"] > 0
+    assert set(report["baselines"]) == set(OVERLAYS)
+
+
+def _overlay_widths(name: str) -> tuple[int, ...]:
+    """The widths the overlay gives a network for ``@channels == WIDTHS`` (SIT doubles them)."""
+    return tuple(2 * c for c in WIDTHS) if name == "sit" else WIDTHS
