@@ -162,8 +162,8 @@ class PSR(nn.Module):
       back to the full size, and a 1x1x1 convolution to ``out_channels`` (no activation).
 
     The volume, laid out in the AP view's frame, is turned to the grid layout with
-    :func:`~scripts.networks.views.ap_frame_to_grid`. The paper's widths (256 ... 4096 in 2-D, 1024 ... 64
-    in 3-D, for 128^2 images) are replaced by ``channels``.
+    :func:`~scripts.networks.views.ap_frame_to_grid`. The paper's much wider layers (thousands of channels
+    at the 2-D bottleneck) are replaced by ``channels``.
 
     Args:
         in_channels: channels of the input volume: 2 (the AP and lateral views).
