@@ -17,6 +17,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.data import CacheDataset, MetaTensor
+from monai.networks.utils import copy_model_state
 from monai.transforms import Randomizable
 
 from scripts import workflow
@@ -83,7 +84,10 @@ def test_model_info_buffers_round_trip():
     scripted = torch.jit.script(fresh)
     assert read_model_info(scripted)["gt_std"] == 180.0
     with pytest.raises(RuntimeError, match="hu_mean"):
-        EAR(channels=SMALL["channels"]).load_state_dict(net.state_dict())  # a strict load needs the buffers
+        torch.nn.Conv3d(2, 1, 1).load_state_dict(attach_model_info(torch.nn.Conv3d(2, 1, 1)).state_dict())
+    plain = EAR(channels=SMALL["channels"])  # EAR carries the buffers itself (network_def, monai.bundle.load)
+    copy_model_state(plain, net.state_dict())
+    assert read_model_info(plain)["gt_mean"] == -990.0
 
 
 def test_model_zscore_to_hu_reads_the_model_at_call_time():

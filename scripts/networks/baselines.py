@@ -27,6 +27,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets import BasicUNet
 from torch import nn
 
+from scripts.networks.model_info import attach_model_info
 from scripts.networks.views import ap_frame_to_grid, stack_views
 
 __all__ = [
@@ -187,6 +188,7 @@ class PSR(nn.Module):
         norm: str | tuple = "batch",
     ) -> None:
         super().__init__()
+        attach_model_info(self)  # training statistics travel with every copy of the weights
         if int(in_channels) != 2:
             raise ValueError(f"PSR takes the two expanded views (in_channels=2), got in_channels={in_channels}.")
         if len(channels) != 5:
@@ -259,6 +261,7 @@ class SIT(nn.Module):
         norm: str | tuple = "batch",
     ) -> None:
         super().__init__()
+        attach_model_info(self)  # training statistics travel with every copy of the weights
         if int(in_channels) != 2:
             raise ValueError(f"SIT takes the two expanded views (in_channels=2), got in_channels={in_channels}.")
         if len(channels) != 5:
@@ -317,6 +320,7 @@ class E2E(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        attach_model_info(self)  # training statistics travel with every copy of the weights
         if len(channels) != 5:
             raise ValueError(f"E2E has five levels: channels needs five widths, got {tuple(channels)}.")
         c = [int(v) for v in channels]

@@ -29,6 +29,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from scripts.networks.baselines import check_volume_input
+from scripts.networks.model_info import attach_model_info
 
 __all__ = ["BX2S", "FFAG", "DoubleConv3D"]
 
@@ -132,6 +133,7 @@ class BX2S(nn.Module):
         attention_channels: int | None = None,
     ) -> None:
         super().__init__()
+        attach_model_info(self)  # training statistics travel with every copy of the weights
         if len(channels) != 5:
             raise ValueError(f"BX2S has five levels: channels needs five widths, got {tuple(channels)}.")
         c = [int(v) for v in channels]

@@ -11,6 +11,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from scripts.networks.blocks import CBAM3D, EAM, FEM
+from scripts.networks.model_info import attach_model_info
 
 __all__ = ["EAR", "EncoderLevel", "DecoderLevel"]
 
@@ -156,6 +157,7 @@ class EAR(nn.Module):
         self.dec1 = DecoderLevel(c[1], c[0], c[0], act, norm)
         self.dec0 = DecoderLevel(c[0], 0, c[0], act, norm)
         self.head = nn.Conv3d(c[0], out_channels, kernel_size=1)
+        attach_model_info(self)  # buffers for the training statistics, so that every copy of the weights carries them
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 5:
