@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from scripts.metrics import METRIC_NAMES
@@ -141,12 +141,6 @@ def run_experiment(
     return root
 
 
-def _read_rows(folder: Path, split: str) -> list[dict[str, str]]:
-    path = folder / f"eval_{split}" / "metrics_per_vertebra.csv"
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def _mean_std(values: list[float]) -> tuple[float, float]:
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
@@ -156,12 +150,30 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def summarise(root: str | os.PathLike, variants: Sequence[str], split: str = "validation") -> Path:
-    """Write ``per_vertebra.csv``, ``summary.csv``, ``summary.md`` and ``runs.csv`` from the variants' results."""
+def summarise(
+    root: str | os.PathLike, variants: Sequence[str] | Mapping[str, str | os.PathLike], split: str = "validation"
+) -> Path:
+    """Write ``per_vertebra.csv``, ``summary.csv``, ``summary.md`` and ``runs.csv`` from the variants' results.
+
+    Args:
+        root: output folder (and, for a sequence of variants, the folder holding ``<variant>/eval_<split>``).
+        variants: variant names under ``root``, or ``{name: evaluation folder}`` of any evaluations (folders
+            holding ``metrics_per_vertebra.csv``), e.g. two models evaluated on the same test vertebrae.
+        split: the split the variants were evaluated on (for variant names).
+    """
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    folders = (
+        {v: Path(f) for v, f in variants.items()}
+        if isinstance(variants, Mapping)
+        else {v: root / v / f"eval_{split}" for v in variants}
+    )
+    variants = list(folders)
     rows = []
-    for variant in variants:
-        for r in _read_rows(root / variant, split):
+    for variant, folder in folders.items():
+        with open(folder / "metrics_per_vertebra.csv") as f:
+            found = list(csv.DictReader(f))
+        for r in found:
             patient = r["id"].rsplit("_", 1)[0]
             rows.append(
                 {"variant": variant, "id": r["id"], "patient": patient} | {n: r[f"val_{n}"] for n in METRIC_NAMES}
@@ -221,8 +233,17 @@ def main(
 ) -> None:
     """Command line: ``python -m scripts.experiments NAME [--dataset_dir D] [--epochs E] [--split S] ...``.
 
-    Other ``--key value`` pairs are passed to every bundle run as config overrides.
+    Other ``--key value`` pairs are passed to every bundle run as config overrides. ``NAME`` ``table``
+    tabulates finished evaluations instead: ``python -m scripts.experiments table --evals
+    "old=runs/eval_old,new=runs/eval_new" --out runs/compare``.
     """
+    if name == "table":
+        evals = overrides.pop("evals", "")
+        pairs = dict(p.split("=", 1) for p in (evals.split(",") if isinstance(evals, str) else evals) if p)
+        if not pairs or overrides:
+            raise ValueError("table needs --evals name=folder,name=folder and --out FOLDER, nothing else.")
+        summarise(out or "runs/compare", pairs)
+        return
     if isinstance(variants, str):
         variants = [v for v in variants.split(",") if v]
     run_experiment(

@@ -43,6 +43,15 @@ def test_summarise_means_per_variant_and_patient(tmp_path):
     assert (tmp_path / "runs.csv").is_file() and (tmp_path / "per_vertebra.csv").is_file()
 
 
+def test_table_of_any_evaluations(tmp_path):
+    _fake_variant(tmp_path / "runs", "old", [("colonog0532_L1", 0.7), ("colonog0532_L2", 0.8)])
+    _fake_variant(tmp_path / "runs", "new", [("colonog0532_L1", 0.9), ("colonog0532_L2", 0.9)])
+    evals = f"old={tmp_path / 'runs/old/eval_validation'},new={tmp_path / 'runs/new/eval_validation'}"
+    experiments.main("table", out=str(tmp_path / "cmp"), evals=evals)
+    text = (tmp_path / "cmp" / "summary.md").read_text()
+    assert "| old | all | 2 | 0.750 ± 0.071 |" in text and "| new | colonog0532 | 2 | 0.900 ± 0.000 |" in text
+
+
 def test_unknown_experiment_and_variant(tmp_path):
     with pytest.raises(ValueError, match="unknown experiment"):
         experiments.run_experiment("nothing", str(tmp_path), str(tmp_path / "out"))
