@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import CacheDataset, MetaTensor
 from monai.networks.utils import copy_model_state
 from monai.transforms import Randomizable
@@ -294,3 +294,18 @@ def test_resumable_checkpoint_saves_the_best_model_state(tmp_path):
     other = BestModelSaver(tmp_path, torch.nn.Linear(1, 1))
     ResumableCheckpoint(tmp_path, {"best_model": other}, include_engine=False).load(engine)
     assert (other.best, other.best_epoch) == (0.8, 4)
+
+
+def test_run_training_is_the_run_of_train_json(dataset, tmp_path):
+    """`python -m monai.bundle run training ...`, the form many MONAI users type, trains."""
+    ckpt = tmp_path / "models"
+    common = dict(dataset_dir=str(dataset), ckpt_dir=str(ckpt), output_dir=str(tmp_path / "runs"), epochs=1)
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"),
+        run_id="training",
+        workflow_type="train",
+        **{"bundle_root": str(ROOT), "warmup_epochs": 1, **common, **SMALL},
+    )
+    wf.initialize()
+    wf.run()
+    assert (ckpt / "checkpoint_last.pt").is_file() and (ckpt / "model.pt").is_file()
