@@ -40,6 +40,13 @@ EXPERIMENTS: dict[str, dict[str, list[str]]] = {
         "geometric": ["configs/recipes/geometric.json"],
         "full": ["configs/recipes/full.json"],
     },
+    "methods": {
+        "ear": [],
+        "psr": ["configs/baselines/psr.json"],
+        "sit": ["configs/baselines/sit.json"],
+        "e2e": ["configs/baselines/e2e.json"],
+        "bx2s": ["configs/baselines/bx2s.json"],
+    },
 }
 
 SIZES = {"cpu": ["configs/cpu.json"], "paper": []}
