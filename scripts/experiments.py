@@ -47,6 +47,19 @@ EXPERIMENTS: dict[str, dict[str, list[str]]] = {
         "e2e": ["configs/baselines/e2e.json"],
         "bx2s": ["configs/baselines/bx2s.json"],
     },
+    "modules": {
+        "baseline": ["configs/ablations/baseline.json"],
+        "abs": ["configs/ablations/abs.json"],
+        "abs_fem": ["configs/ablations/abs_fem.json"],
+        "ear": [],
+        "no_fem": ["configs/ablations/no_fem.json"],
+    },
+    "losses": {
+        "rec": ["configs/ablations/loss_rec.json"],
+        "rec_edge": ["configs/ablations/loss_rec_edge.json"],
+        "rec_edge_freq": ["configs/ablations/loss_rec_edge_freq.json"],
+        "ear": [],
+    },
 }
 
 SIZES = {"cpu": ["configs/cpu.json"], "paper": []}

@@ -72,3 +72,32 @@ def test_run_trains_evaluates_and_skips_finished_variants(dataset, tmp_path, cap
     assert (out / "pose" / "models" / "model.pt").is_file()
     experiments.run_experiment("recipes", str(dataset), str(tmp_path / "out"), **args)
     assert "done before, skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name, variant",
+    [(n, v) for n in ("methods", "modules", "losses", "recipes") for v in experiments.EXPERIMENTS[n]],
+)
+def test_every_variant_builds_its_network_and_loss(name, variant):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    files = ["configs/train.json", "configs/cpu.json", *experiments.EXPERIMENTS[name][variant]]
+    parser.read_config([str(experiments.ROOT / f) for f in files])
+    parser["stats"] = {"gt_mean": -1000.0, "gt_std": 200.0}  # no dataset needed to build them
+    net = parser.get_parsed_content("network_def")
+    loss = parser.get_parsed_content("loss")
+    assert sum(p.numel() for p in net.parameters()) > 0 and loss.weights["recon"] == 1.0
+    if name == "modules":
+        flags = {k: parser.get(f"network_def#{k}") for k in ("use_abs", "use_fem", "use_eam")}
+        expected = {
+            "baseline": (0, 0, 0),
+            "abs": (1, 0, 0),
+            "abs_fem": (1, 1, 0),
+            "ear": (1, 1, 1),
+            "no_fem": (1, 0, 1),
+        }
+        assert tuple(int(v) for v in flags.values()) == expected[variant]
+    if name == "losses":
+        order = ["rec", "rec_edge", "rec_edge_freq", "ear"].index(variant)
+        assert [loss.weights[k] > 0 for k in ("edge", "freq", "proj")] == [order >= 1, order >= 2, order >= 3]
