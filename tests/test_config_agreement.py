@@ -1,0 +1,55 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""What training and inference must agree on is the same in configs/train.json and configs/inference.json,
+and every documented config combination loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+#: ids that must be identical in the two stand-alone configs (model-zoo keeps both loadable alone)
+SHARED = ("network_def", "roi_size", "spacing", "channels", "expansion_mode", "device")
+
+
+def _parser(*files: str) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in files])
+    return parser
+
+
+@pytest.mark.parametrize("size", [[], ["cpu.json"]])
+def test_train_and_inference_agree(size):
+    train, infer = _parser("train.json", *size), _parser("inference.json", *size)
+    for key in SHARED:
+        assert train.get(key) == infer.get(key), f"{key} differs between train.json and inference.json"
+    assert "attach_model_info(@network_def" in train.get("network") and "attach_model_info(@network_def" in infer.get(
+        "network"
+    ), "both wrap network_def with the model-info buffers"
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        ["train.json"],
+        ["train.json", "cpu.json"],
+        ["train.json", "evaluate.json"],
+        ["train.json", "evaluate.json", "cpu.json"],
+        ["train.json", "multi_gpu_train.json"],
+        ["inference.json"],
+        ["inference.json", "cpu.json"],
+        ["inference.json", "inference_simulated.json"],
+        ["inference.json", "inference_simulated.json", "cpu.json"],
+        *[["train.json", f"recipes/{r}.json", "cpu.json"] for r in ("pose", "geometric", "full")],
+        *[["train.json", f"baselines/{b}.json", "cpu.json"] for b in ("psr", "sit", "e2e", "bx2s")],
+    ],
+)
+def test_documented_combinations_build_their_network(files):
+    parser = _parser(*files)
+    net = parser.get_parsed_content("network_def")
+    assert sum(p.numel() for p in net.parameters()) > 0
+    assert {"hu_mean", "hu_std", "spacing_mm", "roi_size"} <= {n for n, _ in net.named_buffers()}
