@@ -52,3 +52,17 @@ def test_download_large_files_reads_the_list(bundle_root):
     cmd = [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle_root)]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=bundle_root, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_large_files_list_every_weight_file_with_its_hash(bundle_root):
+    import hashlib
+
+    import yaml
+
+    listed = {e["path"]: e for e in yaml.safe_load((bundle_root / "large_files.yml").read_text())["large_files"]}
+    shipped = [p for name in ("model.pt", "model.ts") for p in (bundle_root / "models").rglob(name)]
+    weights = {str(p.relative_to(bundle_root)) for p in shipped}  # checkpoint_last.pt of a local run is not shipped
+    assert set(listed) == weights, "every shipped weight file is listed, and only those"
+    for path, entry in listed.items():
+        assert entry["hash_type"] == "sha256"
+        assert hashlib.sha256((bundle_root / path).read_bytes()).hexdigest() == entry["hash_val"], path
