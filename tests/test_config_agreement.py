@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
+from scripts.networks import read_model_info
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
@@ -53,3 +55,12 @@ def test_documented_combinations_build_their_network(files):
     net = parser.get_parsed_content("network_def")
     assert sum(p.numel() for p in net.parameters()) > 0
     assert {"hu_mean", "hu_std", "spacing_mm", "roi_size"} <= {n for n, _ in net.named_buffers()}
+    if files[0] == "train.json":  # the trained network carries the training statistics, spacing and crop size
+        parser["stats"] = {"gt_mean": -990.0, "gt_std": 180.0}
+        key = "network#module" if "multi_gpu_train.json" in files else "network"
+        info = read_model_info(parser.get_parsed_content(key))
+        assert (info["gt_mean"], info["gt_std"], info["roi_size"]) == (
+            -990.0,
+            180.0,
+            parser.get_parsed_content("roi_size"),
+        )
