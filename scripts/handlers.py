@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -125,7 +126,9 @@ class BestModelSaver:
     :func:`scripts.networks.attach_model_info`) to ``save_dir/filename`` atomically: the old file stays in
     place until the new one is complete. Its ``state_dict`` (best value and epoch) is saved by
     :class:`ResumableCheckpoint` (put it in ``save_dict``), so a resumed run keeps the best model and does
-    not overwrite it with a worse one; the evaluator's ``best_metric`` is restored with it.
+    not overwrite it with a worse one; the evaluator's ``best_metric`` is restored with it. The best value
+    is also written beside the model (``<filename>.best.json``: metric, value, epoch) just before the model
+    itself, so that a run killed between saving the model and saving its checkpoint still knows it.
 
     MONAI's ``CheckpointSaver`` (through ignite's ``Checkpoint``) deletes the previous best file before it
     writes the new one and forgets the best value when a run resumes, hence this handler.
@@ -149,6 +152,7 @@ class BestModelSaver:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
         self.path = Path(save_dir) / filename
+        self.record = Path(save_dir) / f"{filename}.best.json"
         self.network = network
         self.metric_name = metric_name
         self.mode = mode
@@ -177,6 +181,9 @@ class BestModelSaver:
             return
         self.best, self.best_epoch = value, int(engine.state.epoch)
         if ResumableCheckpoint._is_main_process():
+            record = {"metric": name, "best": value, "epoch": self.best_epoch, "mode": self.mode}
+            with atomic_path(self.record) as tmp:  # first: a kill before the model leaves only a stricter bar
+                tmp.write_text(json.dumps(record, indent=2))
             with atomic_path(self.path) as tmp:
                 torch.save(_unwrap(self.network).state_dict(), tmp)
             self.logger.info(f"epoch {self.best_epoch}: best {name} {value:.4f}, model saved to {self.path}")
@@ -187,6 +194,10 @@ class BestModelSaver:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best = None if state.get("best") is None else float(state["best"])
         self.best_epoch = int(state.get("best_epoch", -1))
+        if self.record.is_file():  # saved after the checkpoint it is restored from: the later, better value
+            record = json.loads(self.record.read_text())
+            if self.best is None or self._better(float(record["best"])):
+                self.best, self.best_epoch = float(record["best"]), int(record["epoch"])
         if self._engine is not None and self.best is not None:  # the evaluator's own tracking, for its logs
             self._engine.state.best_metric = self.best
             self._engine.state.best_metric_epoch = self.best_epoch

@@ -309,3 +309,19 @@ def test_run_training_is_the_run_of_train_json(dataset, tmp_path):
     wf.initialize()
     wf.run()
     assert (ckpt / "checkpoint_last.pt").is_file() and (ckpt / "model.pt").is_file()
+
+
+def test_best_model_saver_knows_a_best_saved_after_the_last_checkpoint(tmp_path):
+    """A run killed between writing model.pt and its epoch checkpoint resumes with the newer, better value."""
+    net = torch.nn.Linear(2, 1)
+    saver = BestModelSaver(tmp_path, net)
+    engine = _Engine()
+    engine.state.epoch, engine.state.metrics = 1, {"val_dice": 0.6}
+    saver(engine)
+    checkpointed = saver.state_dict()  # the epoch-1 checkpoint
+    engine.state.epoch, engine.state.metrics = 2, {"val_dice": 0.8}
+    saver(engine)  # model.pt of epoch 2 written, then the process is killed before its checkpoint
+    resumed = BestModelSaver(tmp_path, net)
+    resumed.load_state_dict(checkpointed)
+    assert (resumed.best, resumed.best_epoch) == (0.8, 2)
+    assert json.loads((tmp_path / "model.pt.best.json").read_text())["epoch"] == 2
