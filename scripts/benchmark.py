@@ -139,6 +139,15 @@ def write_report(report: dict, out: str | None = None) -> dict:
     return report
 
 
+def _flag(value: Any) -> bool:
+    """A boolean option as fire passes it (``True``, or the text ``"true"``/``"false"`` written lowercase)."""
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"expected True or False, got {value!r}.")
+        return value.lower() == "true"
+    return bool(value)
+
+
 def _int_list(value: Any) -> list[int]:
     """``64``, ``"64,128"`` or ``(64, 128)`` (as fire passes them) as a list of ints."""
     if isinstance(value, (int, float)):
@@ -167,7 +176,7 @@ def network(
     from scripts.networks.speed import network_benchmark
 
     report = network_benchmark(
-        _int_list(sizes), _int_list(channels), infer_repeat, train_repeat, warmup, memory, baselines=bool(baselines)
+        _int_list(sizes), _int_list(channels), infer_repeat, train_repeat, warmup, memory, baselines=_flag(baselines)
     )
     return write_report(report, out)
 

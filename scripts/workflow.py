@@ -310,10 +310,11 @@ _RUN_ARGS = {
 }  # fmt: skip
 
 
-def _cli_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``(config files, override keys)`` of a ``python -m monai.bundle run ...`` command line."""
+def _cli_overrides(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """``(config files, override keys, their values)`` of a ``python -m monai.bundle run ...`` command line."""
     files: list[str] = []
     keys: list[str] = []
+    values: list[str] = []
     i = 0
     while i < len(argv):
         token = argv[i]
@@ -330,8 +331,9 @@ def _cli_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
                 files += [parsed] if isinstance(parsed, str) else [str(f) for f in parsed]
             elif name not in _RUN_ARGS:
                 keys.append(name)
+                values.append(value)
         i += 1
-    return files, keys
+    return files, keys, values
 
 
 @reports_input_errors
@@ -353,7 +355,13 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
         return
-    files, keys = _cli_overrides(argv[1:])
+    files, keys, values = _cli_overrides(argv[1:])
+    lowercase = [f"--{k} {v}" for k, v in zip(keys, values) if v in ("true", "false")]
+    if lowercase:  # fire keeps them as the strings 'true' / 'false', and any non-empty string counts as true
+        raise BundleInputError(
+            f"{', '.join(lowercase)}: the command line reads lowercase true/false as text, which counts as true; "
+            "write True or False."
+        )
     if not keys or not files:
         return
     parser = ConfigParser()

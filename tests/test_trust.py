@@ -229,7 +229,6 @@ def test_distributed_validation_counts_every_vertebra_once(monkeypatch):
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
     assert "validation_sampler" in parser.get("validate#sampler")
-    assert "fallback" not in parser.get("validate#dataset#data")
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
@@ -252,12 +251,14 @@ def test_misspelt_override_is_refused_with_close_matches(tmp_path):
     ]
     with pytest.raises(BundleInputError, match=r"--epoch \(did you mean --epochs"):
         workflow.check_cli_overrides(argv)
-    ok = argv[:4] + ["--epochs", "1", "--validate#dataset#cache_rate=0", "--network_def#use_fem", "false"]
+    ok = argv[:4] + ["--epochs", "1", "--validate#dataset#cache_rate=0", "--network_def#use_fem", "False"]
     workflow.check_cli_overrides(ok)
     infer = ["/x/monai/bundle/__main__.py", "run", "--config_file", str(CONFIGS / "inference.json"), "--caseid", "x"]
     with pytest.raises(BundleInputError, match="did you mean --case_id"):
         workflow.check_cli_overrides(infer)
     workflow.check_cli_overrides(["pytest", "--epoch", "1"])  # not a bundle run: nothing to check
+    with pytest.raises(BundleInputError, match="write True or False"):
+        workflow.check_cli_overrides(argv[:4] + ["--resume", "false"])
 
 
 def test_misspelt_override_stops_a_bundle_run(dataset, tmp_path):
