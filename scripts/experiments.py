@@ -133,6 +133,12 @@ def run_experiment(
         folder.mkdir(exist_ok=True)
         done = folder / "done.json"
         if done.is_file():
+            record = json.loads(done.read_text())
+            if (record.get("epochs"), record.get("split")) != (epochs, split):
+                raise ValueError(
+                    f"{folder} holds a finished run of {record.get('epochs')} epochs evaluated on "
+                    f"{record.get('split')!r}, not {epochs} on {split!r}: use another --out or delete the folder."
+                )
             print(f"[{i}/{len(chosen)}] {variant}: done before, skipped", flush=True)
             continue
         configs = ["configs/train.json"] + SIZES[size] + EXPERIMENTS[name][variant]
@@ -213,6 +219,7 @@ def summarise(
             for n in METRIC_NAMES:
                 mean, std = _mean_std([float(r[n]) for r in items])
                 entry[f"{n}_mean"], entry[f"{n}_std"] = mean, std
+                entry[f"{n}_n"] = sum(math.isfinite(float(r[n])) for r in items)  # the values the mean is over
             summary.append(entry)
     with atomic_path(root / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(summary[0]))
@@ -226,8 +233,9 @@ def summarise(
             writer.writerows(runs)
 
     def cell(entry: dict, n: str) -> str:
-        m, s = entry[f"{n}_mean"], entry[f"{n}_std"]
-        return f"{m:.3f}" + (f" ± {s:.3f}" if math.isfinite(s) else "")
+        m, s, k = entry[f"{n}_mean"], entry[f"{n}_std"], entry[f"{n}_n"]
+        text = f"{m:.3f}" + (f" ± {s:.3f}" if math.isfinite(s) else "")
+        return text + (f" (n={k})" if k < entry["n"] else "")  # non-finite values (e.g. an empty prediction) left out
 
     header = "| variant | group | n | " + " | ".join(f"{n} ({d})" for n, d in TABLE_METRICS) + " |"
     lines = [header, "|" + "---|" * (3 + len(TABLE_METRICS))]

@@ -220,7 +220,7 @@ def inference_cases(
     if datalist:
         path = Path(datalist)
         if not path.is_file():
-            raise FileNotFoundError(f"inference datalist {path} does not exist; give --datalist PATH.json.")
+            raise BundleInputError(f"inference datalist {path} does not exist; give --datalist PATH.json.")
         try:
             content = json.loads(path.read_text())
         except ValueError as e:

@@ -37,6 +37,8 @@ def test_summarise_means_per_variant_and_patient(tmp_path):
     assert float(rows[("a", "all")]["dice_std"]) == pytest.approx(0.1)
     assert float(rows[("a", "ts_s0561")]["dice_mean"]) == pytest.approx(0.85), "patient = id without its level"
     assert rows[("b", "all")]["n"] == "3" and float(rows[("b", "all")]["dice_mean"]) == 0.5, "NaN left out"
+    assert rows[("b", "all")]["dice_n"] == "2", "and counted out"
+    assert "| b | all | 3 | 0.500 ± 0.000 (n=2) |" in md.read_text()
     assert math.isnan(float(rows[("a", "verse081")]["dice_std"]))
     text = md.read_text()
     assert "| a | all | 3 | 0.800 ± 0.100 |" in text

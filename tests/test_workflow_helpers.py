@@ -61,7 +61,7 @@ def test_statistics(tmp_path):
 def test_inference_cases_errors(tmp_path):
     with pytest.raises(ValueError, match="--xrays"):
         workflow.inference_cases()
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(BundleInputError, match="does not exist"):
         workflow.inference_cases(datalist=str(tmp_path / "cases.json"))
     (tmp_path / "cases.json").write_text("[]")
     with pytest.raises(ValueError, match="non-empty JSON list"):

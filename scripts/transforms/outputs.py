@@ -24,6 +24,7 @@ from monai.data import FolderLayout, MetaTensor
 from monai.transforms import MapTransform
 
 from scripts.errors import BundleInputError
+from scripts.utils import atomic_path
 
 __all__ = [
     "CaseNamed",
@@ -268,7 +269,6 @@ class PublishCaseOutputsd(MapTransform):
                 (dst / f).unlink(missing_ok=True)
             except OSError:  # replaced by a folder of the user's: theirs now
                 pass
-        tmp = dst / f"{MANIFEST_NAME}.tmp"
-        tmp.write_text(json.dumps({"case": dst.name, "files": files}, indent=1) + "\n")
-        os.replace(tmp, dst / MANIFEST_NAME)
+        with atomic_path(dst / MANIFEST_NAME) as tmp:  # a temporary name of this process: no race between runs
+            tmp.write_text(json.dumps({"case": dst.name, "files": files}, indent=1) + "\n")
         shutil.rmtree(src, ignore_errors=True)
