@@ -15,16 +15,9 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from scripts.utils import atomic_path
+from scripts.utils import atomic_path, unwrap_module
 
 __all__ = ["ResumableCheckpoint", "BestModelSaver", "VertebraMetricsTable"]
-
-
-def _unwrap(obj: Any) -> Any:
-    """The module inside a (Distributed)DataParallel wrapper, so checkpoints load without the wrapper."""
-    if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-        return obj.module
-    return obj
 
 
 class ResumableCheckpoint:
@@ -86,7 +79,7 @@ class ResumableCheckpoint:
         """Write the checkpoint atomically (only on rank 0 in distributed runs)."""
         if not self._is_main_process():
             return
-        state = {k: _unwrap(v).state_dict() for k, v in self.save_dict.items()}
+        state = {k: unwrap_module(v).state_dict() for k, v in self.save_dict.items()}
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
         self.logger.info(f"epoch {engine.state.epoch}: checkpoint saved to {self.path}")
@@ -106,7 +99,7 @@ class ResumableCheckpoint:
             raise RuntimeError(f"checkpoint {self.path} lacks {missing}; delete it to start training from scratch.")
         max_epochs = engine.state.max_epochs
         for k, obj in self.save_dict.items():
-            _unwrap(obj).load_state_dict(state[k])
+            unwrap_module(obj).load_state_dict(state[k])
         if max_epochs is not None and "trainer" in self.save_dict:
             if engine.state.epoch > max_epochs:
                 raise ValueError(
@@ -185,7 +178,7 @@ class BestModelSaver:
             with atomic_path(self.record) as tmp:  # first: a kill before the model leaves only a stricter bar
                 tmp.write_text(json.dumps(record, indent=2))
             with atomic_path(self.path) as tmp:
-                torch.save(_unwrap(self.network).state_dict(), tmp)
+                torch.save(unwrap_module(self.network).state_dict(), tmp)
             self.logger.info(f"epoch {self.best_epoch}: best {name} {value:.4f}, model saved to {self.path}")
 
     def state_dict(self) -> dict[str, Any]:

@@ -7,8 +7,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "unwrap_module"]
 
 
 @contextmanager
@@ -33,3 +34,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def unwrap_module(obj: Any) -> Any:
+    """The module inside a (Distributed)DataParallel wrapper (checkpoints hold the unwrapped network)."""
+    import torch
+
+    if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        return obj.module
+    return obj

@@ -22,15 +22,12 @@ import torch
 from torch import nn
 
 from scripts.errors import BundleInputError
+from scripts.utils import unwrap_module
 
 __all__ = ["MODEL_INFO_KEYS", "attach_model_info", "read_model_info", "load_state_dict_file"]
 
 #: buffer names: HU mean and std of the z-scoring, voxel spacing (mm) and crop size (voxels) of training.
 MODEL_INFO_KEYS = ("hu_mean", "hu_std", "spacing_mm", "roi_size")
-
-
-def _unwrap(network: Any) -> Any:
-    return network.module if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else network
 
 
 def attach_model_info(
@@ -53,7 +50,7 @@ def attach_model_info(
     Returns:
         ``network`` itself.
     """
-    net = _unwrap(network)
+    net = unwrap_module(network)
     values = {
         "hu_mean": None if stats is None else float(stats["gt_mean"]),
         "hu_std": None if stats is None else float(stats["gt_std"]),
@@ -103,7 +100,7 @@ def read_model_info(source: nn.Module | Mapping[str, Any] | str | os.PathLike) -
     if isinstance(source, (str, os.PathLike)):
         state, where = load_state_dict_file(source), str(source)
     elif isinstance(source, nn.Module) or hasattr(source, "state_dict"):
-        state, where = _unwrap(source).state_dict(), type(_unwrap(source)).__name__
+        state, where = unwrap_module(source).state_dict(), type(unwrap_module(source)).__name__
     else:
         state, where = dict(source), "the state dict"
     values = {k: float(torch.as_tensor(state[k]).reshape(-1)[0]) if k in state else math.nan for k in MODEL_INFO_KEYS}
