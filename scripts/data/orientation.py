@@ -7,7 +7,7 @@ checks use only the vertebra labels and the affine (RAS world mm):
 - anterior-posterior: a vertebra's mass lies mostly in its body, which is anterior; the arch and the
   spinous process reach far back with little mass. The *AP offset* of a vertebra is (centroid minus
   bounding-box centre) along the world anterior axis, divided by the box's depth: positive when the
-  bulk is anterior. On the example and the six scans of ``shared/data/spine-ct`` every complete
+  bulk is anterior. On the example and the six scans of ``docs/spine-ct-sources.csv`` every complete
   vertebra has an offset between +0.01 and +0.18, and every scan's median lies between +0.03 and +0.15.
   A scan whose median offset is below ``-AP_MARGIN`` is mirrored front to back; between ``-AP_MARGIN``
   and ``+AP_MARGIN`` (symmetric shapes) nothing is decided.
