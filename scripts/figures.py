@@ -1,0 +1,141 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Figures of reconstructions: surface-distance heat maps of several methods' reconstructions of one vertebra.
+
+Usage::
+
+    python -m scripts.figures surface --gt crop_gt.nii.gz --preds "EAR=ear_hu.nii.gz,PSR=psr_hu.nii.gz" --out fig.png
+
+Each reconstruction's bone surface (marching cubes at -500 HU, world mm by the volume's affine) is coloured
+by its distance to the ground truth's surface (mm, one colour scale for every panel), seen from the front,
+the left and above, one row per method (the paper's Figs. 6-7).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from scripts.utils import atomic_path
+
+__all__ = ["surface_distances", "surface_figure", "VIEWS"]
+
+#: view name -> (elevation, azimuth) of matplotlib's 3-D axes, for RAS world coordinates
+VIEWS: dict[str, tuple[float, float]] = {"anterior": (0.0, 90.0), "left": (0.0, 180.0), "superior": (90.0, -90.0)}
+
+
+def _load(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3]), img.affine
+
+
+def surface_distances(
+    pred_hu: np.ndarray, gt_hu: np.ndarray, affine: np.ndarray, level: float = -500.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The prediction's bone surface and each vertex's distance (mm) to the ground truth's surface.
+
+    Args:
+        pred_hu: predicted volume (X, Y, Z) in HU.
+        gt_hu: ground truth on the same grid.
+        affine: voxel-to-world matrix of both.
+        level: bone threshold in HU.
+
+    Returns:
+        ``(vertices (N, 3) in world mm, faces (M, 3), distance per vertex (N,) in mm)``.
+    """
+    from scipy.ndimage import distance_transform_edt, map_coordinates
+    from skimage.measure import marching_cubes
+
+    if pred_hu.shape != gt_hu.shape:
+        raise ValueError(f"prediction {pred_hu.shape} and ground truth {gt_hu.shape} must share one grid.")
+    gt = gt_hu > level
+    if not (pred_hu > level).any() or not gt.any():
+        raise ValueError("both volumes need voxels above the bone level to have a surface.")
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    # signed distance to the boundary between bone and background voxels, which lies half a voxel from the
+    # voxel centres on either side (where marching cubes puts a surface): 0 half-way between them
+    half = 0.5 * float(spacing.mean())
+    outside = distance_transform_edt(~gt, sampling=spacing) - half
+    inside = distance_transform_edt(gt, sampling=spacing) - half
+    signed = np.where(gt, -inside, outside)
+    verts, faces, _, _ = marching_cubes(np.pad(pred_hu, 1, constant_values=-1024.0), level=level)
+    verts -= 1.0
+    d = np.abs(map_coordinates(signed, verts.T, order=1, mode="nearest"))
+    world = verts @ affine[:3, :3].T + affine[:3, 3]
+    return world, faces, d
+
+
+def surface_figure(
+    preds: Mapping[str, str | os.PathLike],
+    gt: str | os.PathLike,
+    out: str | os.PathLike,
+    views: Sequence[str] = ("anterior", "left", "superior"),
+    vmax_mm: float | None = None,
+    level: float = -500.0,
+) -> Path:
+    """Draw the surface-distance heat maps of several reconstructions of one vertebra into a PNG.
+
+    Args:
+        preds: method name -> reconstructed volume (NIfTI, HU, on the ground truth's grid).
+        gt: ground-truth volume (NIfTI, HU).
+        out: PNG path (written atomically).
+        views: names of :data:`VIEWS`, one column each.
+        vmax_mm: top of the colour scale (default: the 99th percentile of all distances).
+        level: bone threshold in HU.
+    """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown or not preds:
+        raise ValueError(f"give at least one prediction and views among {list(VIEWS)}; got {list(views)}.")
+    gt_hu, affine = _load(gt)
+    surfaces = {}
+    for name, path in preds.items():
+        pred_hu, pred_affine = _load(path)
+        if not np.allclose(pred_affine, affine, atol=1e-3):
+            raise ValueError(f"{path} is not on the ground truth's grid ({gt}); reconstruct the same crop.")
+        surfaces[name] = surface_distances(pred_hu, gt_hu, affine, level)
+    top = vmax_mm or float(np.percentile(np.concatenate([s[2] for s in surfaces.values()]), 99))
+    top = max(top, 1e-3)
+    cmap = matplotlib.colormaps["jet"]
+    fig = Figure(figsize=(3.0 * len(views) + 0.8, 3.0 * len(surfaces)), dpi=100)
+    FigureCanvasAgg(fig)
+    every = np.concatenate([s[0] for s in surfaces.values()])  # one zoom for all panels: the surfaces' extent
+    low, high = every.min(axis=0), every.max(axis=0)
+    centre, half = (low + high) / 2, 0.55 * float((high - low).max())
+    for r, (name, (verts, faces, d)) in enumerate(surfaces.items()):
+        colours = cmap(np.clip(d[faces].mean(axis=1) / top, 0.0, 1.0))
+        for c, view in enumerate(views):
+            ax = fig.add_subplot(len(surfaces), len(views), r * len(views) + c + 1, projection="3d")
+            ax.add_collection3d(Poly3DCollection(verts[faces], facecolors=colours, edgecolor="none"))
+            for setter, k in ((ax.set_xlim, 0), (ax.set_ylim, 1), (ax.set_zlim, 2)):
+                setter(centre[k] - half, centre[k] + half)
+            ax.view_init(*VIEWS[view])
+            ax.set_axis_off()
+            ax.set_title(f"{name}, {view}" if c else f"{name}: mean {d.mean():.2f} mm, {view}", fontsize=8)
+    norm = matplotlib.colors.Normalize(0.0, top)
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=fig.axes, shrink=0.6)
+    bar.set_label("distance to the true surface (mm)")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(out)
+
+
+def main(command: str, gt: str, preds: str, out: str, vmax_mm: float | None = None) -> None:
+    """``python -m scripts.figures surface --gt GT.nii.gz --preds "A=a.nii.gz,B=b.nii.gz" --out fig.png``."""
+    if command != "surface":
+        raise ValueError(f"unknown figure {command!r}; choose 'surface'.")
+    pairs = dict(p.split("=", 1) for p in preds.split(",") if p)
+    print(surface_figure(pairs, gt, out, vmax_mm=vmax_mm))
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
