@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from scripts.networks.baselines import E2E, PSR, SIT, FeatureTransform, ResidualDown2D, UpBlock3D
 from scripts.networks.blocks import CBAM3D, EAM, FEM, ChannelAttention3D, GatedConvBlock, SpatialAttention3D
-from scripts.networks.bx2s import BX2S, FFAG, DoubleConv3D
+from scripts.networks.bx2s import BX2S, FFAG
 from scripts.networks.ear import EAR, DecoderLevel, EncoderLevel
 from scripts.networks.model_info import MODEL_INFO_KEYS, attach_model_info, read_model_info
 from scripts.networks.views import ap_frame_to_grid, stack_views, views_from_volume, volume_from_views
@@ -28,7 +28,6 @@ __all__ = [
     "FeatureTransform",
     "UpBlock3D",
     "FFAG",
-    "DoubleConv3D",
     "views_from_volume",
     "stack_views",
     "volume_from_views",

@@ -26,29 +26,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
+from monai.networks.nets.basic_unet import TwoConv
 from torch import nn
 
 from scripts.networks.baselines import check_volume_input
 from scripts.networks.model_info import attach_model_info
 
-__all__ = ["BX2S", "FFAG", "DoubleConv3D"]
-
-
-class DoubleConv3D(nn.Sequential):
-    """Two Conv3d k3 -> norm -> act (a 3-D U-Net level).
-
-    Args:
-        in_channels: input channels.
-        out_channels: output channels.
-        act: MONAI activation argument.
-        norm: MONAI normalisation argument.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, act: str | tuple, norm: str | tuple) -> None:
-        super().__init__(
-            Convolution(3, in_channels, out_channels, kernel_size=3, act=act, norm=norm),
-            Convolution(3, out_channels, out_channels, kernel_size=3, act=act, norm=norm),
-        )
+__all__ = ["BX2S", "FFAG"]
 
 
 class FFAG(nn.Module):
@@ -103,9 +87,10 @@ class FFAG(nn.Module):
 class BX2S(nn.Module):
     """BX2S-Net: 3-D U-Net with full-scale feature attention guidance on every skip and an edge output.
 
-    Encoder: ``e0 = DoubleConv3D(x)``, ``e_k = DoubleConv3D(maxpool(e_{k-1}))`` for ``k = 1..4`` (widths
-    ``channels``). Decoder, for ``l = 3..0``: ``g = ConvTranspose3d(d_{l+1})``,
-    ``d_l = DoubleConv3D(cat[g, FFAG_l(e0..e4, g)])`` with ``d_4 = e4``; then 1x1x1 heads for the volume
+    Encoder: ``e0 = TwoConv(x)``, ``e_k = TwoConv(maxpool(e_{k-1}))`` for ``k = 1..4`` (widths ``channels``;
+    ``TwoConv`` is MONAI's pair of 3x3x3 convolutions with norm and activation). Decoder, for ``l = 3..0``:
+    ``g = ConvTranspose3d(d_{l+1})``,
+    ``d_l = TwoConv(cat[g, FFAG_l(e0..e4, g)])`` with ``d_4 = e4``; then 1x1x1 heads for the volume
     (``out_channels``, no activation) and, with ``edge_output``, the edge logits.
 
     Output (one Tensor, TorchScript compatible, the same contract as :class:`~scripts.networks.EAR`):
@@ -140,11 +125,11 @@ class BX2S(nn.Module):
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.divisor = 16
-        self.enc0 = DoubleConv3D(self.in_channels, c[0], act, norm)
-        self.enc1 = DoubleConv3D(c[0], c[1], act, norm)
-        self.enc2 = DoubleConv3D(c[1], c[2], act, norm)
-        self.enc3 = DoubleConv3D(c[2], c[3], act, norm)
-        self.enc4 = DoubleConv3D(c[3], c[4], act, norm)
+        self.enc0 = TwoConv(3, self.in_channels, c[0], act, norm, bias=True)
+        self.enc1 = TwoConv(3, c[0], c[1], act, norm, bias=True)
+        self.enc2 = TwoConv(3, c[1], c[2], act, norm, bias=True)
+        self.enc3 = TwoConv(3, c[2], c[3], act, norm, bias=True)
+        self.enc4 = TwoConv(3, c[3], c[4], act, norm, bias=True)
         self.up3 = nn.ConvTranspose3d(c[4], c[3], kernel_size=2, stride=2)
         self.up2 = nn.ConvTranspose3d(c[3], c[2], kernel_size=2, stride=2)
         self.up1 = nn.ConvTranspose3d(c[2], c[1], kernel_size=2, stride=2)
@@ -153,10 +138,10 @@ class BX2S(nn.Module):
         self.ffag2 = FFAG(c, c[2], c[2], attention_channels, act, norm)
         self.ffag1 = FFAG(c, c[1], c[1], attention_channels, act, norm)
         self.ffag0 = FFAG(c, c[0], c[0], attention_channels, act, norm)
-        self.dec3 = DoubleConv3D(2 * c[3], c[3], act, norm)
-        self.dec2 = DoubleConv3D(2 * c[2], c[2], act, norm)
-        self.dec1 = DoubleConv3D(2 * c[1], c[1], act, norm)
-        self.dec0 = DoubleConv3D(2 * c[0], c[0], act, norm)
+        self.dec3 = TwoConv(3, 2 * c[3], c[3], act, norm, bias=True)
+        self.dec2 = TwoConv(3, 2 * c[2], c[2], act, norm, bias=True)
+        self.dec1 = TwoConv(3, 2 * c[1], c[1], act, norm, bias=True)
+        self.dec0 = TwoConv(3, 2 * c[0], c[0], act, norm, bias=True)
         self.head = nn.Conv3d(c[0], self.out_channels, kernel_size=1)
         self.edge_head: nn.Conv3d | None = nn.Conv3d(c[0], 1, kernel_size=1) if edge_output else None
 
