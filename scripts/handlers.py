@@ -15,9 +15,48 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from scripts.errors import BundleInputError
+from scripts.networks.model_info import MODEL_INFO_KEYS, load_state_dict_file
 from scripts.utils import atomic_path, unwrap_module
 
-__all__ = ["ResumableCheckpoint", "BestModelSaver", "VertebraMetricsTable"]
+__all__ = ["PretrainedWeights", "ResumableCheckpoint", "BestModelSaver", "VertebraMetricsTable"]
+
+
+class PretrainedWeights:
+    """Starts training from another model's weights (fine-tuning), keeping this run's model information.
+
+    On ``Events.STARTED`` it loads every weight of ``path`` into ``network`` except the model-info buffers
+    (HU mean and std, spacing, crop size; :mod:`scripts.networks.model_info`), which describe the data of
+    *this* run. Attach it before :class:`ResumableCheckpoint`: a run that resumes then continues from its own
+    checkpoint, not from the pretrained weights. Shapes must match (``check_model`` names any mismatch).
+
+    Args:
+        network: the network to initialise (a DDP wrapper is unwrapped).
+        path: a ``model.pt`` (plain state dict, ``{"model": ...}`` or TorchScript); ``None`` or ``""`` does nothing.
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str | Path | None = None) -> None:
+        self.network = network
+        self.path = Path(path) if path else None
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        if self.path is not None:
+            if not self.path.is_file():
+                raise BundleInputError(f"pretrained weights {self.path} do not exist; check --pretrained.")
+            engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        state = {k: v for k, v in load_state_dict_file(self.path).items() if k not in MODEL_INFO_KEYS}
+        net = unwrap_module(self.network)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k not in MODEL_INFO_KEYS]
+        if missing or unexpected:
+            raise BundleInputError(
+                f"pretrained weights {self.path} do not fit the network (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}); use weights of the same network_def and channels."
+            )
+        self.logger.info(f"initialised the network from {self.path}")
 
 
 class ResumableCheckpoint:
