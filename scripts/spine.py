@@ -56,7 +56,7 @@ from tqdm import tqdm
 from scripts.data.errors import DataError
 from scripts.data.io import save_nifti
 from scripts.data.labels import VERSE_LABELS
-from scripts.transforms.mesh import BONE_LEVEL_HU, EmptyMeshError, mesh_report, volume_to_mesh, write_mesh
+from scripts.io.mesh import BONE_LEVEL_HU, EmptyMeshError, mesh_report, volume_to_mesh, write_mesh
 from scripts.utils import atomic_path
 
 __all__ = [

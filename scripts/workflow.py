@@ -13,8 +13,9 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
@@ -22,12 +23,14 @@ from monai.data import DistributedSampler
 from monai.handlers import IgniteMetricHandler, from_engine
 
 from scripts.errors import BundleInputError, reports_input_errors
+from scripts.io.xray import DEFAULT_ANGLES, LoadXRayPair, XRayInputError, xray_case_name
 from scripts.metrics import METRIC_NAMES, VertebraMetric
 from scripts.networks.model_info import load_state_dict_file, read_model_info
+from scripts.transforms.expansion import DimensionExpansion, check_expansion_angles
 from scripts.transforms.intensity import load_intensity_stats
-from scripts.transforms.xray_io import check_xray_cases
 
 __all__ = [
+    "check_xray_cases",
     "check_dataset",
     "load_split",
     "dataset_statistics",
@@ -197,7 +200,7 @@ def inference_cases(
     A datalist is a JSON list (or ``{"testing": [...]}``) of ``{"xray": [view1, view2], "angles": [[a1, b1],
     [a2, b2]], "id": name}``; relative paths are resolved against the datalist's folder and ``angles``
     defaults to AP and lateral. A case's outputs go to a folder named after its ``id`` (``case_id`` for
-    ``xrays``); without one, after its two files (:func:`scripts.transforms.xray_io.xray_case_name`:
+    ``xrays``); without one, after its two files (:func:`scripts.io.xray.xray_case_name`:
     ``P1_ap.png`` and ``P1_lat.png`` give ``P1``). Names are checked first: a name that cannot be a folder
     name, or two cases with the same name, stop the run before anything is written. With ``check`` every
     case is also read and validated (files, blank images, angles, and the expansion ``expansion_mode``), so
@@ -210,12 +213,12 @@ def inference_cases(
         case_id: the name of the ``xrays`` case (names its outputs); ``None``: named after the files.
         check: validate every case before returning.
         expansion_mode: the run's dimension expansion mode, checked against every case's angles.
-        loader_kwargs: arguments of :class:`scripts.transforms.LoadXRayPair` used by the check.
+        loader_kwargs: arguments of :class:`scripts.io.xray.LoadXRayPair` used by the check.
 
     Raises:
         BundleInputError: with one line naming the cause and the fix.
     """
-    from scripts.transforms.outputs import check_case_names
+    from scripts.io.outputs import check_case_names
 
     if datalist:
         path = Path(datalist)
@@ -250,7 +253,6 @@ def inference_cases(
 
 def _inference_case(item: dict) -> dict:
     """One inference case: its ``id`` as a string (named after its files when it has none), no ``angles: None``."""
-    from scripts.transforms.xray_io import xray_case_name
 
     case = {k: v for k, v in item.items() if not (k == "angles" and v is None)}
     files = case.get("xray")
@@ -394,3 +396,60 @@ def validation_sampler(dataset: Sequence) -> DistributedSampler | None:
     if len(dataset) < world:
         return None
     return DistributedSampler(dataset, even_divisible=False, shuffle=False)
+
+
+def check_xray_cases(
+    cases: Sequence[Mapping[str, Any]],
+    key: str = "xray",
+    angles_key: str = "angles",
+    base_dir: str | os.PathLike | None = None,
+    expansion_mode: str | None = None,
+    spacing_key: str | None = "pixel_spacing",
+    **kwargs: Any,
+) -> None:
+    """Validate every case of a datalist before anything is written, so a bad case stops the run early.
+
+    Each case is read completely with :class:`LoadXRayPair` (reading is cheap next to reconstruction): files,
+    sizes, blank images, view angles (:func:`parse_angles`), and, with ``expansion_mode``, whether the
+    dimension expansion takes the case (:func:`check_expansion_angles`, then the expansion itself on a
+    2-voxel grid, which also checks the pixel spacings of the two views).
+
+    Args:
+        cases: datalist items, each with ``key`` (two paths) and optional ``angles_key``.
+        key: the key of the two image paths.
+        angles_key: the key of the angles.
+        base_dir: folder that relative paths are resolved against (the datalist's folder).
+        expansion_mode: the run's ``DimensionExpansion`` mode (``"replicate"`` or ``"backproject"``); ``None``
+            skips the expansion check.
+        spacing_key: the key of a case's pixel spacing override (mm), as for :class:`LoadXRayPaird`.
+        kwargs: the arguments of :class:`LoadXRayPair` (orientation, inversion, size).
+
+    Raises:
+        XRayInputError: one line listing every bad case.
+    """
+    if expansion_mode is not None:
+        check_expansion_angles(DEFAULT_ANGLES, expansion_mode)  # an unknown mode stops here, once
+    loader = LoadXRayPair(**kwargs)
+    errors = []
+    for i, case in enumerate(cases):
+        label = case.get("id", f"case {i}")
+        files = case.get(key)
+        if files is None:
+            errors.append(f"{label}: no '{key}' entry; fix: add the two X-ray image paths.")
+            continue
+        if base_dir is not None and isinstance(files, Sequence) and not isinstance(files, (str, bytes)):
+            files = [f if os.path.isabs(f) else os.path.join(base_dir, f) for f in files]
+        try:
+            img = loader(
+                files, angles=case.get(angles_key), pixel_spacing=case.get(spacing_key) if spacing_key else None
+            )
+            if expansion_mode is not None:
+                check_expansion_angles(img.meta["angles"], expansion_mode)
+                try:
+                    DimensionExpansion(expansion_mode, spatial_size=2)(img)
+                except ValueError as e:
+                    raise XRayInputError(f"the dimension expansion refuses it: {e}") from e
+        except XRayInputError as e:
+            errors.append(f"{label}: {e}")
+    if errors:
+        raise XRayInputError(f"{len(errors)} bad case(s): " + " | ".join(errors))

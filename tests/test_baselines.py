@@ -171,7 +171,7 @@ def test_overlay_passes_train_workflow_check_properties(name, dataset, tmp_path)
 
 
 def test_network_benchmark_includes_the_baselines():
-    from scripts.networks.speed import network_benchmark
+    from scripts.tools.network_speed import network_benchmark
 
     report = network_benchmark(
         sizes=[32], channels=WIDTHS, infer_repeat=1, train_repeat=1, warmup=0, memory=False, baselines=True

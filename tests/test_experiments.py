@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from scripts import experiments
 from scripts.metrics import METRIC_NAMES
+from scripts.tools import experiments
 from tests.test_workflows import SMALL, dataset
 
 __all__ = ["dataset"]  # the synthetic dataset fixture of test_workflows

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.figures import surface_distances, surface_figure
+from scripts.tools.figures import surface_distances, surface_figure
 
 
 def _sphere(radius_vox: float, shape=(40, 40, 40)) -> np.ndarray:

@@ -21,8 +21,9 @@ from PIL import Image
 
 from scripts import workflow
 from scripts.errors import BundleInputError
-from scripts.transforms import DRR, DRRd, XRayInputError
-from scripts.transforms.outputs import MANIFEST_NAME, run_staging_dir
+from scripts.io import XRayInputError
+from scripts.io.outputs import MANIFEST_NAME, run_staging_dir
+from scripts.transforms import DRR, DRRd
 from tests import test_workflows
 from tests.test_workflows import ROOT, SMALL, _bundle_cmd, _chain, _workflow, _write_xrays
 

@@ -12,7 +12,7 @@ import torch
 import trimesh
 from monai.data import MetaTensor
 
-from scripts.transforms.mesh import EmptyMeshError, SaveMeshd, mesh_report, volume_to_mesh
+from scripts.io.mesh import EmptyMeshError, SaveMeshd, mesh_report, volume_to_mesh
 
 R = 12.0  # mm
 

@@ -197,7 +197,7 @@ def test_exported_torchscript_file_matches_eager(tmp_path):
 
 
 def test_network_benchmark_report_structure():
-    from scripts.networks.speed import network_benchmark
+    from scripts.tools.network_speed import network_benchmark
 
     report = network_benchmark(sizes=[32], channels=SMALL, infer_repeat=1, train_repeat=1, warmup=0, memory=False)
     entry = report["sizes"]["32"]

@@ -17,9 +17,9 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Lambdad, SaveImaged
 
 from scripts.errors import BundleInputError
-from scripts.transforms import CaseNamed, PublishCaseOutputsd
-from scripts.transforms import outputs as outputs_module
-from scripts.transforms.outputs import MANIFEST_NAME, case_folder_name, check_case_names, run_staging_dir
+from scripts.io import CaseNamed, PublishCaseOutputsd
+from scripts.io import outputs as outputs_module
+from scripts.io.outputs import MANIFEST_NAME, case_folder_name, check_case_names, run_staging_dir
 
 
 def _item(case_id: str = "P1_T4") -> dict:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from scripts.plot_training import main, plot_training, read_scalars
+from scripts.tools.plot_training import main, plot_training, read_scalars
 
 
 def _log(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from monai.data import MetaTensor
 from PIL import Image
 
-from scripts.transforms.preview import SavePreviewd, orthogonal_views
+from scripts.io.preview import SavePreviewd, orthogonal_views
 
 
 def test_orthogonal_views_radiological_orientation():

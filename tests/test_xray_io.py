@@ -12,15 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts.transforms.xray_io import (
+from scripts.io.xray import (
     LoadXRayPair,
     LoadXRayPaird,
     XRayInputError,
-    check_xray_cases,
     parse_angles,
     read_xray,
     xray_case_name,
 )
+from scripts.workflow import check_xray_cases
 
 
 def _pattern(dtype=np.uint16, scale: float = 1000.0) -> np.ndarray:

@@ -14,7 +14,7 @@
   indistinguishable at such counts, and it is one random number per pixel instead of one per bin).
 
 Spectra and coefficients are read from the JSON tables in ``scripts/drr/data`` that
-``python -m scripts.drr.make_tables`` regenerates with spekpy and xraydb.
+``python -m scripts.tools.make_tables`` regenerates with spekpy and xraydb.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ SPECTRUM_ALIASES = {"60KV_AL35": "60kV", "90KV_AL40": "90kV", "120KV_AL43": "120
 def _table(name: str) -> dict:
     path = DATA_DIR / name
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; regenerate it with `python -m scripts.drr.make_tables`.")
+        raise FileNotFoundError(f"{path} is missing; regenerate it with `python -m scripts.tools.make_tables`.")
     return json.loads(path.read_text())
 
 
@@ -69,7 +69,7 @@ def _spectrum_name(name: str) -> str:
     if key not in table:
         raise ValueError(
             f"unknown spectrum {name!r}: choose one of {available_spectra()} (or DeepDRR's names "
-            f"{sorted(SPECTRUM_ALIASES)}); add new ones to SPECTRUM_SETTINGS in scripts/drr/make_tables.py."
+            f"{sorted(SPECTRUM_ALIASES)}); add new ones to SPECTRUM_SETTINGS in scripts/tools/make_tables.py."
         )
     return key
 

@@ -9,7 +9,7 @@ The output is a ``MetaTensor`` whose meta dict holds everything back-projection 
   object about the isocentre used for augmentation; identity otherwise), ``volume_affine`` and
   ``volume_shape`` (the CT grid), and the physics settings;
 - ``meta["angles"]`` ((V, 2) float64) and ``meta["pixel_spacing"]`` ((V, 2) mm), the keys the X-ray
-  loader (``scripts/transforms/xray_io.py``) writes for real radiographs.
+  loader (``scripts/io/xray.py``) writes for real radiographs.
 
 ``DRRd`` also writes ``data["<output_key>_geometry"]``: the same geometry as tensors (collatable).
 Image orientation: see ``scripts/drr/geometry.py`` (row 0 superior; AP seen from the front with the
@@ -35,7 +35,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Transform
 
 from scripts.drr import ConeBeamGeometry, DRRProjector, as_angles, crop_centre
-from scripts.transforms.xray_io import check_view_separation
+from scripts.io.xray import check_view_separation
 
 __all__ = ["DRR", "DRRd", "SeededDRRd", "item_seed", "random_rotation", "geometry_to_tensors"]
 
@@ -61,7 +61,7 @@ class DRR(Randomizable, Transform):
     Args:
         angles: views as (alpha, beta) pairs in degrees or plain alphas; default AP and lateral ``(0, 90)``.
             Two views whose beams are less than 10 degrees apart (or nearly opposite) are refused
-            (``XRayInputError``, :func:`scripts.transforms.xray_io.check_view_separation`).
+            (``XRayInputError``, :func:`scripts.io.xray.check_view_separation`).
         geometry: ``ConeBeamGeometry`` (or its dict); None = ``ConeBeamGeometry.for_crop`` of the input
             (detector of the crop's size, sdd 1020 mm, sod 700 mm, isocentre at the crop centre).
         physics: "poly" (polychromatic, noise) or "mono" (line integral of mu, no noise).

@@ -36,10 +36,13 @@ from monai.transforms import MapTransform, Transform
 
 from scripts.drr import ConeBeamGeometry, as_angles, crop_centre, grid_affine
 from scripts.drr.geometry import DEFAULT_SDD, DEFAULT_SOD
+from scripts.io.xray import XRayInputError, format_views
 
-__all__ = ["DimensionExpansion", "DimensionExpansiond", "EXPANSION_MODES", "zscore_images"]
+__all__ = ["DimensionExpansion", "DimensionExpansiond", "EXPANSION_MODES", "check_expansion_angles", "zscore_images"]
 
 EXPANSION_MODES = ("replicate", "backproject")
+# view angles within this many degrees of a multiple of 90 count as grid-aligned
+_AXIS_TOLERANCE = 0.01
 
 
 def zscore_images(img: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -65,7 +68,7 @@ class DimensionExpansion(Transform):
         spacing: output voxel size in mm when no reference affine is given.
         geometry: default ``ConeBeamGeometry`` (or dict). None: the images' own geometry when they carry one
             (DRRs), else ``sdd``, ``sod`` and the images' pixel spacing (``meta["pixel_spacing"]``, e.g. from
-            DICOM or a datalist, see :class:`~scripts.transforms.LoadXRayPair`) when known and
+            DICOM or a datalist, see :class:`~scripts.io.LoadXRayPair`) when known and
             ``use_pixel_spacing``, else ``for_crop`` of the output grid (the detector just sees the crop).
         zscore: z-score each image before expansion.
         sdd: source-to-detector distance (mm) of the X-ray system when no geometry is given.
@@ -185,7 +188,7 @@ class DimensionExpansion(Transform):
             beam_idx = torch.linalg.solve(aff[:3, :3], rot[:, :, 2].T).T  # beam directions in index space
             beam_idx = beam_idx / torch.linalg.norm(beam_idx, dim=-1, keepdim=True)
             axis = beam_idx.abs().argmax(-1)
-            if (beam_idx.abs().max(-1).values < np.cos(np.deg2rad(0.01))).any():
+            if (beam_idx.abs().max(-1).values < np.cos(np.deg2rad(_AXIS_TOLERANCE))).any():
                 raise ValueError(
                     f"mode='replicate' needs views whose beam is parallel to a grid axis (alpha a multiple of 90, "
                     f"beta 0); got angles {ang.tolist()}: use mode='backproject' for other views."
@@ -274,3 +277,33 @@ class DimensionExpansiond(MapTransform):
                 angles = d.get(self.angles_key)
             d[out_key] = self.expander(img, angles, geometry or None, affine, size, isocentre)
         return d
+
+
+def check_expansion_angles(angles: Any, mode: str) -> None:
+    """Refuse view angles that the dimension expansion ``mode`` cannot use .
+
+    ``"backproject"`` takes any views; ``"replicate"`` copies each image along its beam through an axis-aligned
+    grid, so it needs AP and lateral views: alpha a multiple of 90 degrees, beta 0, the two views 90 degrees apart.
+
+    Args:
+        angles: ``(2, 2)`` view angles ``(alpha, beta)`` in degrees.
+        mode: the expansion mode, ``"replicate"`` or ``"backproject"``.
+
+    Raises:
+        XRayInputError: naming the angles and the fix.
+    """
+    if mode not in EXPANSION_MODES:
+        raise XRayInputError(f"expansion_mode={mode!r} is unknown; fix: use one of {', '.join(EXPANSION_MODES)}.")
+    if mode != "replicate":
+        return
+    ang = np.asarray(angles, dtype=np.float64).reshape(-1, 2)
+    steps = ang[:, 0] / 90.0
+    aligned = np.all(np.abs(steps - np.round(steps)) * 90.0 <= _AXIS_TOLERANCE) and np.all(
+        np.abs(ang[:, 1]) <= _AXIS_TOLERANCE
+    )
+    if not aligned or len(ang) != 2 or int(np.round(steps[0] - steps[1])) % 2 == 0:
+        raise XRayInputError(
+            f"expansion_mode 'replicate' needs AP and lateral views (alpha a multiple of 90 degrees, the two "
+            f"90 degrees apart, beta 0), got {format_views(ang)}; fix: give such views, or set --expansion_mode "
+            "backproject (with a model trained in that mode) for other angles."
+        )

@@ -8,7 +8,7 @@ affects both alike: inference (eval mode, ``torch.inference_mode``, batch 1) and
 (train mode, batch 2, forward + loss + backward + Adam step; EAR with :class:`scripts.losses.EARLoss`,
 the U-Net with an L1 loss). Peak memory is measured for one call of each in a fresh spawned process
 (so that memory cached by the allocator after another measurement does not hide it) with
-:class:`scripts.benchmark.PeakMemory`.
+:class:`scripts.tools.timing.PeakMemory`.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _peak_memory_mib(
     name: str, mode: str, size: int, channels: Sequence[int], threads: int, baselines: bool = False
 ) -> float:
     """Peak memory (MiB) of the first call of ``name`` in ``mode``; run in a fresh process."""
-    from scripts.benchmark import PeakMemory
+    from scripts.tools.timing import PeakMemory
 
     torch.set_num_threads(threads)
     net, loss_fn = build_networks(channels, baselines=baselines, size=size)[name]
@@ -114,7 +114,7 @@ def network_benchmark(
     """Measure EAR and BasicUNet (and, with ``baselines``, the :data:`BASELINES`); return the report (see the
     module docstring). With ``baselines``, each size's entry also holds the parameter counts of all networks
     (PSR's and SIT's depend on the size) and each network's time ratio to EAR (``ratio_to_ear``)."""
-    from scripts.benchmark import machine_info, time_call
+    from scripts.tools.timing import machine_info, time_call
 
     threads = torch.get_num_threads()
     nets = build_networks(channels, baselines=baselines, size=int(sizes[0]) if len(sizes) else 128)

@@ -3,7 +3,8 @@
 
 Usage::
 
-    python -m scripts.figures surface --gt crop_gt.nii.gz --preds "EAR=ear_hu.nii.gz,PSR=psr_hu.nii.gz" --out fig.png
+    python -m scripts.tools.figures surface --gt crop_gt.nii.gz \
+        --preds "EAR=ear_hu.nii.gz,PSR=psr_hu.nii.gz" --out fig.png
 
 Each reconstruction's bone surface (marching cubes at -500 HU, world mm by the volume's affine) is coloured
 by its distance to the ground truth's surface (mm, one colour scale for every panel), seen from the front,
@@ -128,7 +129,7 @@ def surface_figure(
 
 
 def main(command: str, gt: str, preds: str, out: str, vmax_mm: float | None = None) -> None:
-    """``python -m scripts.figures surface --gt GT.nii.gz --preds "A=a.nii.gz,B=b.nii.gz" --out fig.png``."""
+    """``python -m scripts.tools.figures surface --gt GT.nii.gz --preds "A=a.nii.gz,B=b.nii.gz" --out fig.png``."""
     if command != "surface":
         raise ValueError(f"unknown figure {command!r}; choose 'surface'.")
     pairs = dict(p.split("=", 1) for p in preds.split(",") if p)

@@ -43,7 +43,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize, Transform
 
 from scripts.errors import BundleInputError
-from scripts.transforms.outputs import case_meta_name
+from scripts.io.outputs import case_meta_name
 
 __all__ = [
     "XRayInputError",
@@ -51,11 +51,10 @@ __all__ = [
     "parse_angles",
     "check_view_separation",
     "check_not_blank",
-    "check_expansion_angles",
     "xray_case_name",
+    "format_views",
     "LoadXRayPair",
     "LoadXRayPaird",
-    "check_xray_cases",
     "DEFAULT_ANGLES",
     "MIN_VIEW_SEPARATION",
 ]
@@ -68,8 +67,7 @@ DEFAULT_ANGLES: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 0.0), (
 MIN_VIEW_SEPARATION = 10.0
 #: an image whose pixel standard deviation is below this fraction of its largest absolute value is blank.
 BLANK_STD_FRACTION = 1e-3
-# angles within this many degrees of a multiple of 90 count as grid-aligned (as in DimensionExpansion)
-_AXIS_TOLERANCE = 0.01
+
 
 _PIL_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -287,7 +285,8 @@ def _beam_directions(angles: np.ndarray) -> np.ndarray:
     return view_rotation(torch.as_tensor(np.asarray(angles, dtype=np.float64)))[:, :, 2].numpy()
 
 
-def _views(angles: np.ndarray) -> str:
+def format_views(angles: np.ndarray) -> str:
+    """``(V, 2)`` view angles as text, e.g. ``[0, 0], [90, 0]``."""
     return ", ".join(f"[{a:g}, {b:g}]" for a, b in np.asarray(angles, dtype=np.float64).reshape(-1, 2))
 
 
@@ -312,42 +311,10 @@ def check_view_separation(angles: Any, min_separation: float = MIN_VIEW_SEPARATI
             apart = math.degrees(math.acos(cos))
             if apart < min_separation:
                 raise XRayInputError(
-                    f"views {i + 1} and {j + 1} ({_views(ang[[i, j]])}, alpha and beta in degrees) look along "
+                    f"views {i + 1} and {j + 1} ({format_views(ang[[i, j]])}, alpha and beta in degrees) look along "
                     f"nearly the same line ({apart:.1f} degrees apart, {min_separation:g} needed): they hold no "
                     "depth to reconstruct from; fix: give two different views, e.g. AP and lateral [[0, 0], [90, 0]]."
                 )
-
-
-def check_expansion_angles(angles: Any, mode: str) -> None:
-    """Refuse view angles that the dimension expansion ``mode`` cannot use (:mod:`scripts.transforms.expansion`).
-
-    ``"backproject"`` takes any views; ``"replicate"`` copies each image along its beam through an axis-aligned
-    grid, so it needs AP and lateral views: alpha a multiple of 90 degrees, beta 0, the two views 90 degrees apart.
-
-    Args:
-        angles: ``(2, 2)`` view angles ``(alpha, beta)`` in degrees.
-        mode: the expansion mode, ``"replicate"`` or ``"backproject"``.
-
-    Raises:
-        XRayInputError: naming the angles and the fix.
-    """
-    from scripts.transforms.expansion import EXPANSION_MODES
-
-    if mode not in EXPANSION_MODES:
-        raise XRayInputError(f"expansion_mode={mode!r} is unknown; fix: use one of {', '.join(EXPANSION_MODES)}.")
-    if mode != "replicate":
-        return
-    ang = np.asarray(angles, dtype=np.float64).reshape(-1, 2)
-    steps = ang[:, 0] / 90.0
-    aligned = np.all(np.abs(steps - np.round(steps)) * 90.0 <= _AXIS_TOLERANCE) and np.all(
-        np.abs(ang[:, 1]) <= _AXIS_TOLERANCE
-    )
-    if not aligned or len(ang) != 2 or int(np.round(steps[0] - steps[1])) % 2 == 0:
-        raise XRayInputError(
-            f"expansion_mode 'replicate' needs AP and lateral views (alpha a multiple of 90 degrees, the two "
-            f"90 degrees apart, beta 0), got {_views(ang)}; fix: give such views, or set --expansion_mode "
-            "backproject (with a model trained in that mode) for other angles."
-        )
 
 
 def check_not_blank(image: np.ndarray, path: str | os.PathLike) -> None:
@@ -494,7 +461,7 @@ class LoadXRayPair(Transform):
             angles: view angles, see :func:`parse_angles`; ``None`` means AP and lateral.
             pixel_spacing: spacing override for this case (see the class arguments); files' own spacing
                 otherwise, then the transform's ``pixel_spacing``.
-            name: the case name; ``filename_or_obj`` becomes :func:`~scripts.transforms.outputs.case_meta_name`
+            name: the case name; ``filename_or_obj`` becomes :func:`~scripts.io.outputs.case_meta_name`
                 of it, which names the outputs of ``SaveImage`` exactly ``name``.
 
         Raises:
@@ -602,62 +569,3 @@ class LoadXRayPaird(MapTransform):
             d[key] = out
             d[self.angles_key] = torch.as_tensor(out.meta["angles"], dtype=torch.float32)
         return d
-
-
-def check_xray_cases(
-    cases: Sequence[Mapping[str, Any]],
-    key: str = "xray",
-    angles_key: str = "angles",
-    base_dir: str | os.PathLike | None = None,
-    expansion_mode: str | None = None,
-    spacing_key: str | None = "pixel_spacing",
-    **kwargs: Any,
-) -> None:
-    """Validate every case of a datalist before anything is written, so a bad case stops the run early.
-
-    Each case is read completely with :class:`LoadXRayPair` (reading is cheap next to reconstruction): files,
-    sizes, blank images, view angles (:func:`parse_angles`), and, with ``expansion_mode``, whether the
-    dimension expansion takes the case (:func:`check_expansion_angles`, then the expansion itself on a
-    2-voxel grid, which also checks the pixel spacings of the two views).
-
-    Args:
-        cases: datalist items, each with ``key`` (two paths) and optional ``angles_key``.
-        key: the key of the two image paths.
-        angles_key: the key of the angles.
-        base_dir: folder that relative paths are resolved against (the datalist's folder).
-        expansion_mode: the run's ``DimensionExpansion`` mode (``"replicate"`` or ``"backproject"``); ``None``
-            skips the expansion check.
-        spacing_key: the key of a case's pixel spacing override (mm), as for :class:`LoadXRayPaird`.
-        kwargs: the arguments of :class:`LoadXRayPair` (orientation, inversion, size).
-
-    Raises:
-        XRayInputError: one line listing every bad case.
-    """
-    from scripts.transforms.expansion import DimensionExpansion
-
-    if expansion_mode is not None:
-        check_expansion_angles(DEFAULT_ANGLES, expansion_mode)  # an unknown mode stops here, once
-    loader = LoadXRayPair(**kwargs)
-    errors = []
-    for i, case in enumerate(cases):
-        label = case.get("id", f"case {i}")
-        files = case.get(key)
-        if files is None:
-            errors.append(f"{label}: no '{key}' entry; fix: add the two X-ray image paths.")
-            continue
-        if base_dir is not None and isinstance(files, Sequence) and not isinstance(files, (str, bytes)):
-            files = [f if os.path.isabs(f) else os.path.join(base_dir, f) for f in files]
-        try:
-            img = loader(
-                files, angles=case.get(angles_key), pixel_spacing=case.get(spacing_key) if spacing_key else None
-            )
-            if expansion_mode is not None:
-                check_expansion_angles(img.meta["angles"], expansion_mode)
-                try:
-                    DimensionExpansion(expansion_mode, spatial_size=2)(img)
-                except ValueError as e:
-                    raise XRayInputError(f"the dimension expansion refuses it: {e}") from e
-        except XRayInputError as e:
-            errors.append(f"{label}: {e}")
-    if errors:
-        raise XRayInputError(f"{len(errors)} bad case(s): " + " | ".join(errors))

@@ -13,8 +13,8 @@ The projector reads two small JSON tables so that it needs neither spekpy nor xr
 
 Usage (needs ``requirements-dev.txt``)::
 
-    python -m scripts.drr.make_tables            # rewrite the tables in scripts/drr/data/
-    python -m scripts.drr.make_tables --out DIR  # write them elsewhere
+    python -m scripts.tools.make_tables            # rewrite the tables in scripts/drr/data/
+    python -m scripts.tools.make_tables --out DIR  # write them elsewhere
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from scripts.utils import atomic_path
 
 __all__ = ["COMPOSITIONS", "DENSITIES", "SPECTRUM_SETTINGS", "make_spectra", "make_attenuation", "main"]
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "drr" / "data"
 
 # Elemental mass fractions (NIST X-ray mass attenuation coefficients, Table 2; ICRU Report 44).
 COMPOSITIONS: dict[str, dict[str, float]] = {

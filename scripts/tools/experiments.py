@@ -4,7 +4,7 @@ same vertebrae, and tabulate the results.
 
 Usage::
 
-    python -m scripts.experiments recipes --dataset_dir data/spine64 --epochs 40 --out runs/experiments/recipes
+    python -m scripts.tools.experiments recipes --dataset_dir data/spine64 --epochs 40 --out runs/experiments/recipes
 
 Every variant is a bundle run (``python -m monai.bundle run``) of ``configs/train.json`` plus the size
 overlay (``--size cpu``: ``configs/cpu.json``) plus the variant's overlays, with its own checkpoint and log
@@ -31,7 +31,7 @@ from scripts.utils import atomic_path
 
 __all__ = ["EXPERIMENTS", "run_experiment", "summarise"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: experiment name -> {variant name: overlay config files (relative to the bundle root)}
 EXPERIMENTS: dict[str, dict[str, list[str]]] = {
@@ -259,10 +259,10 @@ def main(
     variants: str | Sequence[str] | None = None,
     **overrides: str,
 ) -> None:
-    """Command line: ``python -m scripts.experiments NAME [--dataset_dir D] [--epochs E] [--split S] ...``.
+    """Command line: ``python -m scripts.tools.experiments NAME [--dataset_dir D] [--epochs E] [--split S] ...``.
 
     Other ``--key value`` pairs are passed to every bundle run as config overrides. ``NAME`` ``table``
-    tabulates finished evaluations instead: ``python -m scripts.experiments table --evals
+    tabulates finished evaluations instead: ``python -m scripts.tools.experiments table --evals
     "old=runs/eval_old,new=runs/eval_new" --out runs/compare``.
     """
     if name == "table":

@@ -3,7 +3,7 @@
 
 Usage::
 
-    python -m scripts.drr.contact_sheet --data data/example --out docs/images/drr_contact_sheet.png
+    python -m scripts.tools.contact_sheet --data data/example --out docs/images/drr_contact_sheet.png
 """
 
 from __future__ import annotations

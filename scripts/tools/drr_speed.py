@@ -24,11 +24,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from scripts.benchmark import PeakMemory, machine_info, time_call
-
-from .geometry import ConeBeamGeometry, crop_centre, grid_affine
-from .physics import linear_attenuation
-from .projector import DRRProjector
+from scripts.drr.geometry import ConeBeamGeometry, crop_centre, grid_affine
+from scripts.drr.physics import linear_attenuation
+from scripts.drr.projector import DRRProjector
+from scripts.tools.timing import PeakMemory, machine_info, time_call
 
 __all__ = ["load_benchmark_crop", "drr_benchmark"]
 

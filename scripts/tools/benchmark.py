@@ -1,0 +1,177 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Speed and memory benchmarks, printed (and optionally written) as JSON.
+
+Usage::
+
+    python -m scripts.benchmark drr --out bench_drr.json
+    python -m scripts.benchmark network --out bench_network.json
+    python -m scripts.benchmark epoch --out bench_epoch.json
+
+Every benchmark measures this bundle's component and a peer (DiffDRR, MONAI's BasicUNet) in the same
+process and run, and reports their ratio, so numbers from different machines are comparable.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from scripts.tools.timing import machine_info, write_report
+
+__all__ = ["drr", "network", "epoch", "main"]
+
+
+def _flag(value: Any) -> bool:
+    """A boolean option as fire passes it (``True``, or the text ``"true"``/``"false"`` written lowercase)."""
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"expected True or False, got {value!r}.")
+        return value.lower() == "true"
+    return bool(value)
+
+
+def _int_list(value: Any) -> list[int]:
+    """``64``, ``"64,128"`` or ``(64, 128)`` (as fire passes them) as a list of ints."""
+    if isinstance(value, (int, float)):
+        return [int(value)]
+    if isinstance(value, str):
+        return [int(v) for v in value.replace(" ", "").split(",") if v]
+    return [int(v) for v in value]
+
+
+def network(
+    sizes: Any = (64, 128),
+    channels: Any = (16, 32, 64, 128, 256),
+    infer_repeat: int = 5,
+    train_repeat: int = 3,
+    warmup: int = 1,
+    memory: bool = True,
+    out: str | None = None,
+    baselines: bool = False,
+) -> dict:
+    """EAR vs MONAI BasicUNet of the same widths on CPU: inference latency (batch 1), training step (batch 2,
+    forward + backward + Adam), peak memory, parameter count and ratios (see scripts/tools/network_speed.py).
+    ``--baselines``: also PSR, SIT, E2E and BX2S, with the widths of their configs/baselines overlays.
+
+    Example: ``python -m scripts.benchmark network --sizes 64,128 --out bench_network.json``.
+    """
+    from scripts.tools.network_speed import network_benchmark
+
+    report = network_benchmark(
+        _int_list(sizes), _int_list(channels), infer_repeat, train_repeat, warmup, memory, baselines=_flag(baselines)
+    )
+    return write_report(report, out)
+
+
+def drr(
+    size: int = 128,
+    detector: int = 128,
+    samples_per_voxel: int = 1,
+    repeat: int = 5,
+    warmup: int = 2,
+    out: str | None = None,
+) -> dict:
+    """DRR projector (polychromatic with noise, monochromatic) vs DiffDRR (Siddon, trilinear at the same
+    sampling density) on the same rays: ms per AP + lateral pair, peak memory, speed ratios
+    (see scripts/tools/drr_speed.py).
+
+    Example: ``python -m scripts.benchmark drr --out bench_drr.json``.
+    """
+    from scripts.tools.drr_speed import drr_benchmark
+
+    return write_report(drr_benchmark(size, detector, samples_per_voxel, repeat, warmup), out)
+
+
+_EPOCH_LINE = re.compile(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
+
+#: training set-ups compared by :func:`epoch`: name -> (processes, extra command-line overrides)
+EPOCH_VARIANTS: dict[str, tuple[int, list[str]]] = {
+    "default": (1, []),
+    "workers0": (1, ["--num_workers", "0"]),
+    "workers1": (1, ["--num_workers", "1"]),
+    "torchrun2": (2, []),
+}
+
+
+def _epoch_times(log: str) -> list[float]:
+    return [int(h) * 3600 + int(m) * 60 + float(s) for _, h, m, s in _EPOCH_LINE.findall(log)]
+
+
+def epoch(
+    configs: Any = "configs/train.json,configs/cpu.json",
+    dataset_dir: str | None = None,
+    epochs: int = 3,
+    variants: Any = "default,workers0,torchrun2",
+    timeout: float = 1800.0,
+    out: str | None = None,
+) -> dict:
+    """Seconds per training epoch of a bundle config, single process against ``torchrun`` (2 processes).
+
+    Each variant (:data:`EPOCH_VARIANTS`) trains ``epochs`` epochs from scratch without validation in a
+    fresh process with temporary checkpoint and log folders; the report holds every epoch's time and the
+    median of the epochs after the first (the first fills the caches), and each variant's ratio to
+    ``torchrun2``, the two-process run with one thread per process.
+
+    Example: ``python -m scripts.benchmark epoch --dataset_dir data/example64 --out bench_epoch.json``.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    files = configs.split(",") if isinstance(configs, str) else list(configs)
+    names = variants.split(",") if isinstance(variants, str) else list(variants)
+    unknown = [n for n in names if n not in EPOCH_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {sorted(EPOCH_VARIANTS)}.")
+    results: dict[str, dict] = {}
+    for name in names:
+        procs, extra = EPOCH_VARIANTS[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files)]
+            if procs > 1:
+                cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "-m"] + cmd[2:]
+                cmd[-1] = str(files + ["configs/multi_gpu_train.json"])
+            cmd += ["--epochs", str(epochs), "--val_interval", str(epochs + 1), "--resume", "false"]
+            cmd += ["--ckpt_dir", f"{tmp}/models", "--output_dir", f"{tmp}/runs"] + extra
+            if dataset_dir:
+                cmd += ["--dataset_dir", str(dataset_dir)]
+            start = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            wall = time.perf_counter() - start
+        times = _epoch_times(res.stdout + res.stderr)
+        if res.returncode != 0 or len(times) < epochs:
+            raise RuntimeError(f"variant {name!r} failed: {(res.stdout + res.stderr)[-2000:]}")
+        results[name] = {
+            "processes": procs,
+            "overrides": extra,
+            "epoch_s": times[:epochs],
+            "median_epoch_s": statistics.median(times[1:epochs]) if epochs > 1 else times[0],
+            "wall_s": wall,
+        }
+    if "torchrun2" in results:
+        ref = results["torchrun2"]["median_epoch_s"]
+        for r in results.values():
+            r["ratio_to_torchrun2"] = r["median_epoch_s"] / ref
+    report = {"benchmark": "epoch", "configs": files, "dataset_dir": dataset_dir, "machine": machine_info()}
+    return write_report({**report, "results": results}, out)
+
+
+# Benchmark commands: name -> function. Each returns the report dict it printed.
+COMMANDS: dict[str, Callable[..., dict]] = {}
+COMMANDS["network"] = network
+COMMANDS["drr"] = drr
+COMMANDS["epoch"] = epoch
+
+
+def main() -> None:
+    """The command line: ``python -m scripts.benchmark <command> [--option value ...]``."""
+    import fire
+
+    fire.Fire(COMMANDS, serialize=lambda _: None)  # the commands print their JSON report themselves
+
+
+if __name__ == "__main__":
+    main()
