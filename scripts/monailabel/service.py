@@ -1,0 +1,125 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""One MONAI Label infer request, without MONAI Label: image -> pair -> bundle run -> one file and a report.
+
+:func:`infer_request` is the whole work of :class:`scripts.monailabel.task.EARInferTask`; it is kept free
+of MONAI Label so that it is tested in the bundle's own environment. :func:`write_app_dir` writes the
+folder that ``monailabel start_server --app`` loads (MONAI Label creates ``model/``, ``logs/``, ``lib/`` and
+``bin/`` in its app folder, so that folder must not be inside the bundle).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from scripts.errors import BundleInputError
+from scripts.monailabel.core import BUNDLE_ROOT, DEFAULT_CONFIGS, check_outside_bundle, run_inference
+from scripts.monailabel.pairs import resolve_pair
+
+__all__ = ["RESULTS", "infer_request", "write_app_dir"]
+
+#: the request's ``result`` -> (attribute of :class:`scripts.monailabel.core.InferenceResult`, file ending)
+RESULTS: dict[str, tuple[str, str]] = {
+    "volume": ("volume", "_hu.nii.gz"),
+    "mesh": ("mesh_stl", "_mesh.stl"),
+    "mesh_ply": ("mesh_ply", "_mesh.ply"),
+}
+
+_APP_MAIN = '''\
+"""MONAI Label app of the EAR bundle at {root} (written by scripts.monailabel.write_app_dir)."""
+
+import sys
+
+BUNDLE_ROOT = {root!r}
+if BUNDLE_ROOT not in sys.path:
+    sys.path.insert(0, BUNDLE_ROOT)
+
+from scripts.monailabel.app import EARApp  # noqa: E402,F401  (MONAI Label loads the app class from here)
+'''
+
+
+def infer_request(
+    request: dict[str, Any],
+    bundle_root: str | os.PathLike = BUNDLE_ROOT,
+    configs: str | list[str] | tuple[str, ...] = DEFAULT_CONFIGS,
+    overrides: dict[str, Any] | None = None,
+    work_root: str | os.PathLike | None = None,
+    keep_outputs: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """Reconstruct the pair of ``request["image"]`` and return the file asked for by ``request["result"]``.
+
+    Args:
+        request: ``{"image": path of one view, "result": "volume" (default) | "mesh" | "mesh_ply"}``; other
+            keys (MONAI Label adds several) are ignored.
+        bundle_root: the bundle's root folder.
+        configs: bundle config files (see :func:`scripts.monailabel.run_inference`).
+        overrides: further bundle config overrides.
+        work_root: parent of the per-request work folder and of the returned file (default: the system's
+            temporary folder); must lie outside the bundle.
+        keep_outputs: keep the work folder (its path is reported as ``work_dir``).
+
+    Returns:
+        (path of the returned file, outside the bundle and outside the work folder; the JSON report).
+
+    Raises:
+        BundleInputError: a bad request or input, naming the cause and the fix.
+    """
+    image = request.get("image")
+    if not isinstance(image, (str, os.PathLike)) or not str(image):
+        raise BundleInputError(
+            f"the request's image must be a datastore image id or a file path, got {type(image).__name__}; "
+            "send /infer/<model>?image=<id of one of the two views>."
+        )
+    kind = str(request.get("result") or "volume")
+    if kind not in RESULTS:
+        raise BundleInputError(f"result {kind!r} is unknown; ask for one of {list(RESULTS)} (params result).")
+    pair = resolve_pair(image)
+    parent = check_outside_bundle(work_root if work_root is not None else tempfile.gettempdir(), bundle_root)
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"ear-{pair.case_id}-", dir=parent))
+    try:
+        result = run_inference(pair, work, bundle_root=bundle_root, configs=configs, overrides=overrides)
+        attribute, ending = RESULTS[kind]
+        chosen = getattr(result, attribute)
+        if chosen is None:
+            raise BundleInputError(
+                f"{pair.case_id}: the reconstruction has no voxel above the mesh level, so there is no mesh; "
+                "ask for result=volume."
+            )
+        handle, returned = tempfile.mkstemp(prefix=f"{pair.case_id}_", suffix=ending, dir=parent)
+        os.close(handle)
+        shutil.copyfile(chosen, returned)
+        report = {
+            **result.to_json(),
+            "result": kind,
+            "file": Path(returned).name,
+            "work_dir": str(work) if keep_outputs else None,
+        }
+        return returned, report
+    finally:
+        if not keep_outputs:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def write_app_dir(app_dir: str | os.PathLike, bundle_root: str | os.PathLike = BUNDLE_ROOT) -> Path:
+    """Write the MONAI Label app folder (one ``main.py`` that loads :class:`scripts.monailabel.app.EARApp`).
+
+    Args:
+        app_dir: the folder to give ``monailabel start_server --app``; must lie outside the bundle, because
+            MONAI Label writes ``model/``, ``logs/``, ``lib/`` and ``bin/`` into it.
+        bundle_root: the bundle whose ``scripts`` the app imports.
+
+    Returns:
+        the path of the written ``main.py``.
+
+    Raises:
+        BundleInputError: ``app_dir`` lies inside the bundle.
+    """
+    folder = check_outside_bundle(app_dir, bundle_root)
+    folder.mkdir(parents=True, exist_ok=True)
+    main = folder / "main.py"
+    main.write_text(_APP_MAIN.format(root=str(Path(bundle_root).resolve())))
+    return main
