@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,6 +193,20 @@ def test_the_monai_label_classes_say_how_to_get_monai_label():
             import scripts.monailabel.task  # noqa: F401
     else:
         pytest.skip("monailabel is installed in this environment")
+
+
+def test_the_guide_names_what_exists():
+    text = (ROOT / "docs" / "monailabel.md").read_text()
+    modules = set(re.findall(r"python -m (scripts(?:\.\w+)*)", text))
+    assert {"scripts.monailabel", "scripts.monailabel.check"} <= modules
+    for name in sorted(modules):
+        assert importlib.util.find_spec(name) is not None, f"docs/monailabel.md names {name}, which does not exist"
+    for path in sorted(set(re.findall(r"(?:configs|scripts/monailabel)/[\w/.-]+\.(?:json|py)", text))):
+        assert (ROOT / path).is_file(), f"docs/monailabel.md names {path}, which does not exist"
+    links = re.findall(r"\]\(([\w./-]+)\)", text)
+    assert "monailabel/transcript.md" in links
+    for link in links:
+        assert (ROOT / "docs" / link).is_file(), f"docs/monailabel.md links {link}, which does not exist"
 
 
 # --- the server check's helpers --------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -150,6 +151,8 @@ class Transcript:
     sections: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     passes: list[str] = field(default_factory=list)
+    numbers: list[str] = field(default_factory=list)
+    last_seconds: float = 0.0
 
     def add(self, text: str) -> None:
         self.sections.append(text.rstrip() + "\n")
@@ -169,11 +172,12 @@ class Transcript:
 
 def _run(cmd: list[str], log: Path, transcript: Transcript, cwd: Path, env: dict | None = None, check=True) -> str:
     """Run a command, append its output to ``log``, add it (with its wall time) to the transcript."""
-    shown = " ".join(cmd)
+    shown = shlex.join(cmd)
     print(f"$ {shown}", flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    transcript.last_seconds = seconds
     with log.open("a") as f:
         f.write(f"$ {shown}\n{proc.stdout}{proc.stderr}\n[exit {proc.returncode}, {seconds:.1f} s]\n")
     transcript.add(f"```console\n$ {shown}\n```\nexit {proc.returncode}, {seconds:.1f} s")
@@ -193,7 +197,11 @@ def setup_environment(venv: Path, work: Path, transcript: Transcript, torch_inde
         + "\n".join(lines)
         + "\n"
     )
-    transcript.add(f"## 1. Environment\n\n`{reqs.name}` (the bundle's pins, {REPLACED_PINS} replaced):\n")
+    replaced = ", ".join(f"`{k}` by `{v}`" for k, v in REPLACED_PINS.items())
+    transcript.add(
+        f"## 1. Environment\n\n`{reqs.name}`: the bundle's `requirements.txt` with {replaced} (MONAI Label "
+        "0.8.5 needs them through `pydicom-seg`), the torchvision of the pinned torch, and MONAI Label:\n"
+    )
     transcript.add("```text\n" + "\n".join(lines) + "\n```")
     py = venv / "bin" / "python"
     if not py.exists():
@@ -203,10 +211,11 @@ def setup_environment(venv: Path, work: Path, transcript: Transcript, torch_inde
     if torch_index:
         cmd += ["--extra-index-url", torch_index]
     _run(cmd, log, transcript, cwd=work)
+    transcript.numbers.append(f"environment: pip install {transcript.last_seconds:.0f} s")
     probe = "import torch; print(torch.__version__, torch.version.cuda)"
     torch_line = _run([str(py), "-c", probe], log, transcript, cwd=work).strip()
     vision = subprocess.run([str(py), "-c", "import torchvision.ops"], capture_output=True, text=True, cwd=work)
-    versions = {"torch (installed)": torch_line}
+    versions: dict[str, str] = {}
     if vision.returncode != 0:
         error = (vision.stderr.strip().splitlines() or ["unknown error"])[-1]
         transcript.add(
@@ -219,16 +228,25 @@ def setup_environment(venv: Path, work: Path, transcript: Transcript, torch_inde
         )
         _run([str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], log, transcript, cwd=work)
         versions["torchvision"] = f"uninstalled ({error})"
-    probe = (
-        "import importlib.metadata as m\n"
-        "for n in ('monailabel','monai','torch','torchvision','numpy','pydicom','pydicom-seg','fastapi','uvicorn'):\n"
-        "    try: print(n, m.version(n))\n"
-        "    except m.PackageNotFoundError: print(n, '-')\n"
+    listed = json.loads(_run([str(py), "-m", "pip", "list", "--format", "json"], log, transcript, cwd=work))
+    installed = {p["name"].lower(): p["version"] for p in listed}
+    for name in (
+        "monailabel",
+        "monai",
+        "torch",
+        "torchvision",
+        "numpy",
+        "pydicom",
+        "pydicom-seg",
+        "fastapi",
+        "uvicorn",
+    ):
+        versions.setdefault(name, installed.get(name, "not installed"))
+    transcript.add(
+        f"Installed ({len(installed)} packages in all; torch build `{torch_line}` as `torch.__version__` and "
+        "`torch.version.cuda`):\n\n| package | version |\n|---|---|\n"
+        + "\n".join(f"| {k} | {v} |" for k, v in versions.items())
     )
-    for line in _run([str(py), "-c", probe], log, transcript, cwd=work).splitlines():
-        name, _, version = line.partition(" ")
-        versions.setdefault(name, version)
-    transcript.add("| package | version |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in versions.items()))
     return versions
 
 
@@ -268,14 +286,17 @@ def prepare_datastore(work: Path, roi: int, spacing: float, transcript: Transcri
         "angles": [[0, 0], [90, 0]],
         "id": other["id"],
     }
-    (store / f"{other['id']}_frontal.json").write_text(json.dumps(sidecar, indent=1) + "\n")
+    (store / f"{other['id']}_frontal.json").write_text(json.dumps(sidecar) + "\n")
     shutil.copyfile(ap, store / "lone_ap.png")
     listing = "\n".join(sorted(p.name for p in store.iterdir()))
     transcript.add(
         f"Datastore (`$WORK/datastore`): the test vertebra {test['id']} by the naming convention, the "
         f"{'validation' if datalist.get('validation') else 'training'} vertebra {other['id']} by a sidecar JSON, "
         "and an AP image without its lateral view:\n\n```text\n" + listing + "\n```\n\n"
-        f"`{other['id']}_frontal.json`:\n\n```json\n{json.dumps(sidecar, indent=1)}\n```"
+        f"`{other['id']}_frontal.json`:\n\n```json\n{json.dumps(sidecar)}\n```\n\n"
+        f"The example scan ({test['id'].rsplit('_', 1)[0]}) is one of the training patients of "
+        "`models/cpu/model.pt`, so the Dice below is on a training vertebra: it shows that the served "
+        "reconstruction is the bundle's, not the model's accuracy on unseen patients (docs/README.md, Performance)."
     )
     return {"store": store, "test": test, "other": other, "data": data}
 
@@ -450,8 +471,9 @@ def run_check(
     }
     env.pop("PYTHONPATH", None)
     transcript.add(
-        "## 3. Server\n\n`python -m scripts.monailabel $WORK/app` wrote the app folder; then, with `$VENV/bin` "
-        f"first on PATH:\n\n```console\n$ {' '.join(cmd)}\n```"
+        "## 3. Server\n\nThe app folder `$WORK/app` holds only the `main.py` that `python -m scripts.monailabel "
+        "$WORK/app` writes; with `$VENV/bin` first on PATH (and `OMP_NUM_THREADS=1`, "
+        f"`PYTHONDONTWRITEBYTECODE=1`):\n\n```console\n$ {shlex.join(cmd)}\n```"
     )
     before = _bundle_files(BUNDLE_ROOT)
     t0 = time.time()
@@ -462,6 +484,7 @@ def run_check(
     try:
         ready = _wait_for_server(f"{base}/info/", proc, log)
         transcript.add(f"The server answered `GET /info/` {ready:.1f} s after it was started (pid {proc.pid}).")
+        transcript.numbers.append(f"server: first answer {ready:.1f} s after start")
         info = request("GET", f"{base}/info/")
         info_json = json.loads(info.body)
         transcript.add(
@@ -509,6 +532,11 @@ def run_check(
                 f"max {vol.max():.1f}, mean {vol.mean():.1f}; {int((vol > -500).sum())} voxels above -500 HU. "
                 f"Dice at -500 HU against the vertebra's ground truth crop ({Path(test['gt']).name}): {dice:.3f}."
             )
+            transcript.numbers.append(
+                f"{image_id} (naming convention): HTTP {resp.status} in {resp.seconds:.2f} s (bundle run "
+                f"{params.get('seconds', float('nan')):.2f} s), NIfTI {list(vol.shape)} at {zooms[0]:g} mm, "
+                f"HU {vol.min():.1f} .. {vol.max():.1f}, Dice {dice:.3f} against the ground truth"
+            )
             transcript.check(
                 vol.shape == (roi,) * 3, f"the volume is {roi}^3 (the model's crop), got {list(vol.shape)}"
             )
@@ -540,6 +568,9 @@ def run_check(
             (work / "answer_mesh.stl").write_bytes(resp.body)
             extra = f"\nBody: {len(resp.body)} bytes, a binary STL of {n_tri} triangles (84 + 50 x {n_tri} bytes)."
         transcript.add(_exchange_md(f"Mesh by a sidecar JSON: image `{image_id}`", resp, curl, extra))
+        transcript.numbers.append(
+            f"{image_id} (sidecar, result mesh): HTTP {resp.status} in {resp.seconds:.2f} s, STL of {n_tri} triangles"
+        )
         transcript.check(resp.status == 200, f"infer {image_id} (sidecar): HTTP 200")
         transcript.check(n_tri > 0 and len(resp.body) == 84 + 50 * n_tri, "the answer is a binary STL with triangles")
 
@@ -548,6 +579,7 @@ def run_check(
         curl = f"curl -X POST '{base}/infer/ear?image=lone_ap' -F 'params={{}}'"
         body = resp.body.decode(errors="replace")
         transcript.add(_exchange_md("A view without its partner: image `lone_ap`", resp, curl, f"\nBody: `{body}`"))
+        transcript.numbers.append(f"lone_ap (no partner): HTTP {resp.status}")
         transcript.check(resp.status == 400 and "lone_lat" in body, "missing partner: HTTP 400 naming lone_lat")
     finally:
         code = _stop(proc)
@@ -570,7 +602,9 @@ def run_check(
     transcript.add("Server log, infer lines:\n\n```text\n" + "\n".join(ln[-400:] for ln in events[:12]) + "\n```")
     verdict = f"{len(transcript.passes)} passed, {len(transcript.failures)} failed"
     took = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
-    transcript.add(f"\n## Result\n\n{verdict} ({took:.0f} s in all).")
+    transcript.add(
+        f"\n## Result\n\n{verdict} ({took:.0f} s in all).\n\n" + "\n".join(f"- {n}" for n in transcript.numbers)
+    )
     (work / "transcript.md").write_text(transcript.text(BUNDLE_ROOT, venv))
     print(f"transcript: {work / 'transcript.md'}\n{verdict}", flush=True)
     if publish is not None:
