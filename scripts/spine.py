@@ -5,6 +5,12 @@ Usage::
 
     python -m scripts.spine --pred_dir eval --datalist data/example/datalist.json --out spine
     python -m scripts.spine --pred_dir eval --manifest data/example/manifest.csv --out spine --patient P1
+    python -m scripts.spine reconstruct --datalist data/example64/datalist.json --out spine \
+        --config_file "['configs/inference.json','configs/cpu.json']" --batch_size 8
+
+The first two (``assemble``, the default command) put predictions written by an inference run together;
+``reconstruct`` (:func:`reconstruct`) first reconstructs every vertebra from its X-ray pair in batches with
+the bundle's inference config and trained model, with a progress bar, then assembles them the same way.
 
 Every prediction (a NIfTI volume in HU) is matched to its datalist or manifest entry by the case id
 (``<patient>_<level>``): the file name must be the id or start with it followed by ``_``, ``-`` or ``.``
@@ -39,18 +45,15 @@ import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
-import trimesh
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from nibabel.processing import resample_from_to
+import torch
 from tqdm import tqdm
 
 from scripts.data.errors import DataError
@@ -58,6 +61,9 @@ from scripts.data.io import save_nifti
 from scripts.data.labels import VERSE_LABELS
 from scripts.io.mesh import BONE_LEVEL_HU, EmptyMeshError, mesh_report, volume_to_mesh, write_mesh
 from scripts.utils import atomic_path
+
+if TYPE_CHECKING:  # matplotlib and trimesh are imported where a rendering or mesh is made
+    from matplotlib.figure import Figure
 
 __all__ = [
     "Vertebra",
@@ -68,6 +74,11 @@ __all__ = [
     "reassemble",
     "render_spine",
     "spine",
+    "InferenceModel",
+    "load_inference_model",
+    "reconstruct_batches",
+    "reconstruct",
+    "main",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,12 +91,18 @@ _NIFTI_RE = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
 def level_colour(label: int) -> np.ndarray:
     """RGB colour (0-1) of a label value: ``tab10`` cycled, so neighbouring levels differ."""
+    from matplotlib import colormaps
+
     return np.asarray(colormaps["tab10"]((int(label) - 1) % 10)[:3])
 
 
 @dataclass
 class Vertebra:
-    """One vertebra of a patient: its case id, level, crop geometry (if known) and prediction file."""
+    """One vertebra of a patient: its case id, level, crop geometry (if known) and prediction file.
+
+    For :func:`reconstruct` also its two X-ray images (``xray``, absolute paths), their view angles and,
+    where no crop geometry is known, the world position of the crop centre (``centre_mm``).
+    """
 
     id: str
     patient: str
@@ -93,6 +110,9 @@ class Vertebra:
     crop_affine: np.ndarray | None = None
     crop_shape: tuple[int, int, int] | None = None
     pred: str | None = None
+    xray: list[str] | None = None
+    angles: Any = None
+    centre_mm: tuple[float, float, float] | None = None
 
 
 def _affine_from_value(value: Any, where: str) -> np.ndarray:
@@ -149,7 +169,11 @@ def load_cases(
             geometry as ``ct`` / ``gt`` / ``mask`` paths, an ``affine`` column (16 numbers, JSON), or
             ``origin_x_mm, origin_y_mm, origin_z_mm, spacing_mm, roi`` (RAS, isotropic; as written by
             ``python -m scripts.prepare``) columns; rows whose ``status`` is not ``ok`` are skipped.
-        sections: datalist sections to read.
+        sections: datalist sections to read (a datalist that is a plain JSON list is read whole).
+
+    Entries may also name their two X-ray images (``xray``, or ``drr_png`` as ``python -m scripts.simulate``
+    writes them; paths relative to the file), their angles (``angles`` / ``drr_angles``) and the crop centre in
+    world mm (``centre_mm``), which :func:`reconstruct` uses.
     """
     if (datalist is None) == (manifest is None):
         raise DataError(None, "give exactly one of --datalist and --manifest", "name the prepared dataset's file")
@@ -161,7 +185,10 @@ def load_cases(
         if datalist is not None:
             content = json.loads(source.read_text())
             secs = [sections] if isinstance(sections, str) else list(sections)
-            rows = [item for s in secs for item in (content.get(s) or [])]
+            if isinstance(content, list):
+                rows = [item for item in content if isinstance(item, dict)]
+            else:
+                rows = [item for s in secs for item in (content.get(s) or [])]
         else:
             with open(source, newline="") as f:
                 rows = list(csv.DictReader(f))
@@ -184,7 +211,17 @@ def load_cases(
         seen.add(cid)
         geo = _geometry_from_files if datalist is not None else _geometry_from_manifest_row
         affine, shape = geo(row, source.parent)
-        cases.append(Vertebra(cid, patient, level, affine, shape))
+        case = Vertebra(cid, patient, level, affine, shape)
+        files = row.get("xray") or row.get("drr_png")
+        if isinstance(files, (list, tuple)):
+            case.xray = [str(f if os.path.isabs(f) else source.parent / f) for f in files]
+            case.angles = row.get("angles", row.get("drr_angles"))
+        if row.get("centre_mm") is not None:
+            centre = np.asarray(row["centre_mm"], dtype=np.float64).reshape(-1)
+            if centre.size != 3 or not np.all(np.isfinite(centre)):
+                raise DataError(source, f"centre_mm of {cid} is not 3 numbers", "give the crop centre as [x, y, z] mm")
+            case.centre_mm = tuple(float(c) for c in centre)
+        cases.append(case)
     if not cases:
         raise DataError(source, f"no vertebra entries (sections {list(sections)})", "check the file and --sections")
     return cases
@@ -213,12 +250,16 @@ def find_predictions(pred_dir: str | os.PathLike, cases: Sequence[Vertebra], pos
         case.pred = str(hits[0]) if hits else None
 
 
-def _pred_affine(case: Vertebra, img: nib.Nifti1Image, affine_from: str) -> np.ndarray:
-    shape = np.asarray(img.shape[:3], dtype=np.float64)
+def _pred_affine(case: Vertebra, pred_shape: Sequence[int], pred_affine: np.ndarray, affine_from: str) -> np.ndarray:
+    """Voxel -> world matrix of a prediction: its crop's (see the module doc), its own, or moved to ``centre_mm``."""
+    shape = np.asarray(pred_shape[:3], dtype=np.float64)
     if affine_from == "pred" or case.crop_affine is None:
         if affine_from == "crop":
             raise DataError(case.pred, f"no crop geometry for {case.id}", "give a datalist with 'ct' paths")
-        return np.asarray(img.affine, dtype=np.float64)
+        own = np.asarray(pred_affine, dtype=np.float64).copy()
+        if affine_from == "auto" and case.centre_mm is not None:  # the grid keeps its axes, centred there
+            own[:3, 3] += np.asarray(case.centre_mm) - (own[:3, :3] @ ((shape - 1.0) / 2.0) + own[:3, 3])
+        return own
     crop_shape = np.asarray(case.crop_shape if case.crop_shape else shape, dtype=np.float64)
     if np.array_equal(crop_shape, shape):
         return case.crop_affine
@@ -265,6 +306,8 @@ def reassemble(
     Returns:
         ``(labels, hu, affine)``: label map (uint8, VerSe values), HU volume (float32) and the grid's affine.
     """
+    from nibabel.processing import resample_from_to  # (imports scipy)
+
     affine, shape = _target_grid([(a, v.shape) for _, v, a in items], spacing)
     hu = np.full(shape, _BACKGROUND_HU, dtype=np.float32)
     labels = np.zeros(shape, dtype=np.uint8)
@@ -315,6 +358,9 @@ def render_spine(labels: np.ndarray, affine: np.ndarray, level_names: dict[int, 
     Anterior view: superior up, the patient's right on the image's left. Left lateral view (seen from the
     patient's left side): superior up, anterior on the image's left.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     spacing = float(np.linalg.norm(affine[:3, :3], axis=0).mean())
     fg = labels > 0
     views = []
@@ -357,6 +403,39 @@ def render_spine(labels: np.ndarray, affine: np.ndarray, level_names: dict[int, 
     return fig
 
 
+class _Stopwatch:
+    """Adds the seconds spent in ``with watch("stage"):`` blocks to ``timings[stage]`` (no-op without a dict)."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.stage = ""
+        self.t0 = 0.0
+
+    def __call__(self, stage: str) -> _Stopwatch:
+        self.stage = stage
+        return self
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.timings is not None:
+            self.timings[self.stage] = self.timings.get(self.stage, 0.0) + time.perf_counter() - self.t0
+
+
+def _read_prediction(case: Vertebra) -> tuple[np.ndarray, np.ndarray]:
+    """The HU volume (X, Y, Z) of a prediction file and its own affine."""
+    try:
+        img = nib.load(case.pred)
+        vol = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e:
+        raise DataError(case.pred, f"cannot read the prediction ({e})", "re-run inference for this case") from e
+    vol = vol.reshape(vol.shape[:3]) if vol.ndim == 4 and vol.shape[3] == 1 else vol
+    if vol.ndim != 3:
+        raise DataError(case.pred, f"prediction of shape {vol.shape} is not 3-D", "give the HU volume")
+    return vol, np.asarray(img.affine, dtype=np.float64)
+
+
 def _write_patient(
     patient: str,
     cases: Sequence[Vertebra],
@@ -365,51 +444,62 @@ def _write_patient(
     spacing: float | None,
     affine_from: str,
     formats: Sequence[str],
+    volumes: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """Meshes, label map, HU volume, rendering and report of one patient's vertebrae.
+
+    ``volumes`` (``{case id: (HU volume (X, Y, Z), its own affine)}``) gives the predictions in memory;
+    without it they are read from ``case.pred``. ``timings`` collects seconds per stage.
+    """
+    import trimesh
+
+    watch = _Stopwatch(timings)
     folder = out / patient
     items, meshes, summary = [], [], {}
     for case in tqdm(cases, desc=f"{patient}: meshes", leave=False):
         if case.level not in LEVEL_LABELS:
             raise DataError(case.pred, f"unknown level {case.level!r}", f"use one of {', '.join(LEVEL_LABELS)}")
-        try:
-            img = nib.load(case.pred)
-            vol = np.asarray(img.dataobj, dtype=np.float32)
-        except Exception as e:
-            raise DataError(case.pred, f"cannot read the prediction ({e})", "re-run inference for this case") from e
-        vol = vol.reshape(vol.shape[:3]) if vol.ndim == 4 and vol.shape[3] == 1 else vol
-        if vol.ndim != 3:
-            raise DataError(case.pred, f"prediction of shape {vol.shape} is not 3-D", "give the HU volume")
-        vaff = _pred_affine(case, img, affine_from)
+        with watch("read"):
+            vol, own = volumes[case.id] if volumes is not None else _read_prediction(case)
+        vaff = _pred_affine(case, vol.shape, own, affine_from)
         items.append((case, vol, vaff))
         entry: dict[str, Any] = {"label": LEVEL_LABELS[case.level], "id": case.id, "prediction": case.pred}
         try:
-            mesh = volume_to_mesh(vol, vaff, level=level)
+            with watch("mesh"):
+                mesh = volume_to_mesh(vol, vaff, level=level)
         except EmptyMeshError as e:
             logger.warning("%s: no mesh, %s", case.id, e)
             entry["mesh"] = None
         else:
-            files = write_mesh(mesh, folder / f"{patient}_{case.level}", formats)
-            entry["mesh"] = asdict(mesh_report(mesh, level, files))
+            with watch("mesh_write"):
+                files = write_mesh(mesh, folder / f"{patient}_{case.level}", formats)
+            with watch("mesh"):
+                entry["mesh"] = asdict(mesh_report(mesh, level, files))
             entry["centroid_mm"] = [float(c) for c in mesh.vertices.mean(axis=0)]
             meshes.append((case, mesh))
         summary[case.level] = entry
-    labels, hu, affine = reassemble(items, level, spacing, progress=True)
-    save_nifti(labels, affine, folder / f"{patient}_labels.nii.gz")
-    save_nifti(np.clip(np.rint(hu), -32768, 32767).astype(np.int16), affine, folder / f"{patient}_hu.nii.gz")
+    with watch("assemble"):
+        labels, hu, affine = reassemble(items, level, spacing, progress=True)
+    with watch("write"):
+        save_nifti(labels, affine, folder / f"{patient}_labels.nii.gz")
+        save_nifti(np.clip(np.rint(hu), -32768, 32767).astype(np.int16), affine, folder / f"{patient}_hu.nii.gz")
     combined = None
     if meshes:
-        parts = []
-        for case, m in meshes:
-            m = m.copy()
-            m.visual.vertex_colors = np.append(level_colour(LEVEL_LABELS[case.level]) * 255, 255).astype(np.uint8)
-            parts.append(m)
-        combined = trimesh.util.concatenate(parts)
-        files = write_mesh(combined, folder / f"{patient}_spine", formats)
-        combined = asdict(mesh_report(combined, level, files))
+        with watch("mesh_write"):
+            parts = []
+            for case, m in meshes:
+                m = m.copy()
+                m.visual.vertex_colors = np.append(level_colour(LEVEL_LABELS[case.level]) * 255, 255).astype(np.uint8)
+                parts.append(m)
+            combined = trimesh.util.concatenate(parts)
+            files = write_mesh(combined, folder / f"{patient}_spine", formats)
+            combined = asdict(mesh_report(combined, level, files))
     names = {LEVEL_LABELS[c.level]: c.level for c in cases}
-    fig = render_spine(labels, affine, names, title=f"{patient}: {len(cases)} vertebrae")
-    with atomic_path(folder / f"{patient}_spine.png") as tmp:
-        fig.savefig(tmp, format="png")
+    with watch("render"):
+        fig = render_spine(labels, affine, names, title=f"{patient}: {len(cases)} vertebrae")
+        with atomic_path(folder / f"{patient}_spine.png") as tmp:
+            fig.savefig(tmp, format="png")
     report = {
         "patient": patient,
         "grid": {"shape": list(labels.shape), "affine": affine.tolist(), "spacing_mm": float(affine[0, 0])},
@@ -418,7 +508,7 @@ def _write_patient(
         "vertebrae": summary,
         "combined_mesh": combined,
     }
-    with atomic_path(folder / f"{patient}_spine.json") as tmp:
+    with watch("write"), atomic_path(folder / f"{patient}_spine.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))
     return report
 
@@ -482,14 +572,286 @@ def spine(
     return reports
 
 
-def main() -> None:
-    """Command-line entry: ``python -m scripts.spine --pred_dir DIR --datalist FILE --out DIR``."""
+@dataclass
+class InferenceModel:
+    """What :func:`reconstruct_batches` needs of a bundle inference config: its preprocessing (X-ray files ->
+    expanded volume) and its trained network, with the model's statistics, crop size and spacing.
+
+    Attributes:
+        parser: the ``monai.bundle.ConfigParser`` of the config files (with the overrides).
+        preprocessing: the config's ``preprocessing`` (``LoadXRayPaird``, ``DimensionExpansiond``).
+        network: the config's ``network`` with the weights of ``checkpoint``, in eval mode.
+        device: where the network runs.
+        roi_size: crop size (voxels).
+        spacing: voxel spacing (mm).
+        stats: ``{"gt_mean", "gt_std"}``: the HU statistics stored in the model.
+        checkpoint: the loaded ``model.pt`` (``None`` with ``load_pretrain=False``).
+    """
+
+    parser: Any
+    preprocessing: Any
+    network: torch.nn.Module
+    device: torch.device
+    roi_size: int
+    spacing: float
+    stats: dict[str, float]
+    checkpoint: str | None = None
+
+
+#: the bundle root: the folder above ``scripts/``
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config_files(config_file: str | Sequence[str] | None) -> list[str]:
+    if config_file is None:
+        return [str(BUNDLE_ROOT / "configs" / "inference.json")]
+    if isinstance(config_file, str):
+        text = config_file.strip()
+        if text.startswith("["):
+            import ast
+
+            return [str(f) for f in ast.literal_eval(text)]
+        return [f for f in text.split(",") if f]
+    return [str(f) for f in config_file]
+
+
+def load_inference_model(
+    config_file: str | Sequence[str] | None = None, device: str | None = None, **overrides: Any
+) -> InferenceModel:
+    """Build the preprocessing and the trained network of a bundle inference config.
+
+    Args:
+        config_file: config files, merged in order (a list, or ``"a.json,b.json"``); default
+            ``configs/inference.json``. Add ``configs/cpu.json`` for the CPU model.
+        device: ``"cpu"``, ``"cuda"``, ...; default the config's ``device``.
+        overrides: config values to replace, as on the bundle's command line (``ckpt_dir``, ``roi_size``,
+            ``load_pretrain``, ...); ``bundle_root`` defaults to the folder above the first config's folder.
+
+    Raises:
+        DataError: an unknown override key.
+        BundleInputError: a missing model, or one that does not fit the config (``check_model``).
+    """
+    import difflib
+
+    from monai.bundle import ConfigParser
+
+    from scripts.networks.model_info import load_state_dict_file, read_model_info
+    from scripts.workflow import check_model
+
+    files = _config_files(config_file)
+    for f in files:
+        if not Path(f).is_file():
+            raise DataError(f, "config file not found", "give configs/inference.json (and configs/cpu.json)")
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["bundle_root"] = str(Path(files[0]).resolve().parent.parent)
+    for key, value in overrides.items():
+        if key not in parser:
+            close = difflib.get_close_matches(key, list(parser.config), n=2)
+            hint = f"did you mean {' or '.join('--' + c for c in close)}?" if close else "check the config's keys"
+            raise DataError(None, f"--{key} is not a key of the inference config", hint)
+        parser[key] = value
+    if device is not None:
+        parser["device"] = f"$torch.device({str(device)!r})"
+    network = parser.get_parsed_content("network")
+    dev = torch.device(parser.get_parsed_content("device"))
+    roi, spacing = int(parser.get_parsed_content("roi_size")), float(parser.get_parsed_content("spacing"))
+    ckpt = None
+    if parser.get_parsed_content("load_pretrain"):
+        ckpt = str(Path(parser.get_parsed_content("ckpt_dir")) / "model.pt")
+        check_model(ckpt, network, spacing, roi)
+        network.load_state_dict({k: v.to(dev) for k, v in load_state_dict_file(ckpt).items()})
+    network = network.to(dev).eval()
+    info = read_model_info(network)
+    return InferenceModel(
+        parser=parser,
+        preprocessing=parser.get_parsed_content("preprocessing"),
+        network=network,
+        device=dev,
+        roi_size=roi,
+        spacing=spacing,
+        stats={"gt_mean": info["gt_mean"], "gt_std": info["gt_std"]},
+        checkpoint=ckpt,
+    )
+
+
+def _stage(transform: Any) -> str:
+    name = type(transform).__name__
+    return "read" if name.startswith("Load") else "expansion" if "Expansion" in name else name
+
+
+def reconstruct_batches(
+    cases: Sequence[Mapping[str, Any]],
+    model: InferenceModel,
+    batch_size: int = 8,
+    progress: bool = False,
+    timings: dict[str, float] | None = None,
+) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray]]:
+    """Reconstruct inference cases in batches: yields ``(item, HU volume (X, Y, Z), its affine)`` per case.
+
+    Each case (``{"xray": [view 1, view 2], "angles": ..., "id": ...}``, as in an inference datalist) goes
+    through the config's preprocessing; ``batch_size`` of them go through the network at once; the output
+    becomes HU with the model's statistics (as ``ModelZScoreToHUd``). The affine is the expanded volume's
+    (the crop grid centred on the isocentre).
+
+    Args:
+        cases: the inference cases.
+        model: from :func:`load_inference_model`.
+        batch_size: cases per network call.
+        progress: show a progress bar (tqdm) over the cases.
+        timings: if given, seconds per stage (``read``, ``expansion``, ``network``, ``hu``) are added to it.
+    """
+    from monai.transforms import apply_transform
+
+    from scripts.transforms.intensity import zscore_to_hu
+
+    if int(batch_size) < 1:
+        raise DataError(None, f"--batch_size {batch_size} is not positive", "give a batch size of 1 or more")
+    watch = _Stopwatch(timings)
+    pre = model.preprocessing
+    steps = list(pre.transforms) if hasattr(pre, "transforms") else [pre]
+    bs = int(batch_size)
+    with tqdm(total=len(cases), desc="reconstruct", unit="vertebra", disable=not progress) as bar:
+        for b0 in range(0, len(cases), bs):
+            items = []
+            for case in cases[b0 : b0 + bs]:
+                d: Any = dict(case)
+                for t in steps:
+                    with watch(_stage(t)):
+                        d = apply_transform(t, d)
+                items.append(d)
+            with watch("network"):
+                x = torch.stack([torch.as_tensor(d["image"]).as_subclass(torch.Tensor) for d in items]).float()
+                with torch.inference_mode():
+                    pred = model.network(x.to(model.device))
+                pred = pred[0] if isinstance(pred, (list, tuple)) else pred
+            with watch("hu"):
+                hu = zscore_to_hu(pred[:, 0].float(), model.stats["gt_mean"], model.stats["gt_std"]).cpu().numpy()
+            for d, vol in zip(items, hu):
+                affine = getattr(d["image"], "affine", None)
+                aff = np.eye(4) if affine is None else np.asarray(torch.as_tensor(affine).cpu(), dtype=np.float64)
+                yield d, vol, aff
+            bar.update(len(items))
+
+
+def reconstruct(
+    datalist: str,
+    out: str = "./spine",
+    config_file: str | Sequence[str] | None = None,
+    batch_size: int = 8,
+    patient: str | Sequence[str] | None = None,
+    sections: Sequence[str] = ("training", "validation", "test"),
+    level: float = BONE_LEVEL_HU,
+    spacing: float | None = None,
+    formats: Sequence[str] = ("stl", "ply"),
+    save_vertebrae: bool = True,
+    device: str | None = None,
+    timings: dict[str, float] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Reconstruct every vertebra of each patient from its X-ray pair, in batches, and assemble the spine.
+
+    ``python -m scripts.spine reconstruct --datalist data/example64/datalist.json --config_file
+    "['configs/inference.json','configs/cpu.json']" --out spine``
+
+    The vertebrae come from ``datalist`` (a prepared dataset's datalist after ``python -m scripts.simulate``,
+    whose items name their pairs as ``drr_png``, or a JSON list of ``{"xray": [...], "angles": ...,
+    "id", "patient", "level"}`` items), each placed in patient space by its crop (``ct`` / ``gt`` / ``mask``
+    file or ``affine``) or by ``centre_mm``, the world position of its crop centre. Every pair is read and
+    checked before any is reconstructed. Output per patient under ``<out>/<patient>/``: the files of
+    :func:`spine` and, with ``save_vertebrae``, ``vertebrae/<id>_hu.nii.gz`` (each reconstruction placed in
+    patient space, so ``python -m scripts.spine --pred_dir <out>/<patient>/vertebrae --affine_from pred``
+    reassembles them again).
+
+    Args:
+        datalist: the datalist (see above).
+        out: output folder; one sub-folder per patient.
+        config_file: inference config files (default ``configs/inference.json``; add ``configs/cpu.json``
+            for the CPU model).
+        batch_size: vertebrae per network call.
+        patient: only these patient(s).
+        sections: datalist sections to read.
+        level: bone iso-level in HU.
+        spacing: grid spacing of the label map in mm (default: the predictions').
+        formats: mesh formats.
+        save_vertebrae: also write each vertebra's HU volume.
+        device: where the network runs (default the config's ``device``).
+        timings: if given, seconds per stage are added to it (``read``, ``expansion``, ``network``, ``hu``,
+            ``mesh``, ``mesh_write``, ``assemble``, ``write``, ``render``).
+        overrides: inference config values (``ckpt_dir``, ``invert``, ``sdd``, ...).
+
+    Returns:
+        ``{patient: report}``, as :func:`spine`.
+    """
+    from scripts.workflow import check_xray_cases
+
+    cases = load_cases(datalist, None, sections)
+    if patient is not None:
+        wanted = {str(patient)} if isinstance(patient, (str, int)) else {str(p) for p in patient}
+        cases = [c for c in cases if c.patient in wanted]
+        if not cases:
+            raise DataError(datalist, f"no vertebrae of patient(s) {sorted(wanted)}", "check --patient")
+    pairs = [c for c in cases if c.xray]
+    if not pairs:
+        raise DataError(
+            datalist, f"none of the {len(cases)} vertebrae names its X-ray pair ('xray' or 'drr_png')",
+            f"run python -m scripts.simulate --data {Path(datalist).parent}, or add the two image paths",
+        )  # fmt: skip
+    if len(pairs) < len(cases):
+        skipped = ", ".join(c.id for c in cases if not c.xray)
+        logger.warning("no X-ray pair for %d vertebrae, skipped: %s", len(cases) - len(pairs), skipped)
+    unplaced = [c.id for c in pairs if c.crop_affine is None and c.centre_mm is None]
+    if unplaced:
+        raise DataError(
+            datalist, f"no position in patient space for {', '.join(unplaced[:4])}",
+            "give each entry its crop ('ct' path or 'affine') or the crop centre 'centre_mm' ([x, y, z] mm)",
+        )  # fmt: skip
+    levels = [c.id for c in pairs if c.level not in LEVEL_LABELS]
+    if levels:
+        raise DataError(datalist, f"unknown level of {', '.join(levels[:4])}", f"use one of {', '.join(LEVEL_LABELS)}")
+    model = load_inference_model(config_file, device, **overrides)
+    inputs = [{"xray": c.xray, "id": c.id, **({} if c.angles is None else {"angles": c.angles})} for c in pairs]
+    get = model.parser.get_parsed_content
+    check_xray_cases(inputs, expansion_mode=get("expansion_mode"), invert=get("invert"))
+    by_id = {c.id: c for c in pairs}
+    volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    watch = _Stopwatch(timings)
+    for item, vol, aff in reconstruct_batches(inputs, model, batch_size, progress=True, timings=timings):
+        case = by_id[item["id"]]
+        volumes[case.id] = (vol, aff)
+        if save_vertebrae:
+            with watch("write"):
+                placed = _pred_affine(case, vol.shape, aff, "auto")
+                save_nifti(vol, placed, Path(out) / case.patient / "vertebrae" / f"{case.id}_hu.nii.gz")
+    by_patient: dict[str, list[Vertebra]] = {}
+    for c in pairs:
+        by_patient.setdefault(c.patient, []).append(c)
+    reports = {}
+    for pid, group in sorted(by_patient.items()):
+        reports[pid] = _write_patient(
+            pid, group, Path(out), float(level), spacing, "auto", formats, volumes=volumes, timings=timings
+        )
+        print(f"{pid}: {len(group)} vertebrae reconstructed -> {Path(out) / pid}", file=sys.stderr)
+    return reports
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: ``python -m scripts.spine [assemble] --pred_dir DIR --datalist FILE --out DIR`` puts
+    predictions together (:func:`spine`); ``python -m scripts.spine reconstruct --datalist FILE --out DIR``
+    reconstructs the vertebrae from their X-ray pairs first (:func:`reconstruct`)."""
     import fire
 
+    from scripts.errors import BundleInputError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    command, fn = "assemble", spine
+    if args and args[0] in ("assemble", "reconstruct"):
+        command = args.pop(0)
+        fn = reconstruct if command == "reconstruct" else spine
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        fire.Fire(spine, serialize=lambda result: None)
-    except DataError as e:
+        fire.Fire(fn, command=args, name=f"scripts.spine {command}", serialize=lambda result: None)
+    except BundleInputError as e:
         sys.exit(f"error: {e}")
 
 
