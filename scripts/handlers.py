@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-
 from scripts.errors import BundleInputError
 from scripts.networks.model_info import MODEL_INFO_KEYS, load_state_dict_file
 from scripts.utils import atomic_path, unwrap_module

@@ -10,11 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from monai.utils import LossReduction
-from torch.nn.modules.loss import _Loss
-
 from scripts.transforms.edges import boundary_map
 from scripts.transforms.fourier import spectral_distance
 from scripts.transforms.projection import maximum_intensity_projections
+from torch.nn.modules.loss import _Loss
 
 __all__ = ["L1ReconstructionLoss", "EdgeLoss", "FrequencyDistanceLoss", "ProjectionLoss", "EARLoss"]
 

@@ -47,7 +47,6 @@ from monai.metrics import (
 )
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
-
 from scripts.transforms.fourier import spectral_distance
 from scripts.transforms.intensity import hu_to_zscore, zscore_to_hu
 

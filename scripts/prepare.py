@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from scripts.data.crop import (
     bounding_boxes,
     crop_vertebra,
@@ -399,10 +398,7 @@ def _pooled(rows: list[dict]) -> dict[str, float]:
 
 
 def rebuild_index(
-    out: str | os.PathLike,
-    seed: int = 0,
-    skipped_rows: list[dict] | None = None,
-    given: dict[str, str] | None = None,
+    out: str | os.PathLike, seed: int = 0, skipped_rows: list[dict] | None = None, given: dict[str, str] | None = None
 ) -> tuple[str, dict[str, int], dict[str, float]] | None:
     """Write ``manifest.csv`` and ``datalist.json`` from every finished vertebra in ``out`` (atomically).
 

@@ -34,11 +34,10 @@ import numpy as np
 import torch
 from monai.transforms import LoadImage
 from PIL import Image
-from tqdm import tqdm
-
 from scripts.drr import ConeBeamGeometry, as_angles
 from scripts.transforms.drr import DRR
 from scripts.utils import atomic_path
+from tqdm import tqdm
 
 __all__ = ["main", "simulate_item", "parse_view_sets", "SOURCES", "write_png16"]
 

@@ -54,13 +54,12 @@ from typing import TYPE_CHECKING, Any
 import nibabel as nib
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from scripts.data.errors import DataError
 from scripts.data.io import save_nifti
 from scripts.data.labels import VERSE_LABELS
 from scripts.io.mesh import BONE_LEVEL_HU, EmptyMeshError, mesh_report, volume_to_mesh, write_mesh
 from scripts.utils import atomic_path
+from tqdm import tqdm
 
 if TYPE_CHECKING:  # matplotlib and trimesh are imported where a rendering or mesh is made
     from matplotlib.figure import Figure
@@ -634,7 +633,6 @@ def load_inference_model(
     import difflib
 
     from monai.bundle import ConfigParser
-
     from scripts.networks.model_info import load_state_dict_file, read_model_info
     from scripts.workflow import check_model
 
@@ -702,7 +700,6 @@ def reconstruct_batches(
         timings: if given, seconds per stage (``read``, ``expansion``, ``network``, ``hu``) are added to it.
     """
     from monai.transforms import apply_transform
-
     from scripts.transforms.intensity import zscore_to_hu
 
     if int(batch_size) < 1:
@@ -840,7 +837,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     predictions together (:func:`spine`); ``python -m scripts.spine reconstruct --datalist FILE --out DIR``
     reconstructs the vertebrae from their X-ray pairs first (:func:`reconstruct`)."""
     import fire
-
     from scripts.errors import BundleInputError
 
     args = list(sys.argv[1:] if argv is None else argv)

@@ -21,7 +21,6 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import DistributedSampler
 from monai.handlers import IgniteMetricHandler, from_engine
-
 from scripts.errors import BundleInputError, reports_input_errors
 from scripts.io.xray import DEFAULT_ANGLES, LoadXRayPair, XRayInputError, xray_case_name
 from scripts.metrics import METRIC_NAMES, VertebraMetric

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.bundle import ConfigParser
-
 from scripts.drr import ConeBeamGeometry
 from scripts.losses import EARLoss
 from scripts.networks import BX2S, E2E, PSR, SIT, ap_frame_to_grid, stack_views, views_from_volume, volume_from_views

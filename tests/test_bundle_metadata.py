@@ -144,9 +144,8 @@ def test_eval_metrics_are_the_measured_numbers(bundle_root):
     expected["paper_size_model_unseen_patients_hd95_mm"] = round(
         float(numpy.mean([float(r["val_hd95"]) for r in paper])), 2
     )
-    assert metrics == pytest.approx(expected, abs=1e-9), (
-        "eval_metrics must be the numbers of docs/results; after re-evaluating a model update both"
-    )
+    fix = "eval_metrics must be the numbers of docs/results; after re-evaluating a model update both"
+    assert metrics == pytest.approx(expected, abs=1e-9), fix
 
 
 def test_metadata_versions_match_installed(bundle_root):

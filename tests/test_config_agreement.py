@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from monai.bundle import ConfigParser
-
 from scripts.networks import read_model_info
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,6 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-
 from scripts.drr import ConeBeamGeometry, DRRProjector
 from scripts.drr.deepdrr_backend import deepdrr_camera
 

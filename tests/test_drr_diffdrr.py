@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from scripts.drr import ConeBeamGeometry, DRRProjector, crop_centre, linear_attenuation
 
 diffdrr = pytest.importorskip("diffdrr")

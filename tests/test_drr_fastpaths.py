@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from scripts.drr import ConeBeamGeometry, DRRProjector, grid_affine, hu_to_density, line_integrals, mass_attenuation
 from scripts.drr.physics import HU_AIR_MAX, HU_SOFT_MAX, expected_photons, material_densities, spectrum
 from scripts.drr.projector import _c_order

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-
 from scripts.drr import ConeBeamGeometry
 from scripts.transforms import DRR, DimensionExpansion
 

@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-
 from scripts.metrics import METRIC_NAMES
 from scripts.tools import experiments
 from tests.test_workflows import SMALL, dataset
@@ -77,8 +76,7 @@ def test_run_trains_evaluates_and_skips_finished_variants(dataset, tmp_path, cap
 
 
 @pytest.mark.parametrize(
-    "name, variant",
-    [(n, v) for n in ("methods", "modules", "losses", "recipes") for v in experiments.EXPERIMENTS[n]],
+    "name, variant", [(n, v) for n in ("methods", "modules", "losses", "recipes") for v in experiments.EXPERIMENTS[n]]
 )
 def test_every_variant_builds_its_network_and_loss(name, variant):
     from monai.bundle import ConfigParser

@@ -7,7 +7,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-
 from scripts.tools.figures import surface_distances, surface_figure
 
 

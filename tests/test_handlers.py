@@ -7,7 +7,6 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
-
 from scripts.handlers import ResumableCheckpoint
 
 

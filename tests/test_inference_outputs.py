@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from scripts import workflow
 from scripts.errors import BundleInputError
 from scripts.io import XRayInputError

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from scripts.losses import EARLoss, EdgeLoss, FrequencyDistanceLoss, L1ReconstructionLoss, ProjectionLoss
 from scripts.networks import EAR
 from scripts.transforms.edges import boundary_map

@@ -11,7 +11,6 @@ import pytest
 import torch
 import trimesh
 from monai.data import MetaTensor
-
 from scripts.io.mesh import EmptyMeshError, SaveMeshd, mesh_report, volume_to_mesh
 
 R = 12.0  # mm

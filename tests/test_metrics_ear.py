@@ -11,7 +11,6 @@ import torch
 from ignite.engine import Engine
 from monai.data import MetaTensor
 from monai.handlers import IgniteMetricHandler, from_engine
-
 from scripts.metrics import (
     METRIC_NAMES,
     FrequencyDistanceMetric,

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from scripts.errors import BundleInputError
 from scripts.monailabel import (
     PairError,
@@ -31,11 +30,7 @@ from scripts.monailabel import (
     resolve_pair,
     write_app_dir,
 )
-from scripts.monailabel.check import (
-    matching_torchvision,
-    parse_multipart,
-    requirements_for_monailabel,
-)
+from scripts.monailabel.check import matching_torchvision, parse_multipart, requirements_for_monailabel
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_CONFIGS = "configs/inference.json,configs/cpu.json"

@@ -10,11 +10,10 @@ import sys
 
 import pytest
 import torch
-from torch import nn
-
 from scripts.losses import EARLoss
 from scripts.networks import CBAM3D, EAM, EAR, FEM, GatedConvBlock
 from scripts.networks.blocks import ChannelAttention3D, SpatialAttention3D
+from torch import nn
 
 SMALL = (4, 8, 16, 32, 64)
 

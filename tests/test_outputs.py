@@ -15,7 +15,6 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Lambdad, SaveImaged
-
 from scripts.errors import BundleInputError
 from scripts.io import CaseNamed, PublishCaseOutputsd
 from scripts.io import outputs as outputs_module

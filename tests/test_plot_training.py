@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from torch.utils.tensorboard import SummaryWriter
-
 from scripts.tools.plot_training import main, plot_training, read_scalars
+from torch.utils.tensorboard import SummaryWriter
 
 
 def _log(tmp_path):

@@ -15,7 +15,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from scripts import prepare as prep
 from scripts.data.labels import TOTALSEG_V2_LABELS, VERSE_LABELS, parse_levels
 from scripts.data.split import split_counts, split_items

@@ -9,7 +9,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-
 from scripts import prepare as prep
 
 COMPLETE = ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1"]

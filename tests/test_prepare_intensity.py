@@ -16,7 +16,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from scripts import prepare as prep
 from scripts.data.errors import DataError
 from scripts.data.intensity import apply_fit, fit_hu

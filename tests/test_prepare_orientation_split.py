@@ -11,7 +11,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from scripts import prepare as prep
 from scripts.data.errors import DataError
 from scripts.data.labels import VERSE_LABELS, read_class_map, vertebrae_of_class_map

@@ -8,7 +8,6 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from PIL import Image
-
 from scripts.io.preview import SavePreviewd, orthogonal_views
 
 

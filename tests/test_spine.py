@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import trimesh
-
 from scripts.data.errors import DataError
 from scripts.spine import LEVEL_LABELS, spine
 

@@ -11,7 +11,6 @@ import monai
 import pytest
 import torch
 from monai.bundle import ConfigParser
-
 from scripts.networks.model_info import load_state_dict_file, read_model_info
 from tests.conftest import BUNDLE_ROOT
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
-
 from scripts.transforms import (
     EdgeMap,
     EdgeMapd,

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-
 from scripts.transforms import RandPoseRotated
 
 
@@ -54,7 +53,6 @@ def test_bad_range():
 
 def test_fixed_grid_scales_the_object_inside_the_grid():
     from monai.transforms import RandAffined, Randomizable
-
     from scripts.transforms import FixedGridd
 
     affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))

@@ -19,7 +19,6 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import CacheDataset, MetaTensor
 from monai.networks.utils import copy_model_state
 from monai.transforms import Randomizable
-
 from scripts import workflow
 from scripts.errors import BundleInputError
 from scripts.handlers import BestModelSaver, ResumableCheckpoint

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from scripts import workflow
 from scripts.errors import BundleInputError
 from scripts.networks import attach_model_info

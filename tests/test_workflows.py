@@ -18,7 +18,6 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 from PIL import Image
-
 from scripts.metrics import METRIC_NAMES
 from scripts.networks import read_model_info
 
@@ -152,7 +151,6 @@ def test_evaluate_writes_every_metric(dataset, trained, tmp_path):
 def _write_xrays(tmp_path: Path, dataset: Path, size: tuple[int, int] = (ROI, ROI)) -> list[str]:
     """Simulate AP and lateral DRRs of the test vertebra and save them as 16-bit PNGs."""
     from monai.transforms import LoadImage
-
     from scripts.simulate import write_png16
     from scripts.transforms import DRR
 
@@ -212,12 +210,7 @@ def test_infer_from_simulated_ct_reports_metrics(dataset, trained, tmp_path):
 
 @pytest.mark.parametrize(
     "case, message",
-    [
-        ("one_image", "two"),
-        ("different_sizes", "size"),
-        ("unreadable", "cannot read"),
-        ("angles", "360"),
-    ],
+    [("one_image", "two"), ("different_sizes", "size"), ("unreadable", "cannot read"), ("angles", "360")],
 )
 def test_bad_inference_inputs(dataset, trained, tmp_path, case, message):
     ap, lat = _write_xrays(tmp_path, dataset)
@@ -237,8 +230,7 @@ def test_bad_inference_inputs(dataset, trained, tmp_path, case, message):
     if angles is not None:
         wf.parser["angles"] = angles
     with pytest.raises(Exception) as err:
-        wf.initialize()
-        wf.run()
+        _initialize_and_run(wf)
     text = "".join(str(e) for e in _chain(err.value))
     assert message in text.lower()
     assert not out.exists() or not any(out.iterdir()), "nothing is written for a bad input"
@@ -255,9 +247,13 @@ def test_missing_model_says_how_to_train(tmp_path, dataset):
 def test_missing_dataset_says_how_to_prepare(tmp_path):
     wf = _workflow(["train.json"], "train", dataset_dir=str(tmp_path / "nothing"), ckpt_dir=str(tmp_path), **SMALL)
     with pytest.raises(Exception) as err:
-        wf.initialize()
-        wf.run()
+        _initialize_and_run(wf)
     assert "python -m scripts.prepare" in "".join(str(e) for e in _chain(err.value))
+
+
+def _initialize_and_run(wf) -> None:
+    wf.initialize()
+    wf.run()
 
 
 def _chain(e: BaseException):
@@ -329,9 +325,7 @@ def test_ddp_two_gloo_processes(dataset, tmp_path):
         output_dir=str(tmp_path / "runs"),
         epochs=1,
         # two items per rank: batch norm needs more than one value per channel at the 1-voxel bottleneck of 32^3
-        **{
-            "train#dataset#data": "$scripts.workflow.load_split(@dataset_dir, 'training') * 2",
-        },
+        **{"train#dataset#data": "$scripts.workflow.load_split(@dataset_dir, 'training') * 2"},
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)

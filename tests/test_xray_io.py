@@ -11,15 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from scripts.io.xray import (
-    LoadXRayPair,
-    LoadXRayPaird,
-    XRayInputError,
-    parse_angles,
-    read_xray,
-    xray_case_name,
-)
+from scripts.io.xray import LoadXRayPair, LoadXRayPaird, XRayInputError, parse_angles, read_xray, xray_case_name
 from scripts.workflow import check_xray_cases
 
 
@@ -238,10 +230,7 @@ def test_check_xray_cases_lists_every_bad_case(tmp_path):
     check_xray_cases(cases[:1], base_dir=tmp_path)
 
 
-@pytest.mark.parametrize(
-    "angles",
-    [[[0, 0], [0, 0]], [0, 5], [[90, 0], [90, 8]], [0, 180], [[-90, 0], [270, 0]]],
-)
+@pytest.mark.parametrize("angles", [[[0, 0], [0, 0]], [0, 5], [[90, 0], [90, 8]], [0, 180], [[-90, 0], [270, 0]]])
 def test_views_along_the_same_line_are_refused(tmp_path, angles):
     a = _pattern(np.uint8, 255)
     Image.fromarray(a).save(tmp_path / "a.png")

@@ -25,3 +25,10 @@ class DataError(BundleInputError):
         self.fix = fix
         text = f"{problem}; {fix}" if self.path is None else f"{self.path}: {problem}; {fix}"
         super().__init__(text)
+
+    def __reduce__(self) -> tuple[type, tuple[str | None, str, str]]:
+        """Pickle and copy by the three arguments (``args`` holds only the joined text)."""
+        return type(self), (self.path, self.problem, self.fix)
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
-
 from scripts.data.errors import DataError
 
 __all__ = [

@@ -16,18 +16,10 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage
-
 from scripts.data.errors import DataError
 from scripts.utils import atomic_path
 
-__all__ = [
-    "VOLUME_SUFFIXES",
-    "is_volume_file",
-    "strip_volume_suffix",
-    "load_volume",
-    "check_same_grid",
-    "save_nifti",
-]
+__all__ = ["VOLUME_SUFFIXES", "is_volume_file", "strip_volume_suffix", "load_volume", "check_same_grid", "save_nifti"]
 
 #: File name endings read as volumes (a folder is read as a DICOM series).
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
-
 from scripts.data.labels import LEVELS
 
 __all__ = [

@@ -35,15 +35,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-__all__ = [
-    "ConeBeamGeometry",
-    "as_angles",
-    "view_rotation",
-    "crop_centre",
-    "grid_affine",
-    "DEFAULT_SDD",
-    "DEFAULT_SOD",
-]
+__all__ = ["ConeBeamGeometry", "as_angles", "view_rotation", "crop_centre", "grid_affine", "DEFAULT_SDD", "DEFAULT_SOD"]
 
 DEFAULT_SDD = 1020.0
 DEFAULT_SOD = 700.0

@@ -5,14 +5,7 @@
 configs as ``scripts.io.<Name>``; trimesh, scikit-image and matplotlib are imported only when a mesh or preview
 is written."""
 
-from scripts.io.mesh import SaveMeshd, mesh_report, volume_to_mesh, write_mesh  # noqa: F401
-from scripts.io.outputs import CaseNamed, PublishCaseOutputsd, run_staging_dir  # noqa: F401
-from scripts.io.preview import SavePreviewd, orthogonal_views, preview_figure  # noqa: F401
-from scripts.io.xray import (  # noqa: F401
-    DEFAULT_ANGLES,
-    LoadXRayPair,
-    LoadXRayPaird,
-    XRayInputError,
-    parse_angles,
-    read_xray,
-)
+from scripts.io.mesh import SaveMeshd, mesh_report, volume_to_mesh, write_mesh
+from scripts.io.outputs import CaseNamed, PublishCaseOutputsd, run_staging_dir
+from scripts.io.preview import SavePreviewd, orthogonal_views, preview_figure
+from scripts.io.xray import DEFAULT_ANGLES, LoadXRayPair, LoadXRayPaird, XRayInputError, parse_angles, read_xray

@@ -22,7 +22,6 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.folder_layout import FolderLayout
 from monai.transforms import MapTransform
-
 from scripts.utils import atomic_path
 
 if TYPE_CHECKING:  # trimesh and scikit-image are imported where used: importing the transforms stays light
@@ -75,10 +74,7 @@ def _as_3d(volume: Any) -> np.ndarray:
 
 
 def volume_to_mesh(
-    volume: Any,
-    affine: Any = None,
-    level: float = BONE_LEVEL_HU,
-    step_size: int = 1,
+    volume: Any, affine: Any = None, level: float = BONE_LEVEL_HU, step_size: int = 1
 ) -> trimesh.Trimesh:
     """Iso-surface of ``volume`` at ``level`` with vertices in world coordinates (mm).
 

@@ -22,7 +22,6 @@ from typing import Any
 from monai.config import KeysCollection
 from monai.data import FolderLayout, MetaTensor
 from monai.transforms import MapTransform
-
 from scripts.errors import BundleInputError
 from scripts.utils import atomic_path
 
@@ -57,8 +56,8 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True  # exists (another user's) or cannot tell: keep its folder
+    except OSError:  # PermissionError: exists (another user's); else cannot tell: keep its folder
+        return True
     return True
 
 

@@ -21,7 +21,6 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.folder_layout import FolderLayout
 from monai.transforms import MapTransform
-
 from scripts.utils import atomic_path
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: importing the transforms stays light
@@ -77,11 +76,7 @@ def _spacing(volume: Any) -> np.ndarray:
 # The figure is drawn on an explicit Agg canvas (no pyplot): no window, no global backend switch, and
 # safe in worker threads.
 def preview_figure(
-    volume: Any,
-    xrays: Any = None,
-    label: Any = None,
-    window: Sequence[float] = (-1024.0, 1500.0),
-    title: str = "",
+    volume: Any, xrays: Any = None, label: Any = None, window: Sequence[float] = (-1024.0, 1500.0), title: str = ""
 ) -> Figure:
     """Build the preview figure (Agg canvas, no pyplot state).
 

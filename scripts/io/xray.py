@@ -41,7 +41,6 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize, Transform
-
 from scripts.errors import BundleInputError
 from scripts.io.outputs import case_meta_name
 
@@ -448,11 +447,7 @@ class LoadXRayPair(Transform):
         return [tuple(arr[0]), tuple(arr[1])]
 
     def __call__(
-        self,
-        files: Sequence[str | os.PathLike],
-        angles: Any = None,
-        pixel_spacing: Any = None,
-        name: str | None = None,
+        self, files: Sequence[str | os.PathLike], angles: Any = None, pixel_spacing: Any = None, name: str | None = None
     ) -> MetaTensor:
         """Read, validate and convert one case.
 

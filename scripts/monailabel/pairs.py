@@ -26,15 +26,7 @@ from pathlib import Path
 
 from scripts.errors import BundleInputError
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "VIEW_ANGLES",
-    "SIDECAR_KEYS",
-    "PairError",
-    "XRayPair",
-    "image_stem",
-    "resolve_pair",
-]
+__all__ = ["IMAGE_EXTENSIONS", "VIEW_ANGLES", "SIDECAR_KEYS", "PairError", "XRayPair", "image_stem", "resolve_pair"]
 
 #: file name endings the adapter treats as X-ray images (longest first, matched without letter case)
 IMAGE_EXTENSIONS: tuple[str, ...] = (

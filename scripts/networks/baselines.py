@@ -25,21 +25,11 @@ from collections.abc import Sequence
 import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets import BasicUNet
-from torch import nn
-
 from scripts.networks.model_info import attach_model_info
 from scripts.networks.views import ap_frame_to_grid, stack_views
+from torch import nn
 
-__all__ = [
-    "PSR",
-    "SIT",
-    "E2E",
-    "ResidualDown2D",
-    "FeatureTransform",
-    "UpBlock3D",
-    "check_volume_input",
-    "cube_size",
-]
+__all__ = ["PSR", "SIT", "E2E", "ResidualDown2D", "FeatureTransform", "UpBlock3D", "check_volume_input", "cube_size"]
 
 
 def check_volume_input(x: torch.Tensor, name: str, in_channels: int, divisor: int) -> None:

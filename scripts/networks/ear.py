@@ -8,10 +8,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
-from torch import nn
-
 from scripts.networks.blocks import CBAM3D, EAM, FEM
 from scripts.networks.model_info import attach_model_info
+from torch import nn
 
 __all__ = ["EAR", "EncoderLevel", "DecoderLevel"]
 

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from scripts.errors import BundleInputError
 from scripts.utils import unwrap_module
+from torch import nn
 
 __all__ = ["MODEL_INFO_KEYS", "attach_model_info", "read_model_info", "load_state_dict_file"]
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 from monai.transforms import LoadImage
-
 from scripts.transforms.drr import DRR
 from scripts.utils import atomic_path
 

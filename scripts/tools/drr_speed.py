@@ -23,7 +23,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-
 from scripts.drr.geometry import ConeBeamGeometry, crop_centre, grid_affine
 from scripts.drr.physics import linear_attenuation
 from scripts.drr.projector import DRRProjector

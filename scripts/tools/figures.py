@@ -19,7 +19,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from scripts.utils import atomic_path
 
 __all__ = ["surface_distances", "surface_figure", "VIEWS"]

@@ -23,7 +23,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from scripts.utils import atomic_path
 
 __all__ = ["COMPOSITIONS", "DENSITIES", "SPECTRUM_SETTINGS", "make_spectra", "make_attenuation", "main"]

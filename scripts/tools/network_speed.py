@@ -43,7 +43,6 @@ def build_networks(
         size: grid size of the baselines that depend on it (PSR, SIT).
     """
     from monai.networks.nets import BasicUNet
-
     from scripts.losses import EARLoss
     from scripts.networks.baselines import E2E, PSR, SIT
     from scripts.networks.bx2s import BX2S

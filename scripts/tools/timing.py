@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
 from scripts.utils import atomic_path
 
 __all__ = ["PeakMemory", "time_call", "machine_info", "write_report"]

@@ -3,16 +3,11 @@
 ``scripts.transforms.<Name>``. Reading X-ray files and writing outputs (volumes, meshes, previews) live in
 :mod:`scripts.io`."""
 
-from scripts.transforms.drr import DRR, DRRd, SeededDRRd, geometry_to_tensors, item_seed, random_rotation  # noqa: F401
-from scripts.transforms.edges import EdgeMap, EdgeMapd, boundary_map  # noqa: F401
-from scripts.transforms.expansion import (  # noqa: F401
-    DimensionExpansion,
-    DimensionExpansiond,
-    check_expansion_angles,
-    zscore_images,
-)
-from scripts.transforms.fourier import FourierRealImag, FourierRealImagd, real_imag_spectrum  # noqa: F401
-from scripts.transforms.intensity import (  # noqa: F401
+from scripts.transforms.drr import DRR, DRRd, SeededDRRd, geometry_to_tensors, item_seed, random_rotation
+from scripts.transforms.edges import EdgeMap, EdgeMapd, boundary_map
+from scripts.transforms.expansion import DimensionExpansion, DimensionExpansiond, check_expansion_angles, zscore_images
+from scripts.transforms.fourier import FourierRealImag, FourierRealImagd, real_imag_spectrum
+from scripts.transforms.intensity import (
     HUToZScore,
     HUToZScored,
     ModelZScoreToHUd,
@@ -20,8 +15,8 @@ from scripts.transforms.intensity import (  # noqa: F401
     ZScoreToHUd,
     load_intensity_stats,
 )
-from scripts.transforms.pose import FixedGridd, RandPoseRotated  # noqa: F401
-from scripts.transforms.projection import (  # noqa: F401
+from scripts.transforms.pose import FixedGridd, RandPoseRotated
+from scripts.transforms.projection import (
     MaximumIntensityProjection,
     MaximumIntensityProjectiond,
     maximum_intensity_projections,

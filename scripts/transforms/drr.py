@@ -33,7 +33,6 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Transform
-
 from scripts.drr import ConeBeamGeometry, DRRProjector, as_angles, crop_centre
 from scripts.io.xray import check_view_separation
 

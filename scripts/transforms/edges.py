@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, SobelGradients, Transform
 from monai.utils import convert_to_dst_type, convert_to_tensor
-
 from scripts.transforms.projection import _output_keys
 
 __all__ = ["boundary_map", "EdgeMap", "EdgeMapd"]

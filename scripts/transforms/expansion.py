@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
-
 from scripts.drr import ConeBeamGeometry, as_angles, crop_centre, grid_affine
 from scripts.drr.geometry import DEFAULT_SDD, DEFAULT_SOD
 from scripts.io.xray import XRayInputError, format_views

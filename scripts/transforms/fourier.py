@@ -10,7 +10,6 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_tensor
-
 from scripts.transforms.projection import _output_keys
 
 __all__ = ["real_imag_spectrum", "spectral_distance", "FourierRealImag", "FourierRealImagd"]

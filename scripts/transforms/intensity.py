@@ -14,9 +14,8 @@ from pathlib import Path
 
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
-from torch import nn
-
 from scripts.networks.model_info import read_model_info
+from torch import nn
 
 __all__ = [
     "load_intensity_stats",
