@@ -744,6 +744,7 @@ def reconstruct(
     save_vertebrae: bool = True,
     device: str | None = None,
     timings: dict[str, float] | None = None,
+    model: InferenceModel | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Reconstruct every vertebra of each patient from its X-ray pair, in batches, and assemble the spine.
@@ -773,8 +774,10 @@ def reconstruct(
         formats: mesh formats.
         save_vertebrae: also write each vertebra's HU volume.
         device: where the network runs (default the config's ``device``).
-        timings: if given, seconds per stage are added to it (``read``, ``expansion``, ``network``, ``hu``,
-            ``mesh``, ``mesh_write``, ``assemble``, ``write``, ``render``).
+        timings: if given, seconds per stage are added to it (``check``, ``read``, ``expansion``, ``network``,
+            ``hu``, ``mesh``, ``mesh_write``, ``assemble``, ``write``, ``render``).
+        model: an already loaded model (from :func:`load_inference_model`; then ``config_file``, ``device`` and
+            ``overrides`` are not used), e.g. to reconstruct several spines in one process.
         overrides: inference config values (``ckpt_dir``, ``invert``, ``sdd``, ...).
 
     Returns:
@@ -806,13 +809,15 @@ def reconstruct(
     levels = [c.id for c in pairs if c.level not in LEVEL_LABELS]
     if levels:
         raise DataError(datalist, f"unknown level of {', '.join(levels[:4])}", f"use one of {', '.join(LEVEL_LABELS)}")
-    model = load_inference_model(config_file, device, **overrides)
+    if model is None:
+        model = load_inference_model(config_file, device, **overrides)
     inputs = [{"xray": c.xray, "id": c.id, **({} if c.angles is None else {"angles": c.angles})} for c in pairs]
     get = model.parser.get_parsed_content
-    check_xray_cases(inputs, expansion_mode=get("expansion_mode"), invert=get("invert"))
+    watch = _Stopwatch(timings)
+    with watch("check"):  # every pair is read and checked before any is reconstructed
+        check_xray_cases(inputs, expansion_mode=get("expansion_mode"), invert=get("invert"))
     by_id = {c.id: c for c in pairs}
     volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    watch = _Stopwatch(timings)
     for item, vol, aff in reconstruct_batches(inputs, model, batch_size, progress=True, timings=timings):
         case = by_id[item["id"]]
         volumes[case.id] = (vol, aff)

@@ -135,3 +135,85 @@ def test_cli_reports_errors_in_one_line(tmp_path):
     )
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "x.json: file not found" in r.stderr
+
+
+# ---- whole-spine inference: python -m scripts.spine reconstruct -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def xray_spine(tmp_path_factory):
+    """Three simulated X-ray pairs of vertebra-like phantoms (64^3 at 2 mm), stacked 26 mm apart."""
+    from scripts.tools.everyday_speed import benchmark_crops, write_xray_pairs
+
+    crops, source = benchmark_crops(3, 64, 2.0, data=[])
+    assert source.startswith("synthetic")
+    datalist = write_xray_pairs(crops, tmp_path_factory.mktemp("xrays"))
+    return datalist, crops
+
+
+CPU = ["configs/inference.json", "configs/cpu.json"]
+
+
+def test_reconstruct_in_batches_places_and_assembles_every_vertebra(xray_spine, tmp_path, capsys):
+    from scripts.spine import load_inference_model, reconstruct
+
+    datalist, crops = xray_spine
+    model = load_inference_model(CPU, device="cpu")
+    timings: dict = {}
+    reports = reconstruct(str(datalist), str(tmp_path / "b2"), batch_size=2, model=model, timings=timings)
+    assert "reconstruct" in capsys.readouterr().err  # the progress bar
+    folder = tmp_path / "b2" / "bench"
+    report = reports["bench"]
+    assert set(report["labels"]) == {"T1", "T2", "T3"}
+    for name in ("bench_labels.nii.gz", "bench_hu.nii.gz", "bench_spine.png", "bench_spine.json"):
+        assert (folder / name).is_file()
+    for crop in crops:  # each reconstruction is written where its crop lies in patient space
+        img = nib.load(folder / "vertebrae" / f"{crop['id']}_hu.nii.gz")
+        assert img.shape == (64, 64, 64)
+        assert np.allclose(img.affine, crop["affine"], atol=1e-5)
+    assert {"check", "read", "expansion", "network", "hu", "assemble", "write", "render"} <= set(timings)
+    # batching does not change the result
+    reconstruct(str(datalist), str(tmp_path / "b1"), batch_size=1, model=model)
+    for crop in crops:
+        a = np.asarray(nib.load(folder / "vertebrae" / f"{crop['id']}_hu.nii.gz").dataobj)
+        b = np.asarray(nib.load(tmp_path / "b1" / "bench" / "vertebrae" / f"{crop['id']}_hu.nii.gz").dataobj)
+        assert np.allclose(a, b, atol=0.05)
+
+
+def test_reconstruct_places_by_centre_and_refuses_bad_lists(xray_spine, tmp_path):
+    from scripts.spine import reconstruct
+
+    datalist, _ = xray_spine
+    items = json.loads(datalist.read_text())
+    for i, item in enumerate(items):
+        item.pop("affine")
+        item.pop("shape")
+        item["xray"] = [str(datalist.parent / f) for f in item["xray"]]
+        item["centre_mm"] = [10.0, 20.0, 30.0 - 40.0 * i]
+    placed = tmp_path / "centred.json"
+    placed.write_text(json.dumps(items))
+    reconstruct(str(placed), str(tmp_path / "out"), config_file=CPU, batch_size=3, device="cpu", save_vertebrae=True)
+    img = nib.load(tmp_path / "out" / "bench" / "vertebrae" / f"{items[1]['id']}_hu.nii.gz")
+    centre = img.affine[:3, :3] @ np.full(3, 31.5) + img.affine[:3, 3]
+    assert np.allclose(centre, [10.0, 20.0, -10.0], atol=1e-5)
+    unplaced = tmp_path / "unplaced.json"
+    unplaced.write_text(json.dumps([{k: v for k, v in it.items() if k != "centre_mm"} for it in items]))
+    with pytest.raises(DataError, match="no position in patient space"):
+        reconstruct(str(unplaced), str(tmp_path / "o"), config_file=CPU)
+    no_pairs = tmp_path / "no_pairs.json"
+    no_pairs.write_text(json.dumps([{k: v for k, v in it.items() if k != "xray"} for it in items]))
+    with pytest.raises(DataError, match="X-ray pair"):
+        reconstruct(str(no_pairs), str(tmp_path / "o"), config_file=CPU)
+    with pytest.raises(DataError, match="--ckpt_dri is not a key.*--ckpt_dir"):
+        reconstruct(str(placed), str(tmp_path / "o"), config_file=CPU, ckpt_dri="models")
+    assert not (tmp_path / "o").exists()
+
+
+def test_reconstruct_cli_reports_errors_in_one_line(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "scripts.spine", "reconstruct", "--datalist", str(tmp_path / "x.json")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "x.json: file not found" in r.stderr

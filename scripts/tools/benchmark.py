@@ -6,6 +6,7 @@ Usage::
     python -m scripts.benchmark drr --out bench_drr.json
     python -m scripts.benchmark network --out bench_network.json
     python -m scripts.benchmark epoch --out bench_epoch.json
+    python -m scripts.benchmark all --out docs/benchmarks/all.json
 
 Every benchmark measures this bundle's component and a peer (DiffDRR, MONAI's BasicUNet) in the same
 process and run, and reports their ratio, so numbers from different machines are comparable.
@@ -21,7 +22,7 @@ from typing import Any
 
 from scripts.tools.timing import machine_info, write_report
 
-__all__ = ["drr", "network", "epoch", "main"]
+__all__ = ["drr", "network", "epoch", "everyday", "main"]
 
 
 def _flag(value: Any) -> bool:
@@ -159,11 +160,109 @@ def epoch(
     return write_report({**report, "results": results}, out)
 
 
+#: the goals of ``all``: name -> (what, where in the report, target, "max" (at most) or "min" (at least))
+GOALS: dict[str, tuple[str, tuple[str, ...], float, str]] = {
+    "vertebra_s": ("one vertebra, X-ray files to HU volume + mesh, warm (s)", ("vertebra", "total_ms"), 1.0, "max"),
+    "spine_s": ("whole spine, batched (s)", ("spine", "batched", "total_ms"), 10.0, "max"),
+    "drr_speedup": ("DRR pair, poly vs DiffDRR trilinear (x)",
+                    ("drr", "speedup", "ours_poly_vs_diffdrr_trilinear"), 10.0, "min"),
+    "drr_ncc": ("DRR, mono vs DiffDRR trilinear (NCC)", ("drr", "ncc_mono_vs_diffdrr_trilinear"), 0.99, "min"),
+    "train_step_ratio": ("EAR / BasicUNet training step (x)", ("train_step", "ratio_ear_to_unet", "median_ms"), 1.5,
+                         "max"),
+}  # fmt: skip
+
+
+def _goals(report: dict) -> dict:
+    goals = {}
+    for name, (what, path, target, kind) in GOALS.items():
+        value: Any = report
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        value = float(value) / (1000.0 if path[-1] == "total_ms" else 1.0)  # ms -> s
+        met = value <= target if kind == "max" else value >= target
+        goals[name] = {"what": what, "value": round(value, 4), "target": target, "kind": kind, "met": bool(met)}
+    return goals
+
+
+def everyday(
+    size: int = 64,
+    configs: Any = "configs/inference.json,configs/cpu.json",
+    model: str | None = None,
+    channels: Any = None,
+    repeat: int = 7,
+    spine_vertebrae: int = 17,
+    batch_size: int = 8,
+    spine_repeat: int = 3,
+    train_channels: Any = (8, 16, 32, 64, 128),
+    train_repeat: int = 5,
+    drr_size: int = 128,
+    drr_repeat: int = 9,
+    import_repeat: int = 5,
+    components: Any = None,
+    paper: Any = True,
+    paper_repeat: int = 1,
+    parts: Any = "vertebra,spine,train_step,imports,drr,paper_inference",
+    out: str | None = None,
+) -> dict:
+    """The everyday path, each figure against a peer of the same run (see scripts/tools/everyday_speed.py): one
+    vertebra (stage by stage), a whole spine in batches, the training step, the import cost of the components,
+    the DRR pair, and where a paper-sized inference run spends its time; with the goals met or missed.
+
+    ``--model none --channels 4,8,16,32,64 --size 32`` runs tiny random-weight networks (for tests).
+
+    Example: ``python -m scripts.benchmark all --out docs/benchmarks/all.json``.
+    """
+    import os
+
+    from scripts.tools import everyday_speed as ev
+
+    files = [f for f in configs.split(",") if f] if isinstance(configs, str) else list(configs)
+    chans = None if channels is None else _int_list(channels)
+    wanted = [p for p in parts.split(",") if p] if isinstance(parts, str) else list(parts)
+    if not _flag(paper):
+        wanted = [p for p in wanted if p != "paper_inference"]
+    report: dict[str, Any] = {
+        "benchmark": "all",
+        "machine": machine_info("cpu"),
+        "load_average_1min": {"start": round(os.getloadavg()[0], 2)},
+    }
+    timings = {}
+    for part in wanted:
+        t0 = time.perf_counter()
+        if part == "vertebra":
+            report[part] = ev.vertebra_benchmark(files, model, size, chans, repeat)
+        elif part == "spine":
+            report[part] = ev.spine_benchmark(files, model, size, chans, spine_vertebrae, batch_size, spine_repeat)
+        elif part == "train_step":
+            report[part] = ev.train_step_benchmark(size, _int_list(train_channels), train_repeat)
+        elif part == "imports":
+            comps = ev.COMPONENTS if components is None else [c for c in str(components).split(",") if c]
+            report[part] = ev.import_benchmark(comps, import_repeat)
+        elif part == "drr":
+            from scripts.tools.drr_speed import drr_benchmark
+
+            report[part] = drr_benchmark(drr_size, drr_size, 1, drr_repeat, 2)
+            report[part].pop("machine", None)
+        elif part == "paper_inference":
+            report[part] = ev.paper_inference_benchmark(repeat=paper_repeat)
+        else:
+            raise ValueError(f"unknown part {part!r}; choose from vertebra, spine, train_step, imports, drr, "
+                             "paper_inference")  # fmt: skip
+        timings[part] = round(time.perf_counter() - t0, 1)
+        report["load_average_1min"][f"after_{part}"] = round(os.getloadavg()[0], 2)
+    report["benchmark_seconds"] = timings
+    report["goals"] = _goals(report)
+    return write_report(report, out)
+
+
 # Benchmark commands: name -> function. Each returns the report dict it printed.
 COMMANDS: dict[str, Callable[..., dict]] = {}
 COMMANDS["network"] = network
 COMMANDS["drr"] = drr
 COMMANDS["epoch"] = epoch
+COMMANDS["all"] = everyday
 
 
 def main() -> None:
