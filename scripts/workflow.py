@@ -10,11 +10,13 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import logging
 import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -29,6 +31,11 @@ from scripts.transforms.expansion import DimensionExpansion, check_expansion_ang
 from scripts.transforms.intensity import load_intensity_stats
 
 __all__ = [
+    "distributed_lr_scale",
+    "sync_batchnorm",
+    "no_input_message",
+    "require_cases",
+    "bundle_package",
     "check_xray_cases",
     "check_dataset",
     "load_split",
@@ -50,6 +57,42 @@ _PREPARE_HINT = (
     "prepare it first, e.g. `python -m scripts.prepare --source example --out {d}` "
     "(for the CPU configs add `--spacing 2 --roi 64`), or set --dataset_dir to a prepared dataset"
 )
+
+
+def bundle_package(bundle_root: str | os.PathLike) -> ModuleType:
+    """This bundle's ``scripts`` package with every module the configs use: the value of the ``scripts`` config item.
+
+    The configs reach the package as ``@scripts`` rather than through ``$import scripts`` in their ``imports``:
+    MONAI evaluates ``imports`` before any other item, when the bundle folder may not be on ``sys.path`` yet
+    (``monai.bundle.load`` or ``ConfigWorkflow`` called from another folder). The ``bundle_on_path`` item first
+    puts ``bundle_root`` on ``sys.path`` (``bundle_root`` is the folder above the config files, found from the
+    ``ConfigWorkflow`` that reads them), then the ``scripts`` item calls this.
+
+    Args:
+        bundle_root: the bundle folder.
+
+    Raises:
+        BundleInputError: when the ``scripts`` package already imported in this process is another one (another
+            bundle's, or a ``scripts`` folder of the working directory).
+    """
+    import scripts
+    import scripts.handlers
+    import scripts.io
+    import scripts.io.plot_training
+    import scripts.losses
+    import scripts.metrics
+    import scripts.networks
+    import scripts.transforms
+
+    root = Path(bundle_root).resolve()
+    found = Path(scripts.__file__).resolve().parent
+    if found != root / "scripts":
+        raise BundleInputError(
+            f"the Python package 'scripts' in this process comes from {found}, not from this bundle ({root}): "
+            "another bundle or a 'scripts' folder of the working directory was imported first; fix: run the "
+            "bundle in a fresh process, or from a folder without a 'scripts' package."
+        )
+    return scripts
 
 
 @reports_input_errors
@@ -192,9 +235,11 @@ def inference_cases(
     case_id: str | None = None,
     check: bool = True,
     expansion_mode: str | None = None,
+    dataset_dir: str | os.PathLike | None = None,
+    split: str = "test",
     **loader_kwargs,
 ) -> list[dict]:
-    """The cases of an inference run: from a JSON datalist or from two image paths given on the command line.
+    """The cases of an inference run: a JSON datalist, two image paths, or by default a prepared dataset's split.
 
     A datalist is a JSON list (or ``{"testing": [...]}``) of ``{"xray": [view1, view2], "angles": [[a1, b1],
     [a2, b2]], "id": name}``; relative paths are resolved against the datalist's folder and ``angles``
@@ -212,6 +257,11 @@ def inference_cases(
         case_id: the name of the ``xrays`` case (names its outputs); ``None``: named after the files.
         check: validate every case before returning.
         expansion_mode: the run's dimension expansion mode, checked against every case's angles.
+        dataset_dir: without ``datalist`` and ``xrays``, the ``split`` of this prepared dataset is the input: its
+            simulated X-ray pairs (``drr_png`` and ``drr_angles`` of ``python -m scripts.simulate``). Without
+            them, or without the dataset, there are no cases (a warning now; :func:`require_cases` stops the run
+            with the fix), so that a workflow initialises with no input.
+        split: the split of ``dataset_dir``.
         loader_kwargs: arguments of :class:`scripts.io.xray.LoadXRayPair` used by the check.
 
     Raises:
@@ -240,14 +290,46 @@ def inference_cases(
         case = {"xray": [str(x) for x in xrays], "angles": angles}
         cases = [_inference_case({**case, "id": case_id} if case_id is not None else case)]
     else:
-        raise BundleInputError(
-            "no input: give --datalist cases.json, or --xrays \"['ap.png','lateral.png']\" "
-            '(optionally --angles "[[0,0],[90,0]]").'
-        )
+        cases = _dataset_cases(dataset_dir, split)
+        if not cases:
+            logging.getLogger(__name__).warning(no_input_message(dataset_dir, split))
+            return []
     check_case_names([c["id"] for c in cases])
     if check:
         check_xray_cases(cases, expansion_mode=expansion_mode, **loader_kwargs)
     return cases
+
+
+def _dataset_cases(dataset_dir: str | os.PathLike | None, split: str) -> list[dict]:
+    """The simulated X-ray pairs of a prepared dataset's split as inference cases; ``[]`` when there are none."""
+    if dataset_dir is None or not (Path(dataset_dir) / "datalist.json").is_file():
+        return []
+    items = load_split(dataset_dir, split)
+    return [
+        _inference_case({"xray": it["drr_png"], "angles": it.get("drr_angles"), "id": it["id"]})
+        for it in items
+        if it.get("drr_png")
+    ]
+
+
+def no_input_message(dataset_dir: str | os.PathLike | None, split: str = "test") -> str:
+    """The one line that says what to give an inference run that has no input."""
+    give = (
+        "give --datalist cases.json, or --xrays \"['ap.png','lateral.png']\" (optionally --angles \"[[0,0],[90,0]]\")"
+    )
+    if dataset_dir is not None and (Path(dataset_dir) / "datalist.json").is_file():
+        return (
+            f"no input: the {split} split of {dataset_dir} has no simulated X-rays; run python -m scripts.simulate "
+            f"--data {dataset_dir}, or {give}."
+        )
+    return f"no input: {give}, or set --dataset_dir to a prepared dataset with simulated X-rays."
+
+
+@reports_input_errors
+def require_cases(cases: Sequence[dict], dataset_dir: str | os.PathLike | None = None, split: str = "test") -> None:
+    """Stop an inference run that has no cases, with :func:`no_input_message`."""
+    if not cases:
+        raise BundleInputError(no_input_message(dataset_dir, split))
 
 
 def _inference_case(item: dict) -> dict:
@@ -272,6 +354,32 @@ def zscore_of_hu(hu: float, stats: dict[str, float]) -> float:
 def distributed_backend() -> str:
     """``nccl`` when CUDA is available, else ``gloo`` (so the multi-GPU overlay also runs on CPU)."""
     return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def distributed_lr_scale(rule: str = "linear") -> float:
+    """Factor of the learning rate in a multi-process run: the global batch is ``world_size`` times the batch.
+
+    ``"linear"`` (default) multiplies by the number of processes, so that an epoch (``1 / world_size`` as many
+    steps, each averaging ``world_size`` times as many samples) moves the weights about as far as a
+    single-process epoch (Goyal et al. 2017, with the warm-up the configs already have); ``"sqrt"`` by its
+    square root, the rule often used with Adam at large batches; ``"none"`` keeps the single-process rate.
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rules = {"linear": float(world), "sqrt": math.sqrt(world), "none": 1.0}
+    if rule not in rules:
+        raise BundleInputError(f"--lr_scaling {rule!r} is unknown; use one of {', '.join(rules)}.")
+    return rules[rule]
+
+
+def sync_batchnorm(network: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
+    """``network`` with its batch norms synchronised across processes (``torch.nn.SyncBatchNorm``) when enabled.
+
+    PyTorch's ``SyncBatchNorm`` runs on CUDA only, so the multi-process overlay enables it when CUDA is present
+    (``--sync_batchnorm``); on CPU (gloo) each process normalises its own batch.
+    """
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(network) if enabled else network
 
 
 def metric_handlers(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from scripts.tools.plot_training import main, plot_training, read_scalars
+from scripts.io.plot_training import main, plot_training, read_scalars
 from torch.utils.tensorboard import SummaryWriter
 
 

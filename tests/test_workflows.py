@@ -325,7 +325,7 @@ def test_ddp_two_gloo_processes(dataset, tmp_path):
         output_dir=str(tmp_path / "runs"),
         epochs=1,
         # two items per rank: batch norm needs more than one value per channel at the 1-voxel bottleneck of 32^3
-        **{"train#dataset#data": "$scripts.workflow.load_split(@dataset_dir, 'training') * 2"},
+        **{"train#dataset#data": "$@scripts.workflow.load_split(@dataset_dir, 'training') * 2"},
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
@@ -335,6 +335,10 @@ def test_ddp_two_gloo_processes(dataset, tmp_path):
     assert not any(k.startswith("module.") for k in state["model"]), "checkpoints hold the unwrapped network"
     assert (tmp_path / "runs" / "curves.png").is_file(), "rank 0 draws the training curves"
     assert (ckpt / "model.pt").is_file()
+    # only rank 0 writes logs: one TensorBoard file per handler (training, validation), none left empty by rank 1
+    assert len(list((tmp_path / "runs").glob("events.out.tfevents*"))) == 2
+    # the learning rate follows the global batch (lr_scaling "linear": 2 processes, twice the rate)
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(2 * 0.01)
 
 
 def test_ckpt_export_matches_eager(trained, tmp_path):

@@ -3,7 +3,7 @@
 
 Usage::
 
-    python -m scripts.tools.plot_training --log_dir runs/train --out runs/train/curves.png
+    python -m scripts.io.plot_training --log_dir runs/train --out runs/train/curves.png
 
 Draws the training loss (per iteration, with a per-epoch mean) and every validation metric logged per
 epoch (``val_*``), one panel each, and writes a PNG (atomically).
