@@ -101,3 +101,61 @@ def test_every_variant_builds_its_network_and_loss(name, variant):
     if name == "losses":
         order = ["rec", "rec_edge", "rec_edge_freq", "ear"].index(variant)
         assert [loss.weights[k] > 0 for k in ("edge", "freq", "proj")] == [order >= 1, order >= 2, order >= 3]
+
+
+def _rows(diffs_by_patient: dict[str, list[float]]) -> list[dict]:
+    """per_vertebra rows of a reference ``ear`` (dice 0.8) and a variant ``a`` (0.8 + the given differences)."""
+    rows = []
+    for p, diffs in diffs_by_patient.items():
+        for i, d in enumerate(diffs):
+            vid = f"{p}_L{i + 1}"
+            rows.append({"variant": "ear", "id": vid, "patient": p, "dice": "0.8"})
+            rows.append({"variant": "a", "id": vid, "patient": p, "dice": str(0.8 + d)})
+    return rows
+
+
+def test_paired_differences_bootstrap_over_patients():
+    rows = _rows({"P1": [0.01, 0.03], "P2": [0.05], "P3": [-0.01, 0.00, 0.01]})
+    (d,) = experiments.paired_differences(rows, "ear", metrics=["dice"], n_boot=500)
+    assert (d["variant"], d["n"], d["patients"]) == ("a", 6, 3)
+    assert d["mean_diff"] == pytest.approx(0.015)
+    # patients resampled whole: the interval lies within the range of the patients' own mean differences
+    assert -0.0 - 1e-9 <= d["ci_low"] <= d["mean_diff"] <= d["ci_high"] <= 0.05 + 1e-9
+    assert d["per_patient"] == "P1: +0.0200; P2: +0.0500; P3: +0.0000"
+    assert d["method"].startswith("95% bootstrap over 3 patients")
+
+
+def test_paired_differences_with_two_patients_are_descriptive():
+    rows = _rows({"P1": [0.02, 0.04], "P2": [-0.01]})
+    rows.append({"variant": "a", "id": "P9_L1", "patient": "P9", "dice": "0.9"})  # no reference: not paired
+    (d,) = experiments.paired_differences(rows, "ear", metrics=["dice"])
+    assert d["n"] == 3 and d["mean_diff"] == pytest.approx(0.05 / 3)
+    assert math.isnan(d["ci_low"]) and math.isnan(d["ci_high"])
+    assert d["method"].startswith("descriptive only")
+
+
+def test_modules_runner_writes_every_table_and_figure(dataset, tmp_path):
+    """One epoch of EAR and EAR without FEM: tables with every column, paired differences, all three figures."""
+    small = {k: json.dumps(v) for k, v in SMALL.items()}
+    out = experiments.run_experiment(
+        "modules",
+        str(dataset),
+        str(tmp_path / "out"),
+        epochs=1,
+        variants=["ear", "no_fem"],
+        extra={**small, "warmup_epochs": "1"},
+    )
+    with open(out / "summary.csv") as f:
+        header = next(csv.reader(f))
+    assert {f"{n}_{s}" for n in METRIC_NAMES for s in ("mean", "std", "n")} <= set(header)
+    with open(out / "paired.csv") as f:
+        paired = list(csv.DictReader(f))
+    assert {(r["variant"], r["reference"]) for r in paired} == {("no_fem", "ear")}
+    assert {r["metric"] for r in paired} == {n for n, _ in experiments.TABLE_METRICS}
+    assert all(r["method"].startswith(("descriptive only", "no vertebra")) for r in paired), "one validation patient"
+    md = (out / "summary.md").read_text()
+    assert "Paired per-vertebra difference to ear" in md and "| no_fem | dice |" in md
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figures == ["edge_attention_P2_T3.png", "fem_difference_P2_T3.png", "surface_P2_T3.png"]
+    assert all((out / "figures" / f).stat().st_size > 10_000 for f in figures)
+    assert (out / "figures" / "ear_P2_T3_hu.nii.gz").is_file() and (out / "figures" / "P2_T3_gt_hu.nii.gz").is_file()

@@ -25,11 +25,13 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from scripts.metrics import METRIC_NAMES
 from scripts.utils import atomic_path
 
-__all__ = ["EXPERIMENTS", "run_experiment", "summarise"]
+__all__ = ["EXPERIMENTS", "run_experiment", "summarise", "paired_differences", "predict_vertebra", "make_figures"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,6 +77,9 @@ TABLE_METRICS = (
     ("mae_hu", "lower"),
     ("fd", "lower"),
 )
+
+#: fewest patients for a confidence interval by resampling patients; with fewer the differences are descriptive
+MIN_BOOTSTRAP_PATIENTS = 3
 
 
 def _bundle(configs: Sequence[str], overrides: dict[str, str], log: Path) -> float:
@@ -152,7 +157,7 @@ def run_experiment(
         eval_overrides = {
             **common,
             "output_dir": str((folder / f"eval_{split}").resolve()),
-            "validate#dataset#data": f"$scripts.workflow.load_split(@dataset_dir, '{split}')",
+            "validate#dataset#data": f"$@scripts.workflow.load_split(@dataset_dir, '{split}')",
             **extra,
         }
         eval_configs = ["configs/train.json", "configs/evaluate.json"] + SIZES[size] + EXPERIMENTS[name][variant]
@@ -164,7 +169,119 @@ def run_experiment(
             f"[{i}/{len(chosen)}] {variant}: trained in {train_s / 60:.1f} min, evaluated in {eval_s:.0f} s", flush=True
         )
     summarise(root, chosen, split)
+    for path in make_figures(root, name, dataset_dir, size, split, chosen, extra):
+        print(f"figure: {path}", flush=True)
     return root
+
+
+def predict_vertebra(
+    configs: Sequence[str], overrides: Mapping[str, str], index: int = 0
+) -> tuple[str, Any, Any, Any, Any]:
+    """Reconstruct one vertebra of a variant's validation data the way its evaluation sees it.
+
+    Args:
+        configs: the variant's training configs (relative to the bundle root).
+        overrides: config overrides (``dataset_dir``, ``ckpt_dir``, sizes; ``validate#dataset#data`` picks the split).
+        index: which item of the split.
+
+    Returns:
+        ``(id, prediction HU, ground truth HU, network input, network)``: volumes as ``(X, Y, Z)`` MetaTensors on
+        the crop's grid, the network with the variant's ``model.pt`` loaded, in eval mode.
+    """
+    import torch
+    from monai.bundle import ConfigWorkflow
+    from scripts.networks.model_info import load_state_dict_file, read_model_info
+
+    wf = ConfigWorkflow(
+        config_file=[str(ROOT / c) for c in configs],
+        workflow_type="train",
+        bundle_root=str(ROOT),
+        **{k: _override_value(v) for k, v in overrides.items()},
+    )
+    wf.initialize()
+    item = wf.parser.get_parsed_content("validate#dataset")[index]
+    network = wf.parser.get_parsed_content("network_def")
+    network.load_state_dict(load_state_dict_file(Path(overrides["ckpt_dir"]) / "model.pt"))
+    info = read_model_info(network)
+    with torch.no_grad():
+        pred = network.eval()(item["image"][None])[0, 0]
+    label = item["label"][0]
+    to_hu = lambda z: z * info["gt_std"] + info["gt_mean"]  # noqa: E731
+    pred_hu = label.clone()
+    pred_hu.array = to_hu(pred)
+    label_hu = label.clone()
+    label_hu.array = to_hu(label.as_tensor())
+    return str(item["id"]), pred_hu, label_hu, item["image"], network
+
+
+def _override_value(text: str) -> Any:
+    """A command-line override (text) as the value fire would pass (JSON where it parses)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def make_figures(
+    root: str | os.PathLike,
+    name: str,
+    dataset_dir: str,
+    size: str = "cpu",
+    split: str = "validation",
+    variants: Sequence[str] | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """Figures of the first vertebra of ``split`` for the finished variants of an experiment, under ``<root>/figures``.
+
+    Surface-distance heat maps of every variant's reconstruction (Figs. 6-7); with an ``ear`` variant its edge
+    attention in three planes (Fig. 9); with ``ear`` and ``no_fem`` the difference FEM makes (Fig. 10). The
+    reconstructions are also written as NIfTI (HU, the crop's affine) beside the figures.
+    """
+    import nibabel as nib
+    from scripts.tools import figures as fig
+
+    root = Path(root)
+    out = root / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [v for v in (variants or EXPERIMENTS[name]) if (root / v / "done.json").is_file()]
+    preds, written = {}, []
+    gt_path = None
+    for variant in chosen:
+        overrides = {
+            "dataset_dir": str(Path(dataset_dir).resolve()),
+            "ckpt_dir": str((root / variant / "models").resolve()),
+            "validate#dataset#data": f"$@scripts.workflow.load_split(@dataset_dir, '{split}')",
+            **dict(extra or {}),
+        }
+        configs = ["configs/train.json"] + SIZES[size] + EXPERIMENTS[name][variant]
+        vid, pred_hu, gt_hu, image, network = predict_vertebra(configs, overrides)
+        affine = pred_hu.affine.numpy()
+        path = out / f"{variant}_{vid}_hu.nii.gz"
+        with atomic_path(path) as tmp:
+            nib.save(nib.Nifti1Image(pred_hu.numpy().astype(np.float32), affine), str(tmp))
+        preds[variant] = (path, pred_hu)
+        if gt_path is None:
+            gt_path = out / f"{vid}_gt_hu.nii.gz"
+            with atomic_path(gt_path) as tmp:
+                nib.save(nib.Nifti1Image(gt_hu.numpy().astype(np.float32), affine), str(tmp))
+            gt = gt_hu
+        if variant == "ear":
+            written.append(
+                fig.edge_attention_figure(
+                    fig.edge_attention(network, image), gt, out / f"edge_attention_{vid}.png", title=f"EAR, {vid}"
+                )
+            )
+    if not preds:
+        return written
+    vid = gt_path.name.split("_gt_hu")[0]
+    written.append(fig.surface_figure({v: p for v, (p, _) in preds.items()}, gt_path, out / f"surface_{vid}.png"))
+    if "ear" in preds and "no_fem" in preds:
+        written.append(
+            fig.fem_difference_figure(
+                preds["ear"][1], preds["no_fem"][1], gt, out / f"fem_difference_{vid}.png", title=f"FEM, {vid}"
+            )
+        )
+    return written
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -176,8 +293,99 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
+def paired_differences(
+    rows: Sequence[Mapping[str, str]],
+    reference: str,
+    metrics: Sequence[str] = tuple(n for n, _ in TABLE_METRICS),
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> list[dict]:
+    """Per variant and metric, the paired per-vertebra difference to ``reference`` (variant minus reference).
+
+    Only vertebrae that both variants evaluated with finite values count. With at least
+    :data:`MIN_BOOTSTRAP_PATIENTS` patients the 95% interval comes from a bootstrap over patients (whole patients
+    drawn with replacement, all their vertebrae with them, since vertebrae of one patient are not independent);
+    with fewer the difference is descriptive only: its mean and the mean per patient, no interval and no p-value.
+
+    Args:
+        rows: ``per_vertebra.csv`` rows (``variant``, ``id``, ``patient`` and metric columns).
+        reference: the variant the others are compared with.
+        metrics: metric columns to compare.
+        n_boot: bootstrap resamples.
+        seed: seed of the resampling.
+
+    Returns:
+        one dict per variant and metric: ``variant``, ``metric``, ``n`` vertebrae, ``patients``, ``mean_diff``,
+        ``ci_low``, ``ci_high`` (NaN when descriptive), ``per_patient`` (``"P1: +0.012; P2: -0.004"``), ``method``.
+    """
+    import numpy as np
+
+    by_key = {(r["variant"], r["id"]): r for r in rows}
+    out = []
+    rng = np.random.default_rng(seed)
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        if variant == reference:
+            continue
+        for metric in metrics:
+            pairs = []  # (patient, difference)
+            for (v, vid), r in by_key.items():
+                ref = by_key.get((reference, vid))
+                if v != variant or ref is None:
+                    continue
+                a, b = float(r[metric]), float(ref[metric])
+                if math.isfinite(a) and math.isfinite(b):
+                    pairs.append((r["patient"], a - b))
+            if not pairs:  # e.g. HD95 of a reconstruction without bone: the row stays, with nothing to compare
+                nan = math.nan
+                out.append(
+                    {
+                        "variant": variant,
+                        "reference": reference,
+                        "metric": metric,
+                        "n": 0,
+                        "patients": 0,
+                        "mean_diff": nan,
+                        "ci_low": nan,
+                        "ci_high": nan,
+                        "per_patient": "",
+                        "method": "no vertebra with finite values in both",
+                    }
+                )
+                continue
+            patients = sorted({p for p, _ in pairs})
+            diffs = {p: np.array([d for q, d in pairs if q == p]) for p in patients}
+            mean = float(np.mean([d for _, d in pairs]))
+            lo = hi = math.nan
+            method = f"descriptive only (fewer than {MIN_BOOTSTRAP_PATIENTS} patients)"
+            if len(patients) >= MIN_BOOTSTRAP_PATIENTS:
+                boots = []
+                for _ in range(n_boot):
+                    drawn = rng.choice(len(patients), size=len(patients), replace=True)
+                    boots.append(float(np.mean(np.concatenate([diffs[patients[i]] for i in drawn]))))
+                lo, hi = (float(x) for x in np.percentile(boots, [2.5, 97.5]))
+                method = f"95% bootstrap over {len(patients)} patients ({n_boot} resamples)"
+            out.append(
+                {
+                    "variant": variant,
+                    "reference": reference,
+                    "metric": metric,
+                    "n": len(pairs),
+                    "patients": len(patients),
+                    "mean_diff": mean,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "per_patient": "; ".join(f"{p}: {float(np.mean(diffs[p])):+.4f}" for p in patients),
+                    "method": method,
+                }
+            )
+    return out
+
+
 def summarise(
-    root: str | os.PathLike, variants: Sequence[str] | Mapping[str, str | os.PathLike], split: str = "validation"
+    root: str | os.PathLike,
+    variants: Sequence[str] | Mapping[str, str | os.PathLike],
+    split: str = "validation",
+    reference: str | None = None,
 ) -> Path:
     """Write ``per_vertebra.csv``, ``summary.csv``, ``summary.md`` and ``runs.csv`` from the variants' results.
 
@@ -186,6 +394,8 @@ def summarise(
         variants: variant names under ``root``, or ``{name: evaluation folder}`` of any evaluations (folders
             holding ``metrics_per_vertebra.csv``), e.g. two models evaluated on the same test vertebrae.
         split: the split the variants were evaluated on (for variant names).
+        reference: the variant of the paired differences (``paired.csv`` and a second table in ``summary.md``);
+            default ``"ear"`` when present, else the first variant.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -243,6 +453,22 @@ def summarise(
         lines.append(
             f"| {e['variant']} | {e['group']} | {e['n']} | " + " | ".join(cell(e, n) for n, _ in TABLE_METRICS) + " |"
         )
+    reference = reference or ("ear" if "ear" in variants else variants[0])
+    paired = paired_differences(rows, reference)
+    if paired:
+        with atomic_path(root / "paired.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(paired[0]))
+            writer.writeheader()
+            writer.writerows(paired)
+        methods = "; ".join(dict.fromkeys(d["method"] for d in paired if d["n"]))
+        title = f"Paired per-vertebra difference to {reference} (variant minus {reference}): {methods}."
+        lines += ["", title, ""]
+        lines += ["| variant | metric | n | mean difference | 95% interval | per patient |", "|---" * 6 + "|"]
+        for d in paired:
+            ci = f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if math.isfinite(d["ci_low"]) else "-"
+            lines.append(
+                f"| {d['variant']} | {d['metric']} | {d['n']} | {d['mean_diff']:+.3f} | {ci} | {d['per_patient']} |"
+            )
     with atomic_path(root / "summary.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)

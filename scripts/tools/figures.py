@@ -1,5 +1,6 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""Figures of reconstructions: surface-distance heat maps of several methods' reconstructions of one vertebra.
+"""Figures of reconstructions: surface-distance heat maps of several methods' reconstructions of one vertebra
+(the paper's Figs. 6-7), EAR's edge attention in three planes (Fig. 9), and the difference FEM makes (Fig. 10).
 
 Usage::
 
@@ -16,12 +17,22 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
+import torch
 from scripts.utils import atomic_path
 
-__all__ = ["surface_distances", "surface_figure", "VIEWS"]
+__all__ = [
+    "surface_distances",
+    "surface_figure",
+    "VIEWS",
+    "edge_attention",
+    "planes_figure",
+    "edge_attention_figure",
+    "fem_difference_figure",
+]
 
 #: view name -> (elevation, azimuth) of matplotlib's 3-D axes, for RAS world coordinates
 VIEWS: dict[str, tuple[float, float]] = {"anterior": (0.0, 90.0), "left": (0.0, 180.0), "superior": (90.0, -90.0)}
@@ -100,16 +111,27 @@ def surface_figure(
         pred_hu, pred_affine = _load(path)
         if not np.allclose(pred_affine, affine, atol=1e-3):
             raise ValueError(f"{path} is not on the ground truth's grid ({gt}); reconstruct the same crop.")
-        surfaces[name] = surface_distances(pred_hu, gt_hu, affine, level)
-    top = vmax_mm or float(np.percentile(np.concatenate([s[2] for s in surfaces.values()]), 99))
+        if not (gt_hu > level).any():
+            raise ValueError(f"the ground truth {gt} has no voxel above {level} HU: no surface to compare with.")
+        # a reconstruction without bone (e.g. an untrained model) gets an empty panel that says so
+        surfaces[name] = surface_distances(pred_hu, gt_hu, affine, level) if (pred_hu > level).any() else None
+    found = [s for s in surfaces.values() if s is not None]
+    top = vmax_mm or (float(np.percentile(np.concatenate([s[2] for s in found]), 99)) if found else 1.0)
     top = max(top, 1e-3)
     cmap = matplotlib.colormaps["jet"]
     fig = Figure(figsize=(3.0 * len(views) + 0.8, 3.0 * len(surfaces)), dpi=100)
     FigureCanvasAgg(fig)
-    every = np.concatenate([s[0] for s in surfaces.values()])  # one zoom for all panels: the surfaces' extent
+    # one zoom for all panels: the surfaces' extent
+    every = np.concatenate([s[0] for s in found]) if found else np.zeros((1, 3))
     low, high = every.min(axis=0), every.max(axis=0)
-    centre, half = (low + high) / 2, 0.55 * float((high - low).max())
-    for r, (name, (verts, faces, d)) in enumerate(surfaces.items()):
+    centre, half = (low + high) / 2, max(0.55 * float((high - low).max()), 1.0)
+    for r, (name, surface) in enumerate(surfaces.items()):
+        if surface is None:
+            ax = fig.add_subplot(len(surfaces), 1, r + 1)
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"{name}: no voxel above {level:g} HU, no surface", ha="center", va="center")
+            continue
+        verts, faces, d = surface
         colours = cmap(np.clip(d[faces].mean(axis=1) / top, 0.0, 1.0))
         for c, view in enumerate(views):
             ax = fig.add_subplot(len(surfaces), len(views), r * len(views) + c + 1, projection="3d")
@@ -125,6 +147,117 @@ def surface_figure(
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     return Path(out)
+
+
+def edge_attention(network: Any, image: torch.Tensor) -> torch.Tensor:
+    """EAR's edge attention map ``A_e`` for one input, at the input's size.
+
+    Runs the network once with a forward hook on its edge attention module (``network.eam``) and returns the
+    sigmoid of the edge logits, upsampled (trilinear) to the input's spatial size, as EAR uses it.
+
+    Args:
+        network: an :class:`~scripts.networks.EAR` with ``use_eam=True``.
+        image: ``(C, X, Y, Z)`` or ``(B, C, X, Y, Z)`` network input.
+
+    Returns:
+        ``(X, Y, Z)`` attention in [0, 1] (the first item of a batch).
+    """
+    eam = getattr(network, "eam", None)
+    if eam is None:
+        raise ValueError("edge attention needs an EAR network with use_eam=True.")
+    x = image if image.ndim == 5 else image[None]
+    caught: list[torch.Tensor] = []
+    handle = eam.register_forward_hook(lambda _m, _i, out: caught.append(out.detach()))
+    try:
+        with torch.no_grad():
+            network.eval()(x)
+    finally:
+        handle.remove()
+    logits = torch.nn.functional.interpolate(caught[0], size=x.shape[2:], mode="trilinear", align_corners=False)
+    return torch.sigmoid(logits)[0, 0]
+
+
+def planes_figure(
+    rows: Mapping[str, Any],
+    out: str | os.PathLike,
+    cmaps: Mapping[str, str] | str = "gray",
+    limits: Mapping[str, tuple[float, float]] | None = None,
+    title: str = "",
+) -> Path:
+    """One row per volume, its central coronal, sagittal and axial slices (as the previews show them).
+
+    Args:
+        rows: row name -> ``(X, Y, Z)`` volume (array or tensor, RAS grid).
+        out: PNG path (written atomically).
+        cmaps: a colour map for every row, or one per row name.
+        limits: row name -> ``(vmin, vmax)``; default: the row's own range.
+        title: figure title.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from scripts.io.preview import orthogonal_views
+
+    planes = ("coronal", "sagittal", "axial")
+    fig = Figure(figsize=(3.0 * len(planes) + 1.0, 2.8 * len(rows) + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    for r, (name, volume) in enumerate(rows.items()):
+        views = orthogonal_views(volume)
+        cmap = cmaps if isinstance(cmaps, str) else cmaps.get(name, "gray")
+        lo, hi = (limits or {}).get(name, (None, None))
+        for c, plane in enumerate(planes):
+            ax = fig.add_subplot(len(rows), len(planes), r * len(planes) + c + 1)
+            shown = ax.imshow(views[plane], cmap=cmap, vmin=lo, vmax=hi)
+            ax.set_axis_off()
+            ax.set_title(f"{name}, {plane}", fontsize=8)
+        fig.colorbar(shown, ax=fig.axes[-len(planes) :], shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(out)
+
+
+def edge_attention_figure(attention: Any, gt_hu: Any, out: str | os.PathLike, title: str = "") -> Path:
+    """EAR's edge attention in three planes under the ground truth's slices (the paper's Fig. 9)."""
+    return planes_figure(
+        {"ground truth (HU)": gt_hu, "edge attention A_e": attention},
+        out,
+        cmaps={"ground truth (HU)": "gray", "edge attention A_e": "inferno"},
+        limits={"ground truth (HU)": (-1024.0, 1500.0), "edge attention A_e": (0.0, 1.0)},
+        title=title,
+    )
+
+
+def fem_difference_figure(
+    ear_hu: Any, no_fem_hu: Any, gt_hu: Any, out: str | os.PathLike, limit_hu: float = 300.0, title: str = ""
+) -> Path:
+    """What FEM changes (the paper's Fig. 10): EAR minus EAR without FEM, and where that brings it closer to
+    the truth (``|no FEM - truth| - |EAR - truth|``, positive where FEM helps), in HU, three planes each."""
+    ear, no_fem, gt = (np.asarray(_as_np(v), dtype=np.float32) for v in (ear_hu, no_fem_hu, gt_hu))
+    if not ear.shape == no_fem.shape == gt.shape:
+        raise ValueError(f"the volumes must share one grid, got {ear.shape}, {no_fem.shape} and {gt.shape}.")
+    rows = {
+        "ground truth (HU)": gt,
+        "EAR - no FEM (HU)": ear - no_fem,
+        "error reduction by FEM (HU)": np.abs(no_fem - gt) - np.abs(ear - gt),
+    }
+    diverging = (-limit_hu, limit_hu)
+    return planes_figure(
+        rows,
+        out,
+        cmaps={"ground truth (HU)": "gray", "EAR - no FEM (HU)": "coolwarm", "error reduction by FEM (HU)": "RdBu"},
+        limits={
+            "ground truth (HU)": (-1024.0, 1500.0),
+            "EAR - no FEM (HU)": diverging,
+            "error reduction by FEM (HU)": diverging,
+        },
+        title=title,
+    )
+
+
+def _as_np(v: Any) -> np.ndarray:
+    v = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+    return v[0] if v.ndim == 4 and v.shape[0] == 1 else v
 
 
 def main(command: str, gt: str, preds: str, out: str, vmax_mm: float | None = None) -> None:
