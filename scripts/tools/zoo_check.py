@@ -232,6 +232,13 @@ def copy_zoo_and_bundle(zoo: Path, work: Path, name: str, all_bundles: bool, fro
     bundle = target / "models" / name
     if bundle.exists():
         raise ZooCheckError(f"the zoo already has a bundle {name!r}; give another --name.")
+    if from_commit:
+        resolved = _git(["rev-parse", "--verify", f"{from_commit}^{{commit}}"], BUNDLE_ROOT)
+        if resolved is None:
+            raise ZooCheckError(
+                f"--from_commit {from_commit}: no such commit in {BUNDLE_ROOT}; give a commit or branch."
+            )
+        from_commit = resolved
     files = _bundle_files(from_commit)
     for rel in files:
         dst = bundle / rel
@@ -255,6 +262,8 @@ def copy_zoo_and_bundle(zoo: Path, work: Path, name: str, all_bundles: bool, fro
     output = (
         f"copied {zoo} to $WORK/model-zoo {kept}\ncopied {len(files)} files of the bundle ({source}) to models/{name}"
     )
+    if not from_commit and dirty:
+        output += "\nthe working tree differs from that commit in (git status --porcelain):\n" + dirty
     return Stage(
         "copy",
         f"copy $ZOO -> $WORK/model-zoo; bundle -> models/{name}",
