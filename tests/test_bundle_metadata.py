@@ -187,3 +187,45 @@ def test_large_files_list_every_weight_file_with_its_hash(bundle_root):
     for path, entry in listed.items():
         assert entry["hash_type"] == "sha256"
         assert hashlib.sha256((bundle_root / path).read_bytes()).hexdigest() == entry["hash_val"], path
+
+
+def test_zoo_check_reads_the_format_tools_from_the_zoo_requirements():
+    from scripts.tools.zoo_check import ZooCheckError, format_tool_requirements
+
+    text = "# dev\nflake8>=3.8.1\nflake8-bugbear\npylint!=2.13  # x\nblack\nisort\nmonai>=1.2.0\n"
+    assert format_tool_requirements(text) == ["flake8>=3.8.1", "flake8-bugbear", "black", "isort"]
+    with pytest.raises(ZooCheckError, match="model-zoo checkout"):
+        format_tool_requirements("monai\n")
+
+
+def test_zoo_check_refuses_a_folder_that_is_no_zoo_checkout(tmp_path):
+    from scripts.tools.zoo_check import ZooCheckError, run_zoo_check
+
+    with pytest.raises(ZooCheckError, match="ci/verify_bundle.py"):
+        run_zoo_check(tmp_path, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_zoo_check_provides_monai_properties_where_the_zoo_has_none(bundle_root, tmp_path):
+    from scripts.tools.zoo_check import provide_properties
+
+    zoo, copy = tmp_path / "zoo", tmp_path / "copy"
+    zoo.mkdir()
+    (copy / "models" / "b" / "configs").mkdir(parents=True)
+    (copy / "models" / "b" / "configs" / "metadata.json").write_text(json.dumps(_meta(bundle_root)))
+    stage = provide_properties(zoo, copy, "b")
+    assert stage.passed and "monai.bundle.properties" in stage.output
+    namespace: dict = {}
+    exec((copy / "monai-label" / "bundle_properties.py").read_text(), namespace)
+    assert "bundle_root" in namespace["InferProperties"] and "version" in namespace["MetaProperties"]
+    (copy / "models" / "b" / "configs" / "metadata.json").write_text(json.dumps({"supported_apps": {}}))
+    assert not provide_properties(zoo, copy, "b").passed, "no app, no property check: the step fails"
+
+
+def test_zoo_transcript_records_a_passing_full_run(bundle_root):
+    text = (bundle_root / "docs" / "model-zoo" / "verify.md").read_text()
+    assert "Result: **PASS**" in text
+    for stage in ("environment", "copy", "isort", "black", "flake8", "schema", "properties", "verify_bundle"):
+        assert f"| {stage} | pass (exit 0) |" in text, stage
+    assert "ci/verify_bundle.py -b ear_vertebra_reconstruction -p models -m full" in text
+    assert "successfully checked properties." in text and "Provided TorchScript module is verified correctly." in text

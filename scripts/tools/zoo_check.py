@@ -82,6 +82,8 @@ PROPERTIES_NOTE = (
     "from monai.bundle.properties import InferProperties, MetaProperties  # noqa: F401\n"
 )
 COMMAND_TIMEOUT_S = 1800
+#: pip output lines about the package indexes it looked in, left out of the transcript
+PIP_INDEX_LINES = ("Looking in indexes", "Looking in links", "WARNING: Location '")
 
 
 class ZooCheckError(RuntimeError):
@@ -176,7 +178,8 @@ def setup_environment(venv: Path, zoo: Path) -> Stage:
     commands.append([str(python), "-m", "pip", "install", "--upgrade", "--progress-bar", "off", *requirements])
     for cmd in commands:
         c, out, _ = _run(cmd, BUNDLE_ROOT)
-        log.append(f"$ {shlex.join(cmd)}\n{out.strip()}")
+        kept = [line for line in out.splitlines() if not line.startswith(PIP_INDEX_LINES)]  # where pip looked
+        log.append(f"$ {shlex.join(cmd)}\n" + "\n".join(kept).strip())
         if c:
             code = c
             break
@@ -333,7 +336,7 @@ def place_schema(copy: Path, name: str, schema: Path | None, python: str) -> Sta
 def provide_properties(zoo: Path, copy: Path, name: str) -> Stage:
     """Where verify_bundle.py looks for each supported app's ``bundle_properties.py``; write MONAI's if absent."""
     apps = json.loads((copy / "models" / name / "configs" / "metadata.json").read_text()).get("supported_apps") or {}
-    lines, code = [], 0
+    lines, code, written = [], 0, []
     if not apps:
         return Stage(
             "properties",
@@ -352,12 +355,14 @@ def provide_properties(zoo: Path, copy: Path, name: str) -> Stage:
         target = copy / app / "bundle_properties.py"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(PROPERTIES_NOTE.format(app=app))
+        written.append(f"{app}/bundle_properties.py")
         lines.append(
             f"{app}: the checkout has no {app}/bundle_properties.py; wrote {app}/bundle_properties.py into the copy, "
             "taking InferProperties and MetaProperties from MONAI's monai.bundle.properties:\n"
             + PROPERTIES_NOTE.format(app=app)
         )
-    return Stage("properties", "(files)", "$WORK/model-zoo", code, 0.0, "\n".join(lines))
+    command = "write " + ", ".join(written) if written else "(the checkout's files)"
+    return Stage("properties", command, "$WORK/model-zoo", code, 0.0, "\n".join(lines))
 
 
 def verify_bundle(copy: Path, name: str, python: str) -> Stage:
