@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose
+from monai.transforms import Compose, NormalizeIntensity, NormalizeIntensityd
 from scripts.transforms import (
     EdgeMap,
     EdgeMapd,
     FourierRealImag,
     FourierRealImagd,
-    HUToZScore,
-    HUToZScored,
     MaximumIntensityProjection,
     MaximumIntensityProjectiond,
     ZScoreToHU,
@@ -112,8 +110,9 @@ def test_edge_dict_keeps_metadata():
 
 
 def test_zscore_round_trip_and_stats_file(tmp_path):
+    """MONAI's NormalizeIntensity with the stored statistics z-scores (as train.json does); ZScoreToHU undoes it."""
     x = MetaTensor(_cube())
-    to_z = HUToZScore(mean=-800.0, std=200.0)
+    to_z = NormalizeIntensity(subtrahend=-800.0, divisor=200.0)
     z = to_z(x)
     assert isinstance(z, MetaTensor)
     assert z[0, 0, 0, 0].item() == pytest.approx(-1.0) and z[0, 5, 5, 5].item() == pytest.approx(6.0)
@@ -123,18 +122,18 @@ def test_zscore_round_trip_and_stats_file(tmp_path):
     assert load_intensity_stats(stats, "hu.mean", "hu.std") == (-800.0, 200.0)
     pipeline = Compose(
         [
-            HUToZScored(["gt", "ct"], stats_file=stats, mean_key="hu.mean", std_key="hu.std"),
-            ZScoreToHUd("gt", mean=-800.0, std=200.0),
+            NormalizeIntensityd(["gt", "ct"], subtrahend=-800.0, divisor=200.0),
+            ZScoreToHUd("gt", stats_file=stats, mean_key="hu.mean", std_key="hu.std"),
         ]
     )
     out = pipeline({"gt": x, "ct": x.numpy()})
     torch.testing.assert_close(out["gt"], x)
     np.testing.assert_allclose(out["ct"], z.numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="std > 0"):
-        HUToZScore(0.0, 0.0)
+        ZScoreToHU(0.0, 0.0)
     with pytest.raises(ValueError, match="needs mean and std"):
-        HUToZScore()
+        ZScoreToHU()
     with pytest.raises(KeyError, match="hu.sd"):
         load_intensity_stats(stats, "hu.mean", "hu.sd")
     with pytest.raises(FileNotFoundError):
-        HUToZScore(stats_file=tmp_path / "missing.json")
+        ZScoreToHU(stats_file=tmp_path / "missing.json")

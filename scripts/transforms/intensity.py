@@ -1,8 +1,10 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""HU <-> z-score conversion with fixed (stored) dataset statistics: ``z = (HU - mean) / std``.
+"""z-score -> HU conversion with fixed (stored) dataset statistics: ``HU = z * std + mean``.
 
 The network's target and output are CT volumes z-scored with the training set's mean and standard
-deviation; these transforms apply and undo that with numbers given directly or read from a JSON file.
+deviation. The forward step is MONAI's ``NormalizeIntensityd(subtrahend=mean, divisor=std)`` (as in
+``configs/train.json``); MONAI has no inverse of it, so the conversion of the output back to HU is here, with
+the numbers given directly, read from a JSON file, or read from the model (:class:`ModelZScoreToHUd`).
 """
 
 from __future__ import annotations
@@ -17,16 +19,7 @@ from monai.transforms import MapTransform, Transform
 from scripts.networks.model_info import read_model_info
 from torch import nn
 
-__all__ = [
-    "load_intensity_stats",
-    "hu_to_zscore",
-    "zscore_to_hu",
-    "HUToZScore",
-    "ZScoreToHU",
-    "HUToZScored",
-    "ZScoreToHUd",
-    "ModelZScoreToHUd",
-]
+__all__ = ["load_intensity_stats", "hu_to_zscore", "zscore_to_hu", "ZScoreToHU", "ZScoreToHUd", "ModelZScoreToHUd"]
 
 
 def load_intensity_stats(path: str | Path, mean_key: str = "mean", std_key: str = "std") -> tuple[float, float]:
@@ -76,8 +69,8 @@ def zscore_to_hu(img: NdarrayOrTensor, mean: float, std: float) -> NdarrayOrTens
     return img * std + mean
 
 
-class HUToZScore(Transform):
-    """HU -> z-score with fixed statistics.
+class ZScoreToHU(Transform):
+    """z-score -> HU with fixed statistics (the inverse of MONAI's ``NormalizeIntensity`` with them).
 
     Args:
         mean: HU mean (or give ``stats_file``).
@@ -86,6 +79,8 @@ class HUToZScore(Transform):
         mean_key: key of the mean in ``stats_file``.
         std_key: key of the standard deviation in ``stats_file``.
     """
+
+    backend = ["torch", "numpy"]
 
     def __init__(
         self,
@@ -98,27 +93,19 @@ class HUToZScore(Transform):
         self.mean, self.std = _stats(mean, std, stats_file, mean_key, std_key)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        return hu_to_zscore(img, self.mean, self.std)
-
-
-class ZScoreToHU(HUToZScore):
-    """z-score -> HU with fixed statistics (the inverse of :class:`HUToZScore`, same arguments)."""
-
-    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         return zscore_to_hu(img, self.mean, self.std)
 
 
-class HUToZScored(MapTransform):
-    """Dictionary version of :class:`HUToZScore`.
+class ZScoreToHUd(MapTransform):
+    """Dictionary version of :class:`ZScoreToHU`.
 
     Args:
         keys: keys to convert.
-        mean, std, stats_file, mean_key, std_key: as :class:`HUToZScore`.
+        mean, std, stats_file, mean_key, std_key: as :class:`ZScoreToHU`.
         allow_missing_keys: do not raise for missing keys.
     """
 
-    backend = ["torch", "numpy"]
-    _array_cls: type[HUToZScore] = HUToZScore
+    backend = ZScoreToHU.backend
 
     def __init__(
         self,
@@ -131,19 +118,13 @@ class HUToZScored(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = self._array_cls(mean, std, stats_file, mean_key, std_key)
+        self.converter = ZScoreToHU(mean, std, stats_file, mean_key, std_key)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
         return d
-
-
-class ZScoreToHUd(HUToZScored):
-    """Dictionary version of :class:`ZScoreToHU` (same arguments as :class:`HUToZScored`)."""
-
-    _array_cls = ZScoreToHU
 
 
 class ModelZScoreToHUd(MapTransform):
