@@ -109,6 +109,10 @@ def _to_gray(arr: np.ndarray, path: Path, color: bool = False) -> np.ndarray:
     return arr
 
 
+# Why not MONAI's PILReader / PydicomReader / ITKReader: they return arrays in array-axis order (PILReader
+# transposes to (W, H) by default) for volumes and series, while a radiograph needs its displayed (row, column)
+# orientation, MONOCHROME1 inversion, RGB-to-luminance conversion and the detector pixel spacing of one 2-D
+# file; the readers below do only that, each a few lines over Pillow, pydicom, nibabel or ITK.
 def _read_pil(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     from PIL import Image
 
