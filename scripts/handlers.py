@@ -65,8 +65,8 @@ class ResumableCheckpoint:
     truncated file) and needs a separate ``CheckpointLoader`` with a path known in advance. This handler
     writes one file, atomically (temporary name, then rename), and on ``Events.STARTED`` loads it if it
     exists, so a killed run that is started again with the same command loses at most one epoch. (ignite's
-    ``Checkpoint`` with its atomic ``DiskSaver`` writes safely too, but MONAI's ``CheckpointLoader`` needs the
-    file to exist when the config is built, so the same command could not both start and resume a run.)
+    ``Checkpoint`` with its atomic ``DiskSaver`` writes safely too, but MONAI's ``CheckpointLoader`` fails when
+    its file does not exist, so one command could not both start a fresh run and resume a killed one.)
 
     Args:
         save_dir: folder of the checkpoint file.
