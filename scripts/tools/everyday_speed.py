@@ -269,7 +269,8 @@ def vertebra_benchmark(
         datalist = write_xray_pairs(crops, Path(tmp) / "xrays")
         case = json.loads(datalist.read_text())[0]
         case = {"xray": [str(datalist.parent / f) for f in case["xray"]], "angles": case["angles"], "id": case["id"]}
-        m = _load_model(configs, model, channels, roi, output_dir=str(Path(tmp) / "outputs"))
+        # every override before the first parse: setting a config item later rebuilds all components
+        m = _load_model(configs, model, channels, roi, output_dir=str(Path(tmp) / "outputs"), cases=[case])
         parser = m.parser
         steps = list(m.preprocessing.transforms)
         post = list(parser.get_parsed_content("postprocessing").transforms)
@@ -303,8 +304,7 @@ def vertebra_benchmark(
             "total_with_preview_ms": _median_ms(stages.totals()),
             "mesh": {k: item["pred_mesh"][k] for k in ("vertices", "faces", "watertight", "components")},
         }
-        if engine:
-            parser["cases"] = [case]
+        if engine:  # the same network object, with its loaded weights
             evaluator = parser.get_parsed_content("evaluator")
             times = []
             for i in range(warmup + repeat):
