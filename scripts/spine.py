@@ -758,8 +758,8 @@ def reconstruct(
     file or ``affine``) or by ``centre_mm``, the world position of its crop centre. Every pair is read and
     checked before any is reconstructed. Output per patient under ``<out>/<patient>/``: the files of
     :func:`spine` and, with ``save_vertebrae``, ``vertebrae/<id>_hu.nii.gz`` (each reconstruction placed in
-    patient space, so ``python -m scripts.spine --pred_dir <out>/<patient>/vertebrae --affine_from pred``
-    reassembles them again).
+    patient space, so ``python -m scripts.spine --pred_dir <out>/<patient>/vertebrae --datalist <the same>
+    --affine_from pred`` reassembles them again).
 
     Args:
         datalist: the datalist (see above).
@@ -851,7 +851,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fn = reconstruct if command == "reconstruct" else spine
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        fire.Fire(fn, command=args, name=f"scripts.spine {command}", serialize=lambda result: None)
+        fire.Fire(fn, command=args, name="scripts.spine", serialize=lambda result: None)
     except BundleInputError as e:
         sys.exit(f"error: {e}")
 
