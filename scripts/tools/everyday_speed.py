@@ -467,6 +467,10 @@ def profile_bundle_run(
     from monai.bundle import ConfigWorkflow
 
     times: dict[str, float] = {"imports": time.perf_counter() - t0}
+    import monai.bundle
+
+    # as `python -m monai.bundle run` sees it (the inference config's finalize step looks at argv[0])
+    sys.argv = [str(Path(monai.bundle.__file__).parent / "__main__.py")]
     t0 = time.perf_counter()
     workflow = ConfigWorkflow(config_file=list(configs), workflow_type="infer", **overrides)
     times["config_parse"] = time.perf_counter() - t0
