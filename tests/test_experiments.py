@@ -7,6 +7,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 from scripts.metrics import METRIC_NAMES
 from scripts.tools import experiments
@@ -76,7 +77,8 @@ def test_run_trains_evaluates_and_skips_finished_variants(dataset, tmp_path, cap
 
 
 @pytest.mark.parametrize(
-    "name, variant", [(n, v) for n in ("methods", "modules", "losses", "recipes") for v in experiments.EXPERIMENTS[n]]
+    "name, variant",
+    [(n, v) for n in ("methods", "modules", "losses", "recipes", "angles") for v in experiments.EXPERIMENTS[n]],
 )
 def test_every_variant_builds_its_network_and_loss(name, variant):
     from monai.bundle import ConfigParser
@@ -101,6 +103,10 @@ def test_every_variant_builds_its_network_and_loss(name, variant):
     if name == "losses":
         order = ["rec", "rec_edge", "rec_edge_freq", "ear"].index(variant)
         assert [loss.weights[k] > 0 for k in ("edge", "freq", "proj")] == [order >= 1, order >= 2, order >= 3]
+    if name == "angles":  # view 2 lateral, view 1 at the named angle from it, back-projected
+        views = np.asarray(parser.get_parsed_content("views"))
+        assert views[1].tolist() == [90.0, 0.0] and views[0, 0] == 90.0 - int(variant[3:])
+        assert parser.get_parsed_content("expansion_mode") == "backproject"
 
 
 def _rows(diffs_by_patient: dict[str, list[float]]) -> list[dict]:
@@ -159,3 +165,16 @@ def test_modules_runner_writes_every_table_and_figure(dataset, tmp_path):
     assert figures == ["edge_attention_P2_T3.png", "fem_difference_P2_T3.png", "surface_P2_T3.png"]
     assert all((out / "figures" / f).stat().st_size > 10_000 for f in figures)
     assert (out / "figures" / "ear_P2_T3_hu.nii.gz").is_file() and (out / "figures" / "P2_T3_gt_hu.nii.gz").is_file()
+
+
+def test_angles_runner_writes_the_angle_table_and_plot(dataset, tmp_path):
+    small = {k: json.dumps(v) for k, v in SMALL.items()}
+    out = experiments.run_experiment(
+        "angles", str(dataset), str(tmp_path / "out"), epochs=1, variants=["deg60", "deg140"], extra=small
+    )
+    with open(out / "angles.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["angle_deg"]) for r in rows] == [60, 140]
+    assert set(rows[0]) == {"angle_deg"} | {f"{m}_{s}" for m in ("dice", "psnr", "assd") for s in ("mean", "std")}
+    assert (out / "angles.png").stat().st_size > 10_000
+    assert (out / "figures" / "surface_P2_T3.png").is_file()

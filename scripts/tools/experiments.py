@@ -31,7 +31,15 @@ import numpy as np
 from scripts.metrics import METRIC_NAMES
 from scripts.utils import atomic_path
 
-__all__ = ["EXPERIMENTS", "run_experiment", "summarise", "paired_differences", "predict_vertebra", "make_figures"]
+__all__ = [
+    "EXPERIMENTS",
+    "run_experiment",
+    "summarise",
+    "paired_differences",
+    "predict_vertebra",
+    "make_figures",
+    "angle_table",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,6 +70,9 @@ EXPERIMENTS: dict[str, dict[str, list[str]]] = {
         "rec_edge_freq": ["configs/ablations/loss_rec_edge_freq.json"],
         "ear": [],
     },
+    # the angle between the two views: view 2 lateral (alpha 90), view 1 at alpha = 90 - angle; every variant
+    # back-projects (the replicating expansion takes orthogonal views only)
+    "angles": {f"deg{t}": [f"configs/angles/deg{t}.json"] for t in (60, 80, 90, 110, 120, 140)},
 }
 
 SIZES = {"cpu": ["configs/cpu.json"], "paper": []}
@@ -169,6 +180,8 @@ def run_experiment(
             f"[{i}/{len(chosen)}] {variant}: trained in {train_s / 60:.1f} min, evaluated in {eval_s:.0f} s", flush=True
         )
     summarise(root, chosen, split)
+    if name == "angles":
+        print(f"figure: {angle_table(root)}", flush=True)
     for path in make_figures(root, name, dataset_dir, size, split, chosen, extra):
         print(f"figure: {path}", flush=True)
     return root
@@ -282,6 +295,36 @@ def make_figures(
             )
         )
     return written
+
+
+def angle_table(root: str | os.PathLike, metrics: Sequence[str] = ("dice", "psnr", "assd")) -> Path:
+    """``angles.csv`` (mean and std per angle between the views) and ``angles.png`` (metric against angle)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    root = Path(root)
+    with open(root / "summary.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["group"] == "all" and r["variant"].startswith("deg")]
+    columns = [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+    table = [{"angle_deg": int(r["variant"][3:])} | {c: float(r[c]) for c in columns} for r in rows]
+    table.sort(key=lambda r: r["angle_deg"])
+    with atomic_path(root / "angles.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["angle_deg", *columns])
+        writer.writeheader()
+        writer.writerows(table)
+    fig = Figure(figsize=(3.2 * len(metrics), 2.8), dpi=100)
+    FigureCanvasAgg(fig)
+    x = [r["angle_deg"] for r in table]
+    for i, m in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        ax.errorbar(x, [r[f"{m}_mean"] for r in table], yerr=[r[f"{m}_std"] for r in table], marker="o", capsize=3)
+        ax.set_xlabel("angle between the views (degrees)")
+        ax.set_title(m)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(root / "angles.png") as tmp:
+        fig.savefig(tmp, format="png")
+    return root / "angles.png"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
