@@ -235,33 +235,73 @@ def _slice_grids(group: _RayGroup, n_s: int) -> torch.Tensor | None:
     return grids
 
 
+def _has_nonzero(volume: torch.Tensor, block: int = 16) -> bool:
+    """Whether volumes (B, X, Y, Z) hold a nonzero value, read in blocks of ``block`` X-slices until one does."""
+    return any(bool(volume[:, i : i + block].any()) for i in range(0, volume.shape[1], block))
+
+
+def _occupied_slices(stack: torch.Tensor, block: int = 8) -> tuple[int, int]:
+    """First and one-past-last slice (dim 0) of ``stack`` holding a nonzero value; ``(0, 0)`` when none does.
+
+    Only empty slices at the two ends are read beyond the first and last (in blocks of ``block``), so a
+    volume that fills its grid costs two slice reads.
+    """
+    n = stack.shape[0]
+    lo = 0
+    while lo < n:
+        hit = stack[lo : lo + block].reshape(min(block, n - lo), -1).any(1).nonzero()
+        if hit.numel():
+            lo += int(hit[0])
+            break
+        lo += block
+    if lo >= n:
+        return 0, 0
+    hi = n
+    while hi > lo:
+        start = max(lo, hi - block)
+        hit = stack[start:hi].reshape(hi - start, -1).any(1).nonzero()
+        if hit.numel():
+            hi = start + int(hit[-1]) + 1
+            break
+        hi = start
+    return lo, hi
+
+
 def _integrate_group(volume: torch.Tensor, group: _RayGroup, m: int) -> torch.Tensor:
     """Joseph integration of volumes (G, C, X, Y, Z) along the rays of one view group; (G, C, Vg, H, W).
 
     The slice stack is a strided view of the volume (no copy; ``grid_sample`` reads any strides) with the
-    volumes and channels of the batch stacked as channels, which all share the group's sampling grid.
+    volumes and channels of the batch stacked as channels, which all share the group's sampling grid. Slices
+    that are zero in every volume and channel at the two ends of the stack (the background around an isolated
+    vertebra) contribute nothing and are not sampled.
     """
     g, c = volume.shape[:2]
     a = group.axis
     stack = volume.movedim(2 + a, 0)  # (n_a, G, C, n_b, n_c)
     n_a, n_b, n_c = stack.shape[0], stack.shape[3], stack.shape[4]
     stack = stack.reshape(n_a, g * c, n_b, n_c)
+    rows, w = group.base.shape[:2]
+    lo, hi = _occupied_slices(stack)
+    if hi == lo:
+        return volume.new_zeros(g, c, len(group.views), rows // len(group.views), w)
     if m > 1:  # linear upsampling along the slice axis (box-consistent: sample k' sits at (k'+0.5)/m - 0.5)
         flat = stack.permute(1, 2, 3, 0).reshape(1, g * c * n_b * n_c, n_a)
         flat = F.interpolate(flat, size=n_a * m, mode="linear", align_corners=False)
         stack = flat.reshape(g * c, n_b, n_c, n_a * m).permute(3, 0, 1, 2).contiguous()
-    elif stack.stride(-1) != 1 or stack.stride(-2) != n_c:
-        # slices whose rows are far apart in memory sample about twice as slowly as a contiguous copy
-        stack = stack.contiguous()
-    n_s = stack.shape[0]
-    rows, w = group.base.shape[:2]
+        lo, hi = max(0, (lo - 1) * m), min(n_a * m, (hi + 1) * m)  # upsampled slices that can be nonzero
+    else:
+        stack = stack[lo:hi]
+        if stack.stride(-1) != 1 or stack.stride(-2) != n_c:
+            # slices whose rows are far apart in memory sample about twice as slowly as a contiguous copy
+            stack = stack.contiguous()
+    grids = _slice_grids(group, n_a * m)
     acc = None
-    n_chunks = -(-n_s * g * c * rows * w // _MAX_ELEMENTS)  # chunks of slices, to bound the memory
-    chunk = -(-n_s // n_chunks)
-    grids = _slice_grids(group, n_s)
-    grid_buf = group.base.new_empty(min(chunk, n_s), rows, w, 2) if grids is None else None  # for all chunks
-    for s0 in range(0, n_s, chunk):
-        s1 = min(n_s, s0 + chunk)
+    n_chunks = -(-(hi - lo) * g * c * rows * w // _MAX_ELEMENTS)  # chunks of slices, to bound the memory
+    chunk = -(-(hi - lo) // n_chunks)
+    grid_buf = group.base.new_empty(min(chunk, hi - lo), rows, w, 2) if grids is None else None  # for all chunks
+    offset = lo if m == 1 else 0  # index of the stack's first slice in the (upsampled) grid
+    for s0 in range(lo, hi, chunk):
+        s1 = min(hi, s0 + chunk)
         if grids is not None:
             grid = grids[s0:s1]
         else:
@@ -269,7 +309,9 @@ def _integrate_group(volume: torch.Tensor, group: _RayGroup, m: int) -> torch.Te
             grid = torch.addcmul(group.base, k, group.slope, out=grid_buf[: s1 - s0])  # (s1 - s0, Vg * H, W, 2)
         # zeros padding: within one voxel outside a side face the samples fade linearly to zero, which
         # integrates like the voxel's box ending half a voxel beyond its centre
-        smp = F.grid_sample(stack[s0:s1], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        smp = F.grid_sample(
+            stack[s0 - offset : s1 - offset], grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
         part = smp.sum(0)
         acc = part if acc is None else acc.add_(part)
     acc = acc.mul_(group.step)  # (G * C, Vg * H, W)
@@ -431,14 +473,25 @@ class DRRProjector:
         else:
             hu = _c_order(hu.float())  # element-wise ops and the slice stacks want C order
             m = self.samples_per_voxel
+            present = None
             if self.physics == "mono":
                 vol = linear_attenuation(hu[:, 0], self.energy_kev)[:, None]  # 1/mm
             else:
                 vol = material_densities(hu[:, 0], channel_dim=1)  # g/cm^3
+                # a material absent from every volume (e.g. air around an isolated vertebra, whose -1024 HU
+                # background has no density) has zero line integrals: only the others are sampled
+                present = [c for c in range(vol.shape[1]) if _has_nonzero(vol[:, c])] or [1]
+                if len(present) < vol.shape[1]:
+                    lo, hi = (present[0], present[-1] + 1) if present else (0, 0)
+                    vol = vol[:, lo:hi] if present == list(range(lo, hi)) else vol[:, present]
             h, w = geometry.detector_shape
             out = hu.new_empty(hu.shape[0], as_angles(angles).shape[0], h, w)
             # physics per view group, on the (G, C, Vg, H, W) integrals as they come
             for items, views, lint in _integrals_by_group(vol, aff, geometry, angles, isocentre, object_rotation, m):
+                if present is not None and len(present) < 3:
+                    full = lint.new_zeros(lint.shape[0], 3, *lint.shape[2:])
+                    full[:, present] = lint
+                    lint = full
                 if self.physics == "mono":
                     img = lint[:, 0]
                 else:  # density x mm -> g/cm^2 is folded into the attenuation coefficients (length_scale)

