@@ -13,7 +13,9 @@ along the slice axis by linear interpolation, which makes the sampling trilinear
 The ray set-up of a volume grid (its rays in voxel index coordinates, grouped by slice axis) is computed once
 and kept in a small cache, shared by grids that differ by a translation; the sampling grids of all slices built
 from it are kept too, within a memory budget (``_GRID_CACHE_BYTES``), so a repeated projection at the same
-geometry only samples and sums.
+geometry only samples and sums. Slices that are empty in every volume and channel at the two ends of a stack,
+and materials absent from every volume (the background around an isolated vertebra has no density), are not
+sampled: they would add exact zeros.
 
 Along the slice axis every voxel is a box of one voxel size (each slice contributes one step); inside a
 slice the samples fade linearly to zero within one voxel outside the side faces (zero padding), which
