@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 from scripts.networks import read_model_info
+from tests.test_workflows import SMALL, dataset, trained
+
+__all__ = ["dataset", "trained"]  # module-scoped fixtures of test_workflows
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -63,3 +66,31 @@ def test_documented_combinations_build_their_network(files):
             180.0,
             parser.get_parsed_content("roi_size"),
         )
+
+
+@pytest.mark.parametrize(
+    "files, workflow_type",
+    [
+        (["train.json"], "train"),
+        (["train.json", "cpu.json"], "train"),
+        (["train.json", "evaluate.json"], "eval"),
+        (["train.json", "evaluate.json", "cpu.json"], "eval"),
+        (["inference.json"], "infer"),
+        (["inference.json", "cpu.json"], "infer"),
+        (["inference.json", "inference_simulated.json"], "infer"),
+        (["inference.json", "inference_simulated.json", "cpu.json"], "infer"),
+    ],
+)
+def test_documented_combinations_pass_their_properties(files, workflow_type, dataset, trained):
+    """MONAI's own property check of every documented single-process combination (test sizes, test data)."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / f) for f in files],
+        workflow_type=workflow_type,
+        dataset_dir=str(dataset),
+        ckpt_dir=str(trained),
+        **SMALL,
+    )
+    wf.initialize()
+    assert not wf.check_properties()
