@@ -94,3 +94,14 @@ def test_documented_combinations_pass_their_properties(files, workflow_type, dat
     )
     wf.initialize()
     assert not wf.check_properties()
+
+
+def test_simulated_inference_sees_the_validation_x_rays():
+    """inference_simulated.json repeats the simulation settings that the stand-alone inference.json lacks: they
+    and its SeededDRRd must be those of train.json's validation, so both see the same X-rays of a vertebra."""
+    train, infer = _parser("train.json"), _parser("inference.json", "inference_simulated.json")
+    for key in ("seed", "drr_source", "views", "physics", "spectrum", "photon_count"):
+        assert infer.get(key) == train.get(key), f"{key} differs between train.json and inference_simulated.json"
+    (val,) = train.get("validate#simulate_transforms")
+    sim = next(t for t in infer.get("preprocessing#transforms") if t["_target_"] == val["_target_"])
+    assert {k: v for k, v in sim.items() if k != "output_keys"} == {k: v for k, v in val.items() if k != "output_keys"}
