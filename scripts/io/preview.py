@@ -56,6 +56,8 @@ def orthogonal_views(volume: Any) -> dict[str, np.ndarray]:
     if v.ndim != 3:
         raise ValueError(f"expected a 3-D volume (X, Y, Z) or (1, X, Y, Z), got shape {v.shape}.")
     x, y, z = (n // 2 for n in v.shape)
+    # MIPs for display: a numpy max over one axis; scripts.transforms.projection holds the MIP transform and the
+    # batched torch projections of the loss (a layer above this one)
     return {
         "coronal": _display(v[:, y, :]),
         "sagittal": _display(v[x, :, :]),
