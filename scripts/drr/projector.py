@@ -237,9 +237,17 @@ def _slice_grids(group: _RayGroup, n_s: int) -> torch.Tensor | None:
     return grids
 
 
+def _any(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds a nonzero value; on the CPU through numpy, single-threaded: these checks run on small
+    blocks, where a parallel region would only add waiting on a busy machine."""
+    if t.device.type == "cpu":
+        return bool(np.any(t.detach().numpy()))
+    return bool(t.any())
+
+
 def _has_nonzero(volume: torch.Tensor, block: int = 16) -> bool:
     """Whether volumes (B, X, Y, Z) hold a nonzero value, read in blocks of ``block`` X-slices until one does."""
-    return any(bool(volume[:, i : i + block].any()) for i in range(0, volume.shape[1], block))
+    return any(_any(volume[:, i : i + block]) for i in range(0, volume.shape[1], block))
 
 
 def _occupied_slices(stack: torch.Tensor, block: int = 8) -> tuple[int, int]:
@@ -250,22 +258,17 @@ def _occupied_slices(stack: torch.Tensor, block: int = 8) -> tuple[int, int]:
     """
     n = stack.shape[0]
     lo = 0
-    while lo < n:
-        hit = stack[lo : lo + block].reshape(min(block, n - lo), -1).any(1).nonzero()
-        if hit.numel():
-            lo += int(hit[0])
-            break
+    while lo < n and not _any(stack[lo : lo + block]):
         lo += block
     if lo >= n:
         return 0, 0
+    while not _any(stack[lo]):  # the first nonzero slice of the block
+        lo += 1
     hi = n
-    while hi > lo:
-        start = max(lo, hi - block)
-        hit = stack[start:hi].reshape(hi - start, -1).any(1).nonzero()
-        if hit.numel():
-            hi = start + int(hit[-1]) + 1
-            break
-        hi = start
+    while not _any(stack[max(lo, hi - block) : hi]):
+        hi = max(lo, hi - block)
+    while not _any(stack[hi - 1]):
+        hi -= 1
     return lo, hi
 
 
