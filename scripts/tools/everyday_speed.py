@@ -193,7 +193,8 @@ def _load_model(
         )
     elif model is not None:
         overrides = {**overrides, "ckpt_dir": str(Path(model).resolve().parent)}
-    return load_inference_model(list(configs), device="cpu", **overrides)
+    files = [c if Path(c).is_file() else str(_ROOT / c) for c in configs]  # relative to the bundle root too
+    return load_inference_model(files, device="cpu", **overrides)
 
 
 class _Stages:
