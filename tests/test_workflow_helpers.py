@@ -58,8 +58,9 @@ def test_statistics(tmp_path):
 
 
 def test_inference_cases_errors(tmp_path):
+    assert workflow.inference_cases() == [], "no input: the workflow initialises; running it stops"
     with pytest.raises(ValueError, match="--xrays"):
-        workflow.inference_cases()
+        workflow.require_cases(workflow.inference_cases())
     with pytest.raises(BundleInputError, match="does not exist"):
         workflow.inference_cases(datalist=str(tmp_path / "cases.json"))
     (tmp_path / "cases.json").write_text("[]")
