@@ -58,3 +58,27 @@ def test_checkpoint_beyond_max_epochs_is_reported(tmp_path):
     trainer2, _ = _trainer(2, tmp_path, [])
     with pytest.raises(ValueError, match="beyond max_epochs"):
         trainer2.run()
+
+
+def test_pretrained_weights_start_training_and_keep_this_runs_model_info(tmp_path):
+    from ignite.engine import Engine
+    from scripts.errors import BundleInputError
+    from scripts.handlers import PretrainedWeights
+    from scripts.networks.model_info import attach_model_info, read_model_info
+
+    source = attach_model_info(torch.nn.Linear(3, 1), {"gt_mean": -900.0, "gt_std": 150.0}, 2.0, 64)
+    torch.save(source.state_dict(), tmp_path / "model.pt")
+    net = attach_model_info(torch.nn.Linear(3, 1), {"gt_mean": -1000.0, "gt_std": 170.0}, 1.0, 128)
+    engine = Engine(lambda e, b: None)
+    PretrainedWeights(net, tmp_path / "model.pt").attach(engine)
+    engine.run([0], max_epochs=1)
+    torch.testing.assert_close(net.weight, source.weight)
+    assert read_model_info(net) == {"gt_mean": -1000.0, "gt_std": 170.0, "spacing": 1.0, "roi_size": 128}
+
+    PretrainedWeights(net, None).attach(Engine(lambda e, b: None))  # no pretrained weights: nothing to do
+    with pytest.raises(BundleInputError, match="--pretrained"):
+        PretrainedWeights(net, tmp_path / "absent.pt").attach(Engine(lambda e, b: None))
+    other = torch.nn.Linear(4, 1)
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        PretrainedWeights(net, tmp_path / "other.pt")(Engine(lambda e, b: None))

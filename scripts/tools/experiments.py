@@ -204,6 +204,7 @@ def predict_vertebra(
     import torch
     from monai.bundle import ConfigWorkflow
     from scripts.networks.model_info import load_state_dict_file, read_model_info
+    from scripts.transforms.intensity import zscore_to_hu
 
     wf = ConfigWorkflow(
         config_file=[str(ROOT / c) for c in configs],
@@ -219,11 +220,9 @@ def predict_vertebra(
     with torch.no_grad():
         pred = network.eval()(item["image"][None])[0, 0]
     label = item["label"][0]
-    to_hu = lambda z: z * info["gt_std"] + info["gt_mean"]  # noqa: E731
     pred_hu = label.clone()
-    pred_hu.array = to_hu(pred)
-    label_hu = label.clone()
-    label_hu.array = to_hu(label.as_tensor())
+    pred_hu.array = zscore_to_hu(pred, info["gt_mean"], info["gt_std"])
+    label_hu = zscore_to_hu(label, info["gt_mean"], info["gt_std"])
     return str(item["id"]), pred_hu, label_hu, item["image"], network
 
 
