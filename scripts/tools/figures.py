@@ -139,13 +139,15 @@ def surface_figure(
             for setter, k in ((ax.set_xlim, 0), (ax.set_ylim, 1), (ax.set_zlim, 2)):
                 setter(centre[k] - half, centre[k] + half)
             ax.view_init(*VIEWS[view])
+            # matplotlib's default camera leaves the cube at about half the panel; zoom so the bone fills it
+            ax.set_box_aspect((1, 1, 1), zoom=1.4)
             ax.set_axis_off()
             ax.set_title(f"{name}, {view}" if c else f"{name}: mean {d.mean():.2f} mm, {view}", fontsize=8)
     norm = matplotlib.colors.Normalize(0.0, top)
     bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=fig.axes, shrink=0.6)
     bar.set_label("distance to the true surface (mm)")
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     return Path(out)
 
 
