@@ -170,11 +170,14 @@ def test_modules_runner_writes_every_table_and_figure(dataset, tmp_path):
 def test_angles_runner_writes_the_angle_table_and_plot(dataset, tmp_path):
     small = {k: json.dumps(v) for k, v in SMALL.items()}
     out = experiments.run_experiment(
-        "angles", str(dataset), str(tmp_path / "out"), epochs=1, variants=["deg60", "deg140"], extra=small
+        "angles", str(dataset), str(tmp_path / "out"), epochs=1, variants=["deg140", "deg90"], extra=small
     )
     with open(out / "angles.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["angle_deg"]) for r in rows] == [60, 140]
+    assert [int(r["angle_deg"]) for r in rows] == [90, 140], "sorted by angle"
+    with open(out / "paired.csv") as f:
+        paired = list(csv.DictReader(f))
+    assert {(r["variant"], r["reference"]) for r in paired} == {("deg140", "deg90")}, "compared with orthogonal views"
     assert set(rows[0]) == {"angle_deg"} | {f"{m}_{s}" for m in ("dice", "psnr", "assd") for s in ("mean", "std")}
     assert (out / "angles.png").stat().st_size > 10_000
     assert (out / "figures" / "surface_P2_T3.png").is_file()

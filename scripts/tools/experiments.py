@@ -77,6 +77,9 @@ EXPERIMENTS: dict[str, dict[str, list[str]]] = {
 
 SIZES = {"cpu": ["configs/cpu.json"], "paper": []}
 
+#: the variant each experiment's paired differences are taken to (default: ``ear``, else the first variant)
+REFERENCES = {"angles": "deg90"}
+
 #: metrics shown in the markdown table, with the direction that is better
 TABLE_METRICS = (
     ("dice", "higher"),
@@ -179,7 +182,8 @@ def run_experiment(
         print(
             f"[{i}/{len(chosen)}] {variant}: trained in {train_s / 60:.1f} min, evaluated in {eval_s:.0f} s", flush=True
         )
-    summarise(root, chosen, split)
+    reference = REFERENCES.get(name)
+    summarise(root, chosen, split, reference=reference if reference in chosen else None)
     if name == "angles":
         print(f"figure: {angle_table(root)}", flush=True)
     for path in make_figures(root, name, dataset_dir, size, split, chosen, extra):
