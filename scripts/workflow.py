@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import json
 import logging
 import math
@@ -19,14 +20,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import DistributedSampler
 from monai.handlers import IgniteMetricHandler, from_engine
-from scripts.errors import BundleInputError, reports_input_errors
-from scripts.io.xray import DEFAULT_ANGLES, LoadXRayPair, XRayInputError, xray_case_name
+from scripts.errors import BundleInputError, install_cli_excepthook, reports_input_errors, running_bundle_cli
+from scripts.io.xray import DEFAULT_ANGLES, MIN_XRAY_SIZE, LoadXRayPair, XRayInputError, xray_case_name
 from scripts.metrics import METRIC_NAMES, VertebraMetric
-from scripts.networks.model_info import load_state_dict_file, read_model_info
+from scripts.networks.model_info import MODEL_INFO_KEYS, convert_command, load_state_dict_file, read_model_info
 from scripts.transforms.expansion import DimensionExpansion, check_expansion_angles
 from scripts.transforms.intensity import load_intensity_stats
 
@@ -46,6 +48,9 @@ __all__ = [
     "model_statistics",
     "inference_cases",
     "check_model",
+    "model_setting",
+    "with_model_views",
+    "training_record",
     "check_cli_overrides",
     "validation_sampler",
 ]
@@ -71,10 +76,14 @@ def bundle_package(bundle_root: str | os.PathLike) -> ModuleType:
     Args:
         bundle_root: the bundle folder.
 
+    Under ``python -m monai.bundle`` it also installs the handler that ends an input error with its one line
+    instead of a traceback (:func:`scripts.errors.install_cli_excepthook`).
+
     Raises:
         BundleInputError: when the ``scripts`` package already imported in this process is another one (another
             bundle's, or a ``scripts`` folder of the working directory).
     """
+    install_cli_excepthook()
     import scripts
     import scripts.handlers
     import scripts.io
@@ -169,21 +178,87 @@ def model_statistics(path: str | os.PathLike) -> dict[str, float]:
     return {"gt_mean": info["gt_mean"], "gt_std": info["gt_std"]}
 
 
+def _model_file_key(path: str | os.PathLike) -> tuple[str, int, int] | None:
+    p = Path(path)
+    if not p.is_file():
+        return None
+    st = p.stat()
+    return (str(p.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_contract(key: tuple[str, int, int]) -> dict[str, Any]:
+    return read_model_info(key[0])
+
+
+@reports_input_errors
+def model_setting(path: str | os.PathLike, name: str, default: Any = None) -> Any:
+    """A value of a trained model's contract, for the config items a run does not set itself.
+
+    Evaluation and inference configs take ``roi_size``, ``spacing``, ``views`` and ``expansion_mode`` from the
+    model they load (:func:`scripts.networks.read_model_info`); a value set in an overlay or on the command line
+    replaces this and is then checked against the model by :func:`check_model`. Where the model file does not
+    exist yet, or does not hold the value, ``default`` is used (:func:`check_model` then says what is missing).
+
+    Args:
+        path: the model file (``model.pt``).
+        name: a key of the contract (``roi_size``, ``spacing``, ``views``, ``expansion_mode``).
+        default: the value without a model.
+    """
+    key = _model_file_key(path)
+    if key is None:
+        return default
+    try:
+        value = _cached_contract(key).get(name)
+    except BundleInputError:
+        return default
+    return default if value is None else value
+
+
+def training_record(bundle_root: str | os.PathLike, **settings: Any) -> dict[str, Any]:
+    """The recorded (not enforced) part of a model's contract: training settings and the bundle version."""
+    meta = Path(bundle_root) / "configs" / "metadata.json"
+    version = json.loads(meta.read_text()).get("version") if meta.is_file() else None
+    return {**{k: v for k, v in settings.items() if v is not None}, "bundle_version": version}
+
+
+def _same_views(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> bool:
+    try:
+        return len(a) == len(b) and all(
+            math.isclose(float(x), float(y), abs_tol=1e-3) for pa, pb in zip(a, b) for x, y in zip(pa, pb)
+        )
+    except (TypeError, ValueError):
+        return False
+
+
 @reports_input_errors
 def check_model(
     path: str | os.PathLike,
     network: torch.nn.Module | None = None,
     spacing: float | None = None,
     roi_size: int | None = None,
+    views: Sequence[Sequence[float]] | None = None,
+    expansion_mode: str | None = None,
+    override: bool = False,
+    record: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Check that a trained model exists and fits the config before any work; return its path.
+    """Check that a trained model exists and that the run keeps its contract, before any work; return its path.
+
+    The enforced part of the contract (:data:`scripts.networks.model_info.ENFORCED_KEYS`) must match what the
+    run sets: a difference stops the run with one line naming the model's value and the option
+    (``--override_contract True``) that runs it anyway, with a warning. The recorded part (X-ray source,
+    physics, recipe, bundle version) is compared with ``record`` and differences are logged as warnings.
 
     Args:
         path: the checkpoint (``model.pt``).
         network: the config's network: every tensor of the checkpoint must exist in it with the same shape
             (catches other widths, input channels or network classes).
-        spacing: the config's voxel spacing in mm: must be the training spacing stored in the model.
-        roi_size: the config's crop size: must be the training crop size stored in the model.
+        spacing: the run's voxel spacing in mm.
+        roi_size: the run's crop size.
+        views: the run's two ``[alpha, beta]`` view angles.
+        expansion_mode: the run's dimension expansion mode.
+        override: run even where the run contradicts the model (each difference logged as a warning).
+        record: the run's settings to compare with the model's recorded ones (e.g. ``{"drr_source": "body"}``).
 
     Raises:
         BundleInputError: with one line naming what differs and the fix.
@@ -201,6 +276,10 @@ def check_model(
         own = network.module.state_dict() if hasattr(network, "module") else network.state_dict()
         unknown = [k for k in state if k not in own]
         missing = [k for k in own if k not in state]
+        if missing and all(k in MODEL_INFO_KEYS for k in missing) and not unknown:
+            raise BundleInputError(
+                f"{p} holds no model contract ({', '.join(missing)}); convert it once: {convert_command(p)}."
+            )
         if unknown or missing:
             raise BundleInputError(
                 f"{p} does not fit the config's network_def: {len(unknown)} checkpoint tensors unknown to it "
@@ -213,18 +292,70 @@ def check_model(
                     f"but {tuple(own[k].shape)} in the config (other input channels or widths); {fix}."
                 )
     info = read_model_info(state)
-    trained_spacing = info["spacing"]
-    if spacing is not None and trained_spacing is not None and not math.isclose(float(spacing), trained_spacing):
+    if info["views"] is None or info["expansion_mode"] is None:
         raise BundleInputError(
-            f"{p} was trained at {info['spacing']:g} mm voxels but the config sets spacing {float(spacing):g}; "
-            f"set --spacing {info['spacing']:g}, or {fix}."
+            f"{p} does not record the views and expansion mode it was trained with (a model file of bundle 0.3 or "
+            f"older); convert it once: {convert_command(p)}."
         )
+    log = logging.getLogger(__name__)
+    differences = []
+    if spacing is not None and info["spacing"] is not None and not math.isclose(float(spacing), info["spacing"]):
+        differences.append((f"{info['spacing']:g} mm voxels", f"--spacing {float(spacing):g}"))
     if roi_size is not None and info["roi_size"] is not None and int(roi_size) != info["roi_size"]:
-        raise BundleInputError(
-            f"{p} was trained on {info['roi_size']}^3 crops but the config sets roi_size {int(roi_size)}; "
-            f"set --roi_size {info['roi_size']}, or {fix}."
-        )
+        differences.append((f"{info['roi_size']}^3 crops", f"--roi_size {int(roi_size)}"))
+    if views is not None and not _same_views(views, info["views"]):
+        differences.append((f"views {json.dumps(info['views'])}", f"--views {json.dumps(views)}"))
+    if expansion_mode is not None and expansion_mode != info["expansion_mode"]:
+        differences.append((f"expansion_mode {info['expansion_mode']}", f"--expansion_mode {expansion_mode}"))
+    for model_value, option in differences:
+        text = f"{p} was trained with {model_value} but the run sets {option}"
+        if not override:
+            raise BundleInputError(
+                f"{text}; drop {option.split()[0]} (the model's value is the default), {fix}, or add "
+                "--override_contract True to run anyway."
+            )
+        log.warning(f"{text}; running anyway (--override_contract True): the output may be wrong.")
+    for k, v in (record or {}).items():
+        trained = info["record"].get(k)
+        if v is not None and trained is not None and trained != v:
+            log.warning(f"{p} was trained with {k} {trained!r}; this run uses {v!r} (recorded, not enforced).")
     return p
+
+
+@reports_input_errors
+def with_model_views(cases: Sequence[dict], views: Sequence[Sequence[float]], override: bool = False) -> list[dict]:
+    """Inference cases with the model's view angles: given where a case has none, checked where it has some.
+
+    Args:
+        cases: the cases of :func:`inference_cases`.
+        views: the run's view angles (by default the model's, :func:`model_setting`).
+        override: let a case whose angles differ from ``views`` run, with a warning.
+
+    Raises:
+        BundleInputError: a case's angles differ from the views the model was trained on.
+    """
+    from scripts.io.xray import parse_angles
+
+    model_views = parse_angles(views).tolist()
+    out = []
+    for case in cases:
+        if case.get("angles") is None:
+            out.append({**case, "angles": model_views})
+            continue
+        given = parse_angles(case["angles"]).tolist()
+        if not _same_views(given, model_views):
+            text = (
+                f"case {case.get('id')}: its angles {json.dumps(given)} differ from the model's views "
+                f"{json.dumps(model_views)}"
+            )
+            if not override:
+                raise BundleInputError(
+                    f"{text}; the model reconstructs only from the views it was trained on: give X-rays at those "
+                    "angles, a model trained at these, or --override_contract True to run anyway."
+                )
+            logging.getLogger(__name__).warning(f"{text}; running anyway (--override_contract True).")
+        out.append(case)
+    return out
 
 
 @reports_input_errors
@@ -237,6 +368,9 @@ def inference_cases(
     expansion_mode: str | None = None,
     dataset_dir: str | os.PathLike | None = None,
     split: str = "test",
+    output_dir: str | os.PathLike | None = None,
+    spatial_size: int | Sequence[int] | None = None,
+    min_size: int | None = MIN_XRAY_SIZE,
     **loader_kwargs,
 ) -> list[dict]:
     """The cases of an inference run: a JSON datalist, two image paths, or by default a prepared dataset's split.
@@ -246,9 +380,11 @@ def inference_cases(
     defaults to AP and lateral. A case's outputs go to a folder named after its ``id`` (``case_id`` for
     ``xrays``); without one, after its two files (:func:`scripts.io.xray.xray_case_name`:
     ``P1_ap.png`` and ``P1_lat.png`` give ``P1``). Names are checked first: a name that cannot be a folder
-    name, or two cases with the same name, stop the run before anything is written. With ``check`` every
-    case is also read and validated (files, blank images, angles, and the expansion ``expansion_mode``), so
-    a bad case stops the run before anything is written.
+    name, one too long for the file system (with the longest path the run writes under ``output_dir``), or two
+    cases with the same name, stop the run before anything is written. With ``check`` every case is also read
+    and validated with the run's options (files, image sizes, blank images, angles, the ``loader_kwargs`` such
+    as ``invert`` and ``pixel_spacing``, and the expansion ``expansion_mode``), so a bad case or option stops
+    the run before anything is written.
 
     Args:
         datalist: path of the JSON datalist.
@@ -262,7 +398,12 @@ def inference_cases(
             them, or without the dataset, there are no cases (a warning now; :func:`require_cases` stops the run
             with the fix), so that a workflow initialises with no input.
         split: the split of ``dataset_dir``.
-        loader_kwargs: arguments of :class:`scripts.io.xray.LoadXRayPair` used by the check.
+        output_dir: the run's output folder: case names must fit its file system's limits.
+        spatial_size: the model's input size (pixels): smaller images are enlarged to it, with a warning.
+        min_size: the fewest pixels per side of an image (:data:`scripts.io.xray.MIN_XRAY_SIZE`); smaller ones
+            are refused. ``None`` takes any size.
+        loader_kwargs: arguments of :class:`scripts.io.xray.LoadXRayPair` used by the check (``invert``,
+            ``pixel_spacing``, ...).
 
     Raises:
         BundleInputError: with one line naming the cause and the fix.
@@ -294,9 +435,11 @@ def inference_cases(
         if not cases:
             logging.getLogger(__name__).warning(no_input_message(dataset_dir, split))
             return []
-    check_case_names([c["id"] for c in cases])
+    check_case_names([c["id"] for c in cases], output_dir=output_dir)
     if check:
-        check_xray_cases(cases, expansion_mode=expansion_mode, **loader_kwargs)
+        check_xray_cases(
+            cases, expansion_mode=expansion_mode, spatial_size=spatial_size, min_size=min_size, **loader_kwargs
+        )
     return cases
 
 
@@ -315,7 +458,7 @@ def _dataset_cases(dataset_dir: str | os.PathLike | None, split: str) -> list[di
 def no_input_message(dataset_dir: str | os.PathLike | None, split: str = "test") -> str:
     """The one line that says what to give an inference run that has no input."""
     give = (
-        "give --datalist cases.json, or --xrays \"['ap.png','lateral.png']\" (optionally --angles \"[[0,0],[90,0]]\")"
+        "give --datalist cases.json, or --xrays \"['ap.png','lateral.png']\" (optionally --views \"[[0,0],[90,0]]\")"
     )
     if dataset_dir is not None and (Path(dataset_dir) / "datalist.json").is_file():
         return (
@@ -445,6 +588,17 @@ def _cli_overrides(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]
     return files, keys, values
 
 
+def _switch_value(text: str) -> bool:
+    """Whether a command-line value of a switch is ``True`` / ``False`` (or one per view, ``[True, False]``)."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return False
+    if isinstance(value, (list, tuple)) and value:
+        return all(isinstance(v, bool) for v in value)
+    return isinstance(value, bool)
+
+
 @reports_input_errors
 def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
     """Refuse command-line overrides that no loaded config defines (e.g. ``--epoch`` for ``--epochs``).
@@ -453,16 +607,22 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
     silently ignored and the run goes on with the default. This check reads the command line of
     ``python -m monai.bundle run`` (it does nothing in other programs, e.g. ``ConfigWorkflow`` in Python or
     MONAI Label) and requires the first part of every override id to be defined by one of the config files,
-    and, for a nested id (``a#b#c``), its parent to exist. Keys that a config file adds stay legal.
+    and, for a nested id (``a#b#c``), its parent to exist. Keys that a config file adds stay legal. A key whose
+    config value is ``true`` / ``false`` (a switch such as ``--invert``) takes only ``True`` or ``False`` (or
+    a list of them, one per view): ``no``, ``off``, ``yes``, ``0`` or ``1`` would reach the config as text or
+    a number. Called without ``argv`` in a bundle run, it also installs the handler that ends input errors with
+    their one line (:func:`scripts.errors.install_cli_excepthook`).
 
     Args:
         argv: the command line (default ``sys.argv``).
 
     Raises:
-        BundleInputError: naming the unknown keys and their close matches.
+        BundleInputError: naming the unknown keys and their close matches, or a switch's value.
     """
+    if argv is None:
+        install_cli_excepthook()
     argv = list(sys.argv if argv is None else argv)
-    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+    if not running_bundle_cli(argv):
         return
     files, keys, values = _cli_overrides(argv[1:])
     lowercase = [f"--{k} {v}" for k, v in zip(keys, values) if v in ("true", "false")]
@@ -490,6 +650,17 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
             f"unknown command-line override {'; '.join(hints)}: no loaded config defines it, so it would be "
             "ignored; fix the spelling or add the key to a config file."
         )
+    switches = []
+    for key, value in zip(keys, values):
+        ref = key.lstrip("+").replace("::", "#")
+        if ref in parser and isinstance(parser[ref], bool) and not str(value).startswith(("$", "@", "%")):
+            if not _switch_value(str(value)):
+                switches.append(f"--{key} {value}")
+    if switches:
+        raise BundleInputError(
+            f"{', '.join(switches)}: a switch takes True or False (or one per view, e.g. [True, False]), and any "
+            "other text would count as true; write True or False."
+        )
 
 
 def validation_sampler(dataset: Sequence) -> DistributedSampler | None:
@@ -512,14 +683,16 @@ def check_xray_cases(
     base_dir: str | os.PathLike | None = None,
     expansion_mode: str | None = None,
     spacing_key: str | None = "pixel_spacing",
+    spatial_size: int | Sequence[int] | None = None,
     **kwargs: Any,
 ) -> None:
     """Validate every case of a datalist before anything is written, so a bad case stops the run early.
 
     Each case is read completely with :class:`LoadXRayPair` (reading is cheap next to reconstruction): files,
-    sizes, blank images, view angles (:func:`parse_angles`), and, with ``expansion_mode``, whether the
-    dimension expansion takes the case (:func:`check_expansion_angles`, then the expansion itself on a
-    2-voxel grid, which also checks the pixel spacings of the two views).
+    sizes (``min_size`` of ``kwargs``), blank images, view angles (:func:`parse_angles`), and, with
+    ``expansion_mode``, whether the dimension expansion takes the case (:func:`check_expansion_angles`, then
+    the expansion itself on a 2-voxel grid, which also checks the pixel spacings of the two views). Cases whose
+    images are smaller than ``spatial_size`` are named in one warning: they are enlarged to it.
 
     Args:
         cases: datalist items, each with ``key`` (two paths) and optional ``angles_key``.
@@ -529,15 +702,19 @@ def check_xray_cases(
         expansion_mode: the run's ``DimensionExpansion`` mode (``"replicate"`` or ``"backproject"``); ``None``
             skips the expansion check.
         spacing_key: the key of a case's pixel spacing override (mm), as for :class:`LoadXRayPaird`.
-        kwargs: the arguments of :class:`LoadXRayPair` (orientation, inversion, size).
+        spatial_size: the model's input size ``(H, W)`` (an int for square), ``None``: no size warning.
+        kwargs: the arguments of :class:`LoadXRayPair` (orientation, inversion, pixel spacing, ``min_size``).
 
     Raises:
-        XRayInputError: one line listing every bad case.
+        XRayInputError: one line listing every bad case, or a bad argument of :class:`LoadXRayPair`.
     """
     if expansion_mode is not None:
         check_expansion_angles(DEFAULT_ANGLES, expansion_mode)  # an unknown mode stops here, once
-    loader = LoadXRayPair(**kwargs)
-    errors = []
+    loader = LoadXRayPair(**kwargs)  # bad options (invert, pixel_spacing, ...) stop here, once
+    model_size = None
+    if spatial_size is not None:
+        model_size = (int(spatial_size),) * 2 if isinstance(spatial_size, int) else tuple(map(int, spatial_size))
+    errors, small = [], []
     for i, case in enumerate(cases):
         label = case.get("id", f"case {i}")
         files = case.get(key)
@@ -550,6 +727,9 @@ def check_xray_cases(
             img = loader(
                 files, angles=case.get(angles_key), pixel_spacing=case.get(spacing_key) if spacing_key else None
             )
+            size = img.meta["original_size"]
+            if model_size is not None and (size < np.asarray(model_size)).any():
+                small.append(f"{label} ({'x'.join(str(int(n)) for n in size.min(axis=0))})")
             if expansion_mode is not None:
                 check_expansion_angles(img.meta["angles"], expansion_mode)
                 try:
@@ -560,3 +740,9 @@ def check_xray_cases(
             errors.append(f"{label}: {e}")
     if errors:
         raise XRayInputError(f"{len(errors)} bad case(s): " + " | ".join(errors))
+    if small:
+        logging.getLogger(__name__).warning(
+            f"{len(small)} case(s) have X-rays smaller than the model's input of {model_size[0]}x{model_size[1]} "
+            f"pixels: {', '.join(small[:5])}{', ...' if len(small) > 5 else ''}; they are enlarged, which blurs "
+            "them: give the full-resolution radiographs if you have them."
+        )

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 #: ids that must be identical in the two stand-alone configs (model-zoo keeps both loadable alone)
-SHARED = ("network_def", "roi_size", "spacing", "channels", "expansion_mode", "device")
+SHARED = ("network_def", "channels", "device")
+#: ids that inference takes from the model's contract: without a model, its defaults are training's values
+FROM_MODEL = ("roi_size", "spacing", "views", "expansion_mode")
 
 
 def _parser(*files: str) -> ConfigParser:
@@ -31,6 +33,9 @@ def test_train_and_inference_agree(size):
     train, infer = _parser("train.json", *size), _parser("inference.json", *size)
     for key in SHARED:
         assert train.get(key) == infer.get(key), f"{key} differs between train.json and inference.json"
+    infer["ckpt_dir"] = str(ROOT / "no-model-here")
+    for key in FROM_MODEL:
+        assert train.get_parsed_content(key) == infer.get_parsed_content(key), f"{key}: inference's default differs"
     assert "attach_model_info(@network_def" in train.get("network") and "attach_model_info(@network_def" in infer.get(
         "network"
     ), "both wrap network_def with the model-info buffers"
@@ -100,8 +105,10 @@ def test_simulated_inference_sees_the_validation_x_rays():
     """inference_simulated.json repeats the simulation settings that the stand-alone inference.json lacks: they
     and its SeededDRRd must be those of train.json's validation, so both see the same X-rays of a vertebra."""
     train, infer = _parser("train.json"), _parser("inference.json", "inference_simulated.json")
-    for key in ("seed", "drr_source", "views", "physics", "spectrum", "photon_count"):
+    for key in ("seed", "drr_source", "physics", "spectrum", "photon_count"):
         assert infer.get(key) == train.get(key), f"{key} differs between train.json and inference_simulated.json"
+    infer["ckpt_dir"] = str(ROOT / "no-model-here")  # without a model, the views default to training's
+    assert infer.get_parsed_content("views") == train.get_parsed_content("views")
     (val,) = train.get("validate#simulate_transforms")
     sim = next(t for t in infer.get("preprocessing#transforms") if t["_target_"] == val["_target_"])
     assert {k: v for k, v in sim.items() if k != "output_keys"} == {k: v for k, v in val.items() if k != "output_keys"}
