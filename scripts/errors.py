@@ -1,26 +1,44 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""The bundle's error for bad input, and the one place that reports it.
+"""The bundle's error for bad input, and how it is reported.
 
-Every expected bad input (a file, a shape, a label, an angle, a config value) raises
+Every expected bad input (a file, a shape, a label, an angle, a config value, a command-line option) raises
 :class:`BundleInputError` (or a subclass) whose message is one line: what is wrong and how to fix it.
-When such an error happens inside a bundle run, MONAI wraps it in a long traceback that ends with
-"Failed to evaluate ConfigExpression"; :func:`reports_input_errors` logs the one line at ERROR level
-before the traceback so that a user sees the cause first. Nothing process-wide (``sys.excepthook``) is
-changed: the bundle also runs inside other programs.
+
+Inside Python (``ConfigWorkflow``, ``monai.bundle.load``, MONAI Label, tests) the error is raised as usual:
+the functions that the bundle configs call (:func:`reports_input_errors`) also log the one line at ERROR
+level, because MONAI wraps the error in a long traceback that ends with "Failed to evaluate ConfigExpression".
+
+On the command line (``python -m monai.bundle run ...``), :func:`install_cli_excepthook` (called by the
+configs' first items) replaces the traceback of an input error with its one line on stderr and exit status 1;
+any other error (a bug) keeps its full traceback. Set the environment variable ``EAR_DEBUG=1``
+(:data:`DEBUG_ENV`) to see the full traceback of input errors too.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any, TypeVar
 
-__all__ = ["BundleInputError", "reports_input_errors"]
+__all__ = [
+    "BundleInputError",
+    "DEBUG_ENV",
+    "reports_input_errors",
+    "find_input_error",
+    "running_bundle_cli",
+    "install_cli_excepthook",
+]
 
 logger = logging.getLogger("scripts")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: environment variable that, set to anything but ``""`` or ``"0"``, shows the full traceback of input errors
+DEBUG_ENV = "EAR_DEBUG"
 
 
 class BundleInputError(ValueError):
@@ -30,10 +48,16 @@ class BundleInputError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
+def _hook_installed() -> bool:
+    return bool(getattr(sys.excepthook, "_ear_cli", False))
+
+
 def reports_input_errors(func: F) -> F:
     """Decorator: log a :class:`BundleInputError` raised by ``func`` at ERROR level (once), then re-raise it.
 
     Used on the functions that bundle configs call, so that the cause is the first thing a user reads.
+    On the command line, where :func:`install_cli_excepthook` prints the one line at exit instead of the
+    traceback, nothing is logged (the line would appear twice).
     """
 
     @functools.wraps(func)
@@ -41,9 +65,89 @@ def reports_input_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except BundleInputError as e:
-            if not getattr(e, "_ear_reported", False):
+            if not getattr(e, "_ear_reported", False) and not _hook_installed():
                 logger.error(f"{type(e).__name__}: {e}")
                 e._ear_reported = True  # type: ignore[attr-defined]
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def find_input_error(error: BaseException | None) -> BundleInputError | None:
+    """The first :class:`BundleInputError` in ``error`` and the chain of its causes and contexts, or ``None``.
+
+    MONAI re-raises an error of a config expression as ``RuntimeError("Failed to evaluate ...")`` from it, and
+    ignite and the data loaders wrap errors of transforms the same way: the input error is found anywhere in
+    ``__cause__`` / ``__context__``.
+    """
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, BundleInputError):
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def running_bundle_cli(argv: Sequence[str] | None = None) -> bool:
+    """Whether this process is ``python -m monai.bundle ...`` (not ``ConfigWorkflow`` or ``monai.bundle.load``
+    called from another program).
+
+    Args:
+        argv: the command line to look at (default ``sys.argv``); without it the ``__main__`` module's spec
+            is also looked at.
+    """
+    args = list(sys.argv if argv is None else argv)
+    if args and str(args[0]).replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return True
+    if argv is None:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        return getattr(spec, "name", None) == "monai.bundle.__main__"
+    return False
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _cli_excepthook(
+    previous: Callable[[type[BaseException], BaseException, TracebackType | None], Any],
+) -> Callable[[type[BaseException], BaseException, TracebackType | None], None]:
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        cause = None if _debug() else find_input_error(value)
+        if cause is None:
+            previous(kind, value, tb)
+            return
+        sys.stderr.write(f"ERROR: {type(cause).__name__}: {cause} ({DEBUG_ENV}=1 shows the traceback)\n")
+        sys.stderr.flush()
+
+    hook._ear_cli = True  # type: ignore[attr-defined]
+    return hook
+
+
+def install_cli_excepthook(argv: Sequence[str] | None = None) -> bool:
+    """On the command line, end an input error with its one line instead of MONAI's traceback.
+
+    Installs a ``sys.excepthook`` when this process runs ``python -m monai.bundle`` (:func:`running_bundle_cli`),
+    and only then: Python callers of the bundle still get the exception. An uncaught exception with a
+    :class:`BundleInputError` in its chain (:func:`find_input_error`) prints ``ERROR: <type>: <message>`` on
+    stderr; Python then exits with status 1. Other exceptions keep their traceback (the hook installed before
+    prints them), and so do input errors when the environment variable ``EAR_DEBUG`` is set (:data:`DEBUG_ENV`).
+    Installing twice changes nothing.
+
+    Args:
+        argv: the command line (default ``sys.argv``), see :func:`running_bundle_cli`.
+
+    Returns:
+        whether the hook is installed.
+    """
+    if _hook_installed():
+        return True
+    if not running_bundle_cli(argv):
+        return False
+    sys.excepthook = _cli_excepthook(sys.excepthook)
+    return True

@@ -33,7 +33,9 @@ Per patient, under ``<out>/<patient>/``:
 - ``<patient>_spine.png``: anterior and left-lateral surface renderings of the label map.
 - ``<patient>_spine.json``: per level the label value, source prediction, centroid (mm) and mesh report.
 
-Every file is written atomically.
+Every file is written atomically, inside ``<out>``: patient names and case ids follow the inference's name
+rules (:func:`scripts.io.outputs.check_case_names`: no path separator, no leading ``.``, a length the file
+system takes), checked before anything is read or written.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ __all__ = [
     "load_inference_model",
     "reconstruct_batches",
     "reconstruct",
+    "check_output_names",
     "main",
 ]
 
@@ -224,6 +227,28 @@ def load_cases(
     if not cases:
         raise DataError(source, f"no vertebra entries (sections {list(sections)})", "check the file and --sections")
     return cases
+
+
+def check_output_names(cases: Sequence[Vertebra], out: str | os.PathLike, ids: bool = False) -> None:
+    """Check, before any work, that every output of ``cases`` stays inside ``out``: the patient names (a folder
+    each), the levels (in file names) and, with ``ids``, the case ids (``vertebrae/<id>_hu.nii.gz``).
+
+    Patient names and ids follow the rules of the inference's case names
+    (:func:`scripts.io.outputs.check_case_names`).
+
+    Raises:
+        BundleInputError: a patient name or id that holds a path separator, starts with ``.``, is too long for
+            the file system, or names the same folder or file as another (compared without case).
+        DataError: an unknown level.
+    """
+    from scripts.io.outputs import check_case_names
+
+    check_case_names(list(dict.fromkeys(c.patient for c in cases)), "patient", output_dir=out)
+    if ids:
+        check_case_names([c.id for c in cases], "case id", output_dir=out)
+    levels = [c.id for c in cases if c.level not in LEVEL_LABELS]
+    if levels:
+        raise DataError(None, f"unknown level of {', '.join(levels[:4])}", f"use one of {', '.join(LEVEL_LABELS)}")
 
 
 def find_predictions(pred_dir: str | os.PathLike, cases: Sequence[Vertebra], postfix: str = "") -> None:
@@ -551,6 +576,7 @@ def spine(
         cases = [c for c in cases if c.patient in wanted]
         if not cases:
             raise DataError(datalist or manifest, f"no vertebrae of patient(s) {sorted(wanted)}", "check --patient")
+    check_output_names(cases, out)
     find_predictions(pred_dir, cases, postfix)
     missing = [c.id for c in cases if c.pred is None]
     found = [c for c in cases if c.pred is not None]
@@ -783,6 +809,7 @@ def reconstruct(
     Returns:
         ``{patient: report}``, as :func:`spine`.
     """
+    from scripts.io.xray import MIN_XRAY_SIZE
     from scripts.workflow import check_xray_cases
 
     cases = load_cases(datalist, None, sections)
@@ -809,13 +836,21 @@ def reconstruct(
     levels = [c.id for c in pairs if c.level not in LEVEL_LABELS]
     if levels:
         raise DataError(datalist, f"unknown level of {', '.join(levels[:4])}", f"use one of {', '.join(LEVEL_LABELS)}")
+    check_output_names(pairs, out, ids=save_vertebrae)
     if model is None:
         model = load_inference_model(config_file, device, **overrides)
     inputs = [{"xray": c.xray, "id": c.id, **({} if c.angles is None else {"angles": c.angles})} for c in pairs]
     get = model.parser.get_parsed_content
     watch = _Stopwatch(timings)
     with watch("check"):  # every pair is read and checked before any is reconstructed
-        check_xray_cases(inputs, expansion_mode=get("expansion_mode"), invert=get("invert"))
+        check_xray_cases(
+            inputs,
+            expansion_mode=get("expansion_mode"),
+            invert=get("invert"),
+            pixel_spacing=get("pixel_spacing"),
+            spatial_size=model.roi_size,
+            min_size=MIN_XRAY_SIZE,
+        )
     by_id = {c.id: c for c in pairs}
     volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for item, vol, aff in reconstruct_batches(inputs, model, batch_size, progress=True, timings=timings):

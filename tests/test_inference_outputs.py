@@ -32,9 +32,9 @@ trained = test_workflows.trained
 
 
 def _pair(folder: Path, ap: str = "P1_ap.png", lat: str = "P1_lat.png") -> list[str]:
-    """Two small distinct 16-bit images."""
+    """Two small distinct 16-bit images of the smallest size inference takes (32 x 32 pixels)."""
     folder.mkdir(parents=True, exist_ok=True)
-    img = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 500).astype(np.uint16)
+    img = (np.arange(1024, dtype=np.uint16).reshape(32, 32) * 60).astype(np.uint16)
     paths = [folder / ap, folder / lat]
     for p, a in zip(paths, (img, img.T.copy())):
         Image.fromarray(a).save(p)

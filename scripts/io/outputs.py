@@ -4,7 +4,7 @@
 A case named ``<name>`` has its files in ``<output_dir>/<name>/``. The writers (``SaveImaged``, ``SaveMeshd``,
 ``SavePreviewd``) write them into ``<staging_dir>/<name>/``; :class:`PublishCaseOutputsd` then moves them
 into place file by file. Names are checked first (:func:`check_case_names`): two cases of one run never
-share a folder.
+share a folder, no name leads out of the output folder, and every file name fits the file system.
 """
 
 from __future__ import annotations
@@ -33,10 +33,16 @@ __all__ = [
     "check_case_names",
     "run_staging_dir",
     "MANIFEST_NAME",
+    "CASE_FILE_EXTRA_BYTES",
 ]
 
 #: the file in a case folder that lists the files the last publishing of the case wrote there.
 MANIFEST_NAME = ".published.json"
+
+#: the most bytes a file name in a case folder adds to the case name: the longest the bundle writes,
+#: ``.<name>_uncertainty.tmp-<pid>.nii.gz`` (a temporary name of an atomic write), adds 32; the rest is margin.
+CASE_FILE_EXTRA_BYTES = 40
+_NAME_MAX, _PATH_MAX = 255, 4096  # when the file system does not say (os.pathconf)
 
 _LAYOUT = FolderLayout("", extension="", parent=True, makedirs=False)
 _HOST = re.sub(r"[^A-Za-z0-9_-]+", "_", socket.gethostname()) or "host"
@@ -89,17 +95,56 @@ def case_folder_name(name: Any) -> str:
     return Path(_LAYOUT.filename(subject=case_meta_name(name))).parent.name
 
 
-def check_case_names(names: Iterable[Any], what: str = "case id") -> list[str]:
+def _path_limits(folder: str | os.PathLike | None) -> tuple[int, int]:
+    """``(NAME_MAX, PATH_MAX)`` in bytes of the file system of ``folder`` (its nearest existing parent)."""
+    limits = [_NAME_MAX, _PATH_MAX]
+    if folder is None:
+        return limits[0], limits[1]
+    probe = Path(folder).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    for i, key in enumerate(("PC_NAME_MAX", "PC_PATH_MAX")):
+        try:
+            value = os.pathconf(probe, key)
+        except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or no answer
+            continue
+        if value and value > 0:
+            limits[i] = int(value)
+    return limits[0], limits[1]
+
+
+def _short(name: str, n: int = 40) -> str:
+    return repr(name) if len(name) <= n else repr(name[:n]) + f"... ({len(name)} characters)"
+
+
+def check_case_names(
+    names: Iterable[Any],
+    what: str = "case id",
+    output_dir: str | os.PathLike | None = None,
+    extra_bytes: int = CASE_FILE_EXTRA_BYTES,
+) -> list[str]:
     """Check that every case gets its own output folder named exactly after it; return the folder names.
+
+    A name must be able to name a folder inside the output folder and the files in it
+    (``<name>/<name>_hu.nii.gz``, ...): no path separator, no leading ``.``, and short enough that
+    the longest file name of the case (the name plus ``extra_bytes``) fits the file system's limit per file
+    name (``NAME_MAX``, usually 255 bytes), and, with ``output_dir``, that the longest path the run writes
+    (in its staging folder, :func:`run_staging_dir`) fits ``PATH_MAX``.
 
     Args:
         names: the case names of one run, in order.
         what: what the names are called in the message (e.g. ``"case id"``).
+        output_dir: the run's output folder, whose file system's limits apply (``None``: 255 and 4096 bytes,
+            and no check of the whole path).
+        extra_bytes: the most bytes a file name of a case adds to the name (:data:`CASE_FILE_EXTRA_BYTES`).
 
     Raises:
-        BundleInputError: a name that is empty, hidden (starts with ``.``) or holds a path separator, or two
-            names that give the same folder (compared without case, as on case-insensitive file systems).
+        BundleInputError: a name that is empty, hidden (starts with ``.``), holds a path separator or is too
+            long, or two names that give the same folder (compared without case, as on case-insensitive file
+            systems).
     """
+    name_max, path_max = _path_limits(output_dir)
+    staging = Path(run_staging_dir(Path(output_dir).absolute())) if output_dir is not None else None
     folders: list[str] = []
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
@@ -107,9 +152,24 @@ def check_case_names(names: Iterable[Any], what: str = "case id") -> list[str]:
         folder = case_folder_name(name) if name else ""
         if not name or name.startswith(".") or "/" in name or "\\" in name or folder != name:
             raise BundleInputError(
-                f"{what} {name!r} (case {i + 1}) cannot name an output folder; fix: use a plain name without "
+                f"{what} {_short(name)} (case {i + 1}) cannot name an output folder; fix: use a plain name without "
                 "'/', '\\' or a leading '.', e.g. P1_T4."
             )
+        size = len(os.fsencode(name))
+        if size + extra_bytes > name_max:
+            raise BundleInputError(
+                f"{what} {_short(name)} (case {i + 1}) is {size} bytes long: its output files (the name plus up to "
+                f"{extra_bytes} bytes) would pass the file system's limit of {name_max} bytes per file name; fix: "
+                f"use a name of at most {name_max - extra_bytes} bytes, e.g. P1_T4."
+            )
+        if staging is not None:
+            longest = len(os.fsencode(str(staging / name / ("x" * (size + extra_bytes)))))
+            if longest >= path_max:
+                raise BundleInputError(
+                    f"{what} {_short(name)} (case {i + 1}): its output paths in {output_dir} would be {longest} "
+                    f"bytes long, past the file system's limit of {path_max}; fix: use a shorter name or a "
+                    "shorter output folder path."
+                )
         key = folder.casefold()
         if key in seen:
             raise BundleInputError(

@@ -56,6 +56,7 @@ __all__ = [
     "LoadXRayPaird",
     "DEFAULT_ANGLES",
     "MIN_VIEW_SEPARATION",
+    "MIN_XRAY_SIZE",
 ]
 
 #: default views: view 1 AP (alpha=0, beta=0), view 2 lateral (alpha=90, beta=0), degrees.
@@ -64,6 +65,10 @@ DEFAULT_ANGLES: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 0.0), (
 #: smallest angle in degrees between the beam lines of two views; closer views (the same view twice, or a view
 #: and its opposite, which see the same projection) carry no depth information and are refused.
 MIN_VIEW_SEPARATION = 10.0
+#: the fewest pixels per side (rows and columns) of an X-ray that the bundle's inference takes
+#: (:func:`scripts.workflow.inference_cases`): a smaller image holds too little of the radiograph to reconstruct
+#: from, and enlarging it to the network's input size only blurs it.
+MIN_XRAY_SIZE = 32
 #: an image whose pixel standard deviation is below this fraction of its largest absolute value is blank.
 BLANK_STD_FRACTION = 1e-3
 
@@ -383,11 +388,18 @@ def xray_case_name(files: Sequence[str | os.PathLike]) -> str:
 
 
 def _per_view(value: bool | Sequence[bool], name: str) -> tuple[bool, bool]:
+    """``(view 1, view 2)`` of a switch given as one bool or one per view; anything else (text such as ``"no"``,
+    numbers) is refused: ``bool("no")`` is true."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value), bool(value)
-    if isinstance(value, Sequence) and len(value) == 2:
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, (str, bytes))
+        and len(value) == 2
+        and all(isinstance(v, (bool, np.bool_)) for v in value)
+    ):
         return bool(value[0]), bool(value[1])
-    raise ValueError(f"{name}={value!r}: give a bool or one bool per view.")
+    raise XRayInputError(f"{name}={value!r}: give True or False, or one per view, e.g. [True, False].")
 
 
 class LoadXRayPair(Transform):
@@ -410,6 +422,12 @@ class LoadXRayPair(Transform):
         flip_cols: flip the column axis (left <-> right); one per view or both.
         nifti_axes: axis convention of NIfTI files, ``"xy"`` or ``"rowcol"`` (see :func:`read_xray`).
         pixel_spacing: pixel spacing in mm used when a file has none (a number, ``(row, col)``, or one per view).
+        min_size: the fewest rows and columns an image may have (before transposition and resizing); ``None``
+            takes any image of at least 2 x 2 pixels. The bundle's inference checks use :data:`MIN_XRAY_SIZE`.
+
+    Raises:
+        XRayInputError: a switch that is not True / False, a pixel spacing that is not positive, or a
+            ``min_size`` below 1.
     """
 
     def __init__(
@@ -421,6 +439,7 @@ class LoadXRayPair(Transform):
         flip_cols: bool | Sequence[bool] = False,
         nifti_axes: str = "xy",
         pixel_spacing: float | Sequence[float] | Sequence[Sequence[float]] | None = None,
+        min_size: int | None = None,
     ) -> None:
         if spatial_size is not None:
             size = (int(spatial_size),) * 2 if isinstance(spatial_size, (int, np.integer)) else tuple(spatial_size)
@@ -435,19 +454,31 @@ class LoadXRayPair(Transform):
         if nifti_axes not in ("xy", "rowcol"):
             raise ValueError(f"nifti_axes={nifti_axes!r}: use 'xy' or 'rowcol'.")
         self.nifti_axes = nifti_axes
+        self._spacing_arg(pixel_spacing)  # a bad spacing stops here, before any file is read
         self.pixel_spacing = pixel_spacing
+        if min_size is not None and (isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer))):
+            raise XRayInputError(f"min_size={min_size!r}: give a whole number of pixels, or None.")
+        if min_size is not None and min_size < 1:
+            raise XRayInputError(f"min_size={min_size}: give at least 1 pixel, or None.")
+        self.min_size = None if min_size is None else int(min_size)
 
     @staticmethod
     def _spacing_arg(value: Any) -> list[tuple[float, float] | None]:
         if value is None:
             return [None, None]
-        arr = np.asarray(value, dtype=np.float64)
+        fix = f"pixel_spacing={value!r}: give positive mm, a number, (row, col) or one per view."
+        if isinstance(value, (str, bytes, bool)):
+            raise XRayInputError(fix)
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise XRayInputError(fix) from None
         if arr.ndim == 0:
             arr = np.full((2, 2), float(arr))
         elif arr.shape == (2,):
             arr = np.stack([arr, arr])
         if arr.shape != (2, 2) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-            raise XRayInputError(f"pixel_spacing={value!r}: give positive mm, a number, (row, col) or one per view.")
+            raise XRayInputError(fix)
         return [tuple(arr[0]), tuple(arr[1])]
 
     def __call__(
@@ -465,7 +496,7 @@ class LoadXRayPair(Transform):
 
         Raises:
             XRayInputError: with one line naming the file or value and the fix (also for a blank image,
-                :func:`check_not_blank`).
+                :func:`check_not_blank`, or one smaller than ``min_size``).
         """
         if isinstance(files, (str, os.PathLike)) or not isinstance(files, Sequence) or len(files) != 2:
             n = 1 if isinstance(files, (str, os.PathLike)) else (len(files) if isinstance(files, Sequence) else 0)
@@ -479,6 +510,11 @@ class LoadXRayPair(Transform):
         images, spacings, sizes = [], [], []
         for v, f in enumerate(files):
             arr, sp = read_xray(f, self.nifti_axes)
+            if self.min_size is not None and min(arr.shape) < self.min_size:
+                raise XRayInputError(
+                    f"{f}: image of {arr.shape[0]}x{arr.shape[1]} pixels (rows x columns) is below the "
+                    f"{self.min_size} pixels per side a reconstruction needs; fix: give the full radiograph."
+                )
             sizes.append(arr.shape)
             sp = override[v] or sp or default[v]
             if self.transpose[v]:
