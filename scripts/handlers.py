@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import logging
 import math
@@ -14,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from scripts.errors import BundleInputError
+from scripts.errors import BundleInputError, reports_input_errors
 from scripts.networks.model_info import MODEL_INFO_KEYS, load_state_dict_file
-from scripts.utils import atomic_path, unwrap_module
+from scripts.utils import atomic_path, file_sha256, remove_stale_temporaries, unwrap_module
 
 __all__ = ["PretrainedWeights", "ResumableCheckpoint", "BestModelSaver", "VertebraMetricsTable"]
 
@@ -67,6 +69,12 @@ class ResumableCheckpoint:
     exists, so a killed run that is started again with the same command loses at most one epoch. (ignite's
     ``Checkpoint`` with its atomic ``DiskSaver`` writes safely too, but MONAI's ``CheckpointLoader`` fails when
     its file does not exist, so one command could not both start a fresh run and resume a killed one.)
+    Temporary files left by killed runs are removed when the run resumes or saves.
+
+    A checkpoint whose network does not fit this run's (another width or ``network_def``) stops the run with
+    one line (:class:`~scripts.errors.BundleInputError`) naming the file, the first tensor that differs and
+    the ways out. A :class:`BestModelSaver` in ``save_dict`` checks the best value it is given against the
+    model file on disk; when there is no checkpoint yet it still adopts the verified record beside the model.
 
     Args:
         save_dir: folder of the checkpoint file.
@@ -75,7 +83,7 @@ class ResumableCheckpoint:
         filename: checkpoint file name inside ``save_dir``.
         include_engine: also save the engine the handler is attached to, under ``"trainer"``, so that a resumed
             run continues at the right epoch (a config cannot name the trainer in its own handler list).
-        resume: load the checkpoint at start when it exists.
+        resume: load the checkpoint at start when it exists (the ``resume`` setting of ``configs/train.json``).
         save_interval: save every this many epochs.
         map_location: passed to ``torch.load`` (default: CPU; the objects move tensors where they live).
     """
@@ -101,6 +109,7 @@ class ResumableCheckpoint:
         self.map_location = map_location
         self.include_engine = include_engine
         self.logger = logging.getLogger(__name__)
+        self._tidied = False
 
     def attach(self, engine: Engine) -> None:
         if self.include_engine:
@@ -115,18 +124,41 @@ class ResumableCheckpoint:
             torch.distributed.get_rank() == 0
         )
 
+    def _tidy(self) -> None:
+        """Remove the temporary checkpoint files of killed runs (once, on the main process)."""
+        if not self._tidied and self._is_main_process():
+            remove_stale_temporaries(self.path)
+            self._tidied = True
+
     def save(self, engine: Engine) -> None:
         """Write the checkpoint atomically (only on rank 0 in distributed runs)."""
         if not self._is_main_process():
             return
+        self._tidy()
         state = {k: unwrap_module(v).state_dict() for k, v in self.save_dict.items()}
-        with atomic_path(self.path) as tmp:
+        with atomic_path(self.path, durable=True) as tmp:
             torch.save(state, tmp)
         self.logger.info(f"epoch {engine.state.epoch}: checkpoint saved to {self.path}")
 
+    def _misfit(self, key: str, error: str) -> BundleInputError:
+        return BundleInputError(
+            f"checkpoint {self.path} does not fit this run's {key}: {error}; it was saved by a run with another "
+            f"network (width or network_def). Start afresh with --resume False, train into another --ckpt_dir, "
+            f"or delete {self.path}."
+        )
+
+    @reports_input_errors
     def load(self, engine: Engine) -> None:
-        """Restore every object from the checkpoint, keeping the engine's current ``max_epochs``."""
+        """Restore every object from the checkpoint, keeping the engine's current ``max_epochs``.
+
+        Raises:
+            BundleInputError: when the checkpoint's network or optimizer does not fit this run's.
+        """
+        self._tidy()
         if not self.path.is_file():
+            for obj in self.save_dict.values():  # a run killed before its first checkpoint keeps its best model
+                if isinstance(obj, BestModelSaver):
+                    obj.load_state_dict({})
             return
         try:
             state = torch.load(self.path, map_location=self.map_location, weights_only=False)
@@ -139,7 +171,17 @@ class ResumableCheckpoint:
             raise RuntimeError(f"checkpoint {self.path} lacks {missing}; delete it to start training from scratch.")
         max_epochs = engine.state.max_epochs
         for k, obj in self.save_dict.items():
-            unwrap_module(obj).load_state_dict(state[k])
+            target = unwrap_module(obj)
+            if isinstance(target, torch.nn.Module):
+                problem = _state_dict_misfit(state[k], target.state_dict())
+                if problem:
+                    raise self._misfit(k, problem)
+            try:
+                target.load_state_dict(state[k])
+            except (RuntimeError, ValueError, KeyError) as e:
+                if not isinstance(target, (torch.nn.Module, torch.optim.Optimizer)):
+                    raise
+                raise self._misfit(k, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
         if max_epochs is not None and "trainer" in self.save_dict:
             if engine.state.epoch > max_epochs:
                 raise ValueError(
@@ -150,18 +192,46 @@ class ResumableCheckpoint:
         self.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")
 
 
+def _state_dict_misfit(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """The first difference between a saved network ``state_dict`` and the network's own, in words, or ``None``."""
+    for name, value in saved.items():
+        if name in current and isinstance(value, torch.Tensor) and isinstance(current[name], torch.Tensor):
+            if tuple(value.shape) != tuple(current[name].shape):
+                return (
+                    f"tensor '{name}' has shape {tuple(value.shape)} in the checkpoint "
+                    f"but {tuple(current[name].shape)} in the network"
+                )
+    unexpected = [n for n in saved if n not in current]
+    missing = [n for n in current if n not in saved]
+    if unexpected:
+        return f"the checkpoint holds {len(unexpected)} tensors the network lacks (first '{unexpected[0]}')"
+    if missing:
+        return f"the network has {len(missing)} tensors the checkpoint lacks (first '{missing[0]}')"
+    return None
+
+
 class BestModelSaver:
     """Keeps the network with the best validation metric in one file, replaced only by a better one.
 
     Attach it to the evaluator of a training run. After each validation it compares the key metric
-    (``engine.state.metrics[metric_name]``) with the best so far and, only if it is better, writes the
-    unwrapped network's ``state_dict`` (weights and the buffers of
-    :func:`scripts.networks.attach_model_info`) to ``save_dir/filename`` atomically: the old file stays in
-    place until the new one is complete. Its ``state_dict`` (best value and epoch) is saved by
-    :class:`ResumableCheckpoint` (put it in ``save_dict``), so a resumed run keeps the best model and does
-    not overwrite it with a worse one; the evaluator's ``best_metric`` is restored with it. The best value
-    is also written beside the model (``<filename>.best.json``: metric, value, epoch) just before the model
-    itself, so that a run killed between saving the model and saving its checkpoint still knows it.
+    (``engine.state.metrics[metric_name]``) with the best so far and, only if it is strictly better, writes
+    the unwrapped network's ``state_dict`` (weights and the buffers of
+    :func:`scripts.networks.attach_model_info`) to ``save_dir/filename``; an equal value changes nothing.
+
+    Saving survives a process killed at any instant (``kill -9``): the model is written completely to a
+    temporary file beside ``filename`` and hashed (SHA-256); then the record ``<filename>.best.json`` is
+    replaced atomically (metric, mode, best value, epoch, the model's hash, and the same for the model it
+    replaces, under ``"previous"``); last the model file takes its name by an atomic rename. Whenever the
+    process stops, one entry of the record describes the model file on disk. Its ``state_dict`` (best value,
+    epoch, hash) is saved by :class:`ResumableCheckpoint` (put it in ``save_dict``).
+
+    On resume (:meth:`load_state_dict`) a best value is believed only if it describes the model file on disk:
+    the hash of an entry of the record, or of the checkpoint's state, equals the file's, and the file's tensors
+    fit the network. Any other claim (a record or checkpoint of a model that was never completely written, a
+    record of an older bundle without a hash, a model file replaced by hand) is ignored with a warning, and
+    the next validation replaces the model file. A resumed run therefore neither keeps a worse model under a
+    better record nor replaces the best model it has written by a worse one; the evaluator's ``best_metric``
+    is restored with it. Temporary files left by killed runs are removed on resume and at the first validation.
 
     MONAI's ``CheckpointSaver`` (through ignite's ``Checkpoint``) deletes the previous best file before it
     writes the new one and forgets the best value when a run resumes, hence this handler.
@@ -191,7 +261,9 @@ class BestModelSaver:
         self.mode = mode
         self.best: float | None = None
         self.best_epoch: int = -1
+        self.sha256: str | None = None
         self._engine: Engine | None = None
+        self._tidied = False
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
@@ -205,32 +277,144 @@ class BestModelSaver:
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
+    def _tidy(self) -> None:
+        """Remove the temporary model and record files of killed runs (once, on the main process)."""
+        if not self._tidied and ResumableCheckpoint._is_main_process():
+            remove_stale_temporaries(self.path)
+            remove_stale_temporaries(self.record)
+            self._tidied = True
+
     def __call__(self, engine: Engine) -> None:
         name = self.metric_name or getattr(engine.state, "key_metric_name", None)
         if name is None or name not in engine.state.metrics:
             raise KeyError(f"BestModelSaver: no metric {name!r} among {list(engine.state.metrics)}.")
         value = float(engine.state.metrics[name])
+        self._tidy()
         if not self._better(value):
             return
-        self.best, self.best_epoch = value, int(engine.state.epoch)
+        epoch, digest = int(engine.state.epoch), None
         if ResumableCheckpoint._is_main_process():
-            record = {"metric": name, "best": value, "epoch": self.best_epoch, "mode": self.mode}
-            with atomic_path(self.record) as tmp:  # first: a kill before the model leaves only a stricter bar
-                tmp.write_text(json.dumps(record, indent=2))
-            with atomic_path(self.path) as tmp:
-                torch.save(unwrap_module(self.network).state_dict(), tmp)
-            self.logger.info(f"epoch {self.best_epoch}: best {name} {value:.4f}, model saved to {self.path}")
+            digest = self._save(name, value, epoch)
+            self.logger.info(f"epoch {epoch}: best {name} {value:.4f}, model saved to {self.path}")
+        self.best, self.best_epoch, self.sha256 = value, epoch, digest
+
+    def _save(self, name: str, value: float, epoch: int) -> str:
+        """Write the model and its record so that a kill at any instant leaves a record describing the model.
+
+        Returns:
+            the SHA-256 hash of the new model file.
+        """
+        previous = None
+        if self.best is not None and self.sha256 is not None:  # the model on disk until the rename below
+            previous = {"best": self.best, "epoch": self.best_epoch, "sha256": self.sha256}
+        with atomic_path(self.path, durable=True) as tmp:
+            torch.save(unwrap_module(self.network).state_dict(), tmp)
+            digest = file_sha256(tmp)
+            record = {
+                "metric": name,
+                "mode": self.mode,
+                "best": value,
+                "epoch": epoch,
+                "sha256": digest,
+                "previous": previous,
+            }
+            with atomic_path(self.record, durable=True) as record_tmp:
+                record_tmp.write_text(json.dumps(record, indent=2))
+        return digest
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "mode": self.mode}
+        return {"best": self.best, "best_epoch": self.best_epoch, "mode": self.mode, "sha256": self.sha256}
+
+    def _read_record(self) -> dict[str, Any] | None:
+        if not self.record.is_file():
+            return None
+        try:
+            record = json.loads(self.record.read_text())
+        except (OSError, ValueError) as e:
+            self.logger.warning(f"{self.record} cannot be read ({e}); it is ignored.")
+            return None
+        if not isinstance(record, dict):
+            self.logger.warning(f"{self.record} holds no best-model record; it is ignored.")
+            return None
+        return record
+
+    def _misfit(self, content: bytes) -> str | None:
+        """Why the model file's tensors do not fit the network, or ``None`` when they do."""
+        try:
+            saved = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+        except Exception as e:  # any unreadable file is simply not this run's model
+            return f"it cannot be read ({type(e).__name__})"
+        if isinstance(saved, Mapping) and isinstance(saved.get("model"), Mapping):
+            saved = saved["model"]
+        if not isinstance(saved, Mapping):
+            return "it holds no state dict"
+        return _state_dict_misfit(saved, unwrap_module(self.network).state_dict())
+
+    def _claims(self, state: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+        """The best values claimed by the record (newest entry, then the model it replaced) and the checkpoint."""
+        claims: list[tuple[str, Mapping[str, Any]]] = []
+        record = self._read_record()
+        if record is not None:
+            if record.get("mode", self.mode) != self.mode:
+                self.logger.warning(f"{self.record} is for mode {record.get('mode')!r}, not {self.mode!r}; ignored.")
+            else:
+                claims.append(("record", record))
+                if isinstance(record.get("previous"), Mapping):
+                    claims.append(("previous", record["previous"]))
+        if state.get("best") is not None and state.get("mode", self.mode) == self.mode:
+            entry = {"best": state["best"], "epoch": state.get("best_epoch", -1), "sha256": state.get("sha256")}
+            claims.append(("checkpoint", entry))
+        return claims
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best = None if state.get("best") is None else float(state["best"])
-        self.best_epoch = int(state.get("best_epoch", -1))
-        if self.record.is_file():  # saved after the checkpoint it is restored from: the later, better value
-            record = json.loads(self.record.read_text())
-            if self.best is None or self._better(float(record["best"])):
-                self.best, self.best_epoch = float(record["best"]), int(record["epoch"])
+        """Restore the best value, believing only a value that describes the model file on disk.
+
+        Args:
+            state: a :meth:`state_dict` (from a checkpoint), or ``{}`` when there is no checkpoint; the record
+                beside the model file is read in both cases.
+        """
+        self._tidy()
+        claims = self._claims(state)
+        on_disk, problem = None, None
+        if self.path.is_file():
+            content = self.path.read_bytes()
+            on_disk, problem = hashlib.sha256(content).hexdigest(), self._misfit(content)
+        match = None
+        if on_disk is not None and problem is None:
+            for source, claim in claims:
+                best = claim.get("best")
+                finite = isinstance(best, (int, float)) and math.isfinite(float(best))
+                if finite and claim.get("sha256") == on_disk:
+                    match = (source, claim)
+                    break
+        names = {"record": str(self.record), "checkpoint": "the checkpoint"}
+        ignored = [
+            f"{names[src]} (best {c.get('best')} at epoch {c.get('epoch')}"
+            + (", no model hash: written by an older version)" if not c.get("sha256") else ")")
+            for src, c in claims
+            if src != "previous" and (match is None or (src == "record" and match[0] != "record"))
+        ]
+        if match is None:
+            self.best, self.best_epoch, self.sha256 = None, -1, None
+        else:
+            self.best, self.best_epoch, self.sha256 = float(match[1]["best"]), int(match[1].get("epoch", -1)), on_disk
+        if ignored:
+            if on_disk is None:
+                why = f"{self.path} does not exist"
+            elif problem:
+                why = f"{self.path} does not fit the network ({problem})"
+            else:
+                why = (
+                    f"the SHA-256 hash of {self.path} differs (the run stopped while saving, or the file was replaced)"
+                )
+            keep = (
+                f"keeping the best {self.best:.4f} of epoch {self.best_epoch}, which {self.path} holds"
+                if match
+                else f"the next validation replaces {self.path}"
+            )
+            self.logger.warning(f"best-model claims of {' and '.join(ignored)} are ignored: {why}; {keep}.")
+        elif match is not None:
+            self.logger.info(f"best model {self.path}: {self.best:.4f} at epoch {self.best_epoch}.")
         if self._engine is not None and self.best is not None:  # the evaluator's own tracking, for its logs
             self._engine.state.best_metric = self.best
             self._engine.state.best_metric_epoch = self.best_epoch
