@@ -155,7 +155,8 @@ def test_best_model_saver_replaces_only_with_better(tmp_path):
         saver(engine)
     saved = torch.load(tmp_path / "model.pt", weights_only=True)
     assert float(saved["weight"][0, 0]) == 2.0, "the model of epoch 2 (Dice 0.7) is kept"
-    assert saver.state_dict() == {"best": 0.7, "best_epoch": 2, "mode": "max"}
+    digest = hashlib.sha256((tmp_path / "model.pt").read_bytes()).hexdigest()
+    assert saver.state_dict() == {"best": 0.7, "best_epoch": 2, "mode": "max", "sha256": digest}
     resumed = BestModelSaver(tmp_path, net)
     resumed.load_state_dict(saver.state_dict())
     engine.state.epoch, engine.state.metrics = 5, {"val_dice": 0.65}
@@ -175,13 +176,16 @@ def test_resumed_training_keeps_the_best_model(dataset, tmp_path):
     assert state["best_model"]["best_epoch"] == 1
     state["best_model"]["best"] = 0.999  # a best model the next epochs cannot beat
     torch.save(state, ckpt / "checkpoint_last.pt")
+    record = json.loads((ckpt / "model.pt.best.json").read_text())
+    (ckpt / "model.pt.best.json").write_text(json.dumps({**record, "best": 0.999}))  # its hash still fits model.pt
     model_bytes = (ckpt / "model.pt").read_bytes()
     second = _workflow(["train.json"], "train", epochs=3, **common, **SMALL)
     second.initialize()
     second.run()
     after = torch.load(ckpt / "checkpoint_last.pt", weights_only=False)
     assert after["trainer"]["iteration"] == 3 * after["trainer"]["epoch_length"], "training went on to epoch 3"
-    assert after["best_model"] == {"best": 0.999, "best_epoch": 1, "mode": "max"}
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    assert after["best_model"] == {"best": 0.999, "best_epoch": 1, "mode": "max", "sha256": digest}
     assert (ckpt / "model.pt").read_bytes() == model_bytes, "model.pt is replaced only by a better model"
     assert second.parser.get_parsed_content("validate#evaluator").state.best_metric == 0.999
 
@@ -294,7 +298,9 @@ def test_nan_statistics_are_refused(tmp_path):
 
 def test_resumable_checkpoint_saves_the_best_model_state(tmp_path):
     saver = BestModelSaver(tmp_path, torch.nn.Linear(1, 1))
-    saver.best, saver.best_epoch = 0.8, 4
+    evaluator = _Engine()
+    evaluator.state.epoch, evaluator.state.metrics = 4, {"val_dice": 0.8}
+    saver(evaluator)  # a best value is restored only with the model.pt it describes
     engine = type("E", (), {"state": type("S", (), {"epoch": 4, "max_epochs": None})()})()
     ResumableCheckpoint(tmp_path, {"best_model": saver}, include_engine=False).save(engine)
     other = BestModelSaver(tmp_path, torch.nn.Linear(1, 1))
