@@ -95,12 +95,12 @@ def _inference_parser(tmp_path: Path, **overrides) -> ConfigParser:
 @pytest.mark.parametrize("spacing", [-1, 0, [0.5, -0.5], "abc", float("nan")])
 def test_pixel_spacing_option_is_checked_with_the_cases(tmp_path, spacing):
     files = _pair(tmp_path)
-    with pytest.raises(XRayInputError, match="pixel_spacing"):
-        LoadXRayPair(pixel_spacing=spacing)
     parser = _inference_parser(tmp_path, xrays=files, pixel_spacing=spacing)
     with pytest.raises(Exception) as err:
-        parser.get_parsed_content("cases")  # the run's cases: checked with the run's options
+        parser.get_parsed_content("cases")  # the run's cases: checked with the run's options, before the run
     assert any(isinstance(e, XRayInputError) and "pixel_spacing" in str(e) for e in _chain(err.value))
+    with pytest.raises(XRayInputError, match="pixel_spacing"):
+        LoadXRayPair(pixel_spacing=spacing)  # the transform of the run refuses it when it is made
     assert _inference_parser(tmp_path, xrays=files, pixel_spacing=0.5).get_parsed_content("cases")
 
 
@@ -108,6 +108,8 @@ def test_pixel_spacing_option_is_checked_with_the_cases(tmp_path, spacing):
 
 
 def test_case_ids_must_fit_the_file_system(tmp_path):
+    with pytest.raises(BundleInputError, match="bytes per file name"):
+        check_case_names(["P1", "a" * 300])
     from scripts.io.outputs import CASE_FILE_EXTRA_BYTES
 
     longest = 255 - CASE_FILE_EXTRA_BYTES
@@ -126,10 +128,10 @@ def test_a_long_id_stops_a_two_case_run_before_anything_is_written(tmp_path):
     cases = [{"xray": files, "id": "P1"}, {"xray": files, "id": "a" * 300}]
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     before = _files(tmp_path)
-    with pytest.raises(BundleInputError, match=r"case 2\) is 300 bytes long"):
-        workflow.inference_cases(datalist=str(tmp_path / "cases.json"), output_dir=str(tmp_path / "out"))
     with pytest.raises(BundleInputError, match="bytes per file name"):
         workflow.inference_cases(xrays=files, case_id="a" * 300)
+    with pytest.raises(BundleInputError, match=r"case 2\) is 300 bytes long"):
+        workflow.inference_cases(datalist=str(tmp_path / "cases.json"), output_dir=str(tmp_path / "out"))
     assert _files(tmp_path) == before
 
 
@@ -171,13 +173,13 @@ def test_spine_assembly_refuses_names_that_leave_out(tmp_path):
 
 
 def test_tiny_xrays_are_refused_and_small_ones_warned_about(tmp_path, caplog):
-    from scripts.io.xray import MIN_XRAY_SIZE
-
-    assert MIN_XRAY_SIZE == 32
     tiny = _pair(tmp_path / "tiny", size=4)
     with pytest.raises(XRayInputError, match="4x4 pixels .* below the 32 pixels per side") as err:
         workflow.inference_cases(xrays=tiny, spatial_size=64)
     assert "\n" not in str(err.value)
+    from scripts.io.xray import MIN_XRAY_SIZE
+
+    assert MIN_XRAY_SIZE == 32
     with pytest.raises(XRayInputError, match="31x31 pixels"):
         LoadXRayPair(min_size=32)(_pair(tmp_path / "edge", size=31))
     small = _pair(tmp_path / "small", size=40)
