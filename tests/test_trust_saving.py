@@ -259,6 +259,7 @@ def _child(ckpt: Path, target: str, when: str) -> None:
     ``when``: ``"start"`` (the validation of epoch 2 begins), ``"during"`` (``torch.save`` has written half
     of the temporary file of ``target``), ``"before"`` or ``"after"`` (``target`` takes its name).
     """
+    torch.set_num_threads(1)  # no OpenMP thread pool inherited through fork
     epoch = {"now": 0}
     real_replace, real_save = os.replace, torch.save
 
@@ -354,6 +355,7 @@ def test_kill_at_random_instants_then_resume(tmp_path):
 
 def _save_forever(ckpt: Path, ready) -> None:
     """Resume the best model of ``ckpt`` and save a better one, epoch after epoch, until killed."""
+    torch.set_num_threads(1)  # no OpenMP thread pool inherited through fork
     net = torch.nn.Linear(512, 512)
     saver = BestModelSaver(ckpt, net)
     saver.load_state_dict({})
