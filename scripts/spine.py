@@ -848,6 +848,8 @@ def reconstruct(
             expansion_mode=get("expansion_mode"),
             invert=get("invert"),
             pixel_spacing=get("pixel_spacing"),
+            sdd=get("sdd"),
+            sod=get("sod"),
             spatial_size=model.roi_size,
             min_size=MIN_XRAY_SIZE,
         )

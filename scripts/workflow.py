@@ -398,7 +398,8 @@ def inference_cases(
             them, or without the dataset, there are no cases (a warning now; :func:`require_cases` stops the run
             with the fix), so that a workflow initialises with no input.
         split: the split of ``dataset_dir``.
-        output_dir: the run's output folder: case names must fit its file system's limits.
+        output_dir: the run's output folder: it must be a folder (or not exist yet) that can be written, and case
+            names must fit its file system's limits.
         spatial_size: the model's input size (pixels): smaller images are enlarged to it, with a warning.
         min_size: the fewest pixels per side of an image (:data:`scripts.io.xray.MIN_XRAY_SIZE`); smaller ones
             are refused. ``None`` takes any size.
@@ -435,12 +436,28 @@ def inference_cases(
         if not cases:
             logging.getLogger(__name__).warning(no_input_message(dataset_dir, split))
             return []
+    if output_dir is not None:
+        _check_output_dir(output_dir)
     check_case_names([c["id"] for c in cases], output_dir=output_dir)
     if check:
         check_xray_cases(
             cases, expansion_mode=expansion_mode, spatial_size=spatial_size, min_size=min_size, **loader_kwargs
         )
     return cases
+
+
+def _check_output_dir(output_dir: str | os.PathLike) -> None:
+    """Refuse an output folder that is a file, or that this process cannot create or write into."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise BundleInputError(f"--output_dir {out} is a file, not a folder; fix: give a folder for the outputs.")
+    probe = out.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise BundleInputError(
+            f"--output_dir {out}: {probe} cannot be written by this user; fix: give a folder you can write to."
+        )
 
 
 def _dataset_cases(dataset_dir: str | os.PathLike | None, split: str) -> list[dict]:
@@ -684,6 +701,8 @@ def check_xray_cases(
     expansion_mode: str | None = None,
     spacing_key: str | None = "pixel_spacing",
     spatial_size: int | Sequence[int] | None = None,
+    sdd: float | None = None,
+    sod: float | None = None,
     **kwargs: Any,
 ) -> None:
     """Validate every case of a datalist before anything is written, so a bad case stops the run early.
@@ -703,6 +722,8 @@ def check_xray_cases(
             skips the expansion check.
         spacing_key: the key of a case's pixel spacing override (mm), as for :class:`LoadXRayPaird`.
         spatial_size: the model's input size ``(H, W)`` (an int for square), ``None``: no size warning.
+        sdd: the run's source-to-detector distance in mm (``None``: the expansion's default).
+        sod: the run's source-to-isocentre distance in mm; with ``sdd``, ``sdd > sod > 0`` is required.
         kwargs: the arguments of :class:`LoadXRayPair` (orientation, inversion, pixel spacing, ``min_size``).
 
     Raises:
@@ -710,6 +731,16 @@ def check_xray_cases(
     """
     if expansion_mode is not None:
         check_expansion_angles(DEFAULT_ANGLES, expansion_mode)  # an unknown mode stops here, once
+    geometry = {k: v for k, v in (("sdd", sdd), ("sod", sod)) if v is not None}
+    for k, v in geometry.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v) or v <= 0:
+            raise XRayInputError(f"{k}={v!r}: give the distance in mm as a positive number.")
+    if len(geometry) == 2 and not geometry["sdd"] > geometry["sod"]:
+        raise XRayInputError(
+            f"sdd={sdd!r}, sod={sod!r}: the detector lies behind the patient, so the source-to-detector distance "
+            "(sdd) must be larger than the source-to-isocentre distance (sod); fix: give both in mm, e.g. "
+            "--sdd 1020 --sod 700."
+        )
     loader = LoadXRayPair(**kwargs)  # bad options (invert, pixel_spacing, ...) stop here, once
     model_size = None
     if spatial_size is not None:
@@ -733,7 +764,7 @@ def check_xray_cases(
             if expansion_mode is not None:
                 check_expansion_angles(img.meta["angles"], expansion_mode)
                 try:
-                    DimensionExpansion(expansion_mode, spatial_size=2)(img)
+                    DimensionExpansion(expansion_mode, spatial_size=2, **geometry)(img)
                 except ValueError as e:
                     raise XRayInputError(f"the dimension expansion refuses it: {e}") from e
         except XRayInputError as e:

@@ -104,6 +104,25 @@ def test_pixel_spacing_option_is_checked_with_the_cases(tmp_path, spacing):
     assert _inference_parser(tmp_path, xrays=files, pixel_spacing=0.5).get_parsed_content("cases")
 
 
+@pytest.mark.parametrize(
+    "option, message",
+    [({"sdd": -5}, "sdd=-5: give the distance"), ({"sod": "far"}, "sod='far'"), ({"sdd": 600}, "must be larger")],
+)
+def test_geometry_options_are_checked_with_the_cases(tmp_path, option, message):
+    parser = _inference_parser(tmp_path, xrays=_pair(tmp_path), **option)
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("cases")
+    assert any(isinstance(e, XRayInputError) and message in str(e) for e in _chain(err.value)), str(err.value)
+
+
+def test_an_output_folder_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(BundleInputError, match="is a file, not a folder"):
+        workflow.inference_cases(xrays=_pair(tmp_path), output_dir=str(tmp_path / "taken"))
+    assert workflow.inference_cases(xrays=_pair(tmp_path), output_dir=str(tmp_path / "new" / "out"))
+    assert not (tmp_path / "new").exists(), "checking writes nothing"
+
+
 # ------------------------------------------------------------------ 5. case ids of a length the file system takes
 
 
