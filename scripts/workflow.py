@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import functools
+import gc
 import json
 import logging
 import math
@@ -53,6 +54,7 @@ __all__ = [
     "training_record",
     "check_cli_overrides",
     "validation_sampler",
+    "end_of_command_line_run",
 ]
 
 # datalist entries that hold file paths relative to the datalist (scripts.prepare, scripts.simulate, inference)
@@ -572,6 +574,9 @@ def metric_handlers(
     }
 
 
+# command-line options of earlier versions and their names now
+_RENAMED = {"angles": "views"}
+
 # the arguments of `python -m monai.bundle run` that are not config overrides
 _RUN_ARGS = {
     "run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
@@ -661,7 +666,7 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
     if unknown:
         hints = []
         for key in unknown:
-            close = difflib.get_close_matches(key.split("#")[0], top, n=3)
+            close = [_RENAMED[key]] if key in _RENAMED else difflib.get_close_matches(key.split("#")[0], top, n=3)
             hints.append(f"--{key}" + (f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""))
         raise BundleInputError(
             f"unknown command-line override {'; '.join(hints)}: no loaded config defines it, so it would be "
@@ -678,6 +683,18 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
             f"{', '.join(switches)}: a switch takes True or False (or one per view, e.g. [True, False]), and any "
             "other text would count as true; write True or False."
         )
+
+
+def end_of_command_line_run() -> None:
+    """At the end of ``python -m monai.bundle run``, freeze the garbage collector so that the interpreter exits
+    without a last full collection of torch's and MONAI's objects (about 1 s per run on a 2-core CPU).
+
+    Programs that run the workflow themselves (``ConfigWorkflow``, MONAI Label) are left as they are.
+    """
+    from scripts.errors import running_bundle_cli
+
+    if running_bundle_cli():
+        gc.freeze()
 
 
 def validation_sampler(dataset: Sequence) -> DistributedSampler | None:

@@ -67,6 +67,35 @@ def test_monai_bundle_load_from_another_folder(tmp_path):
     assert not list(tmp_path.iterdir()), "nothing is written into the working folder"
 
 
+def test_monai_bundle_commands_from_another_folder(dataset, trained, tmp_path):
+    """``verify_net_in_out``, ``ckpt_export``, ``verify_metadata`` and ``run`` as MONAI's command line calls them,
+    from a fresh process in another folder, without ``--bundle_root``."""
+    from tests.test_workflows import _write_xrays
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    xrays = _write_xrays(tmp_path, dataset)
+    meta, schema = str(CONFIGS / "metadata.json"), str(CONFIGS / "schema" / "meta_schema_20240725_subset.json")
+    cpu = [str(CONFIGS / "inference.json"), str(CONFIGS / "cpu.json")]
+    code = (
+        "from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out\n"
+        f"verify_metadata(meta_file={meta!r}, filepath={schema!r})\n"
+        f"verify_net_in_out('network_def', meta_file={meta!r}, config_file={cpu!r})\n"
+        f"ckpt_export('network_def', filepath={str(tmp_path / 'model.ts')!r}, "
+        f"ckpt_file={str(ROOT / 'models' / 'cpu' / 'model.pt')!r}, meta_file={meta!r}, config_file={cpu!r})\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "model.ts").is_file()  # the verify_* commands raise on failure
+    overrides = [f"--{k}={v}" for k, v in SMALL.items() if k != "num_workers"]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json")]
+    cmd += ["--ckpt_dir", str(trained), "--output_dir", str(out), "--xrays", repr(xrays), *overrides]
+    res = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "ap" / "ap_hu.nii.gz").is_file() or any(out.rglob("*_hu.nii.gz"))
+    assert not list(work.iterdir()), "nothing is written into the working folder"
+
+
 def test_inference_defaults_to_the_test_split_of_the_dataset(dataset, trained, tmp_path):
     from scripts.simulate import main as simulate
 

@@ -112,3 +112,14 @@ def test_simulated_inference_sees_the_validation_x_rays():
     (val,) = train.get("validate#simulate_transforms")
     sim = next(t for t in infer.get("preprocessing#transforms") if t["_target_"] == val["_target_"])
     assert {k: v for k, v in sim.items() if k != "output_keys"} == {k: v for k, v in val.items() if k != "output_keys"}
+
+
+@pytest.mark.parametrize("size", [[], ["cpu.json"]])
+def test_training_writes_into_its_run_folder_and_inference_reads_the_bundle_model(size):
+    train, infer = _parser("train.json", *size), _parser("inference.json", *size)
+    ckpt, out = Path(train.get_parsed_content("ckpt_dir")), Path(train.get_parsed_content("output_dir"))
+    assert ckpt.is_relative_to(out) and not ckpt.resolve().is_relative_to(ROOT / "models")
+    shipped = ROOT / "models" / ("cpu" if size else "")
+    assert Path(infer.get_parsed_content("ckpt_dir")).resolve() == shipped.resolve()
+    evaluate = _parser("train.json", "evaluate.json", *size)
+    assert Path(evaluate.get_parsed_content("ckpt_dir")).resolve() == shipped.resolve()

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("scripts.io",),
     ("scripts.transforms",),
     ("scripts.losses", "scripts.metrics", "scripts.handlers"),
-    ("scripts.workflow", "scripts.prepare", "scripts.simulate", "scripts.spine"),
+    ("scripts.workflow", "scripts.prepare", "scripts.simulate", "scripts.spine", "scripts.convert_model"),
     ("scripts.tools", "scripts.benchmark", "scripts.monailabel"),
 ]
 

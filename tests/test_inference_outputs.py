@@ -167,7 +167,7 @@ def test_bad_inputs_stop_before_anything_is_written(dataset, trained, tmp_path, 
         (tmp_path / "cases.json").write_text(json.dumps([{"xray": [ap, lat], "id": "first"}, second]))
         override = {"datalist": str(tmp_path / "cases.json")}
     elif case == "same_view":
-        override["angles"] = [[0, 0], [0, 0]]
+        override["views"] = [[0, 0], [0, 0]]
     else:
         Image.fromarray(np.zeros((32, 32), np.uint16)).save(lat)
     out = tmp_path / "out"

@@ -228,7 +228,7 @@ def test_bad_inference_inputs(dataset, trained, tmp_path, case, message):
     out = tmp_path / "out"
     wf = _workflow(["inference.json"], "infer", ckpt_dir=str(trained), output_dir=str(out), xrays=xrays, **SMALL)
     if angles is not None:
-        wf.parser["angles"] = angles
+        wf.parser["views"] = angles
     with pytest.raises(Exception) as err:
         _initialize_and_run(wf)
     text = "".join(str(e) for e in _chain(err.value))
@@ -240,7 +240,7 @@ def test_missing_model_says_how_to_train(tmp_path, dataset):
     ap, lat = _write_xrays(tmp_path, dataset)
     wf = _workflow(["inference.json"], "infer", ckpt_dir=str(tmp_path), xrays=[ap, lat], **SMALL)
     with pytest.raises(Exception) as err:
-        wf.initialize()
+        _initialize_and_run(wf)
     assert "configs/train.json" in "".join(str(e) for e in _chain(err.value))
 
 
