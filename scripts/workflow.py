@@ -476,9 +476,7 @@ def _dataset_cases(dataset_dir: str | os.PathLike | None, split: str) -> list[di
 
 def no_input_message(dataset_dir: str | os.PathLike | None, split: str = "test") -> str:
     """The one line that says what to give an inference run that has no input."""
-    give = (
-        "give --datalist cases.json, or --xrays \"['ap.png','lateral.png']\" (optionally --views \"[[0,0],[90,0]]\")"
-    )
+    give = "give --datalist cases.json, or --xrays \"['ap.png','lateral.png']\" (optionally --views \"[[0,0],[90,0]]\")"
     if dataset_dir is not None and (Path(dataset_dir) / "datalist.json").is_file():
         return (
             f"no input: the {split} split of {dataset_dir} has no simulated X-rays; run python -m scripts.simulate "
