@@ -466,7 +466,10 @@ class LoadXRayPair(Transform):
     def _spacing_arg(value: Any) -> list[tuple[float, float] | None]:
         if value is None:
             return [None, None]
-        fix = f"pixel_spacing={value!r}: give positive mm, a number, (row, col) or one per view."
+        fix = (
+            f"pixel_spacing={value!r} is not a positive spacing in mm; fix: give a number, (row, col) or one pair "
+            "per view, e.g. 0.5."
+        )
         if isinstance(value, (str, bytes, bool)):
             raise XRayInputError(fix)
         try:
