@@ -447,6 +447,7 @@ class DRRProjector:
         isocentre=None,
         object_rotation=None,
         generator: torch.Generator | None = None,
+        geometry: ConeBeamGeometry | dict | None = None,
     ) -> torch.Tensor:
         """Project HU volumes.
 
@@ -457,6 +458,8 @@ class DRRProjector:
             isocentre: world isocentre; default the volume centre.
             object_rotation: optional rotation (3, 3) of the object about the isocentre.
             generator: torch random generator for the noise.
+            geometry: the X-ray system of this call (default: the projector's, or the default for the volume's
+                grid); e.g. a detector window centred on a vertebra inside a whole scan.
 
         Returns:
             (B, V, H, W) images (or (V, H, W) for a (1, X, Y, Z) input).
@@ -469,7 +472,7 @@ class DRRProjector:
         hu, aff = check_volume(hu, affine, "CT volume")
         if hu.shape[1] != 1:
             raise ValueError(f"the CT volume must have one channel, got shape {tuple(hu.shape)}.")
-        geometry = self.geometry_for(hu, aff)
+        geometry = self.geometry_for(hu, aff) if geometry is None else ConeBeamGeometry.from_any(geometry)
         as_angles(angles)
         if self.backend == "deepdrr":
             from .deepdrr_backend import project_deepdrr

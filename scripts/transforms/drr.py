@@ -24,6 +24,7 @@ CT and the labels together with MONAI's ``RandRotated`` before ``DRRd`` when the
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -33,7 +34,8 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Transform
-from scripts.drr import ConeBeamGeometry, DRRProjector, as_angles, crop_centre
+from scripts.drr import ConeBeamGeometry, DRRProjector, as_angles, crop_centre, default_geometry
+from scripts.drr.body import load_body_scan, ray_slab
 from scripts.io.xray import check_view_separation
 
 __all__ = ["DRR", "DRRd", "SeededDRRd", "item_seed", "random_rotation", "geometry_to_tensors"]
@@ -129,10 +131,24 @@ class DRR(Randomizable, Transform):
             low, high = np.log(self.photon_range)
             self.projector.photon_count = float(np.exp(self.R.uniform(low, high)))
 
-    def __call__(self, img: torch.Tensor, affine: Any = None, randomize: bool = True) -> MetaTensor:
-        """Project ``img`` (1, X, Y, Z) in HU; ``affine`` overrides / supplies the voxel-to-world matrix."""
+    def __call__(
+        self, img: torch.Tensor | str | os.PathLike, affine: Any = None, randomize: bool = True, reference: Any = None
+    ) -> MetaTensor:
+        """Project ``img`` (1, X, Y, Z) in HU; ``affine`` overrides / supplies the voxel-to-world matrix.
+
+        Args:
+            img: the HU volume, or the path of a patient's whole scan (``<patient>_body.nii.gz`` of
+                ``python -m scripts.prepare``, read once and cached by :func:`scripts.drr.body.load_body_scan`).
+            affine: the volume's voxel-to-world matrix (default: ``img.affine``).
+            randomize: draw new random parameters first.
+            reference: the grid of the window (a ``MetaTensor`` crop, e.g. the item's ``gt``): the detector
+                window, its pixel size and the isocentre (the crop's centre) come from it, and only the part of
+                ``img`` that the window's rays cross is projected. Default: ``img`` itself.
+        """
         if randomize:
             self.randomize()
+        if isinstance(img, (str, os.PathLike)):
+            img, affine, _ = load_body_scan(img)
         if affine is None:
             if not isinstance(img, MetaTensor):
                 raise ValueError(
@@ -148,19 +164,35 @@ class DRR(Randomizable, Transform):
         angles = self.angles + torch.as_tensor(self._offsets)
         if (angles.abs() > 360).any():
             angles = torch.remainder(angles + 180.0, 360.0) - 180.0
-        geometry = self.projector.geometry_for(hu[None], aff)
-        gen = torch.Generator(device=hu.device).manual_seed(self._seed)
         rot = None if np.allclose(self._rotation, np.eye(3)) else self._rotation
-        out = self.projector(hu[None].float(), aff, angles, object_rotation=rot, generator=gen)[0]
-        iso = crop_centre(aff, hu.shape[1:])
+        if reference is None:
+            grid_shape, grid_affine = tuple(hu.shape[1:]), aff
+        else:
+            if not isinstance(reference, MetaTensor) or reference.ndim != 4:
+                raise ValueError("DRR reference must be a channel-first (1, X, Y, Z) MetaTensor with its affine.")
+            grid_shape = tuple(reference.shape[1:])
+            grid_affine = torch.as_tensor(np.asarray(torch.as_tensor(reference.affine).cpu(), dtype=np.float64))
+        geometry = self.projector.geometry or default_geometry(grid_shape, grid_affine)
+        iso = crop_centre(grid_affine, grid_shape)
+        if reference is not None:  # only the part of the scan that the window's rays cross
+            box = ray_slab(hu.shape[1:], aff, geometry, angles, iso.tolist(), rot)
+            if any(b.stop <= b.start for b in box):
+                raise ValueError("none of the window's rays cross the scan: the reference grid lies outside it.")
+            hu = hu[(slice(None), *box)]
+            aff = aff.clone()
+            aff[:3, 3] += aff[:3, :3] @ torch.tensor([float(b.start) for b in box], dtype=torch.float64)
+        gen = torch.Generator(device=hu.device).manual_seed(self._seed)
+        out = self.projector(
+            hu[None].float(), aff, angles, isocentre=iso, object_rotation=rot, generator=gen, geometry=geometry
+        )[0]
         meta = {
             **geometry.to_dict(),
             "angles": angles.tolist(),
             "nominal_angles": self.angles.tolist(),
             "isocentre": iso.tolist(),
             "object_rotation": self._rotation.tolist(),
-            "volume_affine": aff.tolist(),
-            "volume_shape": list(hu.shape[1:]),
+            "volume_affine": grid_affine.tolist(),
+            "volume_shape": list(grid_shape),
             "physics": self.projector.physics,
             "spectrum": self.projector.spectrum,
             "photon_count": self.projector.photon_count,
@@ -182,14 +214,20 @@ class DRR(Randomizable, Transform):
 
 
 class DRRd(Randomizable, MapTransform):
-    """Dictionary version of :class:`DRR`: project ``keys`` ("ct" = in context, "gt" = isolated vertebra).
+    """Dictionary version of :class:`DRR`: project ``keys``.
 
-    All keys of one item are projected with the same random angles, rotation and noise seed.
+    The X-ray sources of a prepared dataset's items (``drr_source`` in the configs): ``"gt"``, the isolated
+    vertebra (the paper's setting); ``"ct"``, the CT crop around it (neighbours and soft tissue within the crop);
+    ``"body"``, the patient's whole scan (a path, :func:`scripts.drr.body.load_body_scan`), seen through the
+    window of ``ref_key``'s grid. All keys of one item are projected with the same random angles, rotation and
+    noise seed.
 
     Args:
-        keys: keys of the HU volumes to project.
+        keys: keys of the HU volumes (or whole-scan paths) to project.
         output_keys: where to write the images (default "drr" for one key, else "<key>_drr"); the
             geometry goes to "<output_key>_geometry".
+        ref_key: key of the grid that sets the detector window and the isocentre (e.g. ``"gt"``); ``None``: each
+            volume's own grid. Needed for ``"body"``.
         allow_missing_keys: skip missing keys.
         kwargs: arguments of :class:`DRR`.
     """
@@ -198,10 +236,12 @@ class DRRd(Randomizable, MapTransform):
         self,
         keys: KeysCollection,
         output_keys: str | Sequence[str] | None = None,
+        ref_key: str | None = None,
         allow_missing_keys: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.ref_key = ref_key
         if output_keys is None:
             output_keys = ["drr"] if len(self.keys) == 1 else [f"{k}_drr" for k in self.keys]
         self.output_keys = [output_keys] if isinstance(output_keys, str) else list(output_keys)
@@ -217,11 +257,28 @@ class DRRd(Randomizable, MapTransform):
     def randomize(self, data: Any = None) -> None:
         self.drr.randomize()
 
+    def check_item(self, d: Mapping[Hashable, Any]) -> Any:
+        """The item's reference grid (``None`` without ``ref_key``), after checking that the item has its keys."""
+        for key in self.keys:
+            if key not in d and not self.allow_missing_keys:
+                fix = (
+                    "prepare the dataset again with python -m scripts.prepare, which writes each patient's whole scan"
+                    if key == "body"
+                    else "check drr_source and the datalist"
+                )
+                raise KeyError(f"the item {d.get('id', '')!r} has no {key!r} entry to project; {fix}.")
+        if self.ref_key is None:
+            return None
+        if self.ref_key not in d:
+            raise KeyError(f"the item {d.get('id', '')!r} has no {self.ref_key!r} grid (ref_key) to place the window.")
+        return d[self.ref_key]
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         self.randomize()
+        reference = self.check_item(d)
         for key, out_key in self.key_iterator(d, self.output_keys):
-            out = self.drr(d[key], randomize=False)
+            out = self.drr(d[key], randomize=False, reference=reference)
             d[out_key] = out
             d[f"{out_key}_geometry"] = geometry_to_tensors(out.meta["drr_geometry"])
         return d
@@ -272,8 +329,9 @@ class SeededDRRd(MapTransform):
             raise KeyError(f"SeededDRRd: the item has no {self.seed_key!r} entry to seed its X-ray noise with.")
         drr = self._drrd.drr
         drr._seed = item_seed(d[self.seed_key], self.seed)
+        reference = self._drrd.check_item(d)
         for key, out_key in self._drrd.key_iterator(d, self._drrd.output_keys):
-            out = drr(d[key], randomize=False)
+            out = drr(d[key], randomize=False, reference=reference)
             d[out_key] = out
             d[f"{out_key}_geometry"] = geometry_to_tensors(out.meta["drr_geometry"])
         return d
