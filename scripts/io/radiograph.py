@@ -905,7 +905,7 @@ def write_radiograph_dicom(
     ds.DistanceSourceToDetector = f"{float(sdd):.6g}"
     if sod is not None:
         ds.DistanceSourceToPatient = f"{float(sod):.6g}"
-        ds.DistanceSourceToIsocenter = f"{float(sod):.6g}"
+        ds.DistanceSourceToIsocenter = float(sod)
         ds.EstimatedRadiographicMagnificationFactor = f"{float(sdd) / float(sod):.6g}"
     if spacing_tag in ("ImagerPixelSpacing", "both"):
         ds.ImagerPixelSpacing = [f"{sp[0]:.6g}", f"{sp[1]:.6g}"]
