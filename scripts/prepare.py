@@ -16,6 +16,8 @@ Output (paths relative to ``--out``)::
     <patient>/<patient>_<level>_gt.nii.gz    ground truth: HU inside the dilated own mask, -1024 elsewhere
     <patient>/<patient>_<level>_mask.nii.gz  the vertebra's own mask, uint8
     <patient>/<patient>_<level>.json         the vertebra's manifest row (written last: marks it finished)
+    <patient>/<patient>_body.nii.gz          the whole scan for X-rays through the body: int16 HU on the same
+                                             isotropic RAS grid, outside the field of view -32768 (scripts.drr.body)
     manifest.csv                             one row per vertebra (also the skipped ones)
     datalist.json                            MONAI datalist: training / validation / test + statistics
 
@@ -40,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from scripts.data.crop import (
     bounding_boxes,
     crop_vertebra,
@@ -55,6 +58,7 @@ from scripts.data.labels import LEVELS, level_from_name, parse_levels, read_clas
 from scripts.data.orientation import check_orientation, fragments, vertebra_geometry
 from scripts.data.sources import Case, default_cache_dir, find_cases
 from scripts.data.split import SPLITS, parse_split, split_given, split_items
+from scripts.drr.body import OUTSIDE_FOV, body_cut_fractions, outside_fov
 from scripts.utils import atomic_path
 
 __all__ = ["PrepareSummary", "CaseResult", "prepare", "process_case", "rebuild_index", "main"]
@@ -64,7 +68,8 @@ MANIFEST_COLUMNS = (
     "patient", "subject", "level", "id", "label", "split", "status", "spacing_mm", "roi",
     "origin_x_mm", "origin_y_mm", "origin_z_mm", "hu_mean", "hu_std", "hu_min", "hu_max",
     "mask_voxels", "extent_x", "extent_y", "extent_z", "intensity", "hu_scale", "hu_offset", "hu_fit",
-    "hu_landmarks", "hu_residuals", "hu_warning", "source_ct", "source_mask",
+    "hu_landmarks", "hu_residuals", "hu_warning", "centre_x_mm", "centre_y_mm", "centre_z_mm", "body_cut_ap",
+    "body_cut_lateral", "source_ct", "source_mask",
 )  # fmt: skip
 ORIENTATION_MODES = ("check", "warn")
 #: Fewest output voxels along a complete vertebra's smallest world extent (``--min_voxels``).
@@ -151,15 +156,29 @@ def _paths(out: Path, patient: str, level: str) -> dict[str, Path]:
     return files
 
 
+def _body_path(out: Path, patient: str) -> Path:
+    return out / patient / f"{patient}_body.nii.gz"
+
+
 def _finished_row(out: Path, patient: str, level: str) -> dict | None:
-    """The stored manifest row of a vertebra whose files all exist, else ``None``."""
+    """The stored manifest row of a vertebra whose files all exist (its patient's whole scan too), else ``None``."""
     files = _paths(out, patient, level)
-    if not all(p.is_file() for p in files.values()):
+    if not all(p.is_file() for p in files.values()) or not _body_path(out, patient).is_file():
         return None
     try:
-        return json.loads(files["json"].read_text())
+        row = json.loads(files["json"].read_text())
     except (OSError, ValueError):
         return None
+    return row if isinstance(row, dict) and "body" in row.get("files", {}) else None
+
+
+def _write_body(ct_iso: Any, outside_iso: np.ndarray, path: Path) -> None:
+    """The whole scan for body X-rays: int16 HU, outside the field of view :data:`OUTSIDE_FOV`."""
+    if path.is_file():
+        return
+    body = np.clip(np.round(np.asarray(ct_iso[0], dtype=np.float32)), -1024, 32767).astype(np.int16)
+    body[outside_iso] = OUTSIDE_FOV
+    save_nifti(body, np.asarray(ct_iso.affine, dtype=np.float64), path)
 
 
 def _load_labels(case: Case, labels: str) -> tuple[Any, dict[int, str], str]:
@@ -321,8 +340,10 @@ def process_case(
             for value in labels_touching_padding(lab_np, np.asarray(ct[0])) & set(todo):
                 row = todo.pop(value)
                 result.skipped.append((row["level"], CUT_OFF_FOV, {**row, "status": CUT_OFF_FOV}))
+        outside = outside_fov(np.asarray(ct[0]), 0.0 if _is_windowed(case, intensity) else None)
         ct, result.fit = _to_hu(case, ct, lab_np, vertebrae, intensity)
         del lab_np
+        outside_img = MetaTensor(torch.from_numpy(outside[None].astype(np.float32)), affine=ct.affine)
         hu_fields = {"intensity": "windowed", **result.fit.manifest_fields()} if result.fit else {"intensity": "hu"}
         if result.fit:
             result.warnings += [f"{case.ct}: HU fit poorly conditioned: {w}" for w in result.fit.warnings]
@@ -330,6 +351,11 @@ def process_case(
         del ct
         lab_iso = to_ras_isotropic(mask, spacing, is_label=True)
         del mask
+        outside_iso = np.asarray(to_ras_isotropic(outside_img, spacing, is_label=True)[0]) > 0.5
+        del outside_img
+        body_path = _body_path(out, case.patient)
+        _write_body(ct_iso, outside_iso, body_path)
+        ct_iso_np = np.asarray(ct_iso[0])
         boxes = bounding_boxes(np.asarray(lab_iso[0]), list(todo))
         for value, row in todo.items():
             level = row["level"]
@@ -342,8 +368,12 @@ def process_case(
             save_nifti(crop.gt, crop.affine, files["gt"])
             save_nifti(crop.mask, crop.affine, files["mask"])
             origin = crop.affine[:3, 3]
+            centre = crop.affine[:3, :3] @ np.full(3, (roi - 1) / 2.0) + origin
+            cut = body_cut_fractions(ct_iso_np, outside_iso, np.asarray(ct_iso.affine), centre, roi * spacing / 2)
             row.update(
                 {f"origin_{a}_mm": round(float(o), 4) for a, o in zip("xyz", origin)},
+                **{f"centre_{a}_mm": round(float(c), 4) for a, c in zip("xyz", centre)},
+                **{k: round(v, 3) for k, v in cut.items()},
                 **{f"extent_{a}": int(e) for a, e in zip("xyz", crop.extent)},
                 mask_voxels=int(crop.mask.sum()),
                 **hu_fields,
@@ -351,7 +381,10 @@ def process_case(
                 affine=crop.affine.tolist(),
                 start=list(crop.start),
                 bbox_center=list(crop.bbox_center),
-                files={k: files[k].relative_to(out).as_posix() for k in FILE_KINDS},
+                files={
+                    **{k: files[k].relative_to(out).as_posix() for k in FILE_KINDS},
+                    "body": body_path.relative_to(out).as_posix(),
+                },
             )
             with atomic_path(files["json"]) as tmp:
                 tmp.write_text(json.dumps(row, indent=1))
@@ -443,7 +476,13 @@ def rebuild_index(
     }
     for name in SPLITS:
         datalist[name] = [
-            {**{k: r["files"][k] for k in FILE_KINDS}, "id": r["id"], "patient": r["patient"], "level": r["level"]}
+            {
+                **{k: r["files"][k] for k in (*FILE_KINDS, "body")},
+                "centre_mm": [r[f"centre_{a}_mm"] for a in "xyz"],
+                "id": r["id"],
+                "patient": r["patient"],
+                "level": r["level"],
+            }
             for r in splits[name]
         ]
         for r in splits[name]:

@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 # datalist entries that hold file paths relative to the datalist (scripts.prepare, scripts.simulate, inference)
-FILE_KEYS = ("ct", "gt", "mask", "drr", "drr_png", "drr_geometry", "xray")
+FILE_KEYS = ("ct", "gt", "mask", "body", "drr", "drr_png", "drr_geometry", "xray", "radiographs")
 
 _PREPARE_HINT = (
     "prepare it first, e.g. `python -m scripts.prepare --source example --out {d}` "
@@ -496,7 +496,7 @@ def _inference_case(item: dict) -> dict:
     """One inference case: its ``id`` as a string (named after its files when it has none), no ``angles: None``."""
 
     case = {k: v for k, v in item.items() if not (k == "angles" and v is None)}
-    files = case.get("xray")
+    files = case.get("xray") or case.get("radiographs")
     if case.get("id") is not None:
         case["id"] = str(case["id"])
     elif isinstance(files, (list, tuple)) and files:
@@ -764,6 +764,14 @@ def check_xray_cases(
     for i, case in enumerate(cases):
         label = case.get("id", f"case {i}")
         files = case.get(key)
+        if files is None and case.get("radiographs") is not None:  # full radiographs: scripts.io.radiograph
+            from scripts.io.radiograph import check_radiograph_case
+
+            try:
+                check_radiograph_case(case)
+            except XRayInputError as e:
+                errors.append(f"{label}: {e}")
+            continue
         if files is None:
             errors.append(f"{label}: no '{key}' entry; fix: add the two X-ray image paths.")
             continue

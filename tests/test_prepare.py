@@ -157,8 +157,14 @@ def test_manifest_datalist_and_statistics(tmp_path):
     assert sorted(i["id"] for i in items) == ["case1_L1", "case1_T12"]
     assert s.split_by == "vertebra" and len(dl["training"]) == 1 and len(dl["validation"]) == 1
     for item in items:
-        assert set(item) == {"ct", "gt", "mask", "id", "patient", "level"}
-        assert all((out / item[k]).is_file() for k in ("ct", "gt", "mask"))
+        assert set(item) == {"ct", "gt", "mask", "body", "centre_mm", "id", "patient", "level"}
+        assert all((out / item[k]).is_file() for k in ("ct", "gt", "mask", "body"))
+        crop = nib.load(out / item["gt"])
+        centre = crop.affine @ np.r_[(np.asarray(crop.shape) - 1) / 2, 1.0]
+        assert item["centre_mm"] == pytest.approx(centre[:3], abs=1e-3), "the vertebra's window centre in world mm"
+    body = nib.load(out / "case1" / "case1_body.nii.gz")  # the whole scan, int16 HU on the crops' grid spacing
+    assert body.get_data_dtype() == np.int16 and np.allclose(np.abs(np.diag(body.affine))[:3], aff[0, 0])
+    assert {"body_cut_ap", "body_cut_lateral", "centre_x_mm"} <= set(rows[0])
     train_gt = np.concatenate([load(out / i["gt"])[0].ravel() for i in dl["training"]]).astype(np.float64)
     assert dl["statistics"]["gt_mean"] == pytest.approx(train_gt.mean(), rel=1e-6)
     assert dl["statistics"]["gt_std"] == pytest.approx(train_gt.std(), rel=1e-6)
@@ -260,7 +266,7 @@ def test_resume_after_interrupt(tmp_path, monkeypatch):
 
     def interrupted_save(*args, **kw):
         calls.append(args[2])
-        if len(calls) == 8:  # after a's two vertebrae and b's first CT crop + gt... mid-vertebra
+        if len(calls) == 10:  # after a's whole scan and two vertebrae, b's whole scan and first CT crop: mid-vertebra
             raise KeyboardInterrupt
         real_save(*args, **kw)
 
