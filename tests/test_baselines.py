@@ -145,7 +145,7 @@ def _parse(files: list[str]) -> ConfigParser:
 
 @pytest.mark.parametrize("name", sorted(OVERLAYS))
 def test_overlay_builds_its_network_with_train_evaluate_inference(name):
-    overlay = f"baselines/{name}.json"
+    overlay = f"lab/baselines/{name}.json"
     for files in (
         ["train.json", overlay, "cpu.json"],
         ["train.json", "evaluate.json", overlay, "cpu.json"],
@@ -162,7 +162,7 @@ def test_overlay_builds_its_network_with_train_evaluate_inference(name):
 @pytest.mark.parametrize("name", sorted(OVERLAYS))
 def test_overlay_passes_train_workflow_check_properties(name, dataset, tmp_path):  # noqa: F811
     wf = _workflow(
-        ["train.json", f"baselines/{name}.json"], "train", dataset_dir=str(dataset), ckpt_dir=str(tmp_path), **SMALL
+        ["train.json", f"lab/baselines/{name}.json"], "train", dataset_dir=str(dataset), ckpt_dir=str(tmp_path), **SMALL
     )
     wf.initialize()
     assert not wf.check_properties()

@@ -1,5 +1,5 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""``python -m scripts.benchmark all`` at tiny sizes: every part runs and reports finite figures and ratios.
+"""``python -m scripts.tools.benchmark all`` at tiny sizes: every part runs and reports finite figures and ratios.
 
 Timings are never asserted (they depend on the machine and its load), only the report's shape.
 """

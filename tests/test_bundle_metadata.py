@@ -109,7 +109,7 @@ def test_required_packages_match_the_pinned_requirements(bundle_root):
 
 
 def test_supported_apps_are_shipped(bundle_root):
-    from scripts.monailabel.check import MONAILABEL_VERSION
+    from scripts.tools.monailabel_check import MONAILABEL_VERSION
 
     apps = _meta(bundle_root)["supported_apps"]
     assert apps == {"monai-label": MONAILABEL_VERSION}, "MONAI Label through scripts/monailabel, the tested version"

@@ -53,8 +53,8 @@ def test_train_and_inference_agree(size):
         ["inference.json", "cpu.json"],
         ["inference.json", "inference_simulated.json"],
         ["inference.json", "inference_simulated.json", "cpu.json"],
-        *[["train.json", f"recipes/{r}.json", "cpu.json"] for r in ("pose", "geometric", "full")],
-        *[["train.json", f"baselines/{b}.json", "cpu.json"] for b in ("psr", "sit", "e2e", "bx2s")],
+        *[["train.json", f"lab/recipes/{r}.json", "cpu.json"] for r in ("pose", "geometric", "full")],
+        *[["train.json", f"lab/baselines/{b}.json", "cpu.json"] for b in ("psr", "sit", "e2e", "bx2s")],
     ],
 )
 def test_documented_combinations_build_their_network(files):

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("scripts.transforms",),
     ("scripts.losses", "scripts.metrics", "scripts.handlers"),
     ("scripts.workflow", "scripts.prepare", "scripts.simulate", "scripts.spine", "scripts.convert_model"),
-    ("scripts.tools", "scripts.benchmark", "scripts.monailabel"),
+    ("scripts.tools", "scripts.monailabel"),
 ]
 
 

@@ -2,7 +2,7 @@
 """The MONAI Label adapter without MONAI Label: pair resolution, errors, outputs outside the bundle, and a
 real reconstruction of the embedded example through the adapter's request function.
 
-The server itself is checked by ``python -m scripts.monailabel.check`` (docs/monailabel.md), which needs the
+The server itself is checked by ``python -m scripts.tools.monailabel_check`` (docs/monailabel.md), which needs the
 separate MONAI Label environment.
 """
 
@@ -30,7 +30,7 @@ from scripts.monailabel import (
     resolve_pair,
     write_app_dir,
 )
-from scripts.monailabel.check import matching_torchvision, parse_multipart, requirements_for_monailabel
+from scripts.tools.monailabel_check import matching_torchvision, parse_multipart, requirements_for_monailabel
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_CONFIGS = "configs/inference.json,configs/cpu.json"
@@ -184,7 +184,7 @@ def test_the_monai_label_classes_say_how_to_get_monai_label():
     try:
         import monailabel  # noqa: F401
     except ImportError:
-        with pytest.raises(ImportError, match="needs MONAI Label .*scripts.monailabel.check --setup_only"):
+        with pytest.raises(ImportError, match="needs MONAI Label .*scripts.tools.monailabel_check --setup_only"):
             import scripts.monailabel.task  # noqa: F401
     else:
         pytest.skip("monailabel is installed in this environment")
@@ -193,7 +193,7 @@ def test_the_monai_label_classes_say_how_to_get_monai_label():
 def test_the_guide_names_what_exists():
     text = (ROOT / "docs" / "monailabel.md").read_text()
     modules = set(re.findall(r"python -m (scripts(?:\.\w+)*)", text))
-    assert {"scripts.monailabel", "scripts.monailabel.check"} <= modules
+    assert {"scripts.monailabel", "scripts.tools.monailabel_check"} <= modules
     for name in sorted(modules):
         assert importlib.util.find_spec(name) is not None, f"docs/monailabel.md names {name}, which does not exist"
     for path in sorted(set(re.findall(r"(?:configs|scripts/monailabel)/[\w/.-]+\.(?:json|py)", text))):

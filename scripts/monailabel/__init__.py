@@ -9,7 +9,7 @@
 
 Nothing imported here needs MONAI Label. The MONAI Label classes live in :mod:`scripts.monailabel.task`
 (``EARInferTask``) and :mod:`scripts.monailabel.app` (``EARApp``), which import ``monailabel`` and are
-imported only by the server. ``python -m scripts.monailabel.check`` makes a separate environment with
+imported only by the server. ``python -m scripts.tools.monailabel_check`` makes a separate environment with
 MONAI Label, starts a real server and checks a REST request (docs/monailabel.md).
 """
 

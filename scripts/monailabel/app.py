@@ -30,7 +30,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"scripts.monailabel.app needs MONAI Label ({e}); make its environment with "
-        "`python -m scripts.monailabel.check --setup_only` (see docs/monailabel.md)."
+        "`python -m scripts.tools.monailabel_check --setup_only` (see docs/monailabel.md)."
     ) from e
 
 from scripts.monailabel.core import BUNDLE_ROOT, DEFAULT_CONFIGS

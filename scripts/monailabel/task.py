@@ -18,7 +18,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"scripts.monailabel.task needs MONAI Label ({e}); make its environment with "
-        "`python -m scripts.monailabel.check --setup_only` or `pip install monailabel==0.8.5` "
+        "`python -m scripts.tools.monailabel_check --setup_only` or `pip install monailabel==0.8.5` "
         "(see docs/monailabel.md)."
     ) from e
 

@@ -3,10 +3,10 @@
 
 Usage::
 
-    python -m scripts.benchmark drr --out bench_drr.json
-    python -m scripts.benchmark network --out bench_network.json
-    python -m scripts.benchmark epoch --out bench_epoch.json
-    python -m scripts.benchmark all --out docs/benchmarks/all.json
+    python -m scripts.tools.benchmark drr --out bench_drr.json
+    python -m scripts.tools.benchmark network --out bench_network.json
+    python -m scripts.tools.benchmark epoch --out bench_epoch.json
+    python -m scripts.tools.benchmark all --out docs/benchmarks/all.json
 
 Every benchmark measures this bundle's component and a peer (DiffDRR, MONAI's BasicUNet) in the same
 process and run, and reports their ratio, so numbers from different machines are comparable.
@@ -56,9 +56,9 @@ def network(
 ) -> dict:
     """EAR vs MONAI BasicUNet of the same widths on CPU: inference latency (batch 1), training step (batch 2,
     forward + backward + Adam), peak memory, parameter count and ratios (see scripts/tools/network_speed.py).
-    ``--baselines``: also PSR, SIT, E2E and BX2S, with the widths of their configs/baselines overlays.
+    ``--baselines``: also PSR, SIT, E2E and BX2S, with the widths of their configs/lab/baselines overlays.
 
-    Example: ``python -m scripts.benchmark network --sizes 64,128 --out bench_network.json``.
+    Example: ``python -m scripts.tools.benchmark network --sizes 64,128 --out bench_network.json``.
     """
     from scripts.tools.network_speed import network_benchmark
 
@@ -80,7 +80,7 @@ def drr(
     sampling density) on the same rays: ms per AP + lateral pair, peak memory, speed ratios
     (see scripts/tools/drr_speed.py).
 
-    Example: ``python -m scripts.benchmark drr --out bench_drr.json``.
+    Example: ``python -m scripts.tools.benchmark drr --out bench_drr.json``.
     """
     from scripts.tools.drr_speed import drr_benchmark
 
@@ -117,7 +117,7 @@ def epoch(
     median of the epochs after the first (the first fills the caches), and each variant's ratio to
     ``torchrun2``, the two-process run with one thread per process.
 
-    Example: ``python -m scripts.benchmark epoch --dataset_dir data/example64 --out bench_epoch.json``.
+    Example: ``python -m scripts.tools.benchmark epoch --dataset_dir data/example64 --out bench_epoch.json``.
     """
     import subprocess
     import sys
@@ -216,7 +216,7 @@ def everyday(
 
     ``--model none --channels 4,8,16,32,64 --size 32`` runs tiny random-weight networks (for tests).
 
-    Example: ``python -m scripts.benchmark all --out docs/benchmarks/all.json``.
+    Example: ``python -m scripts.tools.benchmark all --out docs/benchmarks/all.json``.
     """
     import os
 
@@ -283,7 +283,7 @@ COMMANDS["all"] = everyday
 
 
 def main() -> None:
-    """The command line: ``python -m scripts.benchmark <command> [--option value ...]``."""
+    """The command line: ``python -m scripts.tools.benchmark <command> [--option value ...]``."""
     import fire
 
     fire.Fire(COMMANDS, serialize=lambda _: None)  # the commands print their JSON report themselves

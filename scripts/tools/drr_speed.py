@@ -1,5 +1,5 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""DRR speed benchmark: this projector vs DiffDRR on the same rays (``python -m scripts.benchmark drr``).
+"""DRR speed benchmark: this projector vs DiffDRR on the same rays (``python -m scripts.tools.benchmark drr``).
 
 One pair (AP and lateral, 128 x 128 pixels by default) of a 128^3 crop: the first training crop (CT, in
 context) of the prepared dataset ``data/example`` (or ``data/spine128``) when one exists, else a 128^3 block

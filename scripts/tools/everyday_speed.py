@@ -1,6 +1,6 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
 """Speed of the everyday path, each figure against a peer measured in the same run
-(``python -m scripts.benchmark all``).
+(``python -m scripts.tools.benchmark all``).
 
 - ``vertebra``: one vertebra from two X-ray files to HU volume and mesh in a warm process, stage by stage,
   with the components the inference config builds (``configs/inference.json`` + ``configs/cpu.json`` and

@@ -46,33 +46,33 @@ ROOT = Path(__file__).resolve().parents[2]
 #: experiment name -> {variant name: overlay config files (relative to the bundle root)}
 EXPERIMENTS: dict[str, dict[str, list[str]]] = {
     "recipes": {
-        "pose": ["configs/recipes/pose.json"],
-        "geometric": ["configs/recipes/geometric.json"],
-        "full": ["configs/recipes/full.json"],
+        "pose": ["configs/lab/recipes/pose.json"],
+        "geometric": ["configs/lab/recipes/geometric.json"],
+        "full": ["configs/lab/recipes/full.json"],
     },
     "methods": {
         "ear": [],
-        "psr": ["configs/baselines/psr.json"],
-        "sit": ["configs/baselines/sit.json"],
-        "e2e": ["configs/baselines/e2e.json"],
-        "bx2s": ["configs/baselines/bx2s.json"],
+        "psr": ["configs/lab/baselines/psr.json"],
+        "sit": ["configs/lab/baselines/sit.json"],
+        "e2e": ["configs/lab/baselines/e2e.json"],
+        "bx2s": ["configs/lab/baselines/bx2s.json"],
     },
     "modules": {
-        "baseline": ["configs/ablations/baseline.json"],
-        "abs": ["configs/ablations/abs.json"],
-        "abs_fem": ["configs/ablations/abs_fem.json"],
+        "baseline": ["configs/lab/ablations/baseline.json"],
+        "abs": ["configs/lab/ablations/abs.json"],
+        "abs_fem": ["configs/lab/ablations/abs_fem.json"],
         "ear": [],
-        "no_fem": ["configs/ablations/no_fem.json"],
+        "no_fem": ["configs/lab/ablations/no_fem.json"],
     },
     "losses": {
-        "rec": ["configs/ablations/loss_rec.json"],
-        "rec_edge": ["configs/ablations/loss_rec_edge.json"],
-        "rec_edge_freq": ["configs/ablations/loss_rec_edge_freq.json"],
+        "rec": ["configs/lab/ablations/loss_rec.json"],
+        "rec_edge": ["configs/lab/ablations/loss_rec_edge.json"],
+        "rec_edge_freq": ["configs/lab/ablations/loss_rec_edge_freq.json"],
         "ear": [],
     },
     # the angle between the two views: view 2 lateral (alpha 90), view 1 at alpha = 90 - angle; every variant
     # back-projects (the replicating expansion takes orthogonal views only)
-    "angles": {f"deg{t}": [f"configs/angles/deg{t}.json"] for t in (60, 80, 90, 110, 120, 140)},
+    "angles": {f"deg{t}": [f"configs/lab/angles/deg{t}.json"] for t in (60, 80, 90, 110, 120, 140)},
 }
 
 SIZES = {"cpu": ["configs/cpu.json"], "paper": []}

@@ -3,9 +3,9 @@
 
 Usage (from the bundle root, with the bundle's own environment)::
 
-    python -m scripts.monailabel.check --work /tmp/ear-monailabel-check
-    python -m scripts.monailabel.check --work /tmp/ear-monailabel-check --publish docs/monailabel
-    python -m scripts.monailabel.check --setup_only
+    python -m scripts.tools.monailabel_check --work /tmp/ear-monailabel-check
+    python -m scripts.tools.monailabel_check --work /tmp/ear-monailabel-check --publish docs/monailabel
+    python -m scripts.tools.monailabel_check --setup_only
 
 Steps, each logged with its command and wall time:
 
@@ -193,7 +193,7 @@ def setup_environment(venv: Path, work: Path, transcript: Transcript, torch_inde
     lines, torch_version = requirements_for_monailabel((BUNDLE_ROOT / "requirements.txt").read_text())
     reqs = work / "requirements-monailabel.txt"
     reqs.write_text(
-        "# the bundle's requirements.txt with MONAI Label's limits, written by scripts.monailabel.check\n"
+        "# the bundle's requirements.txt with MONAI Label's limits, written by scripts.tools.monailabel_check\n"
         + "\n".join(lines)
         + "\n"
     )
@@ -434,7 +434,7 @@ def run_check(
     started = dt.datetime.now(dt.timezone.utc)
     transcript.add(
         "# MONAI Label adapter: server check transcript\n\n"
-        f"Written by `python -m scripts.monailabel.check` on {started:%Y-%m-%d %H:%M} UTC; machine: "
+        f"Written by `python -m scripts.tools.monailabel_check` on {started:%Y-%m-%d %H:%M} UTC; machine: "
         f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, no GPU used. Paths: `$BUNDLE` the bundle, `$WORK` the work "
         f"folder, `$VENV` the MONAI Label environment. Bundle configs: `{configs}`."
@@ -618,7 +618,7 @@ def run_check(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring and ``--help``."""
-    parser = argparse.ArgumentParser(prog="python -m scripts.monailabel.check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.tools.monailabel_check", description=__doc__.split("\n")[0])
     parser.add_argument("--work", help="work folder for everything (default: a new temporary folder)")
     parser.add_argument("--venv", default=str(BUNDLE_ROOT / ".venv-monailabel"), help="MONAI Label environment")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="bundle config files, comma-separated")

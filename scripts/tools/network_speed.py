@@ -1,7 +1,7 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""Speed and memory of EAR against MONAI's BasicUNet of the same widths (``python -m scripts.benchmark network``),
+"""Speed and memory of EAR against MONAI's BasicUNet of the same widths (``python -m scripts.tools.benchmark network``),
 and optionally against the baselines of the paper's comparison (``--baselines``: PSR, SIT, E2E, BX2S, built as
-``configs/baselines/*.json`` build them, trained with :class:`scripts.losses.EARLoss` like EAR).
+``configs/lab/baselines/*.json`` build them, trained with :class:`scripts.losses.EARLoss` like EAR).
 
 Both networks are timed in the same process, interleaved call by call so that load from other processes
 affects both alike: inference (eval mode, ``torch.inference_mode``, batch 1) and one training step
@@ -22,7 +22,7 @@ import torch
 __all__ = ["build_networks", "network_benchmark"]
 
 
-#: baseline networks of ``--baselines``: name -> how ``configs/baselines/<name>.json`` sets the widths
+#: baseline networks of ``--baselines``: name -> how ``configs/lab/baselines/<name>.json`` sets the widths
 BASELINES = {
     "psr": "scripts.networks.PSR(channels=channels, spatial_size=size)",
     "sit": "scripts.networks.SIT(channels=[2 * c for c in channels], spatial_size=size)",
