@@ -127,3 +127,26 @@ def test_body_drr_from_a_prepared_scan_file(tmp_path):
     torch.testing.assert_close(again["xray"].as_tensor(), out["xray"].as_tensor())
     with pytest.raises(KeyError, match="prepare the dataset again"):
         SeededDRRd("body", ref_key="gt")({"id": "old", "gt": item["gt"]})
+
+
+def test_a_pose_turns_the_crops_and_the_rays_of_the_whole_scan_alike():
+    """RandPosed resamples the crop and hands the rotation to DRRd: both X-rays show the same turned object."""
+    from scripts.transforms import RandPosed
+
+    scan = torch.full((1, 64, 64, 64), -1000.0)
+    scan[0, 24:40, 30:34, 26:38] = 600.0  # an asymmetric 'vertebra' inside the window
+    scan[0, 28:32, 34:44, 30:34] = 900.0
+    aff = grid_affine((64, 64, 64), 2.0)
+    crop = MetaTensor(scan[:, 16:48, 16:48, 16:48].clone(), affine=grid_affine((32, 32, 32), 2.0))
+    pose = RandPosed("gt", range_deg=25.0, prob=1.0)
+    pose.set_random_state(7)
+    item = pose({"id": "P1_L1", "gt": crop, "body": MetaTensor(scan, affine=aff)})
+    assert not np.allclose(item["object_rotation"].numpy(), np.eye(3))
+    assert np.allclose(item["gt"].affine.numpy(), crop.affine.numpy()), "the grid stays put"
+    kwargs = dict(physics="mono", photon_count=None, angles=[[0, 0], [90, 0]])
+    turned_crop = SeededDRRd("gt", output_keys="x", rotation_key=None, **kwargs)(item)["x"]
+    turned_rays = SeededDRRd("body", output_keys="x", ref_key="gt", **kwargs)(item)["x"]
+    for v in range(2):
+        assert ncc(turned_crop[v], turned_rays[v]) >= 0.98, f"view {v}: NCC {ncc(turned_crop[v], turned_rays[v]):.4f}"
+    unturned = SeededDRRd("body", output_keys="x", ref_key="gt", rotation_key=None, **kwargs)(item)["x"]
+    assert ncc(unturned[0], turned_rays[0]) < 0.95, "without the pose the rays see another object"

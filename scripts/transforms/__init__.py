@@ -8,7 +8,7 @@ from scripts.transforms.edges import EdgeMap, EdgeMapd, boundary_map
 from scripts.transforms.expansion import DimensionExpansion, DimensionExpansiond, check_expansion_angles, zscore_images
 from scripts.transforms.fourier import FourierRealImag, FourierRealImagd, real_imag_spectrum
 from scripts.transforms.intensity import ModelZScoreToHUd, ZScoreToHU, ZScoreToHUd, load_intensity_stats
-from scripts.transforms.pose import FixedGridd, RandPoseRotated
+from scripts.transforms.pose import FixedGridd, RandPosed, RandPoseRotated
 from scripts.transforms.projection import (
     MaximumIntensityProjection,
     MaximumIntensityProjectiond,

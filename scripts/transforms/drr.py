@@ -132,7 +132,12 @@ class DRR(Randomizable, Transform):
             self.projector.photon_count = float(np.exp(self.R.uniform(low, high)))
 
     def __call__(
-        self, img: torch.Tensor | str | os.PathLike, affine: Any = None, randomize: bool = True, reference: Any = None
+        self,
+        img: torch.Tensor | str | os.PathLike,
+        affine: Any = None,
+        randomize: bool = True,
+        reference: Any = None,
+        object_rotation: Any = None,
     ) -> MetaTensor:
         """Project ``img`` (1, X, Y, Z) in HU; ``affine`` overrides / supplies the voxel-to-world matrix.
 
@@ -144,6 +149,8 @@ class DRR(Randomizable, Transform):
             reference: the grid of the window (a ``MetaTensor`` crop, e.g. the item's ``gt``): the detector
                 window, its pixel size and the isocentre (the crop's centre) come from it, and only the part of
                 ``img`` that the window's rays cross is projected. Default: ``img`` itself.
+            object_rotation: a 3x3 rotation of the object about the isocentre applied before this transform's own
+                (e.g. the pose drawn by :class:`scripts.transforms.RandPosed` for the crops).
         """
         if randomize:
             self.randomize()
@@ -164,7 +171,10 @@ class DRR(Randomizable, Transform):
         angles = self.angles + torch.as_tensor(self._offsets)
         if (angles.abs() > 360).any():
             angles = torch.remainder(angles + 180.0, 360.0) - 180.0
-        rot = None if np.allclose(self._rotation, np.eye(3)) else self._rotation
+        total = self._rotation
+        if object_rotation is not None:
+            total = self._rotation @ np.asarray(torch.as_tensor(object_rotation).cpu(), dtype=np.float64)
+        rot = None if np.allclose(total, np.eye(3)) else total
         if reference is None:
             grid_shape, grid_affine = tuple(hu.shape[1:]), aff
         else:
@@ -190,7 +200,7 @@ class DRR(Randomizable, Transform):
             "angles": angles.tolist(),
             "nominal_angles": self.angles.tolist(),
             "isocentre": iso.tolist(),
-            "object_rotation": self._rotation.tolist(),
+            "object_rotation": np.asarray(total).tolist(),
             "volume_affine": grid_affine.tolist(),
             "volume_shape": list(grid_shape),
             "physics": self.projector.physics,
@@ -228,6 +238,8 @@ class DRRd(Randomizable, MapTransform):
             geometry goes to "<output_key>_geometry".
         ref_key: key of the grid that sets the detector window and the isocentre (e.g. ``"gt"``); ``None``: each
             volume's own grid. Needed for ``"body"``.
+        rotation_key: item entry holding a 3x3 rotation of the object (e.g. the pose of
+            :class:`scripts.transforms.RandPosed`), applied by moving the rays; absent entries mean none.
         allow_missing_keys: skip missing keys.
         kwargs: arguments of :class:`DRR`.
     """
@@ -237,11 +249,13 @@ class DRRd(Randomizable, MapTransform):
         keys: KeysCollection,
         output_keys: str | Sequence[str] | None = None,
         ref_key: str | None = None,
+        rotation_key: str | None = "object_rotation",
         allow_missing_keys: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.ref_key = ref_key
+        self.rotation_key = rotation_key
         if output_keys is None:
             output_keys = ["drr"] if len(self.keys) == 1 else [f"{k}_drr" for k in self.keys]
         self.output_keys = [output_keys] if isinstance(output_keys, str) else list(output_keys)
@@ -277,8 +291,9 @@ class DRRd(Randomizable, MapTransform):
         d = dict(data)
         self.randomize()
         reference = self.check_item(d)
+        rotation = d.get(self.rotation_key) if self.rotation_key else None
         for key, out_key in self.key_iterator(d, self.output_keys):
-            out = self.drr(d[key], randomize=False, reference=reference)
+            out = self.drr(d[key], randomize=False, reference=reference, object_rotation=rotation)
             d[out_key] = out
             d[f"{out_key}_geometry"] = geometry_to_tensors(out.meta["drr_geometry"])
         return d
@@ -330,8 +345,9 @@ class SeededDRRd(MapTransform):
         drr = self._drrd.drr
         drr._seed = item_seed(d[self.seed_key], self.seed)
         reference = self._drrd.check_item(d)
+        rotation = d.get(self._drrd.rotation_key) if self._drrd.rotation_key else None
         for key, out_key in self._drrd.key_iterator(d, self._drrd.output_keys):
-            out = drr(d[key], randomize=False, reference=reference)
+            out = drr(d[key], randomize=False, reference=reference, object_rotation=rotation)
             d[out_key] = out
             d[f"{out_key}_geometry"] = geometry_to_tensors(out.meta["drr_geometry"])
         return d

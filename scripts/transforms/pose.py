@@ -1,5 +1,5 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""Pose augmentation: rotate the object inside a fixed voxel grid."""
+"""Pose augmentation: rotate the object inside a fixed voxel grid (and, for body X-rays, turn the rays with it)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Randomizable, RandRotated
+from monai.transforms import Affine, MapTransform, Randomizable, RandRotated
+from scipy.spatial.transform import Rotation
 
-__all__ = ["RandPoseRotated", "FixedGridd"]
+__all__ = ["RandPoseRotated", "FixedGridd", "RandPosed"]
 
 
 class FixedGridd(Randomizable, MapTransform):
@@ -95,3 +97,77 @@ class RandPoseRotated(FixedGridd):
             allow_missing_keys=allow_missing_keys,
         )
         super().__init__(keys, self.rotate, allow_missing_keys)
+
+
+class RandPosed(Randomizable, MapTransform):
+    """Turn the object by one random rotation about the grid centre: the crops in their fixed grid, and the rays.
+
+    The crops of ``keys`` (e.g. ``ct`` and ``gt``) are resampled with the rotation while their grid stays put,
+    as :class:`RandPoseRotated` does, and the rotation is written to ``rotation_key``, where
+    :class:`scripts.transforms.DRRd` reads it as the object's rotation about the isocentre. So an X-ray of a
+    whole scan (``drr_source: "body"``), which is never resampled, shows the same turned anatomy as the
+    resampled crops: the pose moves the rays. The rotation is drawn with scipy's ``Rotation`` from uniform angles
+    about x, y and z (world RAS axes of the crops' grid).
+
+    Args:
+        keys: channel-first ``(C, X, Y, Z)`` MetaTensors on one axis-aligned grid.
+        range_deg: maximum absolute rotation about x, y and z in degrees (one value or three).
+        prob: probability of turning an item.
+        rotation_key: where to write the 3x3 rotation (world frame, object about the grid centre); an existing
+            one is composed with it.
+        mode: interpolation mode (one, or one per key).
+        padding_mode: how to fill voxels turned in from outside the crop.
+        allow_missing_keys: skip missing keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        range_deg: float | Sequence[float] = 15.0,
+        prob: float = 0.8,
+        rotation_key: str = "object_rotation",
+        mode: str | Sequence[str] = "bilinear",
+        padding_mode: str = "border",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.range_deg = np.broadcast_to(np.asarray(range_deg, dtype=np.float64), (3,)).copy()
+        if np.any(self.range_deg < 0) or np.any(self.range_deg > 180):
+            raise ValueError(f"range_deg must be in [0, 180] degrees, got {range_deg}.")
+        if not 0.0 <= float(prob) <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], got {prob}.")
+        self.prob = float(prob)
+        self.rotation_key = rotation_key
+        modes = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
+        if len(modes) != len(self.keys):
+            raise ValueError(f"need one mode or one per key: keys={self.keys}, mode={mode}.")
+        self.modes = dict(zip(self.keys, modes))
+        self.padding_mode = padding_mode
+        self._rotation = np.eye(3)
+
+    def randomize(self, data: Any = None) -> None:
+        turn = self.R.rand() < self.prob
+        angles = self.R.uniform(-1.0, 1.0, size=3) * self.range_deg
+        self._rotation = Rotation.from_euler("xyz", angles, degrees=True).as_matrix() if turn else np.eye(3)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        rot = self._rotation
+        if not np.allclose(rot, np.eye(3)):
+            # MONAI's Affine samples the input at ``matrix @ output`` about the grid centre: the object turns by
+            # the matrix's inverse, so the matrix is the transpose of the object's rotation
+            matrix = np.eye(4)
+            matrix[:3, :3] = rot.T
+            for key in self.key_iterator(d):
+                img = d[key]
+                turned = Affine(affine=matrix, mode=self.modes[key], padding_mode=self.padding_mode, image_only=True)(
+                    img
+                )
+                out = MetaTensor(torch.as_tensor(turned.as_tensor(), dtype=img.dtype), meta=dict(img.meta))
+                out.affine = img.affine.clone()
+                d[key] = out
+        prior = d.get(self.rotation_key)
+        prior = np.eye(3) if prior is None else np.asarray(torch.as_tensor(prior).cpu(), dtype=np.float64)
+        d[self.rotation_key] = torch.as_tensor(rot @ prior, dtype=torch.float64)
+        return d
