@@ -9,7 +9,8 @@ isotropic RAS grid, voxels outside the scanner's field of view set to :data:`OUT
 Where the scan's field of view (or its array) ends inside the body, rays would leave the patient early. For
 such scans :func:`complete_body` fills the missing trunk with a smooth soft-tissue model: an elliptic cylinder
 of :data:`SOFT_TISSUE_HU` around the spine, only on the axial slices whose tissue reaches the edge of the
-field of view; everything else outside the field of view is air. This is an approximation (no ribs, organs or
+field of view (at least :data:`CUT_EDGE_FRACTION` of its edge is tissue); everything else outside the field of
+view is air. This is an approximation (no ribs, organs or
 arms outside the field of view); ``scripts.prepare`` records per vertebra how much of its window is affected
 (``body_cut_ap``, ``body_cut_lateral``).
 
@@ -36,6 +37,7 @@ __all__ = [
     "SOFT_TISSUE_HU",
     "TISSUE_HU",
     "TRUNK_SEMI_AXES_MM",
+    "CUT_EDGE_FRACTION",
     "outside_fov",
     "complete_body",
     "body_cut_fractions",
@@ -53,6 +55,8 @@ TISSUE_HU = -500.0
 TRUNK_SEMI_AXES_MM = (170.0, 120.0)
 #: the completed trunk's centre lies this far anterior (mm) of the centroid of the scan's visible tissue.
 TRUNK_CENTRE_ANTERIOR_MM = 50.0
+#: share of a slice's field-of-view edge that must be tissue for the slice to count as cut.
+CUT_EDGE_FRACTION = 0.1
 _AIR_HU = -1000.0
 
 
@@ -78,11 +82,13 @@ def outside_fov(values: np.ndarray, padding: float | None) -> np.ndarray:
 
 
 def _cut_slices(hu: np.ndarray, outside: np.ndarray) -> np.ndarray:
-    """(Z,) whether the body tissue of each axial slice touches the field of view's edge or the array's side."""
+    """(Z,) whether the body of each axial slice is cut: tissue on at least :data:`CUT_EDGE_FRACTION` of the voxels
+    at the edge of the field of view or the array's sides (a patient table alone touches a few per cent)."""
     tissue = (hu > TISSUE_HU) & ~outside
-    edge = ndimage.binary_dilation(outside, structure=np.ones((3, 3, 1), dtype=bool)) & ~outside
+    edge = ndimage.binary_dilation(outside, structure=np.ones((3, 3, 1), dtype=bool))
     edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
-    return (tissue & edge).any(axis=(0, 1))
+    edge &= ~outside
+    return (tissue & edge).sum(axis=(0, 1)) >= CUT_EDGE_FRACTION * np.maximum(edge.sum(axis=(0, 1)), 1)
 
 
 def complete_body(
