@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "BundleInputError",
+    "XRayInputError",
     "DEBUG_ENV",
     "reports_input_errors",
     "find_input_error",
@@ -46,6 +47,10 @@ class BundleInputError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class XRayInputError(BundleInputError):
+    """A bad X-ray input: the message names the file or value and says how to fix it."""
 
 
 def _hook_installed() -> bool:

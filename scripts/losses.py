@@ -10,9 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from monai.utils import LossReduction
-from scripts.transforms.edges import boundary_map
-from scripts.transforms.fourier import spectral_distance
-from scripts.transforms.projection import maximum_intensity_projections
+from scripts.functional import boundary_map, maximum_intensity_projections, spectral_distance
 from torch.nn.modules.loss import _Loss
 
 __all__ = ["L1ReconstructionLoss", "EdgeLoss", "FrequencyDistanceLoss", "ProjectionLoss", "EARLoss"]
@@ -56,7 +54,7 @@ class L1ReconstructionLoss(_Loss):
 class EdgeLoss(_Loss):
     """Binary cross-entropy between edge logits and the edge map ``E(G)`` of the target volume.
 
-    ``E(G)`` = inner boundary voxels (:func:`scripts.transforms.edges.boundary_map`) of ``target > threshold``.
+    ``E(G)`` = inner boundary voxels (:func:`scripts.functional.boundary_map`) of ``target > threshold``.
 
     Args:
         threshold: binarisation threshold in the target's units (for z-scored targets: the z-score of
@@ -96,7 +94,7 @@ class FrequencyDistanceLoss(_Loss):
     """Frequency distance ``log10(1 + D_real + D_imag)`` per batch item.
 
     ``D_real`` (``D_imag``) is the Euclidean distance between the real (imaginary) parts of the 3-D FFTs of
-    input and target (:func:`scripts.transforms.fourier.spectral_distance`). The paper's
+    input and target (:func:`scripts.functional.spectral_distance`). The paper's
     ``log10(D_real + D_imag)`` is ``-inf`` for identical volumes and has an unbounded gradient there; the
     ``1 +`` makes it 0 for a perfect prediction and differs from the paper's value by less than
     ``0.44 / D`` (``D`` is in the hundreds for 128^3 volumes with the orthonormal FFT).

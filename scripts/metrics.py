@@ -47,8 +47,7 @@ from monai.metrics import (
 )
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
-from scripts.transforms.fourier import spectral_distance
-from scripts.transforms.intensity import hu_to_zscore, zscore_to_hu
+from scripts.functional import hu_to_zscore, spectral_distance, zscore_to_hu
 
 __all__ = [
     "HU_MIN",
@@ -84,7 +83,7 @@ def frequency_distance(pred_hu: torch.Tensor, gt_hu: torch.Tensor, fft_norm: str
     """Normalised frequency distance per batch item, ``(B,)``.
 
     ``log10(1 + D(p, g)) / log10(1 + D(0, g))`` with ``p, g`` = :func:`rescale_hu` of prediction and ground
-    truth and ``D`` = :func:`scripts.transforms.fourier.spectral_distance` (``D_real + D_imag``); ``0`` is
+    truth and ``D`` = :func:`scripts.functional.spectral_distance` (``D_real + D_imag``); ``0`` is
     the all-background prediction (-1024 HU).
     """
     p, g = rescale_hu(pred_hu.float()), rescale_hu(gt_hu.float())

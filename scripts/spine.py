@@ -726,7 +726,7 @@ def reconstruct_batches(
         timings: if given, seconds per stage (``read``, ``expansion``, ``network``, ``hu``) are added to it.
     """
     from monai.transforms import apply_transform
-    from scripts.transforms.intensity import zscore_to_hu
+    from scripts.functional import zscore_to_hu
 
     if int(batch_size) < 1:
         raise DataError(None, f"--batch_size {batch_size} is not positive", "give a batch size of 1 or more")

@@ -26,8 +26,15 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import DistributedSampler
 from monai.handlers import IgniteMetricHandler, from_engine
-from scripts.errors import BundleInputError, install_cli_excepthook, reports_input_errors, running_bundle_cli
-from scripts.io.xray import DEFAULT_ANGLES, MIN_XRAY_SIZE, LoadXRayPair, XRayInputError, xray_case_name
+from scripts.errors import (
+    BundleInputError,
+    XRayInputError,
+    install_cli_excepthook,
+    reports_input_errors,
+    running_bundle_cli,
+)
+from scripts.functional import DEFAULT_ANGLES, parse_angles
+from scripts.io.xray import MIN_XRAY_SIZE, LoadXRayPair, xray_case_name
 from scripts.metrics import METRIC_NAMES, VertebraMetric
 from scripts.networks.model_info import MODEL_INFO_KEYS, convert_command, load_state_dict_file, read_model_info
 from scripts.transforms.expansion import DimensionExpansion, check_expansion_angles
@@ -336,8 +343,6 @@ def with_model_views(cases: Sequence[dict], views: Sequence[Sequence[float]], ov
     Raises:
         BundleInputError: a case's angles differ from the views the model was trained on.
     """
-    from scripts.io.xray import parse_angles
-
     model_views = parse_angles(views).tolist()
     out = []
     for case in cases:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "scripts"
 #: lowest first; a module may import modules of its own layer or below, never above.
 LAYERS: list[tuple[str, ...]] = [
     ("scripts", "scripts.errors", "scripts.utils"),
-    ("scripts.drr", "scripts.data", "scripts.networks"),
+    ("scripts.drr", "scripts.data", "scripts.networks", "scripts.functional"),
     ("scripts.io",),
     ("scripts.transforms",),
     ("scripts.losses", "scripts.metrics", "scripts.handlers"),

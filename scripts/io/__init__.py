@@ -10,4 +10,4 @@ from scripts.io.mesh import SaveMeshd, mesh_report, volume_to_mesh, write_mesh
 from scripts.io.outputs import CaseNamed, PublishCaseOutputsd, run_staging_dir
 from scripts.io.preview import SavePreviewd, orthogonal_views, preview_figure
 from scripts.io.radiograph import LoadRadiographsd, read_radiograph, write_radiograph_dicom
-from scripts.io.xray import DEFAULT_ANGLES, LoadXRayPair, LoadXRayPaird, XRayInputError, parse_angles, read_xray
+from scripts.io.xray import LoadXRayPair, LoadXRayPaird, XRayInputError, read_xray

@@ -67,9 +67,10 @@ from scripts.drr.windows import (
     pair_views,
     window_affine,
 )
-from scripts.errors import BundleInputError
+from scripts.errors import BundleInputError, XRayInputError
+from scripts.functional import DEFAULT_ANGLES, parse_angles
 from scripts.io.outputs import case_meta_name
-from scripts.io.xray import DEFAULT_ANGLES, XRayInputError, check_not_blank, parse_angles, read_xray
+from scripts.io.xray import check_not_blank, read_xray
 
 __all__ = [
     "Radiograph",

@@ -41,30 +41,20 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize, Transform
-from scripts.errors import BundleInputError
+from scripts.errors import XRayInputError
+from scripts.functional import parse_angles
 from scripts.io.outputs import case_meta_name
 
 __all__ = [
     "XRayInputError",
     "read_xray",
-    "parse_angles",
-    "check_view_separation",
     "check_not_blank",
     "xray_case_name",
-    "format_views",
     "LoadXRayPair",
     "LoadXRayPaird",
-    "DEFAULT_ANGLES",
-    "MIN_VIEW_SEPARATION",
     "MIN_XRAY_SIZE",
 ]
 
-#: default views: view 1 AP (alpha=0, beta=0), view 2 lateral (alpha=90, beta=0), degrees.
-DEFAULT_ANGLES: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 0.0), (90.0, 0.0))
-
-#: smallest angle in degrees between the beam lines of two views; closer views (the same view twice, or a view
-#: and its opposite, which see the same projection) carry no depth information and are refused.
-MIN_VIEW_SEPARATION = 10.0
 #: the fewest pixels per side (rows and columns) of an X-ray that the bundle's inference takes
 #: (:func:`scripts.workflow.inference_cases`): a smaller image holds too little of the radiograph to reconstruct
 #: from, and enlarging it to the network's input size only blurs it.
@@ -77,10 +67,6 @@ _PIL_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
 _NIFTI_SUFFIXES = {".nii", ".nii.gz"}
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R 601, the weights of Pillow's "L"
-
-
-class XRayInputError(BundleInputError):
-    """A bad X-ray input: the message names the file or value and says how to fix it."""
 
 
 def _suffix(path: Path) -> str:
@@ -237,92 +223,6 @@ def read_xray(path: str | os.PathLike, nifti_axes: str = "xy") -> tuple[np.ndarr
     if spacing is not None and not all(math.isfinite(s) and s > 0 for s in spacing):
         spacing = None
     return arr, spacing
-
-
-def parse_angles(angles: Any = None) -> np.ndarray:
-    """Validate the view angles of a pair and return them as a ``(2, 2)`` array of ``(alpha, beta)`` degrees.
-
-    Args:
-        angles: ``None`` (AP and lateral, :data:`DEFAULT_ANGLES`), or two entries, each a number ``alpha``
-            (``beta = 0``), a pair ``(alpha, beta)`` or a mapping with keys ``alpha`` and optional ``beta``.
-
-    Raises:
-        XRayInputError: wrong number of views, non-numeric, NaN / infinite, outside [-360, 360] degrees, or
-            two views along nearly the same line (:func:`check_view_separation`).
-    """
-    if angles is None:
-        return np.asarray(DEFAULT_ANGLES, dtype=np.float64)
-    if isinstance(angles, torch.Tensor):
-        angles = angles.detach().cpu().numpy()
-    if isinstance(angles, np.ndarray):
-        angles = angles.tolist()
-    if isinstance(angles, (str, bytes)) or not isinstance(angles, Sequence) or len(angles) != 2:
-        raise XRayInputError(
-            f"angles={angles!r}: expected two views, e.g. [[0, 0], [90, 0]] (alpha, beta in degrees) or [0, 90]."
-        )
-    out = np.zeros((2, 2), dtype=np.float64)
-    for i, view in enumerate(angles):
-        if isinstance(view, Mapping):
-            view = (view.get("alpha"), view.get("beta", 0.0))
-        elif not isinstance(view, Sequence) or isinstance(view, (str, bytes)):
-            view = (view, 0.0)
-        if len(view) == 1:
-            view = (view[0], 0.0)
-        if len(view) != 2:
-            raise XRayInputError(f"angles of view {i + 1} = {view!r}: expected alpha or (alpha, beta) in degrees.")
-        for j, (name, v) in enumerate(zip(("alpha", "beta"), view)):
-            try:
-                v = float(v)
-            except (TypeError, ValueError):
-                raise XRayInputError(
-                    f"angle {name} of view {i + 1} = {v!r} is not a number; fix: give degrees."
-                ) from None
-            if not math.isfinite(v) or abs(v) > 360.0:
-                raise XRayInputError(
-                    f"angle {name} of view {i + 1} = {v}: must be a finite angle in degrees within [-360, 360]."
-                )
-            out[i, j] = v
-    check_view_separation(out)
-    return out
-
-
-def _beam_directions(angles: np.ndarray) -> np.ndarray:
-    """Unit beam directions (world) of ``(V, 2)`` view angles in degrees, as ``scripts/drr/geometry.py``."""
-    from scripts.drr.geometry import view_rotation
-
-    return view_rotation(torch.as_tensor(np.asarray(angles, dtype=np.float64)))[:, :, 2].numpy()
-
-
-def format_views(angles: np.ndarray) -> str:
-    """``(V, 2)`` view angles as text, e.g. ``[0, 0], [90, 0]``."""
-    return ", ".join(f"[{a:g}, {b:g}]" for a, b in np.asarray(angles, dtype=np.float64).reshape(-1, 2))
-
-
-def check_view_separation(angles: Any, min_separation: float = MIN_VIEW_SEPARATION) -> None:
-    """Refuse views whose beams run along (nearly) the same line.
-
-    Two views less than ``min_separation`` degrees apart, or nearly opposite (e.g. AP and PA, alpha 0 and 180),
-    project the object onto the same plane: the pair holds no depth information to reconstruct from.
-
-    Args:
-        angles: ``(V, 2)`` view angles ``(alpha, beta)`` in degrees.
-        min_separation: the smallest angle in degrees allowed between the beam lines of two views.
-
-    Raises:
-        XRayInputError: naming the two views and the fix.
-    """
-    ang = np.asarray(angles, dtype=np.float64).reshape(-1, 2)
-    beams = _beam_directions(ang)
-    for i in range(len(ang)):
-        for j in range(i + 1, len(ang)):
-            cos = float(np.clip(abs(beams[i] @ beams[j]), 0.0, 1.0))
-            apart = math.degrees(math.acos(cos))
-            if apart < min_separation:
-                raise XRayInputError(
-                    f"views {i + 1} and {j + 1} ({format_views(ang[[i, j]])}, alpha and beta in degrees) look along "
-                    f"nearly the same line ({apart:.1f} degrees apart, {min_separation:g} needed): they hold no "
-                    "depth to reconstruct from; fix: give two different views, e.g. AP and lateral [[0, 0], [90, 0]]."
-                )
 
 
 def check_not_blank(image: np.ndarray, path: str | os.PathLike) -> None:

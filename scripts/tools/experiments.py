@@ -207,8 +207,8 @@ def predict_vertebra(
     """
     import torch
     from monai.bundle import ConfigWorkflow
+    from scripts.functional import zscore_to_hu
     from scripts.networks.model_info import load_state_dict_file, read_model_info
-    from scripts.transforms.intensity import zscore_to_hu
 
     wf = ConfigWorkflow(
         config_file=[str(ROOT / c) for c in configs],

@@ -36,7 +36,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Transform
 from scripts.drr import ConeBeamGeometry, DRRProjector, as_angles, crop_centre, default_geometry
 from scripts.drr.body import load_body_scan, ray_slab
-from scripts.io.xray import check_view_separation
+from scripts.functional import check_view_separation
 
 __all__ = ["DRR", "DRRd", "SeededDRRd", "item_seed", "random_rotation", "geometry_to_tensors"]
 
@@ -62,7 +62,7 @@ class DRR(Randomizable, Transform):
     Args:
         angles: views as (alpha, beta) pairs in degrees or plain alphas; default AP and lateral ``(0, 90)``.
             Two views whose beams are less than 10 degrees apart (or nearly opposite) are refused
-            (``XRayInputError``, :func:`scripts.io.xray.check_view_separation`).
+            (``XRayInputError``, :func:`scripts.functional.check_view_separation`).
         geometry: ``ConeBeamGeometry`` (or its dict); None = ``ConeBeamGeometry.for_crop`` of the input
             (detector of the crop's size, sdd 1020 mm, sod 700 mm, isocentre at the crop centre).
         physics: "poly" (polychromatic, noise) or "mono" (line integral of mu, no noise).

@@ -9,29 +9,11 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, SobelGradients, Transform
-from monai.transforms.utils_morphological_ops import erode
 from monai.utils import convert_to_dst_type, convert_to_tensor
+from scripts.functional import boundary_map
 from scripts.transforms.projection import _output_keys
 
 __all__ = ["boundary_map", "EdgeMap", "EdgeMapd"]
-
-
-def boundary_map(mask: torch.Tensor) -> torch.Tensor:
-    """Inner boundary of a binary 3-D mask: foreground voxels with at least one background voxel among
-    their 26 neighbours; voxels outside the volume count as background.
-
-    Args:
-        mask: tensor whose last three axes are spatial (any leading axes); nonzero = foreground.
-
-    Returns:
-        float tensor of the same shape, 1 on the boundary, 0 elsewhere.
-    """
-    if mask.dim() < 3:
-        raise ValueError(f"boundary_map needs a 3-D (or batched) mask, got shape {tuple(mask.shape)}.")
-    fg = (mask != 0).float()
-    flat = fg.reshape((-1, 1) + tuple(fg.shape[-3:]))
-    # the mask minus its erosion by a 3x3x3 cube (MONAI's erode), padded with background
-    return (flat - erode(flat, filter_size=3, pad_value=0.0)).reshape(fg.shape)
 
 
 class EdgeMap(Transform):

@@ -35,7 +35,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from scripts.drr import ConeBeamGeometry, as_angles, crop_centre, grid_affine
 from scripts.drr.geometry import DEFAULT_SDD, DEFAULT_SOD
-from scripts.io.xray import XRayInputError, format_views
+from scripts.errors import XRayInputError
+from scripts.functional import format_views
 
 __all__ = ["DimensionExpansion", "DimensionExpansiond", "EXPANSION_MODES", "check_expansion_angles", "zscore_images"]
 

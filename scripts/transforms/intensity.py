@@ -16,6 +16,7 @@ from pathlib import Path
 
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
+from scripts.functional import hu_to_zscore, zscore_to_hu
 from scripts.networks.model_info import read_model_info
 from torch import nn
 
@@ -57,16 +58,6 @@ def _stats(mean: float | None, std: float | None, stats_file: str | Path | None,
     if not (math.isfinite(std) and std > 0) or not math.isfinite(mean):
         raise ValueError(f"z-score statistics must be finite with std > 0, got mean={mean}, std={std}.")
     return mean, std
-
-
-def hu_to_zscore(img: NdarrayOrTensor, mean: float, std: float) -> NdarrayOrTensor:
-    """``(img - mean) / std`` (keeps the array type and, for MetaTensors, the metadata)."""
-    return (img - mean) / std
-
-
-def zscore_to_hu(img: NdarrayOrTensor, mean: float, std: float) -> NdarrayOrTensor:
-    """``img * std + mean`` (keeps the array type and, for MetaTensors, the metadata)."""
-    return img * std + mean
 
 
 class ZScoreToHU(Transform):

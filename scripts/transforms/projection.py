@@ -12,19 +12,9 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
+from scripts.functional import maximum_intensity_projections
 
 __all__ = ["maximum_intensity_projections", "MaximumIntensityProjection", "MaximumIntensityProjectiond"]
-
-
-def maximum_intensity_projections(x: torch.Tensor, spatial_dims: int = 3) -> list[torch.Tensor]:
-    """MIPs of ``x`` along each of its last ``spatial_dims`` axes (any leading batch/channel axes).
-
-    Returns:
-        ``spatial_dims`` tensors; the i-th is ``x.amax(dim=-spatial_dims + i)``.
-    """
-    if x.dim() < spatial_dims:
-        raise ValueError(f"need at least {spatial_dims} dimensions, got shape {tuple(x.shape)}.")
-    return [torch.amax(x, dim=d) for d in range(x.dim() - spatial_dims, x.dim())]
 
 
 class MaximumIntensityProjection(Transform):
