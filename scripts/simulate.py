@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from monai.transforms import LoadImage
 from PIL import Image
-from scripts.drr import ConeBeamGeometry, as_angles
+from scripts.drr.geometry import ConeBeamGeometry, as_angles
 from scripts.transforms.drr import DRR
 from scripts.utils import atomic_path
 from tqdm import tqdm

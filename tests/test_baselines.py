@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.bundle import ConfigParser
-from scripts.drr import ConeBeamGeometry
+from scripts.drr.geometry import ConeBeamGeometry
 from scripts.losses import EARLoss
 from scripts.networks import BX2S, E2E, PSR, SIT, ap_frame_to_grid, stack_views, views_from_volume, volume_from_views
 from scripts.transforms import DimensionExpansion, zscore_images
-from tests.test_workflows import CONFIGS, SMALL, _workflow, dataset  # noqa: F401 (dataset is a fixture)
+from tests.test_workflows import CONFIGS, SMALL, _workflow
 
 SIZE = 32
 WIDTHS = (4, 8, 16, 16, 32)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from scripts.drr import ConeBeamGeometry, DRRProjector, crop_centre, grid_affine, linear_attenuation
 from scripts.drr.body import (
     OUTSIDE_FOV,
     SOFT_TISSUE_HU,
@@ -20,6 +19,9 @@ from scripts.drr.body import (
     outside_fov,
     ray_slab,
 )
+from scripts.drr.geometry import ConeBeamGeometry, crop_centre, grid_affine
+from scripts.drr.physics import linear_attenuation
+from scripts.drr.projector import DRRProjector
 from scripts.transforms import DRR, DRRd, SeededDRRd
 from tests.test_drr_diffdrr import diffdrr_render, ncc
 

@@ -8,8 +8,9 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from scripts.drr import ConeBeamGeometry, DRRProjector
 from scripts.drr.deepdrr_backend import deepdrr_camera
+from scripts.drr.geometry import ConeBeamGeometry
+from scripts.drr.projector import DRRProjector
 
 
 def test_camera_mapping_reproduces_our_projection():

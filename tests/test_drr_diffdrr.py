@@ -9,7 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from scripts.drr import ConeBeamGeometry, DRRProjector, crop_centre, linear_attenuation
+from scripts.drr.geometry import ConeBeamGeometry, crop_centre
+from scripts.drr.physics import linear_attenuation
+from scripts.drr.projector import DRRProjector
 
 diffdrr = pytest.importorskip("diffdrr")
 

@@ -7,9 +7,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scripts.drr import ConeBeamGeometry, DRRProjector, grid_affine, hu_to_density, line_integrals, mass_attenuation
-from scripts.drr.physics import HU_AIR_MAX, HU_SOFT_MAX, expected_photons, material_densities, spectrum
-from scripts.drr.projector import _c_order
+from scripts.drr.geometry import ConeBeamGeometry, grid_affine
+from scripts.drr.physics import (
+    HU_AIR_MAX,
+    HU_SOFT_MAX,
+    expected_photons,
+    hu_to_density,
+    mass_attenuation,
+    material_densities,
+    spectrum,
+)
+from scripts.drr.projector import DRRProjector, _c_order, line_integrals
 
 N = 24
 AFFINE = grid_affine((N, N, N), 2.0)

@@ -8,16 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from scripts.drr import (
-    ConeBeamGeometry,
-    DRRProjector,
-    grid_affine,
-    line_integrals,
+from scripts.drr.geometry import ConeBeamGeometry, grid_affine
+from scripts.drr.physics import (
+    energy_integrating_signal,
+    expected_photons,
+    hu_to_density,
     linear_attenuation,
     mass_attenuation,
     spectrum,
 )
-from scripts.drr.physics import energy_integrating_signal, expected_photons, hu_to_density
+from scripts.drr.projector import DRRProjector, line_integrals
 
 N = 64
 SPACING = 1.0

@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
-from scripts.drr import grid_affine
+from scripts.drr.geometry import grid_affine
 from scripts.transforms import DRR, DRRd
 
 N = 48

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from scripts.drr import ConeBeamGeometry, grid_affine
+from scripts.drr.geometry import ConeBeamGeometry, grid_affine
 from scripts.transforms import DimensionExpansion, DimensionExpansiond, DRRd, zscore_images
 
 N = 40

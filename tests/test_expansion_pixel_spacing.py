@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from scripts.drr import ConeBeamGeometry
+from scripts.drr.geometry import ConeBeamGeometry
 from scripts.transforms import DRR, DimensionExpansion
 
 N, SPACING = 32, 2.0

@@ -17,7 +17,8 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from scripts.drr import ConeBeamGeometry, DRRProjector, grid_affine
+from scripts.drr.geometry import ConeBeamGeometry, grid_affine
+from scripts.drr.projector import DRRProjector
 from scripts.drr.windows import RadiographView, closest_point_of_rays, locate_centre, pair_views
 from scripts.errors import BundleInputError
 from scripts.io.radiograph import (

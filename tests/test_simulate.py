@@ -11,7 +11,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from PIL import Image
-from scripts.drr import grid_affine
+from scripts.drr.geometry import grid_affine
 from scripts.simulate import main, parse_view_sets
 from scripts.transforms import DRR
 

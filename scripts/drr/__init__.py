@@ -1,39 +1,13 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
 """X-ray simulation: cone-beam geometry, DeepDRR-style physics and a PyTorch DRR projector.
 
-See ``geometry.py`` for the angle and image orientation conventions.
+Import from the modules; importing the package loads none of them:
+
+- :mod:`scripts.drr.geometry`: ``ConeBeamGeometry``, view angles and rotations, crop grids (see it for the angle
+  and image orientation conventions);
+- :mod:`scripts.drr.physics`: materials, attenuation tables, X-ray spectra and the polychromatic image;
+- :mod:`scripts.drr.projector`: ``DRRProjector``, the line integrals through a volume;
+- :mod:`scripts.drr.deepdrr_backend`: the optional DeepDRR backend of the projector;
+- :mod:`scripts.drr.body`: whole-patient scans (storage convention, completion, per-window cut fractions);
+- :mod:`scripts.drr.windows`: model windows cut from full radiographs.
 """
-
-from __future__ import annotations
-
-from .geometry import ConeBeamGeometry, as_angles, crop_centre, grid_affine, view_rotation
-from .physics import (
-    MATERIALS,
-    available_spectra,
-    hu_to_density,
-    linear_attenuation,
-    mass_attenuation,
-    material_densities,
-    polychromatic_image,
-    spectrum,
-)
-from .projector import DRRProjector, default_geometry, line_integrals
-
-__all__ = [
-    "ConeBeamGeometry",
-    "DRRProjector",
-    "MATERIALS",
-    "as_angles",
-    "available_spectra",
-    "crop_centre",
-    "default_geometry",
-    "grid_affine",
-    "hu_to_density",
-    "line_integrals",
-    "linear_attenuation",
-    "mass_attenuation",
-    "material_densities",
-    "polychromatic_image",
-    "spectrum",
-    "view_rotation",
-]

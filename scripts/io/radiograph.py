@@ -1000,13 +1000,13 @@ def write_projected_radiographs(
         angles: ``(2, 2)`` view angles; default AP and lateral.
         names: the files' names without extension.
         projector: ``callable(hu (1, X, Y, Z), affine, angles, isocentre) -> (V, H, W)``, e.g. a
-            :class:`~scripts.drr.DRRProjector` (default: monochromatic, no noise, with ``geometry``).
+            :class:`~scripts.drr.projector.DRRProjector` (default: monochromatic, no noise, with ``geometry``).
         fmt: ``"dcm"`` (DICOM) or ``"png"`` / ``"tif"`` (with sidecar JSON).
 
     Returns:
         ``{"files": [...], "world_to_system": 4x4, "geometry": dict, "angles": (2, 2)}``.
     """
-    from scripts.drr import DRRProjector
+    from scripts.drr.projector import DRRProjector
 
     if geometry is None:
         geo = ConeBeamGeometry(1200.0, 800.0, (256, 256), (1.0, 1.0))

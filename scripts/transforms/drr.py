@@ -34,8 +34,9 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Transform
-from scripts.drr import ConeBeamGeometry, DRRProjector, as_angles, crop_centre, default_geometry
 from scripts.drr.body import load_body_scan, ray_slab
+from scripts.drr.geometry import ConeBeamGeometry, as_angles, crop_centre
+from scripts.drr.projector import DRRProjector, default_geometry
 from scripts.functional import check_view_separation
 
 __all__ = ["DRR", "DRRd", "SeededDRRd", "item_seed", "random_rotation", "geometry_to_tensors"]

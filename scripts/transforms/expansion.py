@@ -33,8 +33,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
-from scripts.drr import ConeBeamGeometry, as_angles, crop_centre, grid_affine
-from scripts.drr.geometry import DEFAULT_SDD, DEFAULT_SOD
+from scripts.drr.geometry import DEFAULT_SDD, DEFAULT_SOD, ConeBeamGeometry, as_angles, crop_centre, grid_affine
 from scripts.errors import XRayInputError
 from scripts.functional import format_views
 
