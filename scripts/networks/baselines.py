@@ -26,30 +26,10 @@ import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets import BasicUNet
 from scripts.networks.model_info import attach_model_info
-from scripts.networks.views import ap_frame_to_grid, stack_views
+from scripts.networks.views import ap_frame_to_grid, check_volume_input, stack_views
 from torch import nn
 
-__all__ = ["PSR", "SIT", "E2E", "ResidualDown2D", "FeatureTransform", "UpBlock3D", "check_volume_input", "cube_size"]
-
-
-def check_volume_input(x: torch.Tensor, name: str, in_channels: int, divisor: int) -> None:
-    """Raise a ValueError unless ``x`` is ``(B, in_channels, X, Y, Z)`` with every size a multiple of ``divisor``."""
-    if x.dim() != 5:
-        raise ValueError(
-            f"{name} expects a 5-D input (batch, channel, X, Y, Z), got shape {list(x.shape)}; add the batch "
-            "and channel dimensions."
-        )
-    if x.shape[1] != in_channels:
-        raise ValueError(
-            f"{name} expects {in_channels} input channels (the expanded X-ray images), got {x.shape[1]} "
-            f"(input shape {list(x.shape)})."
-        )
-    for s in x.shape[2:]:
-        if s % divisor != 0:
-            raise ValueError(
-                f"{name} needs every spatial size to be a multiple of {divisor}, got {list(x.shape[2:])}; pad or "
-                "resample the input (e.g. roi_size 64 or 128)."
-            )
+__all__ = ["PSR", "SIT", "E2E", "ResidualDown2D", "FeatureTransform", "UpBlock3D", "cube_size"]
 
 
 def cube_size(spatial_size: int | Sequence[int], name: str, divisor: int) -> list[int]:

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.nets.basic_unet import TwoConv
-from scripts.networks.baselines import check_volume_input
 from scripts.networks.model_info import attach_model_info
+from scripts.networks.views import check_volume_input
 from torch import nn
 
 __all__ = ["BX2S", "FFAG"]

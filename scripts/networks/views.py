@@ -16,6 +16,7 @@ take the same input as the 3-D ones and train through the same transforms:
 - :func:`volume_from_views`: the inverse, replicating the images along their beam axes.
 - :func:`ap_frame_to_grid`: a volume laid out like the AP view, ``(B, C, depth=Y, rows, columns)``, to
   the grid layout ``(B, C, X, Y, Z)``.
+- :func:`check_volume_input`: the input check of the networks on expanded volumes (5-D, channels, sizes).
 
 All functions are TorchScript compatible.
 """
@@ -24,7 +25,27 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["views_from_volume", "stack_views", "volume_from_views", "ap_frame_to_grid"]
+__all__ = ["views_from_volume", "stack_views", "volume_from_views", "ap_frame_to_grid", "check_volume_input"]
+
+
+def check_volume_input(x: torch.Tensor, name: str, in_channels: int, divisor: int) -> None:
+    """Raise a ValueError unless ``x`` is ``(B, in_channels, X, Y, Z)`` with every size a multiple of ``divisor``."""
+    if x.dim() != 5:
+        raise ValueError(
+            f"{name} expects a 5-D input (batch, channel, X, Y, Z), got shape {list(x.shape)}; add the batch "
+            "and channel dimensions."
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"{name} expects {in_channels} input channels (the expanded X-ray images), got {x.shape[1]} "
+            f"(input shape {list(x.shape)})."
+        )
+    for s in x.shape[2:]:
+        if s % divisor != 0:
+            raise ValueError(
+                f"{name} needs every spatial size to be a multiple of {divisor}, got {list(x.shape[2:])}; pad or "
+                "resample the input (e.g. roi_size 64 or 128)."
+            )
 
 
 def _check_expanded(volume: torch.Tensor) -> None:
