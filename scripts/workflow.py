@@ -101,6 +101,7 @@ def bundle_package(bundle_root: str | os.PathLike) -> ModuleType:
     import scripts.metrics
     import scripts.networks
     import scripts.transforms
+    import scripts.transforms.model
 
     root = Path(bundle_root).resolve()
     found = Path(scripts.__file__).resolve().parent

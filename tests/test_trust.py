@@ -23,7 +23,8 @@ from scripts import workflow
 from scripts.errors import BundleInputError
 from scripts.handlers import BestModelSaver, ResumableCheckpoint
 from scripts.networks import EAR, attach_model_info, read_model_info
-from scripts.transforms import DRRd, ModelZScoreToHUd, SeededDRRd
+from scripts.transforms import DRRd, SeededDRRd
+from scripts.transforms.model import ModelZScoreToHUd
 from tests.test_workflows import CONFIGS, ROI, ROOT, SMALL, _bundle_cmd, _chain, _overrides, _workflow, dataset, trained
 
 __all__ = ["dataset", "trained"]  # module-scoped fixtures of test_workflows, used here too

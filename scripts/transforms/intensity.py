@@ -4,7 +4,8 @@
 The network's target and output are CT volumes z-scored with the training set's mean and standard
 deviation. The forward step is MONAI's ``NormalizeIntensityd(subtrahend=mean, divisor=std)`` (as in
 ``configs/train.json``); MONAI has no inverse of it, so the conversion of the output back to HU is here, with
-the numbers given directly, read from a JSON file, or read from the model (:class:`ModelZScoreToHUd`).
+the numbers given directly or read from a JSON file (:class:`scripts.transforms.model.ModelZScoreToHUd` reads
+them from the model).
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from pathlib import Path
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from scripts.functional import hu_to_zscore, zscore_to_hu
-from scripts.networks.model_info import read_model_info
-from torch import nn
 
-__all__ = ["load_intensity_stats", "hu_to_zscore", "zscore_to_hu", "ZScoreToHU", "ZScoreToHUd", "ModelZScoreToHUd"]
+__all__ = ["load_intensity_stats", "hu_to_zscore", "zscore_to_hu", "ZScoreToHU", "ZScoreToHUd"]
 
 
 def load_intensity_stats(path: str | Path, mean_key: str = "mean", std_key: str = "std") -> tuple[float, float]:
@@ -115,31 +114,4 @@ class ZScoreToHUd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
-        return d
-
-
-class ModelZScoreToHUd(MapTransform):
-    """z-score -> HU with the statistics stored inside a model (:func:`scripts.networks.attach_model_info`).
-
-    The statistics are read from ``model`` at each call, so weights loaded after the transform was built
-    (e.g. by a ``CheckpointLoader`` when the engine starts) are the ones that count, and inference never
-    depends on the statistics of the data it runs on.
-
-    Args:
-        keys: keys to convert.
-        model: the network holding the statistics as buffers.
-        allow_missing_keys: do not raise for missing keys.
-    """
-
-    backend = ["torch", "numpy"]
-
-    def __init__(self, keys: KeysCollection, model: nn.Module, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.model = model
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        info = read_model_info(self.model)
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = zscore_to_hu(d[key], info["gt_mean"], info["gt_std"])
         return d
