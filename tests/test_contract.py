@@ -115,3 +115,17 @@ def test_bundle_load_of_the_shipped_models_gives_the_trained_network_or_an_error
     net = monai.bundle.load(**kwargs, device="cpu")
     own = net.state_dict()
     assert set(own) == set(state) and all(torch.equal(own[k], v) for k, v in state.items())
+
+
+def test_the_command_line_stops_a_contradicting_run_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+    cmd += [str([str(CONFIGS / "inference.json"), str(CONFIGS / "cpu.json")]), "--expansion_mode", "backproject"]
+    cmd += ["--dataset_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "out")]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = (res.stdout + res.stderr).strip().splitlines()
+    assert res.returncode != 0 and len(out) <= 5, out
+    assert "trained with expansion_mode replicate but the run sets --expansion_mode backproject" in out[-1]
+    assert not (tmp_path / "out").exists()
