@@ -160,7 +160,7 @@ def test_overlay_builds_its_network_with_train_evaluate_inference(name):
 
 
 @pytest.mark.parametrize("name", sorted(OVERLAYS))
-def test_overlay_passes_train_workflow_check_properties(name, dataset, tmp_path):  # noqa: F811
+def test_overlay_passes_train_workflow_check_properties(name, dataset, tmp_path):
     wf = _workflow(
         ["train.json", f"lab/baselines/{name}.json"], "train", dataset_dir=str(dataset), ckpt_dir=str(tmp_path), **SMALL
     )

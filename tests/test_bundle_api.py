@@ -12,9 +12,7 @@ import pytest
 from monai.bundle import ConfigWorkflow
 from scripts.errors import BundleInputError
 from scripts.networks.model_info import read_model_info
-from tests.test_workflows import ROOT, SMALL, _chain, dataset, trained
-
-__all__ = ["dataset", "trained"]  # module-scoped fixtures of test_workflows
+from tests.test_workflows import ROOT, SMALL, _chain
 
 CONFIGS = ROOT / "configs"
 

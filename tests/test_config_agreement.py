@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 from scripts.networks import read_model_info
-from tests.test_workflows import SMALL, dataset, trained
-
-__all__ = ["dataset", "trained"]  # module-scoped fixtures of test_workflows
+from tests.test_workflows import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

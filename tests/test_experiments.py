@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 from scripts.metrics import METRIC_NAMES
 from scripts.tools import experiments
-from tests.test_workflows import SMALL, dataset
-
-__all__ = ["dataset"]  # the synthetic dataset fixture of test_workflows
+from tests.test_workflows import SMALL
 
 
 def _fake_variant(root, variant, rows):

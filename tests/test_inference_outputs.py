@@ -2,7 +2,7 @@
 """Inference outputs a user can trust: case naming, duplicate ids, reruns, publishing, inputs refused up front.
 
 Unit tests of ``scripts.workflow.inference_cases`` and the ``DRR`` constructor, then end-to-end runs of
-``configs/inference.json`` on the synthetic dataset and model of ``tests/test_workflows.py``.
+``configs/inference.json`` on the synthetic dataset and model of ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -20,15 +20,10 @@ import pytest
 from PIL import Image
 from scripts import workflow
 from scripts.errors import BundleInputError
-from scripts.io import XRayInputError
 from scripts.io.outputs import MANIFEST_NAME, run_staging_dir
+from scripts.io.xray import XRayInputError
 from scripts.transforms import DRR, DRRd
-from tests import test_workflows
 from tests.test_workflows import ROOT, SMALL, _bundle_cmd, _chain, _workflow, _write_xrays
-
-# the synthetic prepared dataset and the model trained on it for one epoch (module-scoped fixtures)
-dataset = test_workflows.dataset
-trained = test_workflows.trained
 
 
 def _pair(folder: Path, ap: str = "P1_ap.png", lat: str = "P1_lat.png") -> list[str]:

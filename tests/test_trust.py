@@ -25,9 +25,7 @@ from scripts.handlers import BestModelSaver, ResumableCheckpoint
 from scripts.networks import EAR, attach_model_info, read_model_info
 from scripts.transforms import DRRd, SeededDRRd
 from scripts.transforms.model import ModelZScoreToHUd
-from tests.test_workflows import CONFIGS, ROI, ROOT, SMALL, _bundle_cmd, _chain, _overrides, _workflow, dataset, trained
-
-__all__ = ["dataset", "trained"]  # module-scoped fixtures of test_workflows, used here too
+from tests.test_workflows import CONFIGS, ROI, ROOT, SMALL, _bundle_cmd, _chain, _overrides, _workflow
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -26,9 +26,7 @@ import torch
 from ignite.engine import Engine, Events
 from scripts.errors import BundleInputError
 from scripts.handlers import BestModelSaver, ResumableCheckpoint
-from tests.test_workflows import SMALL, _chain, _workflow, dataset
-
-__all__ = ["dataset"]  # module-scoped fixture of test_workflows, used here too
+from tests.test_workflows import SMALL, _chain, _workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,93 +16,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 from PIL import Image
 from scripts.metrics import METRIC_NAMES
 from scripts.networks import read_model_info
+from tests.conftest import CONFIGS, ROI, ROOT, SMALL, SPACING, bundle_workflow
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-ROI, SPACING = 32, 2.0
-SMALL = {"channels": [4, 8, 8, 16, 16], "roi_size": ROI, "spacing": SPACING, "num_workers": 0}
-
-
-def _vertebra(shift: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic 'vertebra' (body ellipsoid + posterior process) in a 32^3 crop: (ct, mask)."""
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[np.arange(ROI, dtype=np.float32)] * 3, indexing="ij")
-    cx, cy, cz = (15.5 + s for s in shift)
-    body = ((x - cx) / 7) ** 2 + ((y - cy - 3) / 6) ** 2 + ((z - cz) / 4) ** 2 <= 1
-    process = (np.abs(x - cx) <= 1.5) & (y < cy - 2) & (y > cy - 11) & (np.abs(z - cz + 2) <= 2)
-    mask = body | process
-    ct = rng.normal(-900, 30, size=mask.shape).astype(np.float32)
-    ct[mask] = 300 + 200 * (((x - cx) / 7) ** 2)[mask]
-    return ct, mask.astype(np.uint8)
-
-
-def _affine(origin: tuple[float, float, float]) -> np.ndarray:
-    a = np.diag([SPACING, SPACING, SPACING, 1.0])
-    a[:3, 3] = origin
-    return a
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """A prepared-dataset folder in the layout of ``python -m scripts.prepare`` (4 vertebrae)."""
-    out = tmp_path_factory.mktemp("prepared")
-    splits: dict[str, list] = {"training": [], "validation": [], "test": []}
-    names = ["training", "training", "validation", "test"]
-    gts = []
-    for i, split in enumerate(names):
-        ct, mask = _vertebra((i % 2, -(i % 3) + 1, 0), seed=i)
-        gt = np.where(mask > 0, ct, -1024.0).astype(np.float32)
-        aff = _affine((-31.0 + 5 * i, -20.0, -100.0 - 40 * i))
-        item = {"id": f"P{i}_T{i + 1}", "patient": f"P{i}", "level": f"T{i + 1}"}
-        (out / item["patient"]).mkdir()
-        for key, arr in (("ct", ct), ("gt", gt), ("mask", mask)):
-            rel = f"{item['patient']}/{item['id']}_{key}.nii.gz"
-            nib.save(nib.Nifti1Image(arr, aff), str(out / rel))
-            item[key] = rel
-        splits[split].append(item)
-        if split == "training":
-            gts.append(gt)
-    stats = {"gt_mean": float(np.mean(gts)), "gt_std": float(np.std(gts))}
-    (out / "datalist.json").write_text(json.dumps({**splits, "statistics": stats}, indent=2))
-    return out
-
-
-def _workflow(files: list[str], workflow_type: str, **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / f) for f in files],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type=workflow_type,
-        **{"bundle_root": str(ROOT), **override},
-    )
-    return wf
-
-
-@pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory) -> Path:
-    """Train 1 epoch; returns the checkpoint folder."""
-    ckpt = tmp_path_factory.mktemp("models")
-    runs = tmp_path_factory.mktemp("runs")
-    wf = _workflow(
-        ["train.json"],
-        "train",
-        dataset_dir=str(dataset),
-        ckpt_dir=str(ckpt),
-        output_dir=str(runs),
-        epochs=1,
-        warmup_epochs=1,
-        **SMALL,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    assert list(runs.glob("events.out.tfevents*")), "TensorBoard logs are written"
-    assert (runs / "curves.png").is_file(), "training curves are drawn at the end"
-    return ckpt
+# the test sizes, the synthetic dataset and the model trained on it are shared by the whole session (conftest.py)
+_workflow = bundle_workflow
 
 
 def test_check_properties_train_and_infer(dataset, tmp_path):
