@@ -96,6 +96,7 @@ def bundle_package(bundle_root: str | os.PathLike) -> ModuleType:
     import scripts
     import scripts.handlers
     import scripts.io
+    import scripts.io.outputs
     import scripts.io.plot_training
     import scripts.losses
     import scripts.metrics

@@ -16,9 +16,15 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Lambdad, SaveImaged
 from scripts.errors import BundleInputError
-from scripts.io import CaseNamed, PublishCaseOutputsd
 from scripts.io import outputs as outputs_module
-from scripts.io.outputs import MANIFEST_NAME, case_folder_name, check_case_names, run_staging_dir
+from scripts.io.outputs import (
+    MANIFEST_NAME,
+    CaseNamed,
+    PublishCaseOutputsd,
+    case_folder_name,
+    check_case_names,
+    run_staging_dir,
+)
 
 
 def _item(case_id: str = "P1_T4") -> dict:

@@ -318,7 +318,7 @@ def test_locate_centre_is_pure_geometry():
 # -- in the inference pipeline ----------------------------------------------------------------------------------
 def test_load_radiographs_then_expansion(files, direct):
     from monai.transforms import Compose
-    from scripts.io import LoadXRayPaird
+    from scripts.io.xray import LoadXRayPaird
     from scripts.transforms import DimensionExpansiond
 
     chain = Compose(

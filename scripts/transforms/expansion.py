@@ -67,7 +67,7 @@ class DimensionExpansion(Transform):
         spacing: output voxel size in mm when no reference affine is given.
         geometry: default ``ConeBeamGeometry`` (or dict). None: the images' own geometry when they carry one
             (DRRs), else ``sdd``, ``sod`` and the images' pixel spacing (``meta["pixel_spacing"]``, e.g. from
-            DICOM or a datalist, see :class:`~scripts.io.LoadXRayPair`) when known and
+            DICOM or a datalist, see :class:`~scripts.io.xray.LoadXRayPair`) when known and
             ``use_pixel_spacing``, else ``for_crop`` of the output grid (the detector just sees the crop).
         zscore: z-score each image before expansion.
         sdd: source-to-detector distance (mm) of the X-ray system when no geometry is given.
