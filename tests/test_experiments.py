@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,6 +62,8 @@ def test_unknown_experiment_and_variant(tmp_path):
         experiments.run_experiment("recipes", str(tmp_path), str(tmp_path / "out"))
 
 
+# slow: its checks are in test_modules_runner_writes_every_table_and_figure (two variants, then a rerun)
+@pytest.mark.slow
 def test_run_trains_evaluates_and_skips_finished_variants(dataset, tmp_path, capsys):
     small = {k: json.dumps(v) for k, v in SMALL.items()}
     args = dict(epochs=1, variants=["pose"], extra={**small, "warmup_epochs": "1"})
@@ -138,17 +141,19 @@ def test_paired_differences_with_two_patients_are_descriptive():
     assert d["method"].startswith("descriptive only")
 
 
-def test_modules_runner_writes_every_table_and_figure(dataset, tmp_path):
-    """One epoch of EAR and EAR without FEM: tables with every column, paired differences, all three figures."""
+def test_modules_runner_writes_every_table_and_figure(dataset, tmp_path, capsys):
+    """One epoch of EAR and EAR without FEM: tables with every column, paired differences, all three figures; a
+    rerun skips the finished variants."""
     small = {k: json.dumps(v) for k, v in SMALL.items()}
-    out = experiments.run_experiment(
-        "modules",
-        str(dataset),
-        str(tmp_path / "out"),
-        epochs=1,
-        variants=["ear", "no_fem"],
-        extra={**small, "warmup_epochs": "1"},
+    args = dict(epochs=1, variants=["ear", "no_fem"], extra={**small, "warmup_epochs": "1"})
+    out = experiments.run_experiment("modules", str(dataset), str(tmp_path / "out"), **args)
+    with open(out / "per_vertebra.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["variant"], r["id"]) for r in rows) == [("ear", "P2_T3"), ("no_fem", "P2_T3")], (
+        "the validation vertebra, once per variant"
     )
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+    assert all((out / v / "models" / "model.pt").is_file() for v in ("ear", "no_fem"))
     with open(out / "summary.csv") as f:
         header = next(csv.reader(f))
     assert {f"{n}_{s}" for n in METRIC_NAMES for s in ("mean", "std", "n")} <= set(header)
@@ -163,8 +168,15 @@ def test_modules_runner_writes_every_table_and_figure(dataset, tmp_path):
     assert figures == ["edge_attention_P2_T3.png", "fem_difference_P2_T3.png", "surface_P2_T3.png"]
     assert all((out / "figures" / f).stat().st_size > 10_000 for f in figures)
     assert (out / "figures" / "ear_P2_T3_hu.nii.gz").is_file() and (out / "figures" / "P2_T3_gt_hu.nii.gz").is_file()
+    capsys.readouterr()
+    experiments.run_experiment("modules", str(dataset), str(tmp_path / "out"), **args)
+    assert capsys.readouterr().out.count("done before, skipped") == 2
 
 
+# slow: covered by test_modules_runner_writes_every_table_and_figure (bundle runs, figures),
+# test_angles_runner_tables_without_training (angle table, plot, reference to deg90) and
+# test_an_angle_variant_trains_and_evaluates (an angles overlay trains and evaluates)
+@pytest.mark.slow
 def test_angles_runner_writes_the_angle_table_and_plot(dataset, tmp_path):
     small = {k: json.dumps(v) for k, v in SMALL.items()}
     out = experiments.run_experiment(
@@ -179,3 +191,62 @@ def test_angles_runner_writes_the_angle_table_and_plot(dataset, tmp_path):
     assert set(rows[0]) == {"angle_deg"} | {f"{m}_{s}" for m in ("dice", "psnr", "assd") for s in ("mean", "std")}
     assert (out / "angles.png").stat().st_size > 10_000
     assert (out / "figures" / "surface_P2_T3.png").is_file()
+
+
+def test_angles_runner_tables_without_training(tmp_path, monkeypatch):
+    """The angles experiment's own steps, the bundle runs replaced by their results: the angle table and plot, and
+    paired differences taken to orthogonal views."""
+    dice = {"deg140": 0.6, "deg90": 0.8}
+    calls = []
+
+    def bundle(configs, overrides, log):
+        calls.append((configs[-1], "eval" if "configs/evaluate.json" in configs else "train"))
+        if "configs/evaluate.json" in configs:
+            variant = Path(overrides["output_dir"]).parent.name
+            folder = Path(overrides["output_dir"])
+            folder.mkdir(parents=True)
+            with open(folder / "metrics_per_vertebra.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["id"] + [f"val_{n}" for n in METRIC_NAMES])
+                writer.writerow(["P2_T3"] + [dice[variant]] * len(METRIC_NAMES))
+        return 1.0
+
+    monkeypatch.setattr(experiments, "_bundle", bundle)
+    monkeypatch.setattr(experiments, "make_figures", lambda *a, **k: [])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "datalist.json").write_text("{}")
+    out = experiments.run_experiment("angles", str(tmp_path / "data"), str(tmp_path / "out"), epochs=1,
+                                     variants=["deg140", "deg90"])  # fmt: skip
+    assert calls == [(f"configs/lab/angles/{v}.json", step) for v in ("deg140", "deg90") for step in ("train", "eval")]
+    with open(out / "angles.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["angle_deg"]) for r in rows] == [90, 140], "sorted by angle"
+    assert [float(r["dice_mean"]) for r in rows] == [0.8, 0.6]
+    assert set(rows[0]) == {"angle_deg"} | {f"{m}_{s}" for m in ("dice", "psnr", "assd") for s in ("mean", "std")}
+    with open(out / "paired.csv") as f:
+        paired = list(csv.DictReader(f))
+    assert {(r["variant"], r["reference"]) for r in paired} == {("deg140", "deg90")}, "compared with orthogonal views"
+    assert (out / "angles.png").stat().st_size > 10_000
+
+
+def test_an_angle_variant_trains_and_evaluates(dataset, tmp_path):
+    """An angles overlay (an oblique view, back-projection) through training and evaluation, in this process."""
+    from scripts.networks import read_model_info
+    from tests.conftest import bundle_workflow
+
+    overlay = experiments.EXPERIMENTS["angles"]["deg140"][0].removeprefix("configs/")
+    ckpt = tmp_path / "models"
+    common = dict(dataset_dir=str(dataset), ckpt_dir=str(ckpt), **SMALL)
+    train = bundle_workflow(["train.json", "cpu.json", overlay], "train", output_dir=str(tmp_path / "runs"), epochs=1,
+                            warmup_epochs=1, **common)  # fmt: skip
+    train.initialize()
+    train.run()
+    info = read_model_info(ckpt / "model.pt")
+    assert info["views"] == [[-50.0, 0.0], [90.0, 0.0]] and info["expansion_mode"] == "backproject"
+    evaluate = bundle_workflow(["train.json", "evaluate.json", "cpu.json", overlay], "eval",
+                               output_dir=str(tmp_path / "eval"), **common)  # fmt: skip
+    evaluate.initialize()
+    evaluate.run()
+    with open(tmp_path / "eval" / "metrics_per_vertebra.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == ["P3_T4"] and 0.0 <= float(rows[0]["val_dice"]) <= 1.0
