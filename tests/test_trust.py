@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import CacheDataset, MetaTensor
 from monai.networks.utils import copy_model_state
@@ -164,8 +165,9 @@ def test_best_model_saver_replaces_only_with_better(tmp_path):
     assert not list(tmp_path.glob(".*tmp*")), "no temporary files left"
 
 
-def test_resumed_training_keeps_the_best_model(dataset, tmp_path):
-    """A run resumed from its checkpoint knows the best metric so far and does not replace model.pt by a worse one."""
+def test_resumed_training_keeps_the_best_model(dataset, tmp_path, monkeypatch):
+    """A run resumed from its checkpoint goes on after the saved epoch, says where it resumed, knows the best metric
+    so far and does not replace model.pt by a worse one."""
     ckpt = tmp_path / "models"
     common = dict(dataset_dir=str(dataset), ckpt_dir=str(ckpt), output_dir=str(tmp_path / "runs"), warmup_epochs=1)
     first = _workflow(["train.json"], "train", epochs=1, **common, **SMALL)
@@ -180,7 +182,23 @@ def test_resumed_training_keeps_the_best_model(dataset, tmp_path):
     model_bytes = (ckpt / "model.pt").read_bytes()
     second = _workflow(["train.json"], "train", epochs=3, **common, **SMALL)
     second.initialize()
-    second.run()
+    epochs: list[int] = []
+    second.parser.get_parsed_content("train#trainer").add_event_handler(
+        Events.EPOCH_STARTED, lambda engine: epochs.append(engine.state.epoch)
+    )
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("scripts.handlers")
+    monkeypatch.setattr(logger, "disabled", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.addHandler(handler)
+    try:
+        second.run()
+    finally:
+        logger.removeHandler(handler)
+    assert epochs == [2, 3], "the run goes on after the saved epoch, not from epoch 1"
+    assert f"resumed from {ckpt / 'checkpoint_last.pt'} at epoch 1" in messages, "it says where it resumed"
     after = torch.load(ckpt / "checkpoint_last.pt", weights_only=False)
     assert after["trainer"]["iteration"] == 3 * after["trainer"]["epoch_length"], "training went on to epoch 3"
     digest = hashlib.sha256(model_bytes).hexdigest()

@@ -198,6 +198,10 @@ def _saved_epoch(ckpt: Path) -> int:
     return trainer["iteration"] // trainer["epoch_length"]
 
 
+# slow: covered by tests/test_trust.py::test_resumed_training_keeps_the_best_model (train.json resumes after the
+# saved epoch and says where) and tests/test_trust_saving.py::test_kill_at_each_write_then_resume (kill -9 at every
+# write of the same checkpoint handlers, then resume)
+@pytest.mark.slow
 def test_kill_and_resume(dataset, tmp_path):
     """A training process killed after an epoch continues from the saved epoch when started again."""
     ckpt, log1 = tmp_path / "models", tmp_path / "run1.log"
