@@ -44,6 +44,19 @@ def example_case():
         raise
 
 
+@pytest.fixture(scope="session")
+def example64(example_case, tmp_path_factory):
+    """The embedded example prepared as the README's first command does (2 mm, 64^3, every level):
+    ``(folder, summary)``; read-only."""
+    from scripts import prepare as prep
+
+    out = tmp_path_factory.mktemp("example") / "example64"
+    summary = prep.prepare("example", out, spacing=2.0, roi=64, progress=False, log=lambda *a: None)
+    before = _digest(out)
+    yield out, summary
+    _unchanged(out, before, "example64")
+
+
 # ---------------------------------------------------------------- the synthetic dataset and its trained model
 
 

@@ -35,9 +35,9 @@ def check(out, summary, roi, spacing):
 
 
 @pytest.mark.network_access
-def test_example_2mm_64(tmp_path, example_case):
-    summary = prep.prepare("example", tmp_path / "ex64", spacing=2.0, roi=64, progress=False, log=lambda *a: None)
-    check(tmp_path / "ex64", summary, 64, 2.0)
+def test_example_2mm_64(example64):
+    out, summary = example64  # prepared once per session (conftest.py), as README command 1 does
+    check(out, summary, 64, 2.0)
 
 
 @pytest.mark.slow

@@ -74,7 +74,7 @@ def test_phantom_orientation_checks(tmp_path):
         run(tmp_path, tmp_path / "ap", out="out_bad", orientation="fix")
 
 
-def test_example_and_flipped_example(tmp_path, example_case):
+def test_example_and_flipped_example(example_case):
     case = example_case
     img = nib.load(case.mask)
     labels = np.asarray(img.dataobj).astype(np.int32)
@@ -88,15 +88,21 @@ def test_example_and_flipped_example(tmp_path, example_case):
     flipped = check_orientation(vertebra_geometry(labels[:, ::-1], img.affine, complete), img.affine)
     assert flipped.ap_median == pytest.approx(-report.ap_median, abs=0.01)
     assert flipped.problems[0][1] == "flip array axis 1 or fix the affine"
-    # the flipped copy is refused by prepare, naming the file and the flip
-    flip_ap(case.ct, tmp_path / "ct.nii.gz")
-    flip_ap(case.mask, tmp_path / "mask.nii.gz")
+
+
+# slow: covered by test_example_and_flipped_example (the real example mirrored is caught by the orientation check)
+# and test_phantom_orientation_checks (prepare refuses a mirrored scan, naming the file and the flip)
+@pytest.mark.slow
+def test_prepare_refuses_the_flipped_example(tmp_path, example_case):
+    case = example_case
+    flip_ap(case.ct, tmp_path / "ct.nii")
+    flip_ap(case.mask, tmp_path / "mask.nii")
     pairs = tmp_path / "pairs.csv"
-    pairs.write_text(f"patient,ct,mask,class_map\nflipped,ct.nii.gz,mask.nii.gz,{case.class_map}\n")
+    pairs.write_text(f"patient,ct,mask,class_map\nflipped,ct.nii,mask.nii,{case.class_map}\n")
     kw = {"spacing": 2.0, "roi": 64, "levels": "T7", "progress": False, "log": lambda *a: None}
     s = prep.prepare(str(pairs), tmp_path / "out", **kw)
     assert (s.written, s.failed) == (0, 1)
-    assert s.messages[0].startswith(f"{tmp_path / 'ct.nii.gz'}: anterior-posterior axis mirrored")
+    assert s.messages[0].startswith(f"{tmp_path / 'ct.nii'}: anterior-posterior axis mirrored")
 
 
 def test_shared_scans_orientation():
