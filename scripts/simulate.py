@@ -33,8 +33,8 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import LoadImage
-from PIL import Image
 from scripts.drr.geometry import ConeBeamGeometry, as_angles
+from scripts.io.xray import write_png16
 from scripts.transforms.drr import DRR
 from scripts.utils import atomic_path
 from tqdm import tqdm
@@ -68,13 +68,6 @@ def _tag(ang: torch.Tensor) -> str:
         return f"{x:g}".replace("-", "m").replace(".", "p")
 
     return "_".join(f"a{num(a)}" + (f"b{num(b)}" if b != 0 else "") for a, b in ang.tolist())
-
-
-def write_png16(image: np.ndarray, path: Path, png_max: float) -> None:
-    """Write a (H, W) image as a 16-bit grayscale PNG, ``round(clip(image / png_max, 0, 1) * 65535)``."""
-    arr = np.round(np.clip(image / png_max, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
 
 
 def simulate_item(

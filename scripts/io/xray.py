@@ -44,10 +44,12 @@ from monai.transforms import MapTransform, Resize, Transform
 from scripts.errors import XRayInputError
 from scripts.functional import parse_angles
 from scripts.io.outputs import case_meta_name
+from scripts.utils import atomic_path
 
 __all__ = [
     "XRayInputError",
     "read_xray",
+    "write_png16",
     "check_not_blank",
     "xray_case_name",
     "LoadXRayPair",
@@ -223,6 +225,18 @@ def read_xray(path: str | os.PathLike, nifti_axes: str = "xy") -> tuple[np.ndarr
     if spacing is not None and not all(math.isfinite(s) and s > 0 for s in spacing):
         spacing = None
     return arr, spacing
+
+
+def write_png16(image: np.ndarray, path: str | os.PathLike, png_max: float) -> None:
+    """Write a (H, W) image as a 16-bit grayscale PNG, ``round(clip(image / png_max, 0, 1) * 65535)``, atomically.
+
+    The form of the simulated X-rays (``python -m scripts.simulate``); :func:`read_xray` reads it back.
+    """
+    from PIL import Image
+
+    arr = np.round(np.clip(np.asarray(image) / png_max, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
 
 
 def check_not_blank(image: np.ndarray, path: str | os.PathLike) -> None:
