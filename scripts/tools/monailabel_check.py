@@ -618,7 +618,9 @@ def run_check(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring and ``--help``."""
-    parser = argparse.ArgumentParser(prog="python -m scripts.tools.monailabel_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.tools.monailabel_check", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--work", help="work folder for everything (default: a new temporary folder)")
     parser.add_argument("--venv", default=str(BUNDLE_ROOT / ".venv-monailabel"), help="MONAI Label environment")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="bundle config files, comma-separated")
