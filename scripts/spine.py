@@ -9,8 +9,9 @@ Usage::
         --config_file "['configs/inference.json','configs/cpu.json']" --batch_size 8
 
 The first two (``assemble``, the default command) put predictions written by an inference run together;
-``reconstruct`` (:func:`reconstruct`) first reconstructs every vertebra from its X-ray pair in batches with
-the bundle's inference config and trained model, with a progress bar, then assembles them the same way.
+``reconstruct`` (:func:`reconstruct`) first reconstructs every vertebra from its X-ray pair with the bundle's
+inference workflow (``configs/inference.json``, batched through its DataLoader, with a progress bar), then
+assembles them the same way.
 
 Every prediction (a NIfTI volume in HU) is matched to its datalist or manifest entry by the case id
 (``<patient>_<level>``): the file name must be the id or start with it followed by ``_``, ``-`` or ``.``
@@ -41,6 +42,7 @@ system takes), checked before anything is read or written.
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import logging
 import math
@@ -48,7 +50,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,9 +77,7 @@ __all__ = [
     "reassemble",
     "render_spine",
     "spine",
-    "InferenceModel",
-    "load_inference_model",
-    "reconstruct_batches",
+    "run_inference",
     "reconstruct",
     "check_output_names",
     "main",
@@ -597,164 +597,125 @@ def spine(
     return reports
 
 
-@dataclass
-class InferenceModel:
-    """What :func:`reconstruct_batches` needs of a bundle inference config: its preprocessing (X-ray files ->
-    expanded volume) and its trained network, with the model's statistics, crop size and spacing.
-
-    Attributes:
-        parser: the ``monai.bundle.ConfigParser`` of the config files (with the overrides).
-        preprocessing: the config's ``preprocessing`` (``LoadXRayPaird``, ``DimensionExpansiond``).
-        network: the config's ``network`` with the weights of ``checkpoint``, in eval mode.
-        device: where the network runs.
-        roi_size: crop size (voxels).
-        spacing: voxel spacing (mm).
-        stats: ``{"gt_mean", "gt_std"}``: the HU statistics stored in the model.
-        checkpoint: the loaded ``model.pt`` (``None`` with ``load_pretrain=False``).
-    """
-
-    parser: Any
-    preprocessing: Any
-    network: torch.nn.Module
-    device: torch.device
-    roi_size: int
-    spacing: float
-    stats: dict[str, float]
-    checkpoint: str | None = None
-
-
 #: the bundle root: the folder above ``scripts/``
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config_files(config_file: str | Sequence[str] | None) -> list[str]:
-    if config_file is None:
-        return [str(BUNDLE_ROOT / "configs" / "inference.json")]
-    if isinstance(config_file, str):
-        text = config_file.strip()
-        if text.startswith("["):
-            import ast
-
-            return [str(f) for f in ast.literal_eval(text)]
-        return [f for f in text.split(",") if f]
-    return [str(f) for f in config_file]
-
-
-def load_inference_model(
-    config_file: str | Sequence[str] | None = None, device: str | None = None, **overrides: Any
-) -> InferenceModel:
-    """Build the preprocessing and the trained network of a bundle inference config.
-
-    Args:
-        config_file: config files, merged in order (a list, or ``"a.json,b.json"``); default
-            ``configs/inference.json``. Add ``configs/cpu.json`` for the CPU model.
-        device: ``"cpu"``, ``"cuda"``, ...; default the config's ``device``.
-        overrides: config values to replace, as on the bundle's command line (``ckpt_dir``, ``roi_size``,
-            ``load_pretrain``, ...); ``bundle_root`` defaults to the folder above the first config's folder.
-
-    Raises:
-        DataError: an unknown override key.
-        BundleInputError: a missing model, or one that does not fit the config (``check_model``).
-    """
-    import difflib
-
+def _check_overrides(files: Sequence[str], overrides: Mapping[str, Any]) -> None:
+    """Refuse overrides that none of the config files defines (the workflow would add them and go on)."""
     from monai.bundle import ConfigParser
-    from scripts.networks.model_info import load_state_dict_file, read_model_info
-    from scripts.workflow import check_model
 
-    files = _config_files(config_file)
-    for f in files:
-        if not Path(f).is_file():
-            raise DataError(f, "config file not found", "give configs/inference.json (and configs/cpu.json)")
-    parser = ConfigParser()
-    parser.read_config(files)
-    parser["bundle_root"] = str(Path(files[0]).resolve().parent.parent)
-    for key, value in overrides.items():
-        if key not in parser:
-            close = difflib.get_close_matches(key, list(parser.config), n=2)
+    config = ConfigParser.load_config_files(list(files))
+    for key in overrides:
+        if key.split("#")[0] not in config:
+            close = difflib.get_close_matches(key, list(config), n=2)
             hint = f"did you mean {' or '.join('--' + c for c in close)}?" if close else "check the config's keys"
             raise DataError(None, f"--{key} is not a key of the inference config", hint)
-        parser[key] = value
-    if device is not None:
-        parser["device"] = f"$torch.device({str(device)!r})"
-    network = parser.get_parsed_content("network")
-    dev = torch.device(parser.get_parsed_content("device"))
-    roi, spacing = int(parser.get_parsed_content("roi_size")), float(parser.get_parsed_content("spacing"))
-    ckpt = None
-    if parser.get_parsed_content("load_pretrain"):
-        ckpt = str(Path(parser.get_parsed_content("ckpt_dir")) / "model.pt")
-        check_model(ckpt, network, spacing, roi)
-        network.load_state_dict({k: v.to(dev) for k, v in load_state_dict_file(ckpt).items()})
-    network = network.to(dev).eval()
-    info = read_model_info(network)
-    return InferenceModel(
-        parser=parser,
-        preprocessing=parser.get_parsed_content("preprocessing"),
-        network=network,
-        device=dev,
-        roi_size=roi,
-        spacing=spacing,
-        stats={"gt_mean": info["gt_mean"], "gt_std": info["gt_std"]},
-        checkpoint=ckpt,
-    )
 
 
-def _stage(transform: Any) -> str:
-    name = type(transform).__name__
-    return "read" if name.startswith("Load") else "expansion" if "Expansion" in name else name
+def _collect_predictions(engine: Any, volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """After each iteration: every item's HU volume (X, Y, Z) and the affine of its expanded input, by case id."""
+    for item, output in zip(engine.state.batch, engine.state.output):
+        image = item["image"]
+        affine = np.asarray(torch.as_tensor(getattr(image, "affine", torch.eye(4))).cpu(), dtype=np.float64)
+        volumes[str(item["id"])] = (np.asarray(torch.as_tensor(output["pred"])[0].float().cpu()), affine)
 
 
-def reconstruct_batches(
+def _stage_timer(engine: Any, resume: Any, pause: Any) -> Any:
+    """An ignite ``Timer`` of the time between the ``resume`` and ``pause`` events of ``engine``, summed over the
+    run (it is reset when the run starts and paused at once, so that only those spans count)."""
+    from ignite.engine import Events
+    from ignite.handlers import Timer
+
+    timer = Timer().attach(engine, start=Events.STARTED, resume=resume, pause=pause)
+    engine.add_event_handler(Events.STARTED, timer.pause)
+    return timer
+
+
+def _time_stages(engine: Any) -> dict[str, Any]:
+    """Timers of the inference's stages: ``load`` (reading and expanding the pairs, in the DataLoader),
+    ``network`` and ``hu`` (decollation and the conversion to HU); read them with :func:`_read_timers`."""
+    from ignite.engine import Events
+    from monai.engines.utils import IterationEvents
+
+    return {
+        "load": _stage_timer(engine, Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED),
+        "network": _stage_timer(engine, Events.ITERATION_STARTED, IterationEvents.FORWARD_COMPLETED),
+        "hu": _stage_timer(engine, IterationEvents.FORWARD_COMPLETED, Events.ITERATION_COMPLETED),
+    }
+
+
+def _read_timers(timers: Mapping[str, Any], timings: dict[str, float] | None) -> None:
+    if timings is not None:
+        for stage, timer in timers.items():
+            timings[stage] = timings.get(stage, 0.0) + float(timer.value())
+
+
+def run_inference(
     cases: Sequence[Mapping[str, Any]],
-    model: InferenceModel,
+    config_file: str | Sequence[str] | None = None,
     batch_size: int = 8,
-    progress: bool = False,
+    output_dir: str | os.PathLike | None = None,
     timings: dict[str, float] | None = None,
-) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray]]:
-    """Reconstruct inference cases in batches: yields ``(item, HU volume (X, Y, Z), its affine)`` per case.
+    progress: bool = True,
+    **overrides: Any,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Reconstruct inference cases with the bundle's inference workflow, ``batch_size`` cases per network call.
 
-    Each case (``{"xray": [view 1, view 2], "angles": ..., "id": ...}``, as in an inference datalist) goes
-    through the config's preprocessing; ``batch_size`` of them go through the network at once; the output
-    becomes HU with the model's statistics (as ``ModelZScoreToHUd``). The affine is the expanded volume's
-    (the crop grid centred on the isocentre).
+    The workflow of ``config_file`` (``configs/inference.json``, the files merged in order as by
+    ``python -m monai.bundle run``) is built with :func:`monai.bundle.create_workflow`, given the cases as its
+    datalist, ``dataloader#batch_size`` and ``overrides``, and run; its own checks (the cases, the model
+    contract) stop a bad input before any reconstruction. Its writers (``save_transforms``) are left out: the
+    HU volumes are collected in memory, after the workflow's conversion to HU.
 
     Args:
-        cases: the inference cases.
-        model: from :func:`load_inference_model`.
-        batch_size: cases per network call.
-        progress: show a progress bar (tqdm) over the cases.
-        timings: if given, seconds per stage (``read``, ``expansion``, ``network``, ``hu``) are added to it.
+        cases: ``{"xray": [view 1, view 2], "angles": ..., "id": ...}`` items of an inference datalist.
+        config_file: inference config files; default the bundle's ``configs/inference.json``.
+        batch_size: cases per network call (the DataLoader's batch size).
+        output_dir: the run's ``output_dir`` (its case names are checked against it; nothing is written there).
+        timings: if given, seconds per stage are added to it: ``workflow`` (parsing, the checks, the network and
+            its weights), ``load``, ``network``, ``hu``.
+        progress: show a progress bar over the batches.
+        overrides: values of the inference config (``ckpt_dir``, ``invert``, ``sdd``, ``device``, ...).
+
+    Returns:
+        ``{case id: (HU volume (X, Y, Z), the voxel -> world affine of the expanded input)}``.
+
+    Raises:
+        DataError: a batch size below 1, or an override that no config file defines.
+        BundleInputError: a bad case, or a model that does not fit the config (the workflow's checks).
     """
-    from monai.transforms import apply_transform
-    from scripts.functional import zscore_to_hu
+    import tempfile
+
+    from ignite.engine import Events
+    from monai.bundle import create_workflow
 
     if int(batch_size) < 1:
         raise DataError(None, f"--batch_size {batch_size} is not positive", "give a batch size of 1 or more")
+    files = [str(BUNDLE_ROOT / "configs" / "inference.json")] if config_file is None else config_file
+    files = [files] if isinstance(files, (str, os.PathLike)) else [str(f) for f in files]
+    _check_overrides(files, overrides)
     watch = _Stopwatch(timings)
-    pre = model.preprocessing
-    steps = list(pre.transforms) if hasattr(pre, "transforms") else [pre]
-    bs = int(batch_size)
-    with tqdm(total=len(cases), desc="reconstruct", unit="vertebra", disable=not progress) as bar:
-        for b0 in range(0, len(cases), bs):
-            items = []
-            for case in cases[b0 : b0 + bs]:
-                d: Any = dict(case)
-                for t in steps:
-                    with watch(_stage(t)):
-                        d = apply_transform(t, d)
-                items.append(d)
-            with watch("network"):
-                x = torch.stack([torch.as_tensor(d["image"]).as_subclass(torch.Tensor) for d in items]).float()
-                with torch.inference_mode():
-                    pred = model.network(x.to(model.device))
-                pred = pred[0] if isinstance(pred, (list, tuple)) else pred
-            with watch("hu"):
-                hu = zscore_to_hu(pred[:, 0].float(), model.stats["gt_mean"], model.stats["gt_std"]).cpu().numpy()
-            for d, vol in zip(items, hu):
-                affine = getattr(d["image"], "affine", None)
-                aff = np.eye(4) if affine is None else np.asarray(torch.as_tensor(affine).cpu(), dtype=np.float64)
-                yield d, vol, aff
-            bar.update(len(items))
+    volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        datalist = Path(tmp) / "cases.json"
+        datalist.write_text(json.dumps([dict(c) for c in cases]))
+        settings = {"datalist": str(datalist), "save_transforms": [], "dataloader#batch_size": int(batch_size)}
+        if output_dir is not None:
+            settings["output_dir"] = str(output_dir)
+        with watch("workflow"):
+            workflow = create_workflow(config_file=files, workflow_type="infer", **{**overrides, **settings})
+        evaluator = workflow.evaluator
+        timers = _time_stages(evaluator)
+        evaluator.add_event_handler(Events.ITERATION_COMPLETED, _collect_predictions, volumes)
+        if progress:
+            from ignite.handlers import ProgressBar
+
+            ProgressBar(desc="reconstruct").attach(evaluator)
+        workflow.run()
+        workflow.finalize()
+    _read_timers(timers, timings)
+    return volumes
 
 
 def reconstruct(
@@ -770,7 +731,6 @@ def reconstruct(
     save_vertebrae: bool = True,
     device: str | None = None,
     timings: dict[str, float] | None = None,
-    model: InferenceModel | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Reconstruct every vertebra of each patient from its X-ray pair, in batches, and assemble the spine.
@@ -781,11 +741,12 @@ def reconstruct(
     The vertebrae come from ``datalist`` (a prepared dataset's datalist after ``python -m scripts.simulate``,
     whose items name their pairs as ``drr_png``, or a JSON list of ``{"xray": [...], "angles": ...,
     "id", "patient", "level"}`` items), each placed in patient space by its crop (``ct`` / ``gt`` / ``mask``
-    file or ``affine``) or by ``centre_mm``, the world position of its crop centre. Every pair is read and
-    checked before any is reconstructed. Output per patient under ``<out>/<patient>/``: the files of
-    :func:`spine` and, with ``save_vertebrae``, ``vertebrae/<id>_hu.nii.gz`` (each reconstruction placed in
-    patient space, so ``python -m scripts.spine --pred_dir <out>/<patient>/vertebrae --datalist <the same>
-    --affine_from pred`` reassembles them again).
+    file or ``affine``) or by ``centre_mm``, the world position of its crop centre. The reconstruction is the
+    bundle's inference workflow (:func:`run_inference`: its checks read every pair before any is
+    reconstructed, its DataLoader batches them); this adds the placement and the assembly. Output per patient
+    under ``<out>/<patient>/``: the files of :func:`spine` and, with ``save_vertebrae``,
+    ``vertebrae/<id>_hu.nii.gz`` (each reconstruction placed in patient space, so ``python -m scripts.spine
+    --pred_dir <out>/<patient>/vertebrae --datalist <the same> --affine_from pred`` reassembles them again).
 
     Args:
         datalist: the datalist (see above).
@@ -800,18 +761,13 @@ def reconstruct(
         formats: mesh formats.
         save_vertebrae: also write each vertebra's HU volume.
         device: where the network runs (default the config's ``device``).
-        timings: if given, seconds per stage are added to it (``check``, ``read``, ``expansion``, ``network``,
-            ``hu``, ``mesh``, ``mesh_write``, ``assemble``, ``write``, ``render``).
-        model: an already loaded model (from :func:`load_inference_model`; then ``config_file``, ``device`` and
-            ``overrides`` are not used), e.g. to reconstruct several spines in one process.
+        timings: if given, seconds per stage are added to it (those of :func:`run_inference`, then ``read``,
+            ``mesh``, ``mesh_write``, ``assemble``, ``write``, ``render``).
         overrides: inference config values (``ckpt_dir``, ``invert``, ``sdd``, ...).
 
     Returns:
         ``{patient: report}``, as :func:`spine`.
     """
-    from scripts.io.xray import MIN_XRAY_SIZE
-    from scripts.workflow import check_xray_cases
-
     cases = load_cases(datalist, None, sections)
     if patient is not None:
         wanted = {str(patient)} if isinstance(patient, (str, int)) else {str(p) for p in patient}
@@ -837,28 +793,14 @@ def reconstruct(
     if levels:
         raise DataError(datalist, f"unknown level of {', '.join(levels[:4])}", f"use one of {', '.join(LEVEL_LABELS)}")
     check_output_names(pairs, out, ids=save_vertebrae)
-    if model is None:
-        model = load_inference_model(config_file, device, **overrides)
+    if device is not None:
+        overrides["device"] = f"$torch.device({str(device)!r})"
     inputs = [{"xray": c.xray, "id": c.id, **({} if c.angles is None else {"angles": c.angles})} for c in pairs]
-    get = model.parser.get_parsed_content
+    volumes = run_inference(inputs, config_file, batch_size, output_dir=out, timings=timings, **overrides)
     watch = _Stopwatch(timings)
-    with watch("check"):  # every pair is read and checked before any is reconstructed
-        check_xray_cases(
-            inputs,
-            expansion_mode=get("expansion_mode"),
-            invert=get("invert"),
-            pixel_spacing=get("pixel_spacing"),
-            sdd=get("sdd"),
-            sod=get("sod"),
-            spatial_size=model.roi_size,
-            min_size=MIN_XRAY_SIZE,
-        )
-    by_id = {c.id: c for c in pairs}
-    volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for item, vol, aff in reconstruct_batches(inputs, model, batch_size, progress=True, timings=timings):
-        case = by_id[item["id"]]
-        volumes[case.id] = (vol, aff)
-        if save_vertebrae:
+    if save_vertebrae:
+        for case in pairs:
+            vol, aff = volumes[case.id]
             with watch("write"):
                 placed = _pred_affine(case, vol.shape, aff, "auto")
                 save_nifti(vol, placed, Path(out) / case.patient / "vertebrae" / f"{case.id}_hu.nii.gz")

@@ -240,7 +240,9 @@ def everyday(
         elif part == "spine":
             report[part] = ev.spine_benchmark(files, model, size, chans, spine_vertebrae, batch_size, spine_repeat)
         elif part == "train_step":
-            report[part] = ev.train_step_benchmark(size, _int_list(train_channels), train_repeat)
+            from scripts.tools.network_speed import train_step_benchmark
+
+            report[part] = train_step_benchmark(size, _int_list(train_channels), train_repeat)
         elif part == "imports":
             comps = ev.COMPONENTS if components is None else [c for c in str(components).split(",") if c]
             report[part] = ev.import_benchmark(comps, import_repeat)

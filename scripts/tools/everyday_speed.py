@@ -9,10 +9,8 @@
   PLY, JSON), write (``SaveImaged`` and ``PublishCaseOutputsd``), and the preview (``SavePreviewd``),
   which is reported on its own. Peer: the same case through the config's ``evaluator`` (the MONAI engine,
   preview included) in the same process.
-- ``spine``: a whole spine (17 vertebrae, T1-L5) with :func:`scripts.spine.reconstruct` in batches, stage
-  by stage. Peer: the same with one vertebra per network call.
-- ``train_step``: one EAR training step (forward, ``EARLoss``, backward, Adam) against MONAI's
-  ``BasicUNet`` of the same widths (L1 loss), batch 2, interleaved call by call.
+- ``spine``: a whole spine (17 vertebrae, T1-L5) with :func:`scripts.spine.reconstruct` (the bundle's inference
+  workflow, batched, then the assembly), stage by stage. Peer: the same with one vertebra per network call.
 - ``imports``: the import time of each component on top of ``import torch, monai``, each in a fresh
   interpreter. Peer: ``import torch, monai`` itself.
 - ``drr``: :func:`scripts.tools.drr_speed.drr_benchmark` (this projector against DiffDRR).
@@ -49,7 +47,6 @@ __all__ = [
     "write_xray_pairs",
     "vertebra_benchmark",
     "spine_benchmark",
-    "train_step_benchmark",
     "import_benchmark",
     "profile_bundle_run",
     "profile_main",
@@ -139,7 +136,7 @@ def write_xray_pairs(crops: Sequence[dict], folder: str | os.PathLike, seed: int
     """
     from scripts.drr.geometry import ConeBeamGeometry
     from scripts.drr.projector import DRRProjector
-    from scripts.simulate import write_png16
+    from scripts.io.xray import write_png16
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,29 +169,45 @@ def write_xray_pairs(crops: Sequence[dict], folder: str | os.PathLike, seed: int
     return path
 
 
-def _load_model(
+def _model_overrides(model: str | None, channels: Sequence[int] | None, roi: int) -> dict[str, Any]:
+    """Config overrides that select the model: ``model`` a ``model.pt`` (its folder becomes ``ckpt_dir``), ``None``
+    (the config's), or ``"none"``: random weights of widths ``channels`` at ``roi``^3, with made-up statistics
+    (for tiny test runs)."""
+    if model is None:
+        return {}
+    if model != "none":
+        return {"ckpt_dir": str(Path(model).resolve().parent)}
+    spacing = 2.0 * 64 / roi
+    overrides: dict[str, Any] = {"load_pretrain": False, "roi_size": roi, "spacing": spacing}
+    if channels is not None:
+        overrides["channels"] = [int(c) for c in channels]
+    overrides["network"] = (
+        "$@scripts.networks.attach_model_info(@network_def, {'gt_mean': -800.0, 'gt_std': 300.0}, "
+        f"{spacing}, {roi}).to(@device)"
+    )
+    return overrides
+
+
+def _config_paths(configs: Sequence[str]) -> list[str]:
+    """Config files as given, or relative to the bundle root."""
+    return [c if Path(c).is_file() else str(_ROOT / c) for c in configs]
+
+
+def _inference_workflow(
     configs: Sequence[str], model: str | None, channels: Sequence[int] | None, roi: int, **overrides: Any
 ) -> Any:
-    """The inference components of ``configs`` on the CPU.
+    """The bundle's inference workflow of ``configs`` on the CPU (``monai.bundle.create_workflow``), initialised,
+    with the trained weights loaded by the config's own ``checkpointloader`` (see :func:`_model_overrides`) and
+    the network in eval mode, as the evaluator runs it."""
+    from monai.bundle import create_workflow
 
-    ``model``: a ``model.pt`` (its folder becomes ``ckpt_dir``), ``None`` (the config's), or ``"none"``: random
-    weights of widths ``channels`` at ``roi``^3, with made-up statistics (for tiny test runs).
-    """
-    from scripts.spine import load_inference_model
-
-    if model == "none":
-        spacing = 2.0 * 64 / roi
-        overrides = {**overrides, "load_pretrain": False, "roi_size": roi, "spacing": spacing}
-        if channels is not None:
-            overrides["channels"] = [int(c) for c in channels]
-        overrides["network"] = (
-            "$@scripts.networks.attach_model_info(@network_def, {'gt_mean': -800.0, 'gt_std': 300.0}, "
-            f"{spacing}, {roi}).to(@device)"
-        )
-    elif model is not None:
-        overrides = {**overrides, "ckpt_dir": str(Path(model).resolve().parent)}
-    files = [c if Path(c).is_file() else str(_ROOT / c) for c in configs]  # relative to the bundle root too
-    return load_inference_model(files, device="cpu", **overrides)
+    overrides = {**_model_overrides(model, channels, roi), **overrides, "device": "$torch.device('cpu')"}
+    workflow = create_workflow(config_file=_config_paths(configs), workflow_type="infer", **overrides)
+    get = workflow.parser.get_parsed_content
+    if get("load_pretrain"):
+        get("checkpointloader")(get("evaluator"))
+    get("network").eval()
+    return workflow
 
 
 class _Stages:
@@ -271,10 +284,11 @@ def vertebra_benchmark(
         case = json.loads(datalist.read_text())[0]
         case = {"xray": [str(datalist.parent / f) for f in case["xray"]], "angles": case["angles"], "id": case["id"]}
         # every override before the first parse: setting a config item later rebuilds all components
-        m = _load_model(configs, model, channels, roi, output_dir=str(Path(tmp) / "outputs"), cases=[case])
-        parser = m.parser
-        steps = list(m.preprocessing.transforms)
-        post = list(parser.get_parsed_content("postprocessing").transforms)
+        wf = _inference_workflow(configs, model, channels, roi, output_dir=str(Path(tmp) / "outputs"), cases=[case])
+        get = wf.parser.get_parsed_content
+        network, device = get("network"), get("device")
+        steps = list(get("preprocessing").transforms)
+        post = list(get("postprocessing").transforms)
         stages = _Stages()
         for i in range(warmup + repeat):
             if i == warmup:
@@ -287,7 +301,7 @@ def vertebra_benchmark(
             with stages("collate"):
                 batch = list_data_collate([d])
             with stages("network"), torch.inference_mode():
-                pred = m.network(batch["image"].to(m.device))
+                pred = network(batch["image"].to(device))
             with stages("collate"):
                 item = decollate_batch({**batch, "pred": pred})[0]
             for t in post:
@@ -296,9 +310,9 @@ def vertebra_benchmark(
         result: dict[str, Any] = {
             "input": f"one simulated AP + lateral pair (PNG) of {source}",
             "configs": list(configs),
-            "checkpoint": m.checkpoint,
-            "roi_size": m.roi_size,
-            "spacing_mm": m.spacing,
+            "checkpoint": get("model_file") if get("load_pretrain") else None,
+            "roi_size": int(get("roi_size")),
+            "spacing_mm": float(get("spacing")),
             "repeat": repeat,
             "stages_ms": stages.medians_ms(),
             "total_ms": _median_ms(stages.totals(exclude=("preview",))),
@@ -306,7 +320,7 @@ def vertebra_benchmark(
             "mesh": {k: item["pred_mesh"][k] for k in ("vertices", "faces", "watertight", "components")},
         }
         if engine:  # the same network object, with its loaded weights
-            evaluator = parser.get_parsed_content("evaluator")
+            evaluator = get("evaluator")
             times = []
             for i in range(warmup + repeat):
                 t0 = time.perf_counter()
@@ -332,9 +346,10 @@ def spine_benchmark(
 ) -> dict:
     """A whole spine with :func:`scripts.spine.reconstruct` in a warm process: batched against one by one.
 
-    Each timed run reconstructs, meshes and assembles all ``vertebrae`` and writes every output (per
-    vertebra HU volume, meshes, label map, HU map, rendering, report). Runs alternate between ``batch_size``
-    and 1 vertebra per network call (the peer).
+    Each timed run builds the bundle's inference workflow (config, network, weights, the check of every pair),
+    reconstructs, meshes and assembles all ``vertebrae`` and writes every output (per vertebra HU volume,
+    meshes, label map, HU map, rendering, report). Runs alternate between ``batch_size`` and 1 vertebra per
+    network call (the peer).
 
     Returns:
         per batch size: ``total_ms`` (median wall per spine), ``stages_ms`` (median per stage); and the ratio.
@@ -344,7 +359,7 @@ def spine_benchmark(
     crops, source = benchmark_crops(vertebrae, roi, 2.0 * 64 / roi)
     with tempfile.TemporaryDirectory() as tmp:
         datalist = write_xray_pairs(crops, Path(tmp) / "xrays")
-        m = _load_model(configs, model, channels, roi)
+        overrides = _model_overrides(model, channels, roi)
         sizes = {"batched": int(batch_size), "one_by_one": 1}
         stages = {name: _Stages() for name in sizes}
         walls: dict[str, list[float]] = {name: [] for name in sizes}
@@ -353,8 +368,8 @@ def spine_benchmark(
             for name, bs in sizes.items():
                 timings: dict[str, float] = {}
                 t0 = time.perf_counter()
-                report = reconstruct(str(datalist), str(Path(tmp) / f"out_{name}"), batch_size=bs, timings=timings,
-                                     model=m, formats=("stl", "ply"))  # fmt: skip
+                report = reconstruct(str(datalist), str(Path(tmp) / f"out_{name}"), _config_paths(configs), bs,
+                                     timings=timings, device="cpu", formats=("stl", "ply"), **overrides)  # fmt: skip
                 wall = time.perf_counter() - t0
                 if i >= warmup:
                     walls[name].append(wall)
@@ -379,38 +394,6 @@ def spine_benchmark(
         result["watertight_meshes"] = sum(
             1 for v in rep.get("vertebrae", {}).values() if v.get("mesh") and v["mesh"]["watertight"]
         )
-    return result
-
-
-def train_step_benchmark(
-    size: int = 64, channels: Sequence[int] = (8, 16, 32, 64, 128), repeat: int = 5, warmup: int = 1
-) -> dict:
-    """EAR training step (``EARLoss``) against ``BasicUNet`` of the same widths (L1), batch 2, interleaved."""
-    from scripts.tools.network_speed import _step_fn, build_networks
-
-    nets = build_networks(channels)
-    fns = {name: _step_fn(net, loss, "train", size) for name, (net, loss) in nets.items()}
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    result: dict[str, Any] = {
-        "size": size,
-        "channels": [int(c) for c in channels],
-        "batch": 2,
-        "repeat": repeat,
-        "params": {name: sum(p.numel() for p in net.parameters()) for name, (net, _) in nets.items()},
-    }
-    for name, t in times.items():
-        result[name] = {"median_ms": _median_ms(t), "min_ms": round(min(t) * 1000.0, 2)}
-    result["ratio_ear_to_unet"] = {
-        k: round(result["ear"][k] / result["basic_unet"][k], 3) for k in ("median_ms", "min_ms")
-    }
     return result
 
 
@@ -463,18 +446,19 @@ def profile_bundle_run(
     start = start or (time.time(), time.perf_counter())
     marks = {"driver_start": start[0]}
     t0 = start[1]
-    import scripts.networks  # noqa: F401  (what the config's @scripts item imports, timed with the imports)
-    import scripts.transforms  # noqa: F401
+    import monai.bundle
     from monai.bundle import ConfigWorkflow
 
     times: dict[str, float] = {"imports": time.perf_counter() - t0}
-    import monai.bundle
 
     # as `python -m monai.bundle run` sees it (the inference config's finalize step looks at argv[0])
     sys.argv = [str(Path(monai.bundle.__file__).parent / "__main__.py")]
     t0 = time.perf_counter()
     workflow = ConfigWorkflow(config_file=list(configs), workflow_type="infer", **overrides)
     times["config_parse"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    workflow_module = workflow.parser.get_parsed_content("scripts").workflow  # the bundle's packages, as configs use
+    times["imports"] += time.perf_counter() - t0
     stage_times: dict[str, float] = {}
 
     def timed_function(module: Any, name: str, stage: str) -> None:
@@ -489,10 +473,8 @@ def profile_bundle_run(
 
         setattr(module, name, wrapper)
 
-    import scripts.workflow
-
-    timed_function(scripts.workflow, "check_model", "initialize.check_model")
-    timed_function(scripts.workflow, "inference_cases", "initialize.cases")
+    timed_function(workflow_module, "check_model", "initialize.check_model")
+    timed_function(workflow_module, "inference_cases", "initialize.cases")
     t0 = time.perf_counter()
     workflow.initialize()
     times["initialize"] = time.perf_counter() - t0

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import multiprocessing
 import statistics
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["build_networks", "network_benchmark"]
+__all__ = ["build_networks", "network_benchmark", "train_step_benchmark"]
 
 
 #: baseline networks of ``--baselines``: name -> how ``configs/lab/baselines/<name>.json`` sets the widths
@@ -174,3 +176,33 @@ def network_benchmark(
             entry[mode] = result
         report["sizes"][str(size)] = entry
     return report
+
+
+def train_step_benchmark(
+    size: int = 64, channels: Sequence[int] = (8, 16, 32, 64, 128), repeat: int = 5, warmup: int = 1
+) -> dict:
+    """EAR training step (``EARLoss``) against ``BasicUNet`` of the same widths (L1), batch 2, interleaved."""
+    nets = build_networks(channels)
+    fns = {name: _step_fn(net, loss, "train", size) for name, (net, loss) in nets.items()}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    result: dict[str, Any] = {
+        "size": size,
+        "channels": [int(c) for c in channels],
+        "batch": 2,
+        "repeat": repeat,
+        "params": {name: sum(p.numel() for p in net.parameters()) for name, (net, _) in nets.items()},
+    }
+    for name, t in times.items():
+        result[name] = {"median_ms": round(statistics.median(t) * 1000.0, 2), "min_ms": round(min(t) * 1000.0, 2)}
+    result["ratio_ear_to_unet"] = {
+        k: round(result["ear"][k] / result["basic_unet"][k], 3) for k in ("median_ms", "min_ms")
+    }
+    return result
