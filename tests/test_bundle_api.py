@@ -9,8 +9,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from monai.bundle import ConfigWorkflow
 from scripts.errors import BundleInputError
+from scripts.networks import EAR, attach_model_info
 from scripts.networks.model_info import read_model_info
 from tests.test_workflows import ROOT, SMALL, _chain
 
@@ -67,7 +69,8 @@ def test_monai_bundle_load_from_another_folder(tmp_path):
 
 def test_monai_bundle_commands_from_another_folder(dataset, trained, tmp_path):
     """``verify_net_in_out``, ``ckpt_export``, ``verify_metadata`` and ``run`` as MONAI's command line calls them,
-    from a fresh process in another folder, without ``--bundle_root``."""
+    from a fresh process in another folder, without ``--bundle_root``; the exported TorchScript computes what the
+    checkpoint computes and keeps its statistics."""
     from tests.test_workflows import _write_xrays
 
     work, out = tmp_path / "work", tmp_path / "out"
@@ -81,10 +84,22 @@ def test_monai_bundle_commands_from_another_folder(dataset, trained, tmp_path):
         f"verify_net_in_out('network_def', meta_file={meta!r}, config_file={cpu!r})\n"
         f"ckpt_export('network_def', filepath={str(tmp_path / 'model.ts')!r}, "
         f"ckpt_file={str(ROOT / 'models' / 'cpu' / 'model.pt')!r}, meta_file={meta!r}, config_file={cpu!r})\n"
+        # the model trained at the test size, its widths given as overrides (--channels ... on the command line)
+        f"ckpt_export('network_def', filepath={str(tmp_path / 'trained.ts')!r}, "
+        f"ckpt_file={str(trained / 'model.pt')!r}, meta_file={meta!r}, "
+        f"config_file={str(CONFIGS / 'inference.json')!r}, ckpt_dir={str(trained)!r}, "
+        f"channels={SMALL['channels']!r}, roi_size={SMALL['roi_size']!r}, spacing={SMALL['spacing']!r})\n"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "model.ts").is_file()  # the verify_* commands raise on failure
+    net = attach_model_info(EAR(channels=SMALL["channels"]))
+    net.load_state_dict(torch.load(trained / "model.pt", weights_only=True))
+    scripted = torch.jit.load(str(tmp_path / "trained.ts"))
+    assert read_model_info(scripted) == read_model_info(trained / "model.pt"), "the statistics survive the export"
+    x = torch.randn(1, 2, SMALL["roi_size"], SMALL["roi_size"], SMALL["roi_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net.eval()(x), rtol=1e-4, atol=1e-4)
     overrides = [f"--{k}={v}" for k, v in SMALL.items() if k != "num_workers"]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json")]
     cmd += ["--ckpt_dir", str(trained), "--output_dir", str(out), "--xrays", repr(xrays), *overrides]

@@ -170,6 +170,9 @@ def test_gated_block_identity_plus_gate():
     torch.testing.assert_close(block(x, g), x * gate + x)
 
 
+# slow: covered by tests/test_bundle_api.py::test_monai_bundle_commands_from_another_folder (verify_net_in_out of
+# the bundle's network_def against metadata.json, from a fresh process in another folder)
+@pytest.mark.slow
 def test_verify_net_in_out_with_bundle_metadata(bundle_root, tmp_path):
     config = tmp_path / "net.json"
     config.write_text(json.dumps({"network_def": {"_target_": "scripts.networks.EAR", "channels": list(SMALL)}}))

@@ -265,6 +265,9 @@ def test_ddp_two_gloo_processes(dataset, tmp_path):
     assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(2 * 0.01)
 
 
+# slow: covered by tests/test_bundle_api.py::test_monai_bundle_commands_from_another_folder (ckpt_export of this
+# model with its widths as overrides, from another folder: TorchScript matches eager and keeps the statistics)
+@pytest.mark.slow
 def test_ckpt_export_matches_eager(trained, tmp_path):
     ts = tmp_path / "model.ts"
     cmd = [
