@@ -49,6 +49,9 @@ def _version_key(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split("."))
 
 
+# slow: covered by tests/test_bundle_api.py::test_monai_bundle_commands_from_another_folder (verify_metadata of
+# configs/metadata.json against the same schema, from another folder)
+@pytest.mark.slow
 def test_verify_metadata_against_kept_schema(bundle_root):
     cmd = [
         sys.executable,
