@@ -1,8 +1,12 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""The package boundaries of ``scripts/``: no import circles, no upward imports, transforms only in transforms.
+"""The package boundaries of ``scripts/``: no import circles, no upward imports, at most six floors of imports,
+transforms only in transforms.
 
 Every ``import`` statement counts, at module level and inside functions, so a circle hidden in a function
-body is found too. The layers, lowest first, are those of docs/README.md ("Code layout").
+body is found too. The layers, lowest first, are those of docs/reference.md ("Code layout"). The floors are the
+longest chain of imports between modules, counted with the package ``__init__`` files that Python runs on the
+way (importing ``scripts.io.xray`` from outside ``scripts.io`` also runs ``scripts/io/__init__.py`` and
+everything that imports).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1] / "scripts"
 #: lowest first; a module may import modules of its own layer or below, never above.
 LAYERS: list[tuple[str, ...]] = [
     ("scripts", "scripts.errors", "scripts.utils"),
-    ("scripts.drr", "scripts.data", "scripts.networks", "scripts.functional"),
+    ("scripts.functional", "scripts.drr", "scripts.data", "scripts.networks"),
     ("scripts.io",),
     ("scripts.transforms",),
     ("scripts.losses", "scripts.metrics", "scripts.handlers"),
@@ -61,6 +65,39 @@ def import_graph() -> dict[str, set[str]]:
                 if name in mods and name != mod and name.startswith("scripts"):
                     graph[mod].add(name)
     return graph
+
+
+#: the most modules in one chain of imports (package ``__init__`` files included)
+MAX_CHAIN = 6
+
+
+def with_package_inits(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``graph`` plus the package ``__init__`` modules each import runs: a module that imports ``a.b.c`` from
+    outside package ``a.b`` also runs ``a/b/__init__.py`` (and ``a/__init__.py`` from outside ``a``)."""
+    full = {m: set(targets) for m, targets in graph.items()}
+    for mod, targets in graph.items():
+        for target in targets:
+            parts = target.split(".")
+            for i in range(1, len(parts)):
+                package = ".".join(parts[:i])
+                if package in graph and package != mod and not mod.startswith(package + "."):
+                    full[mod].add(package)
+    return full
+
+
+def longest_chain(graph: dict[str, set[str]]) -> list[str]:
+    """The longest chain of imports ``[importer, imported, ...]`` of an acyclic ``graph`` (ties: by name)."""
+    best: dict[str, list[str]] = {}
+
+    def chain(module: str, path: tuple[str, ...]) -> list[str]:
+        if module in path:
+            raise AssertionError(f"import circle: {' -> '.join(path + (module,))}")
+        if module not in best:
+            tails = [chain(t, path + (module,)) for t in sorted(graph[module])]
+            best[module] = [module] + max(tails, key=len, default=[])
+        return best[module]
+
+    return max((chain(m, ()) for m in sorted(graph)), key=len, default=[])
 
 
 def layer_of(module: str) -> int:
@@ -119,6 +156,21 @@ def test_the_graph_sees_function_level_imports():
 
 def test_no_import_circles():
     assert _cycles(import_graph()) == []
+
+
+def test_the_chain_counts_package_inits():
+    full = with_package_inits(import_graph())
+    # scripts.handlers imports scripts.networks.model_info, which runs scripts/networks/__init__.py first
+    assert "scripts.networks" in full["scripts.handlers"]
+    assert "scripts.networks" not in full["scripts.networks.ear"]  # its own package: already running
+    graph = {"a": {"b.c"}, "b": {"b.d"}, "b.c": set(), "b.d": {"e"}, "e": set()}
+    assert with_package_inits(graph)["a"] == {"b.c", "b"}
+    assert longest_chain(with_package_inits(graph)) == ["a", "b", "b.d", "e"]
+
+
+def test_at_most_six_floors():
+    chain = longest_chain(with_package_inits(import_graph()))
+    assert len(chain) <= MAX_CHAIN, f"{len(chain)} modules: {' -> '.join(chain)}"
 
 
 def test_no_upward_imports():
