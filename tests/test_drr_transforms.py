@@ -101,3 +101,13 @@ def test_spectrum_and_photon_count_drawn_per_item():
         DRRd("gt", photon_count=[1e6, 1e4])
     with pytest.raises(ValueError):
         DRRd("gt", spectrum=["60kV", "42kV"])
+
+
+def test_random_rotation_turns_about_x_then_y_then_z():
+    from scripts.transforms import random_rotation
+
+    rot = random_rotation([90.0, 0.0, 90.0])  # Rz(90) @ Rx(90): x -> y, y -> z, z -> x
+    np.testing.assert_allclose(rot @ np.eye(3), [[0, 0, 1], [1, 0, 0], [0, 1, 0]], atol=1e-12)
+    rot = random_rotation([10.0, -20.0, 35.0])
+    np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(rot), 1.0)

@@ -70,6 +70,7 @@ def as_angles(angles: Sequence | np.ndarray | torch.Tensor) -> torch.Tensor:
     return a
 
 
+# batched over views in torch, on the projector's device and dtype (scipy's Rotation is NumPy on the CPU)
 def _rot_z(a: torch.Tensor) -> torch.Tensor:
     c, s, o, i = torch.cos(a), torch.sin(a), torch.zeros_like(a), torch.ones_like(a)
     return torch.stack([torch.stack([c, -s, o], -1), torch.stack([s, c, o], -1), torch.stack([o, o, i], -1)], -2)

@@ -34,6 +34,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Transform
+from scipy.spatial.transform import Rotation
 from scripts.drr.body import load_body_scan, ray_slab
 from scripts.drr.geometry import ConeBeamGeometry, as_angles, crop_centre
 from scripts.drr.projector import DRRProjector, default_geometry
@@ -43,12 +44,9 @@ __all__ = ["DRR", "DRRd", "SeededDRRd", "item_seed", "random_rotation", "geometr
 
 
 def random_rotation(angles_deg: Sequence[float]) -> np.ndarray:
-    """Rotation matrix ``Rz(c) @ Ry(b) @ Rx(a)`` from angles (a, b, c) in degrees about x, y, z."""
-    a, b, c = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    """Rotation matrix ``Rz(c) @ Ry(b) @ Rx(a)`` from angles (a, b, c) in degrees about the fixed x, y, z axes
+    (scipy's extrinsic ``"xyz"`` Euler angles)."""
+    return Rotation.from_euler("xyz", np.asarray(angles_deg, dtype=np.float64), degrees=True).as_matrix()
 
 
 def geometry_to_tensors(meta: Mapping) -> dict[str, torch.Tensor]:
