@@ -423,7 +423,9 @@ class BestModelSaver:
 class VertebraMetricsTable:
     """Writes every per-vertebra metric into one table, and a summary with mean ± std, after an evaluation.
 
-    ``monai.handlers.MetricsSaver`` writes one ``<metric>_raw.csv`` per metric; this handler joins the same
+    Needed beside ``monai.handlers.MetricsSaver``, which writes one file per metric: the paired differences of
+    :mod:`scripts.tools.experiments` and the README's per-vertebra results read one row per vertebra with every
+    metric. ``MetricsSaver`` writes one ``<metric>_raw.csv`` per metric; this handler joins the same
     per-item values (``engine.state.metric_details``, filled by ``IgniteMetricHandler(save_details=True)``)
     into ``metrics_per_vertebra.csv`` with one row per vertebra (its ``id`` from the datalist) and one column
     per metric, and writes ``metrics_summary.csv`` (metric, mean, std, median, n, n_nan). Both files are
