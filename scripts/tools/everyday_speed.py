@@ -57,7 +57,7 @@ __all__ = [
 #: the 17 thoracic and lumbar levels of the whole-spine benchmark
 SPINE_LEVELS = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
 #: the components whose import cost is measured
-COMPONENTS = ("scripts.transforms", "scripts.losses", "scripts.metrics", "scripts.networks", "scripts.io")
+COMPONENTS = ("scripts.transforms", "scripts.losses", "scripts.metrics", "scripts.networks", "scripts.io.xray")
 _ROOT = Path(__file__).resolve().parents[2]
 _STEP_MM = 26.0  # spacing of the stacked crops of a synthetic spine
 
