@@ -11,9 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# One thread per process, for the tests and the bundle runs they start: their tensors are small, where a thread
+# pool costs more than it gains, and on a busy 2-core machine OpenMP threads waiting for each other make torch
+# several times slower (a test module measured 44 s with two threads, 13 s with one). OMP_NUM_THREADS=2 runs
+# the suite with two.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules and os.environ["OMP_NUM_THREADS"].isdigit():  # torch imported first: set it directly
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 ROOT = BUNDLE_ROOT
