@@ -314,6 +314,8 @@ def check_model(
         differences.append((f"{info['spacing']:g} mm voxels", f"--spacing {float(spacing):g}"))
     if roi_size is not None and info["roi_size"] is not None and int(roi_size) != info["roi_size"]:
         differences.append((f"{info['roi_size']}^3 crops", f"--roi_size {int(roi_size)}"))
+    if views is not None:
+        views = parse_angles(views).tolist()  # a bad angle (identical views, out of range) is named as such first
     if views is not None and not _same_views(views, info["views"]):
         differences.append((f"views {json.dumps(info['views'])}", f"--views {json.dumps(views)}"))
     if expansion_mode is not None and expansion_mode != info["expansion_mode"]:
