@@ -204,7 +204,8 @@ class DRR(Randomizable, Transform):
             "volume_shape": list(grid_shape),
             "physics": self.projector.physics,
             "spectrum": self.projector.spectrum,
-            "photon_count": self.projector.photon_count,
+            # 0 photons stands for "no noise" (None would not collate in a DataLoader batch)
+            "photon_count": 0.0 if self.projector.photon_count is None else self.projector.photon_count,
             "energy_kev": self.projector.energy_kev,
         }
         out_affine = torch.eye(4, dtype=torch.float64)
