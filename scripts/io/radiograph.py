@@ -70,7 +70,7 @@ from scripts.drr.windows import (
 from scripts.errors import BundleInputError, XRayInputError
 from scripts.functional import DEFAULT_ANGLES, parse_angles
 from scripts.io.outputs import case_meta_name
-from scripts.io.xray import check_not_blank, read_xray
+from scripts.io.xray import _is_dicom, check_not_blank, read_xray
 
 __all__ = [
     "Radiograph",
@@ -435,7 +435,7 @@ def read_radiograph(path: str | os.PathLike, sidecar: str | os.PathLike | None =
     """
     p = Path(path)
     arr, _ = read_xray(p)  # rescale slope / intercept applied, MONOCHROME1 inverted
-    is_dicom = p.suffix.lower() in _DICOM_SUFFIXES or _looks_dicom(p)
+    is_dicom = p.suffix.lower() in _DICOM_SUFFIXES or _is_dicom(p)
     side = Path(sidecar) if sidecar is not None else sidecar_path(p)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -502,15 +502,6 @@ def read_radiograph(path: str | os.PathLike, sidecar: str | os.PathLike | None =
         world_to_system=values.get("world_to_system"),
         sources=sources,
     )
-
-
-def _looks_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def radiograph_views(radiographs: Sequence[Radiograph], sod: float | None = None) -> list[RadiographView]:

@@ -18,7 +18,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from scripts.tools.timing import machine_info, write_report
@@ -191,6 +191,66 @@ def _goals(report: dict) -> dict:
     return goals
 
 
+def body_window_benchmark(
+    size: int = 64,
+    spacing: float = 2.0,
+    batch: int = 2,
+    channels: Sequence[int] = (8, 16, 32, 64, 128),
+    repeat: int = 7,
+    warmup: int = 1,
+) -> dict:
+    """The body X-ray windows of one training batch against the network's own training step, interleaved.
+
+    The whole example CT (LIDC-IDRI-0001, a chest) resampled to ``spacing`` mm is the scan; the windows are
+    centred on the ``batch`` largest vertebrae of its label map, ``size`` pixels each, at the geometry of a
+    ``size``^3 crop (``ConeBeamGeometry.for_crop``), polychromatic with noise, as training simulates them
+    (``scripts.transforms.DRR`` with a reference grid, which samples only the slab the rays cross). The peer is
+    one training step of EAR (``EARLoss``, batch ``batch``, ``channels``) at ``size``^3
+    (:func:`scripts.tools.network_speed.train_step_benchmark`'s step), timed in the same rounds.
+    """
+    import numpy as np
+    import torch
+    from monai.data import MetaTensor
+    from scripts.data.crop import to_ras_isotropic
+    from scripts.data.io import load_volume
+    from scripts.data.sources import fetch_example
+    from scripts.drr.geometry import grid_affine
+    from scripts.tools.network_speed import _step_fn, build_networks
+    from scripts.tools.timing import interleaved_seconds
+    from scripts.transforms.drr import DRR
+
+    case = fetch_example()
+    ct = to_ras_isotropic(load_volume(case.ct, "CT"), spacing)
+    lab = np.asarray(to_ras_isotropic(load_volume(case.mask, "labels"), spacing, is_label=True)[0]).astype(np.int64)
+    values, counts = np.unique(lab[lab > 0], return_counts=True)
+    aff = np.asarray(ct.affine, dtype=np.float64)
+    centres = [
+        aff[:3, :3] @ np.argwhere(lab == v).mean(0) + aff[:3, 3] for v in values[np.argsort(counts)[::-1][:batch]]
+    ]
+    refs = [MetaTensor(torch.zeros(1, size, size, size), affine=grid_affine((size,) * 3, spacing, c)) for c in centres]
+    scan = MetaTensor(torch.as_tensor(np.asarray(ct), dtype=torch.float32), affine=torch.as_tensor(aff))
+    drr = DRR(angles=[[0.0, 0.0], [90.0, 0.0]], physics="poly", photon_count=1e6)
+    net, loss = build_networks(channels)["ear"]
+    fns = {
+        "body_windows": lambda: [drr(scan, reference=r) for r in refs],
+        "train_step": _step_fn(net, loss, "train", size),
+    }
+    times = interleaved_seconds(fns, repeat, warmup)
+    result: dict = {
+        "benchmark": "body_windows",
+        "scan": f"example CT at {spacing:g} mm, {tuple(int(n) for n in ct.shape[1:])} voxels",
+        "windows": f"{len(refs)} pairs (AP, lateral) x {size}x{size} pixels, poly 60 kV, 1e6 photons",
+        "network": f"EAR {list(channels)}, batch {batch}, {size}^3",
+        "repeat": repeat,
+    }
+    for name, t in times.items():
+        result[name] = {"median_ms": round(statistics.median(t) * 1000.0, 2), "min_ms": round(min(t) * 1000.0, 2)}
+    result["ratio_to_train_step"] = {
+        k: round(result["body_windows"][k] / result["train_step"][k], 3) for k in ("median_ms", "min_ms")
+    }
+    return result
+
+
 def everyday(
     size: int = 64,
     configs: Any = "configs/inference.json,configs/cpu.json",
@@ -256,8 +316,6 @@ def everyday(
             report[part] = drr_benchmark(drr_size, drr_size, 1, drr_repeat, 2, source=source)
             report[part].pop("machine", None)
         elif part == "body_windows":
-            from scripts.tools.drr_speed import body_window_benchmark
-
             report[part] = body_window_benchmark(size, channels=_int_list(train_channels), repeat=train_repeat)
         elif part == "paper_inference":
             report[part] = ev.paper_inference_benchmark(repeat=paper_repeat)

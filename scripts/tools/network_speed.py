@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import multiprocessing
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -182,17 +181,11 @@ def train_step_benchmark(
     size: int = 64, channels: Sequence[int] = (8, 16, 32, 64, 128), repeat: int = 5, warmup: int = 1
 ) -> dict:
     """EAR training step (``EARLoss``) against ``BasicUNet`` of the same widths (L1), batch 2, interleaved."""
+    from scripts.tools.timing import interleaved_seconds
+
     nets = build_networks(channels)
     fns = {name: _step_fn(net, loss, "train", size) for name, (net, loss) in nets.items()}
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_seconds(fns, repeat, warmup)
     result: dict[str, Any] = {
         "size": size,
         "channels": [int(c) for c in channels],

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from scripts.utils import atomic_path
 
-__all__ = ["PeakMemory", "time_call", "machine_info", "write_report"]
+__all__ = ["PeakMemory", "time_call", "interleaved_seconds", "machine_info", "write_report"]
 
 
 def _rss_bytes() -> int:
@@ -99,6 +99,21 @@ def time_call(fn: Callable[[], Any], warmup: int = 2, repeat: int = 5, device: t
         _sync()
         times.append((time.perf_counter() - t0) * 1000.0)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "repeat": repeat}
+
+
+def interleaved_seconds(fns: dict[str, Callable[[], Any]], repeat: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall seconds of each function over ``repeat`` rounds, the functions taking turns within a round (so that all
+    see the same machine load), after ``warmup`` untimed rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict:
