@@ -79,14 +79,14 @@ def bundle_package(bundle_root: str | os.PathLike) -> ModuleType:
     The configs reach the package as ``@scripts`` rather than through ``$import scripts`` in their ``imports``:
     MONAI evaluates ``imports`` before any other item, when the bundle folder may not be on ``sys.path`` yet
     (``monai.bundle.load`` or ``ConfigWorkflow`` called from another folder). The ``bundle_on_path`` item first
-    puts ``bundle_root`` on ``sys.path`` (``bundle_root`` is the folder above the config files, found from the
-    ``ConfigWorkflow`` that reads them), then the ``scripts`` item calls this.
+    puts ``bundle_root`` on ``sys.path`` (``bundle_root`` is the folder above the config files, found on the call
+    stack from the ``ConfigWorkflow`` that reads them or the ``config_file`` argument of MONAI's bundle commands,
+    because MONAI gives a config no way to know its own file), then the ``scripts`` item calls this.
+    Under ``python -m monai.bundle`` it also installs the handler that ends an input error with its one line
+    instead of a traceback (:func:`scripts.errors.install_cli_excepthook`).
 
     Args:
         bundle_root: the bundle folder.
-
-    Under ``python -m monai.bundle`` it also installs the handler that ends an input error with its one line
-    instead of a traceback (:func:`scripts.errors.install_cli_excepthook`).
 
     Raises:
         BundleInputError: when the ``scripts`` package already imported in this process is another one (another
