@@ -115,8 +115,25 @@ class ResumableCheckpoint:
         if self.include_engine:
             self.save_dict.setdefault("trainer", engine)
         if self.resume:
+            self._check_networks()
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+
+    @reports_input_errors
+    def _check_networks(self) -> None:
+        """Refuse, when the workflow is built (before any work), a checkpoint whose networks do not fit this run's."""
+        if not self.path.is_file():
+            return
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # unreadable: :meth:`load` says so when the run starts
+            return
+        for k, obj in self.save_dict.items():
+            target = unwrap_module(obj)
+            if isinstance(target, torch.nn.Module) and isinstance(state.get(k), Mapping):
+                problem = _state_dict_misfit(state[k], target.state_dict())
+                if problem:
+                    raise self._misfit(k, problem)
 
     @staticmethod
     def _is_main_process() -> bool:

@@ -126,7 +126,7 @@ def check_dataset(dataset_dir: str | os.PathLike) -> Path:
 
 
 @reports_input_errors
-def load_split(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
+def load_split(dataset_dir: str | os.PathLike, split: str, source: str | None = None) -> list[dict]:
     """Load one split (``training``, ``validation`` or ``test``) of a prepared dataset's datalist.
 
     The file entries (:data:`FILE_KEYS`) are made absolute against the dataset folder; other entries
@@ -138,6 +138,8 @@ def load_split(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
     Args:
         dataset_dir: folder written by ``python -m scripts.prepare``.
         split: key of the datalist to load.
+        source: the X-ray source the run projects (``drr_source``: ``gt``, ``ct`` or ``body``); every item must hold
+            it, else the run stops before any work (a dataset prepared before whole scans were kept has no ``body``).
     """
     datalist = check_dataset(dataset_dir)
     base = datalist.parent
@@ -148,6 +150,19 @@ def load_split(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
             "(python -m scripts.prepare --split ...), or give the items in the config "
             f"(e.g. --validate#dataset#data for validation)."
         )
+    if source is not None:
+        lacking = [str(it.get("id", i)) for i, it in enumerate(content[split]) if source not in it]
+        if lacking:
+            fix = (
+                f"prepare it again with python -m scripts.prepare --out {datalist.parent} (it keeps each patient's "
+                "whole scan for body X-rays)"
+                if source == "body"
+                else "check --drr_source (gt, ct or body)"
+            )
+            raise BundleInputError(
+                f"{len(lacking)} item(s) of {datalist} ({split}) have no {source!r} entry to project (e.g. "
+                f"{lacking[0]}); {fix}."
+            )
     return [_absolute(item, base) for item in content[split]]
 
 

@@ -152,3 +152,15 @@ def test_a_pose_turns_the_crops_and_the_rays_of_the_whole_scan_alike():
         assert ncc(turned_crop[v], turned_rays[v]) >= 0.98, f"view {v}: NCC {ncc(turned_crop[v], turned_rays[v]):.4f}"
     unturned = SeededDRRd("body", output_keys="x", ref_key="gt", rotation_key=None, **kwargs)(item)["x"]
     assert ncc(unturned[0], turned_rays[0]) < 0.95, "without the pose the rays see another object"
+
+
+def test_a_dataset_without_whole_scans_stops_a_body_run_before_any_work(tmp_path):
+    import json
+
+    from scripts import workflow
+    from scripts.errors import BundleInputError
+
+    (tmp_path / "datalist.json").write_text(json.dumps({"test": [{"id": "P1_T7", "gt": "P1/P1_T7_gt.nii.gz"}]}))
+    assert workflow.load_split(tmp_path, "test", "gt")[0]["id"] == "P1_T7"
+    with pytest.raises(BundleInputError, match=r"have no 'body' entry .* python -m scripts.prepare --out"):
+        workflow.load_split(tmp_path, "test", "body")

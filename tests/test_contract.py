@@ -88,6 +88,17 @@ def test_old_model_files_are_refused_with_the_command_that_converts_them(tmp_pat
     assert workflow.check_model(path, attach_model_info(EAR(channels=SMALL_CHANNELS)), 2.0, 32, DEG60) == path
     with pytest.raises(BundleInputError, match="expansion_mode 'sideways' is unknown"):
         convert_model(path, DEG60, "sideways")
+    with pytest.raises(BundleInputError, match="already records views .* --force True"):
+        convert_model(path, DEG60, "backproject")
+    with pytest.raises(BundleInputError, match="unknown record key"):
+        convert_model(path, DEG60, "backproject", force=True, chanels=[4, 8])
+    with pytest.raises(BundleInputError, match="nearly the same line"):
+        convert_model(path, [[0, 0], [0, 0]], "backproject", force=True)
+    with pytest.raises(ValueError, match="replicate"):
+        convert_model(path, [[0, 0], [45, 0]], "replicate", force=True)
+    with pytest.raises(BundleInputError, match="give the views"):
+        convert_model(path)
+    assert convert_model(path, [[0, 0], [90, 0]], "replicate", force=True)["expansion_mode"] == "replicate"
 
 
 def test_loading_into_another_architecture_fails_loudly(tmp_path):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -146,12 +147,14 @@ def check_loaded_architecture(module: nn.Module, incompatible_keys: Any = None) 
     record = contract.get("record", {})
     channels = record.get("channels")
     how = f"net_override={{'channels': {channels}}}" if channels is not None else "the network_def it was trained with"
-    raise BundleInputError(
+    error = BundleInputError(
         f"these weights were trained for another {record.get('network', 'network')} (fingerprint {expected}, channels "
         f"{channels}) than this {type(module).__name__} ({own}): most tensors would not load; load them with {how} "
         "(monai.bundle.load), or the model.ts beside them (load_ts_module=True), or use the config they were "
         "trained with (configs/cpu.json for models/cpu)."
     )
+    logging.getLogger("scripts").error(f"{type(error).__name__}: {error}")  # before MONAI's traceback, as elsewhere
+    raise error
 
 
 def attach_model_info(
