@@ -58,6 +58,7 @@ __all__ = [
     "check_model",
     "model_setting",
     "with_model_views",
+    "warn_input_source",
     "training_record",
     "check_cli_overrides",
     "validation_sampler",
@@ -348,6 +349,30 @@ def check_model(
         if v is not None and trained is not None and trained != v:
             log.warning(f"{p} was trained with {k} {trained!r}; this run uses {v!r} (recorded, not enforced).")
     return p
+
+
+def warn_input_source(cases: Sequence[Mapping[str, Any]], model_file: str | os.PathLike) -> bool:
+    """Warn when full radiographs go to a model trained on X-rays of the isolated vertebra.
+
+    A radiograph's rays cross the whole body; a model whose contract records another X-ray source than
+    ``"body"`` (e.g. the paper's ``"gt"``) was never shown such images (docs/body-xrays.md).
+
+    Returns:
+        whether it warned.
+    """
+    if not any(case.get("radiographs") for case in cases):
+        return False
+    key = _model_file_key(model_file)
+    if key is None:
+        return False
+    source = _cached_contract(key)["record"].get("drr_source")
+    if source in (None, "body"):
+        return False
+    logging.getLogger(__name__).warning(
+        f"{model_file} was trained on X-rays of drr_source {source!r}, not on X-rays through the whole body as full "
+        "radiographs are: expect a poor reconstruction (docs/body-xrays.md); use a model trained with configs/body.json"
+    )
+    return True
 
 
 @reports_input_errors

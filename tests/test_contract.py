@@ -140,3 +140,14 @@ def test_the_command_line_stops_a_contradicting_run_in_one_line(tmp_path):
     assert res.returncode != 0 and len(out) <= 5, out
     assert "trained with expansion_mode replicate but the run sets --expansion_mode backproject" in out[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_full_radiographs_on_an_isolated_vertebra_model_are_warned_about(tmp_path, caplog):
+    cases = [{"id": "P1", "radiographs": ["ap.dcm", "lat.dcm"], "centre_mm": [0, 0, 0]}]
+    with caplog.at_level(logging.WARNING):
+        assert workflow.warn_input_source(cases, ROOT / "models" / "cpu" / "model.pt")
+    assert "not on X-rays through the whole body" in caplog.text
+    assert not workflow.warn_input_source(cases, _model(tmp_path, record={"drr_source": "body"}))
+    assert not workflow.warn_input_source(
+        [{"id": "P2", "xray": ["a.png", "b.png"]}], ROOT / "models" / "cpu" / "model.pt"
+    )
