@@ -8,6 +8,7 @@ the data a message with the command that fixes it.
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import functools
 import gc
@@ -239,7 +240,7 @@ def model_setting(path: str | os.PathLike, name: str, default: Any = None) -> An
         value = _cached_contract(key).get(name)
     except BundleInputError:
         return default
-    return default if value is None else value
+    return default if value is None else copy.deepcopy(value)  # the cached contract stays as read
 
 
 def training_record(bundle_root: str | os.PathLike, **settings: Any) -> dict[str, Any]:
