@@ -110,6 +110,7 @@ class ResumableCheckpoint:
         self.include_engine = include_engine
         self.logger = logging.getLogger(__name__)
         self._tidied = False
+        self._last_read: tuple[int, dict[str, Any]] | None = None
 
     def attach(self, engine: Engine) -> None:
         if self.include_engine:
@@ -119,13 +120,21 @@ class ResumableCheckpoint:
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
 
+    def _read(self) -> dict[str, Any]:
+        """The checkpoint's content; read once for the check when the workflow is built and the resume that follows
+        (read again if the file changed in between)."""
+        stamp = self.path.stat().st_mtime_ns
+        if self._last_read is None or self._last_read[0] != stamp:
+            self._last_read = (stamp, torch.load(self.path, map_location=self.map_location, weights_only=False))
+        return self._last_read[1]
+
     @reports_input_errors
     def _check_networks(self) -> None:
         """Refuse, when the workflow is built (before any work), a checkpoint whose networks do not fit this run's."""
         if not self.path.is_file():
             return
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            state = self._read()
         except Exception:  # unreadable: :meth:`load` says so when the run starts
             return
         for k, obj in self.save_dict.items():
@@ -178,7 +187,7 @@ class ResumableCheckpoint:
                     obj.load_state_dict({})
             return
         try:
-            state = torch.load(self.path, map_location=self.map_location, weights_only=False)
+            state = self._read()
         except Exception as e:  # a checkpoint that cannot be read must not be silently ignored
             raise RuntimeError(
                 f"cannot read checkpoint {self.path} ({e}); delete it to start training from scratch."
@@ -206,6 +215,7 @@ class ResumableCheckpoint:
                     "raise the epochs setting or delete the checkpoint."
                 )
             engine.state.max_epochs = max_epochs
+        self._last_read = None  # the restored objects hold the state now
         self.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")
 
 
