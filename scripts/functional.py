@@ -10,6 +10,7 @@ angles follow the conventions of ``scripts/drr/geometry.py``.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from scripts.drr.geometry import view_rotation
 from scripts.errors import XRayInputError
 
 __all__ = [
+    "item_seed",
     "DEFAULT_ANGLES",
     "MIN_VIEW_SEPARATION",
     "parse_angles",
@@ -202,3 +204,8 @@ def maximum_intensity_projections(x: torch.Tensor, spatial_dims: int = 3) -> lis
     if x.dim() < spatial_dims:
         raise ValueError(f"need at least {spatial_dims} dimensions, got shape {tuple(x.shape)}.")
     return [torch.amax(x, dim=d) for d in range(x.dim() - spatial_dims, x.dim())]
+
+
+def item_seed(name: Any, seed: int = 0) -> int:
+    """A noise seed from an item's name (e.g. its ``id``) and a base seed, the same in every process."""
+    return (zlib.crc32(str(name).encode("utf-8")) + 1_000_003 * int(seed)) % (2**31 - 1)

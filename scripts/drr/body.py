@@ -9,7 +9,8 @@ isotropic RAS grid, voxels outside the scanner's field of view set to :data:`OUT
 Where the scan's field of view (or its array) ends inside the body, rays would leave the patient early. For
 such scans :func:`complete_body` fills the missing trunk with a smooth soft-tissue model: an elliptic cylinder
 of :data:`SOFT_TISSUE_HU` around the spine, only on the axial slices whose tissue reaches the edge of the
-field of view (at least :data:`CUT_EDGE_FRACTION` of its edge is tissue); everything else outside the field of
+field of view (at least :data:`CUT_EDGE_FRACTION` of its edge is tissue, with hysteresis along z, and short gaps between
+such slices closed); everything else outside the field of
 view is air. This is an approximation (no ribs, organs or
 arms outside the field of view); ``scripts.prepare`` records per vertebra how much of its window is affected
 (``body_cut_ap``, ``body_cut_lateral``).
@@ -38,6 +39,8 @@ __all__ = [
     "TISSUE_HU",
     "TRUNK_SEMI_AXES_MM",
     "CUT_EDGE_FRACTION",
+    "CUT_EDGE_FRACTION_LOW",
+    "CUT_GAP_MM",
     "outside_fov",
     "complete_body",
     "body_cut_fractions",
@@ -57,6 +60,13 @@ TRUNK_SEMI_AXES_MM = (170.0, 120.0)
 TRUNK_CENTRE_ANTERIOR_MM = 50.0
 #: share of a slice's field-of-view edge that must be tissue for the slice to count as cut.
 CUT_EDGE_FRACTION = 0.1
+#: a slice whose edge is at least this share tissue counts as cut too when it belongs to a run of such slices
+#: that holds a cut slice (hysteresis: the share flickers about :data:`CUT_EDGE_FRACTION` as the body's width
+#: changes, and completing one slice but not its neighbour draws a band across the X-ray).
+CUT_EDGE_FRACTION_LOW = 0.02
+#: uncut runs of slices shorter than this (mm) between cut slices are completed too (a waist narrower than the
+#: trunk model between two completed levels would show as a dark band across both views).
+CUT_GAP_MM = 100.0
 _AIR_HU = -1000.0
 
 
@@ -83,12 +93,15 @@ def outside_fov(values: np.ndarray, padding: float | None) -> np.ndarray:
 
 def _cut_slices(hu: np.ndarray, outside: np.ndarray) -> np.ndarray:
     """(Z,) whether the body of each axial slice is cut: tissue on at least :data:`CUT_EDGE_FRACTION` of the voxels
-    at the edge of the field of view or the array's sides (a patient table alone touches a few per cent)."""
+    at the edge of the field of view or the array's sides (a patient table alone touches a few per cent), or on
+    at least :data:`CUT_EDGE_FRACTION_LOW` of them in a run of slices along z that holds such a slice."""
     tissue = (hu > TISSUE_HU) & ~outside
     edge = ndimage.binary_dilation(outside, structure=np.ones((3, 3, 1), dtype=bool))
     edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
     edge &= ~outside
-    return (tissue & edge).sum(axis=(0, 1)) >= CUT_EDGE_FRACTION * np.maximum(edge.sum(axis=(0, 1)), 1)
+    share = (tissue & edge).sum(axis=(0, 1)) / np.maximum(edge.sum(axis=(0, 1)), 1)
+    runs, _ = ndimage.label(share >= CUT_EDGE_FRACTION_LOW)
+    return np.isin(runs, np.unique(runs[(share >= CUT_EDGE_FRACTION) & (runs > 0)]))
 
 
 def complete_body(
@@ -113,6 +126,8 @@ def complete_body(
     if not cut.any():
         return out, np.asarray(affine, dtype=np.float64), False
     spacing = np.abs(np.diag(np.asarray(affine, dtype=np.float64))[:3])
+    gap = max(int(round(CUT_GAP_MM / spacing[2])), 1)
+    cut = cut | ndimage.binary_closing(cut, structure=np.ones(gap, dtype=bool))
     tissue = (hu > TISSUE_HU) & ~outside & cut[None, None, :]
     ix, iy, _ = np.nonzero(tissue)
     cx, cy = float(ix.mean()), float(iy.mean()) + TRUNK_CENTRE_ANTERIOR_MM / spacing[1]

@@ -25,7 +25,6 @@ CT and the labels together with MONAI's ``RandRotated`` before ``DRRd`` when the
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ from scipy.spatial.transform import Rotation
 from scripts.drr.body import load_body_scan, ray_slab
 from scripts.drr.geometry import ConeBeamGeometry, as_angles, crop_centre
 from scripts.drr.projector import DRRProjector, default_geometry
-from scripts.functional import check_view_separation
+from scripts.functional import check_view_separation, item_seed
 
 __all__ = ["DRR", "DRRd", "SeededDRRd", "item_seed", "random_rotation", "geometry_to_tensors"]
 
@@ -297,11 +296,6 @@ class DRRd(Randomizable, MapTransform):
             d[out_key] = out
             d[f"{out_key}_geometry"] = geometry_to_tensors(out.meta["drr_geometry"])
         return d
-
-
-def item_seed(name: Any, seed: int = 0) -> int:
-    """A noise seed from an item's name (e.g. its ``id``) and a base seed, the same in every process."""
-    return (zlib.crc32(str(name).encode("utf-8")) + 1_000_003 * int(seed)) % (2**31 - 1)
 
 
 class SeededDRRd(MapTransform):
