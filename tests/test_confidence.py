@@ -1,0 +1,99 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""TTA confidence: exact shift inverses, batched passes, mask agreement, isotonic calibration, the reduction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from scripts.confidence import (
+    ConfidenceCalibration,
+    TTAConfidenced,
+    TTAInferer,
+    mask_agreement,
+    perturb_input,
+    shift_volume,
+)
+
+
+def test_shift_round_trip_and_direction():
+    x = torch.zeros(1, 1, 9, 9, 9)
+    x[0, 0, 4, 4, 4] = 1.0
+    moved = shift_volume(x, (2, -1, 0))
+    assert moved[0, 0, 6, 3, 4] == 1.0 and float(moved.sum()) == 1.0
+    assert torch.equal(shift_volume(moved, (-2, 1, 0)), x)
+
+
+class _Probe(torch.nn.Module):
+    """Sums the views and counts its calls and batch sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(int(x.shape[0]))
+        return x.sum(dim=1, keepdim=True)
+
+
+def test_tta_inferer_batches_and_undoes_shifts():
+    x = torch.zeros(2, 2, 12, 12, 12)
+    x[:, :, 5:7, 5:7, 5:7] = 1.0
+    net = _Probe()
+    out = TTAInferer([{"shift": (2, 0, 1)}, {"shift": (0, -3, 0)}], batch_size=3)(x, net)
+    assert out.shape == (2, 3, 12, 12, 12)
+    assert net.batches == [3, 3], "six inputs (two items, three copies each) in batches of three"
+    for k in range(3):  # shifted predictions moved back onto the input's grid
+        assert torch.equal(out[:, k], out[:, 0])
+    assert TTAInferer([])(x, _Probe()).shape == (2, 1, 12, 12, 12), "no perturbations: plain inference"
+    with pytest.raises(ValueError, match="unknown TTA perturbation"):
+        TTAInferer([{"flip": 1}])
+
+
+def test_perturb_input_rotates_only_the_chosen_view_and_keeps_zscores():
+    g = torch.linspace(-1, 1, 16)
+    x = torch.stack([g.view(16, 1, 1).expand(16, 16, 16), g.view(1, 16, 1).expand(16, 16, 16)])[None]
+    out = perturb_input(x, rotate_deg=(0.0, 10.0), gamma=(1.5, 1.0))
+    assert not torch.allclose(out[0, 1], x[0, 1]), "the lateral view turned"
+    assert out[0, 0].mean().abs() < 1e-5 and out[0, 0].std() == pytest.approx(1.0, abs=1e-4), "z-scored again"
+    assert torch.equal(perturb_input(x), x)
+
+
+def test_mask_agreement():
+    masks = torch.zeros(1, 3, 4, 4, 4, dtype=torch.bool)
+    masks[0, 0, :2] = True  # 32 voxels
+    masks[0, 1, :2] = True  # identical: Dice 1
+    masks[0, 2, :1] = True  # half: Dice 2 * 16 / 48
+    assert float(mask_agreement(masks)[0]) == pytest.approx((1.0 + 32 / 48) / 2)
+    assert float(mask_agreement(torch.zeros(1, 2, 3, 3, 3, dtype=torch.bool))[0]) == 1.0
+
+
+def test_isotonic_calibration_is_monotone_and_round_trips():
+    agreement = [0.2, 0.3, 0.5, 0.6, 0.8, 0.9]
+    dice = [0.3, 0.2, 0.5, 0.7, 0.65, 0.9]  # two violators pooled
+    cal = ConfidenceCalibration.fit(agreement, dice, fitted_on="test")
+    assert np.all(np.diff(cal.y) >= 0)
+    np.testing.assert_allclose(cal([0.25, 0.7, 0.9]), [0.25, 0.675, 0.9])
+    assert cal(0.0) == pytest.approx(0.25) and cal(1.0) == pytest.approx(0.9), "flat beyond the knots"
+    again = ConfidenceCalibration.from_dict(cal.to_dict())
+    np.testing.assert_allclose(again(np.linspace(0, 1, 11)), cal(np.linspace(0, 1, 11)), atol=1e-4)
+    with pytest.raises(ValueError, match="at least 2"):
+        ConfidenceCalibration.fit([0.5], [0.5])
+
+
+def test_tta_confidenced_reduces_and_flags():
+    stack = torch.full((3, 8, 8, 8), -1000.0)
+    stack[:, 2:6, 2:6, 2:6] = 300.0
+    stack[2, 2:4, 2:6, 2:6] = -1000.0  # one perturbed prediction lost half the bone
+    cal = {"x": [0.5, 1.0], "y": [0.2, 0.9]}
+    out = TTAConfidenced("pred", threshold=-500.0, calibration=cal, flag_below=0.8)({"pred": MetaTensor(stack)})
+    assert out["pred"].shape == (1, 8, 8, 8) and torch.equal(out["pred"][0], stack[0])
+    assert out["uncertainty"].shape == (1, 8, 8, 8)
+    assert float(out["uncertainty"][0, 3, 3, 3]) == pytest.approx(float(torch.tensor([300.0, 300.0, -1000.0]).std()))
+    assert float(out["uncertainty"][0, 5, 5, 5]) == 0.0
+    assert out["tta_agreement"] == pytest.approx((1.0 + 2 * 32 / 96) / 2)
+    assert out["confidence"] == pytest.approx(0.2 + 0.7 * (out["tta_agreement"] - 0.5) / 0.5)
+    assert out["flag"] == "low confidence" and out["confidence_calibrated"] is True
+    single = TTAConfidenced("pred", threshold=-500.0)({"pred": stack[:1]})
+    assert "confidence" not in single, "TTA off: nothing to report"
