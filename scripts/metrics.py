@@ -62,6 +62,7 @@ __all__ = [
     "metric_per_item",
     "vertebra_metrics",
     "VertebraMetric",
+    "ItemValueMetric",
     "FrequencyDistanceMetric",
 ]
 
@@ -293,3 +294,20 @@ class FrequencyDistanceMetric(VertebraMetric):
         get_not_nans: bool = False,
     ) -> None:
         super().__init__("fd", mean=mean, std=std, inputs=inputs, reduction=reduction, get_not_nans=get_not_nans)
+
+
+class ItemValueMetric(CumulativeIterationMetric):
+    """A per-item number that the workflow already computed (e.g. a reconstruction's confidence) as a MONAI metric.
+
+    ``y_pred`` holds the values (one per item); ``y`` is ignored. With ``IgniteMetricHandler(save_details=True)``
+    the values join the per-vertebra table beside the metrics (:class:`scripts.handlers.VertebraMetricsTable`).
+    """
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.as_tensor(y_pred, dtype=torch.float32).reshape(-1, 1)
+
+    def aggregate(self) -> torch.Tensor:
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError("ItemValueMetric has no values yet.")
+        return data.nanmean()

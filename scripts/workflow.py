@@ -36,7 +36,7 @@ from scripts.errors import (
 )
 from scripts.functional import DEFAULT_ANGLES, parse_angles
 from scripts.io.xray import MIN_XRAY_SIZE, LoadXRayPair, xray_case_name
-from scripts.metrics import METRIC_NAMES, VertebraMetric
+from scripts.metrics import METRIC_NAMES, ItemValueMetric, VertebraMetric
 from scripts.networks.model_info import MODEL_INFO_KEYS, convert_command, load_state_dict_file, read_model_info
 from scripts.transforms.expansion import DimensionExpansion, check_expansion_angles
 from scripts.transforms.intensity import load_intensity_stats
@@ -619,6 +619,25 @@ def metric_handlers(
         )
         for n in names
         if n not in exclude
+    }
+
+
+def item_value_handlers(keys: Sequence[str] = ("confidence", "tta_agreement"), prefix: str = "val_") -> dict:
+    """Ignite handlers that collect per-item numbers of the evaluator's output (e.g. the ``confidence`` written by
+    :class:`scripts.confidence.TTAConfidenced`), keyed ``<prefix><key>``, with their per-item values kept for
+    :class:`scripts.handlers.VertebraMetricsTable`."""
+
+    def pick(key: str) -> Any:
+        def transform(output: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            items = output if isinstance(output, list) else [output]
+            values = [torch.tensor([float(item[key])]) for item in items]
+            return values, values
+
+        return transform
+
+    return {
+        f"{prefix}{k}": IgniteMetricHandler(metric_fn=ItemValueMetric(), output_transform=pick(k), save_details=True)
+        for k in keys
     }
 
 

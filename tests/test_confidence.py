@@ -97,3 +97,25 @@ def test_tta_confidenced_reduces_and_flags():
     assert out["flag"] == "low confidence" and out["confidence_calibrated"] is True
     single = TTAConfidenced("pred", threshold=-500.0)({"pred": stack[:1]})
     assert "confidence" not in single, "TTA off: nothing to report"
+
+
+def test_study_fits_on_validation_and_scores_test():
+    from scripts.tools.confidence_study import fit_and_score
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for split in ("validation", "test"):
+        for cond, kind in (("clean", "clean"), ("window20", "window"), ("view20", "view")):
+            for i in range(12):
+                dice = float(np.clip(rng.uniform(0.3, 0.95), 0, 1))
+                agreement = 0.5 + 0.5 * dice + float(rng.normal(0, 0.02))  # tracks the Dice
+                rows.append({"split": split, "condition": cond, "type": kind, "id": f"v{i}", "dice": dice})
+                rows[-1]["agreement"] = agreement
+    cal, summary, reliability = fit_and_score(rows, held_out="view", low_dice=0.75)
+    assert "view" not in cal.fitted_on and "24 vertebra-conditions" in cal.fitted_on
+    pooled = next(s for s in summary if s["group"] == "all (pooled)")
+    assert pooled["n"] == 36 and pooled["spearman"] > 0.9 and pooled["roc_auc"] > 0.95
+    assert next(s for s in summary if s["group"] == "held out: view")["n"] == 12
+    assert sum(r["n"] for r in reliability) == 36
+    binned = [r for r in reliability if r["n"] > 0]
+    assert all(abs(r["mean_confidence"] - r["mean_dice"]) < 0.1 for r in binned), "calibrated: bins on the diagonal"

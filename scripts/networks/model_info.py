@@ -54,6 +54,7 @@ __all__ = [
     "check_loaded_architecture",
     "convert_command",
     "write_contract",
+    "write_confidence_calibration",
 ]
 
 #: name of the uint8 buffer holding the contract's JSON (zero-padded UTF-8).
@@ -244,6 +245,22 @@ def write_contract(
     return out
 
 
+def write_confidence_calibration(state: Mapping[str, torch.Tensor], calibration: Mapping[str, Any] | None) -> dict:
+    """A copy of a model's state dict whose contract records ``calibration`` (a dict of
+    :class:`scripts.confidence.ConfidenceCalibration`) under ``confidence``; ``None`` removes it. Recorded, not
+    enforced: it maps the model's TTA agreement to an estimate of the Dice (``docs/confidence.md``)."""
+    out = dict(state)
+    contract = _decode(out.get(CONTRACT_KEY))
+    if not contract:
+        raise BundleInputError("the model holds no contract to record a confidence calibration in; train it again.")
+    if calibration is None:
+        contract.pop("confidence", None)
+    else:
+        contract["confidence"] = dict(calibration)
+    out[CONTRACT_KEY] = _encode(contract)
+    return out
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict of a checkpoint file: a plain state dict, ``{"model": state_dict}`` or TorchScript."""
     p = Path(path)
@@ -269,7 +286,8 @@ def read_model_info(source: nn.Module | Mapping[str, Any] | str | os.PathLike) -
     """The model contract of a network, state dict or checkpoint file: the one place that reads it.
 
     Returns:
-        ``{"gt_mean", "gt_std", "spacing", "roi_size", "views", "expansion_mode", "record", "architecture"}``;
+        ``{"gt_mean", "gt_std", "spacing", "roi_size", "views", "expansion_mode", "record", "architecture",
+        "confidence"}`` (``confidence``: the TTA confidence calibration, or ``None``);
         ``spacing``, ``roi_size``, ``views``, ``expansion_mode`` and ``architecture`` are ``None`` and ``record``
         is ``{}`` where the model does not hold them (a model file from bundle 0.3 or older:
         :func:`convert_command` says how to add them).
@@ -305,6 +323,7 @@ def read_model_info(source: nn.Module | Mapping[str, Any] | str | os.PathLike) -
         "expansion_mode": contract.get("expansion_mode"),
         "record": dict(contract.get("record", {})),
         "architecture": contract.get("architecture"),
+        "confidence": contract.get("confidence"),
     }
 
 

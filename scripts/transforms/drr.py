@@ -74,6 +74,9 @@ class DRR(Randomizable, Transform):
         rotation_range: maximum random rotation of the object about x, y, z in degrees (0 = none).
         backend: "torch" or "deepdrr" (CUDA only).
         device: where to compute (default: the input's device).
+        declared_angles: the view angles written to the images' geometry, i.e. what a model is told, when they
+            differ from the ones projected (``angles``): simulates a geometry error (e.g. a lateral view taken at
+            100 degrees that the model is told is at 90). Default: the angles projected.
     """
 
     def __init__(
@@ -89,8 +92,12 @@ class DRR(Randomizable, Transform):
         rotation_range: float | Sequence[float] = 0.0,
         backend: str = "torch",
         device: str | torch.device | None = None,
+        declared_angles: Sequence | None = None,
     ) -> None:
         self.angles = as_angles(angles)
+        self.declared_angles = None if declared_angles is None else as_angles(declared_angles)
+        if self.declared_angles is not None and self.declared_angles.shape != self.angles.shape:
+            raise ValueError(f"declared_angles needs one angle pair per view, got {declared_angles} for {angles}.")
         check_view_separation(self.angles.numpy())  # two views along one line hold no depth
         self.spectra = [spectrum] if isinstance(spectrum, str) else [str(s) for s in spectrum]
         if photon_count is None or np.ndim(photon_count) == 0:
@@ -193,10 +200,12 @@ class DRR(Randomizable, Transform):
         out = self.projector(
             hu[None].float(), aff, angles, isocentre=iso, object_rotation=rot, generator=gen, geometry=geometry
         )[0]
+        if self.declared_angles is not None:  # a geometry error: the images say other angles than projected
+            angles = self.declared_angles.clone()
         meta = {
             **geometry.to_dict(),
             "angles": angles.tolist(),
-            "nominal_angles": self.angles.tolist(),
+            "nominal_angles": (self.angles if self.declared_angles is None else self.declared_angles).tolist(),
             "isocentre": iso.tolist(),
             "object_rotation": np.asarray(total).tolist(),
             "volume_affine": grid_affine.tolist(),
