@@ -170,7 +170,11 @@ class TTAInferer(Inferer):
         for k, p in enumerate(self.perturbations, start=1):
             back = [-int(v) for v in p.get("shift", (0, 0, 0))]
             preds[k] = shift_volume(preds[k], back)
-        return torch.cat(preds, dim=1)
+        out = torch.cat(preds, dim=1)
+        if isinstance(inputs, MetaTensor):  # the input's metadata (affine, names) as MONAI's inferers keep it
+            out = MetaTensor(out)
+            out.copy_meta_from(inputs)
+        return out
 
 
 def mask_agreement(masks: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ share a folder, no name leads out of the output folder, and every file name fits
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
 import shutil
@@ -27,6 +29,7 @@ from scripts.utils import atomic_path
 
 __all__ = [
     "CaseNamed",
+    "SaveCaseReportd",
     "PublishCaseOutputsd",
     "case_meta_name",
     "case_folder_name",
@@ -206,6 +209,74 @@ class CaseNamed(MapTransform):
         for key in self.key_iterator(d):
             if isinstance(d[key], MetaTensor):
                 d[key].meta["filename_or_obj"] = case_meta_name(d[self.name_key])
+        return d
+
+
+class SaveCaseReportd(MapTransform):
+    """Write a case's report, ``<output_dir>/<name>/<name>_report.json``, atomically.
+
+    The report holds the case name, the reconstruction's confidence (``confidence``: an estimate of its Dice in
+    [0, 1]; ``confidence_calibrated``: whether the model's calibration mapped it, else it is the raw TTA
+    agreement; ``tta_agreement``; ``flag``: ``"low confidence"`` below the threshold, else ``""``), the mesh
+    report of :class:`scripts.io.mesh.SaveMeshd` when present, and ``extra`` entries (e.g. the model's X-ray
+    source). A flagged case is also logged as a warning. Entries the item lacks are written as ``null``.
+
+    Args:
+        keys: the predicted volume (names the case by its ``filename_or_obj``).
+        output_dir: output (staging) folder.
+        fields: item entries to copy into the report.
+        mesh_key: item entry of the mesh report (default ``<key>_mesh``).
+        extra: constant entries added to every report.
+        allow_missing_keys: skip missing keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        fields: Iterable[str] = ("confidence", "confidence_calibrated", "tta_agreement", "flag"),
+        mesh_key: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.layout = FolderLayout(output_dir, postfix="report", extension=".json", parent=True)
+        self.fields = list(fields)
+        self.mesh_key = mesh_key
+        self.extra = dict(extra or {})
+        self.logger = logging.getLogger(__name__)
+
+    @staticmethod
+    def _plain(v: Any) -> Any:
+        if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            vol = d[key]
+            name = str(vol.meta.get("filename_or_obj", key)) if isinstance(vol, MetaTensor) else str(key)
+            report: dict[str, Any] = {"case": os.path.basename(name)}
+            report.update({f: self._plain(d.get(f)) for f in self.fields})
+            mesh = d.get(self.mesh_key or f"{key}_mesh")
+            if isinstance(mesh, Mapping):
+                report["mesh"] = {k: v for k, v in mesh.items() if k != "files"}
+            report.update(self.extra)
+            if report.get("flag"):
+                self.logger.warning(
+                    "%s: %s (%.2f): check this reconstruction before use",
+                    report["case"],
+                    report["flag"],
+                    float(report.get("confidence") or 0.0),
+                )
+            path = os.fspath(self.layout.filename(subject=name))
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
+            d[f"{key}_report"] = path
         return d
 
 

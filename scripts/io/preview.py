@@ -1,6 +1,8 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
 """A preview picture per case: the two input X-rays, three orthogonal slices and three maximum intensity
-projections (MIPs) of the reconstructed volume, and the same for the ground truth when there is one.
+projections (MIPs) of the reconstructed volume, the voxel-wise uncertainty of the reconstruction (its three
+slices, when inference ran with confidence), and the same as the reconstruction for the ground truth when there
+is one.
 
 Display conventions (RAS volumes, see the bundle's data conventions), radiological: coronal and sagittal
 planes are shown with superior up; coronal and axial with the patient's right on the image's left;
@@ -78,7 +80,12 @@ def _spacing(volume: Any) -> np.ndarray:
 # The figure is drawn on an explicit Agg canvas (no pyplot): no window, no global backend switch, and
 # safe in worker threads.
 def preview_figure(
-    volume: Any, xrays: Any = None, label: Any = None, window: Sequence[float] = (-1024.0, 1500.0), title: str = ""
+    volume: Any,
+    xrays: Any = None,
+    label: Any = None,
+    window: Sequence[float] = (-1024.0, 1500.0),
+    title: str = "",
+    uncertainty: Any = None,
 ) -> Figure:
     """Build the preview figure (Agg canvas, no pyplot state).
 
@@ -89,6 +96,8 @@ def preview_figure(
         label: ground-truth volume in HU on the same grid (``None``: no ground-truth rows).
         window: display window in HU for slices and MIPs.
         title: figure title.
+        uncertainty: voxel-wise uncertainty (HU, same grid as ``volume``; ``None``: no uncertainty row), shown
+            on a heat scale from 0 to its 99th percentile.
     """
     rows: list[tuple[str, list[tuple[str, np.ndarray | None, float, str]]]] = []
     if xrays is not None:
@@ -107,6 +116,9 @@ def preview_figure(
         mips = (("AP MIP", "mip_ap", "coronal"), ("lateral MIP", "mip_lateral", "sagittal"))
         mips += (("axial MIP", "mip_axial", "axial"),)
         rows.append((name, [(t, views[k], aspect[p], "hu") for t, k, p in mips]))
+        if name == "prediction" and uncertainty is not None:
+            spread = orthogonal_views(uncertainty)
+            rows.append(("uncertainty (HU)", [(f"{p} slice", spread[p], aspect[p], "spread") for p in _PLANES]))
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -123,6 +135,10 @@ def preview_figure(
             if kind == "xray":
                 lo, hi = np.percentile(img, (0.5, 99.5))
                 ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+            elif kind == "spread":
+                top = float(np.percentile(_np(uncertainty), 99.0)) if uncertainty is not None else 1.0
+                shown = ax.imshow(img, cmap="magma", vmin=0.0, vmax=max(top, 1e-6), aspect=asp)
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
             else:
                 ax.imshow(img, cmap="gray", vmin=window[0], vmax=window[1], aspect=asp)
             ax.set_title(f"{row_name}: {text}", fontsize=9)
@@ -143,6 +159,8 @@ class SavePreviewd(MapTransform):
         keys: the predicted volume key(s) (HU, channel-first ``MetaTensor``).
         xray_key: key of the two input images ``(2, H, W)``; skipped when absent.
         label_key: key of the ground truth in HU; skipped when ``None`` or absent.
+        uncertainty_key: key of the voxel-wise uncertainty (:class:`scripts.confidence.TTAConfidenced`); skipped
+            when absent. The title then gives the confidence (``confidence_key``) and any flag (``flag_key``).
         output_dir: output folder.
         output_postfix: name postfix.
         window: display window in HU.
@@ -156,6 +174,9 @@ class SavePreviewd(MapTransform):
         keys: KeysCollection,
         xray_key: str | None = "xray",
         label_key: str | None = None,
+        uncertainty_key: str | None = "uncertainty",
+        confidence_key: str = "confidence",
+        flag_key: str = "flag",
         output_dir: str | os.PathLike = "./eval",
         output_postfix: str = "preview",
         window: Sequence[float] = (-1024.0, 1500.0),
@@ -166,6 +187,9 @@ class SavePreviewd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.xray_key = xray_key
         self.label_key = label_key
+        self.uncertainty_key = uncertainty_key
+        self.confidence_key = confidence_key
+        self.flag_key = flag_key
         self.layout = FolderLayout(output_dir, postfix=output_postfix, extension=".png", parent=separate_folder)
         self.window = tuple(window)
         self.dpi = dpi
@@ -174,6 +198,7 @@ class SavePreviewd(MapTransform):
         d = dict(data)
         xrays = d.get(self.xray_key) if self.xray_key else None
         label = d.get(self.label_key) if self.label_key else None
+        spread = d.get(self.uncertainty_key) if self.uncertainty_key else None
         for key in self.key_iterator(d):
             vol = d[key]
             name = vol.meta.get("filename_or_obj", str(key)) if isinstance(vol, MetaTensor) else str(key)
@@ -182,7 +207,11 @@ class SavePreviewd(MapTransform):
             if angles is not None:
                 a = _np(angles).reshape(2, 2)
                 title += f"  (views: alpha/beta {a[0, 0]:g}/{a[0, 1]:g} and {a[1, 0]:g}/{a[1, 1]:g} deg)"
-            fig = preview_figure(vol, xrays, label, self.window, title)
+            if self.confidence_key in d:
+                title += f"\nconfidence {float(d[self.confidence_key]):.2f}"
+                if d.get(self.flag_key):
+                    title += f" ({d[self.flag_key]})"
+            fig = preview_figure(vol, xrays, label, self.window, title, uncertainty=spread)
             path = os.fspath(self.layout.filename(subject=str(name)))
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, format="png", dpi=self.dpi)
