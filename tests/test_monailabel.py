@@ -295,6 +295,7 @@ def test_the_adapter_reconstructs_the_example_outside_the_bundle(example_pair, t
     assert dice > 0.5, f"Dice {dice:.3f} against the vertebra's own crop"
     assert report["shape"] == [64, 64, 64] and report["pair"]["xray"] == ["T7_ap.png", "T7_lat.png"]
     assert report["mesh_report"]["vertices"] > 0 and report["result"] == "volume"
+    assert 0.0 <= report["confidence"] <= 1.0 and report["uncertainty"] == "T7_uncertainty.nii.gz"
     work = Path(report["work_dir"])
     assert work.parent == tmp_path.resolve()
     names = sorted(p.name for p in (work / "outputs" / "T7").iterdir())

@@ -51,6 +51,9 @@ class InferenceResult:
         mesh_ply: the same surface as PLY, ``None`` when the prediction has no bone.
         mesh_report: the bundle's mesh report (vertices, faces, watertight, ...), ``{}`` if none.
         preview: the bundle's preview PNG, ``None`` if none.
+        confidence: the case report's confidence entries (``confidence``, ``confidence_calibrated``,
+            ``tta_agreement``, ``flag``; ``docs/confidence.md``), ``{}`` when inference ran without confidence.
+        uncertainty: the voxel-wise uncertainty (HU, NIfTI), ``None`` without confidence.
         summary: shape, spacing and HU statistics of ``volume`` (:func:`volume_summary`).
         seconds: wall time of the bundle run (config parsing, model loading and inference).
         pair: the input pair.
@@ -65,6 +68,8 @@ class InferenceResult:
     summary: dict[str, Any]
     seconds: float
     pair: XRayPair = field(repr=False)
+    confidence: dict[str, Any] = field(default_factory=dict)
+    uncertainty: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable report (file names, not paths; the pair's inputs as given)."""
@@ -73,6 +78,8 @@ class InferenceResult:
             "volume": self.volume.name,
             "mesh": self.mesh_stl.name if self.mesh_stl else None,
             "mesh_report": self.mesh_report,
+            **self.confidence,
+            "uncertainty": self.uncertainty.name if self.uncertainty else None,
             "seconds": round(self.seconds, 3),
             **self.summary,
             "pair": {**asdict(self.pair), "xray": [Path(p).name for p in self.pair.xray]},
@@ -207,6 +214,11 @@ def run_inference(
     if volume is None:
         raise RuntimeError(f"the bundle run wrote no volume into {case_dir}; see its log above.")
     report_file = _one(case_dir, "*_mesh.json")
+    case_report = _one(case_dir, "*_report.json")
+    keys = ("confidence", "confidence_calibrated", "tta_agreement", "flag")
+    confidence = {}
+    if case_report:
+        confidence = {k: v for k, v in json.loads(case_report.read_text()).items() if k in keys and v is not None}
     return InferenceResult(
         case_id=pair.case_id,
         volume=volume,
@@ -217,4 +229,6 @@ def run_inference(
         summary=volume_summary(volume),
         seconds=seconds,
         pair=pair,
+        confidence=confidence,
+        uncertainty=_one(case_dir, "*_uncertainty.nii.gz"),
     )
