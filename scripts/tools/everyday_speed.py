@@ -46,6 +46,7 @@ __all__ = [
     "benchmark_crops",
     "write_xray_pairs",
     "vertebra_benchmark",
+    "confidence_benchmark",
     "spine_benchmark",
     "import_benchmark",
     "profile_bundle_run",
@@ -286,7 +287,7 @@ def vertebra_benchmark(
         # every override before the first parse: setting a config item later rebuilds all components
         wf = _inference_workflow(configs, model, channels, roi, output_dir=str(Path(tmp) / "outputs"), cases=[case])
         get = wf.parser.get_parsed_content
-        network, device = get("network"), get("device")
+        network, device, inferer = get("network"), get("device"), get("inferer")
         steps = list(get("preprocessing").transforms)
         post = list(get("postprocessing").transforms)
         stages = _Stages()
@@ -301,7 +302,7 @@ def vertebra_benchmark(
             with stages("collate"):
                 batch = list_data_collate([d])
             with stages("network"), torch.inference_mode():
-                pred = network(batch["image"].to(device))
+                pred = inferer(batch["image"].to(device), network)
             with stages("collate"):
                 item = decollate_batch({**batch, "pred": pred})[0]
             for t in post:
@@ -331,6 +332,44 @@ def vertebra_benchmark(
             result["ratio_pipeline_with_preview_to_engine"] = round(
                 result["total_with_preview_ms"] / result["engine_ms"], 3
             )
+    return result
+
+
+def confidence_benchmark(
+    configs: Sequence[str] = ("configs/inference.json", "configs/cpu.json"),
+    model: str | None = None,
+    roi: int = 64,
+    channels: Sequence[int] | None = None,
+    repeat: int = 7,
+    warmup: int = 2,
+) -> dict:
+    """One vertebra through the inference workflow (``evaluator.run()``: X-ray files to HU volume, uncertainty,
+    mesh, preview and report) with confidence (TTA, the default) against the same without it
+    (``confidence: false``), interleaved in one warm process; the goal is a ratio of at most 2."""
+    from scripts.tools.timing import interleaved_seconds
+
+    with tempfile.TemporaryDirectory() as tmp:
+        crops, source = benchmark_crops(1, roi, 2.0 * 64 / roi)
+        datalist = write_xray_pairs(crops, Path(tmp) / "xrays")
+        case = json.loads(datalist.read_text())[0]
+        case = {"xray": [str(datalist.parent / f) for f in case["xray"]], "angles": case["angles"], "id": case["id"]}
+        runs = {}
+        for name, on in (("with_confidence", True), ("without_confidence", False)):
+            wf = _inference_workflow(
+                configs, model, channels, roi, output_dir=str(Path(tmp) / name), cases=[case], confidence=on
+            )
+            runs[name] = wf.parser.get_parsed_content("evaluator").run
+        times = interleaved_seconds(runs, repeat, warmup)
+    result: dict[str, Any] = {
+        "input": f"one simulated AP + lateral pair (PNG) of {source}",
+        "configs": list(configs),
+        "repeat": repeat,
+    }
+    for name, t in times.items():
+        result[name] = {"median_ms": _median_ms(t), "min_ms": round(min(t) * 1000.0, 2)}
+    result["ratio"] = {
+        k: round(result["with_confidence"][k] / result["without_confidence"][k], 3) for k in ("median_ms", "min_ms")
+    }
     return result
 
 
