@@ -132,3 +132,20 @@ def test_seeded_random_gives_each_item_its_own_fixed_draw():
     assert not torch.equal(first, SeededRandomd([noise], seed=2)(a)["x"])
     with pytest.raises(KeyError, match="'id'"):
         seeded({"x": torch.zeros(1, 8, 8)})
+
+
+def test_clutter_blend_runs_from_isolated_to_whole_body():
+    from scripts.transforms import RandClutterBlendd
+
+    vert = MetaTensor(torch.full((2, 4, 4), 1.0), meta={"drr_geometry": {"who": "vertebra"}})
+    body = MetaTensor(torch.full((2, 4, 4), 5.0), meta={"drr_geometry": {"who": "body"}})
+    item = {"v": vert, "b": body, "b_geometry": {"sdd": 1.0}}
+    t = RandClutterBlendd(["v", "b"], output_key="drr", alpha_range=(0.25, 0.25), prob=1.0)
+    out = t(item)
+    assert torch.allclose(out["drr"], torch.full((2, 4, 4), 2.0)), "1 + 0.25 * (5 - 1)"
+    assert out["drr"].meta["drr_geometry"] == {"who": "body"} and out["drr_geometry"] == {"sdd": 1.0}
+    assert "v" not in out and "b" not in out and "b_geometry" not in out
+    full = RandClutterBlendd(["v", "b"], prob=0.0)(item)["drr"]
+    assert torch.equal(full.as_tensor(), body.as_tensor()), "without a draw: the whole body"
+    with pytest.raises(ValueError, match="two keys"):
+        RandClutterBlendd(["v"])

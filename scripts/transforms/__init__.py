@@ -15,4 +15,4 @@ from scripts.transforms.projection import (
     MaximumIntensityProjectiond,
     maximum_intensity_projections,
 )
-from scripts.transforms.realism import RandScatterd, RandViewRotated, RandWindowShiftd, SeededRandomd
+from scripts.transforms.realism import RandClutterBlendd, RandScatterd, RandViewRotated, RandWindowShiftd, SeededRandomd

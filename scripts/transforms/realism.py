@@ -32,7 +32,7 @@ from monai.networks.layers import GaussianFilter
 from monai.transforms import Compose, MapTransform, Randomizable, Rotate, SpatialResample, Transform
 from scripts.functional import item_seed
 
-__all__ = ["RandWindowShiftd", "RandViewRotated", "RandScatterd", "SeededRandomd", "with_meta"]
+__all__ = ["RandWindowShiftd", "RandViewRotated", "RandScatterd", "RandClutterBlendd", "SeededRandomd", "with_meta"]
 
 
 def with_meta(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -268,6 +268,64 @@ class RandScatterd(Randomizable, MapTransform):
             haze = blur(primary[:, None])[:, 0] / blur(torch.ones_like(primary[:1, None]))[:, 0]
             out = -torch.log((primary + fraction * haze).clamp_min(1e-12))
             d[key] = with_meta(out.to(plain.dtype), img)
+        return d
+
+
+class RandClutterBlendd(Randomizable, MapTransform):
+    """Blend the X-rays of the isolated vertebra with those of the whole body: ``p = p_v + a (p_b - p_v)``.
+
+    Line integrals add along a ray, so ``p_b - p_v`` is what the rest of the body adds to the vertebra's own
+    X-ray (exactly for monochromatic physics, nearly for polychromatic). A random ``a`` in ``alpha_range`` shows
+    the network the target's signal with every strength of clutter, from none (the paper's isolated input) to
+    the full body (``a = 1``), so it keeps learning to read the target from the images instead of settling on
+    an average vertebra when the clutter hides it. With probability ``1 - prob`` the full body is used.
+
+    Args:
+        keys: the isolated vertebra's X-rays and the whole body's, ``(V, H, W)`` each, projected with the same
+            draws (one :class:`scripts.transforms.DRRd` with ``keys: ["gt", "body"]``).
+        output_key: where to write the blend (the metadata, geometry included, of the body's X-rays).
+        alpha_range: the clutter strength's range, drawn uniformly.
+        prob: probability of drawing ``a`` (else ``a = 1``).
+        delete_inputs: remove the two inputs from the item afterwards.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_key: str = "drr",
+        alpha_range: Sequence[float] = (0.0, 1.0),
+        prob: float = 0.5,
+        delete_inputs: bool = True,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        if len(self.keys) != 2:
+            raise ValueError(f"RandClutterBlendd takes two keys (isolated, body), got {self.keys}.")
+        self.output_key = output_key
+        self.alpha_range = _check_range("alpha_range", alpha_range)
+        self.prob = _check_prob(prob)
+        self.delete_inputs = delete_inputs
+        self._alpha = 1.0
+
+    def randomize(self, data: Any = None) -> None:
+        draw = self.R.rand() < self.prob
+        alpha = float(self.R.uniform(*self.alpha_range))
+        self._alpha = alpha if draw else 1.0
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        isolated, body = (d[k] for k in self.keys)
+        if isolated.shape != body.shape:
+            raise ValueError(f"the two X-rays differ in shape: {tuple(isolated.shape)} and {tuple(body.shape)}.")
+        p_v = isolated.as_tensor() if isinstance(isolated, MetaTensor) else torch.as_tensor(isolated)
+        p_b = body.as_tensor() if isinstance(body, MetaTensor) else torch.as_tensor(body)
+        d[self.output_key] = with_meta(p_v + self._alpha * (p_b - p_v), body)
+        if f"{self.keys[1]}_geometry" in d:
+            d[f"{self.output_key}_geometry"] = d[f"{self.keys[1]}_geometry"]
+        if self.delete_inputs:
+            for k in self.keys:
+                d.pop(k, None)
+                d.pop(f"{k}_geometry", None)
         return d
 
 
