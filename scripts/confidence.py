@@ -195,7 +195,9 @@ class ConfidenceCalibration:
 
     Fitted with scipy's ``isotonic_regression`` (pool adjacent violators) on (agreement, true Dice) pairs of the
     validation patient's vertebrae under degradations; applied by linear interpolation between the fitted steps'
-    centres, flat beyond them, clipped to [0, 1]. Serialised as ``{"x": [...], "y": [...], "n": N, "fitted_on":
+    centres, flat above the last, and linear down to (0, 0) below the first: an agreement below anything seen in
+    calibration (perturbed predictions that disagree more than any calibration case did) must not inherit the
+    lowest calibrated Dice, and an agreement of 0 (no overlap at all) means no evidence of any. Clipped to [0, 1]. Serialised as ``{"x": [...], "y": [...], "n": N, "fitted_on":
     ...}`` in the model's contract.
 
     Args:
@@ -238,7 +240,8 @@ class ConfidenceCalibration:
         return cls(kx[keep], np.clip(ky[keep], 0.0, 1.0), n=len(a), fitted_on=fitted_on)
 
     def __call__(self, agreement: float | np.ndarray) -> np.ndarray:
-        return np.clip(np.interp(np.asarray(agreement, dtype=np.float64), self.x, self.y), 0.0, 1.0)
+        x, y = (np.r_[0.0, self.x], np.r_[0.0, self.y]) if self.x[0] > 0 else (self.x, self.y)
+        return np.clip(np.interp(np.asarray(agreement, dtype=np.float64), x, y), 0.0, 1.0)
 
     def to_dict(self, decimals: int = 4) -> dict[str, Any]:
         return {

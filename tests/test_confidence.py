@@ -75,7 +75,8 @@ def test_isotonic_calibration_is_monotone_and_round_trips():
     cal = ConfidenceCalibration.fit(agreement, dice, fitted_on="test")
     assert np.all(np.diff(cal.y) >= 0)
     np.testing.assert_allclose(cal([0.25, 0.7, 0.9]), [0.25, 0.675, 0.9])
-    assert cal(0.0) == pytest.approx(0.25) and cal(1.0) == pytest.approx(0.9), "flat beyond the knots"
+    assert cal(1.0) == pytest.approx(0.9), "flat above the last knot"
+    assert cal(0.0) == 0.0 and cal(0.125) == pytest.approx(0.125), "linear down to (0, 0) below the first knot"
     again = ConfidenceCalibration.from_dict(cal.to_dict())
     np.testing.assert_allclose(again(np.linspace(0, 1, 11)), cal(np.linspace(0, 1, 11)), atol=1e-4)
     with pytest.raises(ValueError, match="at least 2"):
