@@ -248,8 +248,12 @@ def confidence_study(
     return {"summary": summary, "calibration": cal.to_dict()}
 
 
+def _main(**kwargs: Any) -> None:
+    confidence_study(**kwargs)
+
+
 if __name__ == "__main__":
     import fire
 
     os.chdir(ROOT)
-    fire.Fire(confidence_study)
+    fire.Fire(_main)
