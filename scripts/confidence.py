@@ -197,8 +197,8 @@ class ConfidenceCalibration:
     validation patient's vertebrae under degradations; applied by linear interpolation between the fitted steps'
     centres, flat above the last, and linear down to (0, 0) below the first: an agreement below anything seen in
     calibration (perturbed predictions that disagree more than any calibration case did) must not inherit the
-    lowest calibrated Dice, and an agreement of 0 (no overlap at all) means no evidence of any. Clipped to [0, 1]. Serialised as ``{"x": [...], "y": [...], "n": N, "fitted_on":
-    ...}`` in the model's contract.
+    lowest calibrated Dice, and an agreement of 0 (no overlap at all) means no evidence of any. Clipped to [0, 1].
+    Serialised as ``{"x": [...], "y": [...], "n": N, "fitted_on": ...}`` in the model's contract.
 
     Args:
         x: increasing agreement values of the knots.
