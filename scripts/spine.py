@@ -32,7 +32,9 @@ Per patient, under ``<out>/<patient>/``:
   own crop grid, vertices in world mm); ``<patient>_spine.stl`` / ``.ply``: all of them in one file (the
   PLY with one colour per level).
 - ``<patient>_spine.png``: anterior and left-lateral surface renderings of the label map.
-- ``<patient>_spine.json``: per level the label value, source prediction, centroid (mm) and mesh report.
+- ``<patient>_spine.json``: per level the label value, source prediction, centroid (mm) and mesh report, and
+  (``reconstruct``, with the inference's confidence on) the confidence, its calibration flag, the TTA agreement
+  and any low-confidence flag (docs/confidence.md).
 
 Every file is written atomically, inside ``<out>``: patient names and case ids follow the inference's name
 rules (:func:`scripts.io.outputs.check_case_names`: no path separator, no leading ``.``, a length the file
@@ -470,11 +472,13 @@ def _write_patient(
     formats: Sequence[str],
     volumes: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     timings: dict[str, float] | None = None,
+    confidences: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Meshes, label map, HU volume, rendering and report of one patient's vertebrae.
 
     ``volumes`` (``{case id: (HU volume (X, Y, Z), its own affine)}``) gives the predictions in memory;
-    without it they are read from ``case.pred``. ``timings`` collects seconds per stage.
+    without it they are read from ``case.pred``. ``timings`` collects seconds per stage. ``confidences`` (by case
+    id) adds each vertebra's confidence entries to the report.
     """
     import trimesh
 
@@ -489,6 +493,7 @@ def _write_patient(
         vaff = _pred_affine(case, vol.shape, own, affine_from)
         items.append((case, vol, vaff))
         entry: dict[str, Any] = {"label": LEVEL_LABELS[case.level], "id": case.id, "prediction": case.pred}
+        entry.update((confidences or {}).get(case.id, {}))
         try:
             with watch("mesh"):
                 mesh = volume_to_mesh(vol, vaff, level=level)
@@ -613,12 +618,23 @@ def _check_overrides(files: Sequence[str], overrides: Mapping[str, Any]) -> None
             raise DataError(None, f"--{key} is not a key of the inference config", hint)
 
 
-def _collect_predictions(engine: Any, volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """After each iteration: every item's HU volume (X, Y, Z) and the affine of its expanded input, by case id."""
+#: the confidence entries of an inference output (scripts.confidence.TTAConfidenced) kept in the spine report.
+CONFIDENCE_KEYS = ("confidence", "confidence_calibrated", "tta_agreement", "flag")
+
+
+def _collect_predictions(
+    engine: Any, volumes: dict[str, tuple[np.ndarray, np.ndarray]], confidences: dict[str, dict] | None = None
+) -> None:
+    """After each iteration: every item's HU volume (X, Y, Z) and the affine of its expanded input, by case id, and
+    (into ``confidences``) its confidence entries when inference computed them."""
     for item, output in zip(engine.state.batch, engine.state.output):
         image = item["image"]
         affine = np.asarray(torch.as_tensor(getattr(image, "affine", torch.eye(4))).cpu(), dtype=np.float64)
         volumes[str(item["id"])] = (np.asarray(torch.as_tensor(output["pred"])[0].float().cpu()), affine)
+        if confidences is not None and "confidence" in output:
+            confidences[str(item["id"])] = {
+                k: (v.item() if hasattr(v, "item") else v) for k, v in output.items() if k in CONFIDENCE_KEYS
+            }
 
 
 def _stage_timer(engine: Any, resume: Any, pause: Any) -> Any:
@@ -658,6 +674,7 @@ def run_inference(
     output_dir: str | os.PathLike | None = None,
     timings: dict[str, float] | None = None,
     progress: bool = True,
+    confidences: dict[str, dict] | None = None,
     **overrides: Any,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Reconstruct inference cases with the bundle's inference workflow, ``batch_size`` cases per network call.
@@ -676,6 +693,8 @@ def run_inference(
         timings: if given, seconds per stage are added to it: ``workflow`` (parsing, the checks, the network and
             its weights), ``load``, ``network``, ``hu``.
         progress: show a progress bar over the batches.
+        confidences: if given, each case's confidence entries (``confidence``, ``confidence_calibrated``,
+            ``tta_agreement``, ``flag``; docs/confidence.md) are put in it by case id.
         overrides: values of the inference config (``ckpt_dir``, ``invert``, ``sdd``, ``device``, ...).
 
     Returns:
@@ -707,7 +726,7 @@ def run_inference(
             workflow = create_workflow(config_file=files, workflow_type="infer", **{**overrides, **settings})
         evaluator = workflow.evaluator
         timers = _time_stages(evaluator)
-        evaluator.add_event_handler(Events.ITERATION_COMPLETED, _collect_predictions, volumes)
+        evaluator.add_event_handler(Events.ITERATION_COMPLETED, _collect_predictions, volumes, confidences)
         if progress:
             from ignite.handlers import ProgressBar
 
@@ -796,7 +815,10 @@ def reconstruct(
     if device is not None:
         overrides["device"] = f"$torch.device({str(device)!r})"
     inputs = [{"xray": c.xray, "id": c.id, **({} if c.angles is None else {"angles": c.angles})} for c in pairs]
-    volumes = run_inference(inputs, config_file, batch_size, output_dir=out, timings=timings, **overrides)
+    confidences: dict[str, dict] = {}
+    volumes = run_inference(
+        inputs, config_file, batch_size, output_dir=out, timings=timings, confidences=confidences, **overrides
+    )
     watch = _Stopwatch(timings)
     if save_vertebrae:
         for case in pairs:
@@ -810,8 +832,9 @@ def reconstruct(
     reports = {}
     for pid, group in sorted(by_patient.items()):
         reports[pid] = _write_patient(
-            pid, group, Path(out), float(level), spacing, "auto", formats, volumes=volumes, timings=timings
-        )
+            pid, group, Path(out), float(level), spacing, "auto", formats, volumes=volumes, timings=timings,
+            confidences=confidences,
+        )  # fmt: skip
         print(f"{pid}: {len(group)} vertebrae reconstructed -> {Path(out) / pid}", file=sys.stderr)
     return reports
 

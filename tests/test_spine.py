@@ -167,6 +167,9 @@ def test_reconstruct_in_batches_places_and_assembles_every_vertebra(xray_spine, 
     folder = tmp_path / "b2" / "bench"
     report = reports["bench"]
     assert set(report["labels"]) == {"T1", "T2", "T3"}
+    for entry in report["vertebrae"].values():  # each vertebra's confidence (calibrated by the CPU model)
+        assert 0.0 <= entry["confidence"] <= 1.0 and entry["confidence_calibrated"] is True
+        assert entry["flag"] in ("", "low confidence")
     for name in ("bench_labels.nii.gz", "bench_hu.nii.gz", "bench_spine.png", "bench_spine.json"):
         assert (folder / name).is_file()
     for crop in crops:  # each reconstruction is written where its crop lies in patient space
