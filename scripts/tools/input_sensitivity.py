@@ -54,7 +54,6 @@ def input_sensitivity(
     """Run the swap test (see the module's docstring); returns the per-vertebra Dice and their means."""
     from monai.bundle import ConfigParser
     from scripts.networks.model_info import load_state_dict_file
-    from scripts.workflow import load_split, zscore_of_hu
 
     parser = ConfigParser()
     parser.read_config([str(ROOT / c) for c in configs])
@@ -62,13 +61,15 @@ def input_sensitivity(
     parser["validate_perturbed"] = False
     for key, value in (overrides or {}).items():
         parser[key] = value
+    # the config's own split reader (scripts.workflow.load_split), for the chosen split
+    parser["validate#dataset#data"] = f"$@scripts.workflow.load_split(@dataset_dir, {split!r}, @drr_source)"
     net = parser.get_parsed_content("network")
     net.load_state_dict(load_state_dict_file(model))
     net.eval()
     stats = parser.get_parsed_content("stats")
-    threshold = zscore_of_hu(-500.0, stats)
+    threshold = (-500.0 - stats["gt_mean"]) / stats["gt_std"]  # the Dice metric's -500 HU as a z-score
     transform = parser.get_parsed_content("validate#preprocessing")
-    items = [transform(item) for item in load_split(dataset_dir, split, parser.get_parsed_content("drr_source"))]
+    items = [transform(item) for item in parser.get_parsed_content("validate#dataset#data")]
     if len(items) < 2:
         raise ValueError(f"the swap test needs at least 2 vertebrae in the {split!r} split, found {len(items)}.")
     rows = []
