@@ -4,6 +4,7 @@
 Usage::
 
     python -m scripts.simulate --data data/example --angles "[[0, 90]]"
+    python -m scripts.simulate radiographs --ct CT.nii.gz --labels LABELS.nii.gz --out DIR   # full radiographs
     python -m scripts.simulate --data data/example --angles "[[0, 90], [30, 90], [[0, 10], [90, 0]]]" \
         --source in_context --spectrum 90kV --photon_count 1e5
 
@@ -21,13 +22,37 @@ Each file is written atomically and the ``.json`` last, so an interrupted run re
 ``drr`` (NIfTI), ``drr_png`` (list of PNGs), ``drr_angles`` ((V, 2)) and ``drr_geometry`` (JSON) of the
 first view set, and ``drrs``: the same four entries for every view set. Paths are relative to the datalist.
 Noise is seeded per item and view set from ``--seed``, so reruns give identical images.
+
+**Full radiographs of a whole scan** (``python -m scripts.simulate radiographs --ct CT.nii.gz [--labels
+LABELS.nii.gz] --out DIR``, :func:`simulate_radiographs`). The scan (HU, or any CT ``scripts.data.io.load_volume``
+reads) is resampled to an isotropic RAS grid of ``--spacing`` mm. Its field of view is completed as the body X-ray
+source completes it (air outside the body, a smooth soft-tissue trunk where the scan cuts the body,
+:func:`scripts.drr.body.complete_body`), so the scan's box edges show only where the completion cannot hide them
+(its top and bottom). It is projected onto a full detector in AP and lateral (default: source-detector 1200 mm,
+source-isocentre 800 mm, a 430 mm detector of 2 mm pixels, polychromatic 60 kV with 10^6 photons, seeded noise),
+both views turning about one isocentre: the centre of the labelled vertebrae, else the scan's centre, or
+``--isocentre``. Written in ``DIR``:
+
+- ``ap.dcm`` and ``lateral.dcm`` (or ``.png`` / ``.tif`` with a sidecar JSON, ``--fmt``): the radiographs with the
+  geometry :mod:`scripts.io.radiograph` reads, and the transform from the scan's world coordinates to the X-ray
+  system's frame (``world_to_system``: the translation by minus the isocentre);
+- ``centres.json`` (with ``--labels``): per vertebra, top to bottom, its level name, label value, centre in world mm
+  and in the system frame, its projected centre ``(row, col)`` in each image, and whether it lies inside both;
+- ``simulation.json``: the settings, the geometry and ``world_to_system``.
+
+The files are written into a temporary folder beside ``DIR`` and moved in when all are done (reports last): a failed
+run leaves nothing half-written.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -39,7 +64,15 @@ from scripts.transforms.drr import DRR
 from scripts.utils import atomic_path
 from tqdm import tqdm
 
-__all__ = ["main", "simulate_item", "parse_view_sets", "SOURCES", "write_png16"]
+__all__ = [
+    "main",
+    "simulate_item",
+    "parse_view_sets",
+    "simulate_radiographs",
+    "vertebra_centres",
+    "SOURCES",
+    "write_png16",
+]
 
 SOURCES = {"isolated": "gt", "in_context": "ct"}
 SPLITS = ("training", "validation", "test")
@@ -206,12 +239,169 @@ def main(
     return summary
 
 
+def vertebra_centres(
+    labels: np.ndarray, affine: np.ndarray, convention: str = "auto", class_map: dict[int, str] | None = None
+) -> list[dict[str, Any]]:
+    """The centre (world mm, the mean of its voxels) of every vertebra of a label map, top to bottom."""
+    from scripts.data.labels import vertebra_labels
+
+    values = np.unique(labels)
+    levels = vertebra_labels(values, convention, class_map)
+    aff = np.asarray(affine, dtype=np.float64)
+    out = []
+    for value, level in levels.items():
+        world = aff[:3, :3] @ np.argwhere(labels == value).mean(axis=0) + aff[:3, 3]
+        out.append({"level": level, "label": int(value), "centre_mm_world": [round(float(v), 3) for v in world]})
+    return sorted(out, key=lambda c: -c["centre_mm_world"][2])
+
+
+def simulate_radiographs(
+    ct: str,
+    out: str,
+    labels: str | None = None,
+    label_convention: str = "auto",
+    class_map: str | None = None,
+    spacing: float = 2.0,
+    sdd: float = 1200.0,
+    sod: float = 800.0,
+    detector_mm: float = 430.0,
+    pixel_mm: float = 2.0,
+    physics: str = "poly",
+    spectrum: str = "60kV",
+    photon_count: float | None = 1e6,
+    seed: int = 0,
+    isocentre: Any = None,
+    fmt: str = "dcm",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Simulate an AP and a lateral full radiograph of a whole scan (see the module's docstring).
+
+    Args:
+        ct: the scan.
+        out: the output folder (refused if it holds files, unless ``overwrite``).
+        labels: its vertebra label map (VerSe or TotalSegmentator values), for ``centres.json`` and the isocentre.
+        label_convention: ``"auto"``, ``"verse"`` or ``"totalseg"``.
+        class_map: a TotalSegmentator class map (value -> structure name, e.g. ``structures.csv``); default one
+            found beside the label map (``structures.csv``, ``classes.csv``, ``class_map.csv``), if any.
+        spacing: the isotropic grid (mm) the scan is projected from.
+        sdd: source-detector distance (mm).
+        sod: source-isocentre distance (mm).
+        detector_mm: the square detector's side (mm).
+        pixel_mm: its pixel size (mm).
+        physics: ``"poly"`` or ``"mono"`` (:class:`scripts.drr.projector.DRRProjector`).
+        spectrum: the tube's spectrum.
+        photon_count: photons per pixel (``None``: no noise).
+        seed: the noise seed.
+        isocentre: the world point (mm) both views turn about (default: see the module's docstring).
+        fmt: ``"dcm"``, ``"png"`` or ``"tif"``.
+        overwrite: replace the files of an earlier run in ``out``.
+
+    Returns:
+        the contents of ``simulation.json`` plus ``centres`` (the vertebrae, empty without labels).
+    """
+    from scripts.data.crop import to_ras_isotropic
+    from scripts.data.io import check_same_grid, load_volume
+    from scripts.data.labels import read_class_map
+    from scripts.drr.body import complete_body, outside_fov
+    from scripts.drr.projector import DRRProjector
+    from scripts.errors import BundleInputError
+    from scripts.functional import DEFAULT_ANGLES
+    from scripts.io.radiograph import write_projected_radiographs
+
+    if not (spacing > 0 and sdd > sod > 0 and detector_mm > 0 and pixel_mm > 0):
+        raise BundleInputError(
+            f"need spacing > 0, sdd > sod > 0, detector_mm > 0 and pixel_mm > 0; got spacing={spacing}, sdd={sdd}, "
+            f"sod={sod}, detector_mm={detector_mm}, pixel_mm={pixel_mm}."
+        )
+    if fmt not in ("dcm", "png", "tif"):
+        raise BundleInputError(f"--fmt must be dcm, png or tif, got {fmt!r}.")
+    dest = Path(out)
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise BundleInputError(f"{dest} already holds files; choose another --out or pass --overwrite True.")
+    img = load_volume(ct, "CT")
+    outside_raw = outside_fov(np.asarray(img[0], dtype=np.float32), None).astype(np.float32)
+    vol = to_ras_isotropic(img, spacing)
+    # the field of view on the new grid: the mask of the original one, resampled alongside the CT
+    mask = img.clone()
+    mask[0] = torch.as_tensor(outside_raw)
+    outside = np.asarray(to_ras_isotropic(mask, spacing, is_label=True)[0]) > 0.5
+    hu, affine, completed = complete_body(np.asarray(vol[0], dtype=np.float32), outside, np.asarray(vol.affine))
+    centres: list[dict[str, Any]] = []
+    if labels is not None:
+        lab_img = load_volume(labels, "labels")
+        check_same_grid(img, lab_img, labels, ct)
+        lab = to_ras_isotropic(lab_img, spacing, is_label=True)
+        if class_map is None:
+            near = [Path(labels).parent / n for n in ("structures.csv", "classes.csv", "class_map.csv")]
+            class_map = next((str(p) for p in near if p.is_file()), None)
+        cmap = read_class_map(class_map) if class_map else None
+        centres = vertebra_centres(np.asarray(lab[0]).astype(np.int64), np.asarray(lab.affine), label_convention, cmap)
+    if isocentre is not None:
+        iso = np.asarray(json.loads(isocentre) if isinstance(isocentre, str) else isocentre, dtype=np.float64)
+        if iso.shape != (3,) or not np.all(np.isfinite(iso)):
+            raise BundleInputError(f"--isocentre must be three numbers (world mm), got {isocentre!r}.")
+    elif centres:
+        iso = np.mean([c["centre_mm_world"] for c in centres], axis=0)
+    else:
+        iso = affine[:3, :3] @ ((np.asarray(hu.shape) - 1) / 2.0) + affine[:3, 3]
+    n = int(round(detector_mm / pixel_mm))
+    geo = ConeBeamGeometry(float(sdd), float(sod), (n, n), (float(pixel_mm), float(pixel_mm)))
+    projector = DRRProjector(geo, physics=physics, spectrum=spectrum, photon_count=photon_count)
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def project(v: torch.Tensor, aff: torch.Tensor, angles: Any, isocentre: Any) -> torch.Tensor:
+        iso_t = torch.as_tensor(np.asarray(isocentre, dtype=np.float64))
+        return projector(v[None], aff, torch.as_tensor(np.asarray(angles)), isocentre=iso_t, generator=gen)[0]
+
+    angles = np.asarray(DEFAULT_ANGLES, dtype=np.float64)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        written = write_projected_radiographs(
+            hu, affine, staging, iso, geo, angles, names=("ap", "lateral"), projector=project, fmt=fmt
+        )
+        if centres:
+            pix = geo.project_points([c["centre_mm_world"] for c in centres], angles, iso).numpy()  # (col, row)
+            for i, c in enumerate(centres):
+                c["centre_mm_system"] = [round(float(v), 3) for v in (np.asarray(c["centre_mm_world"]) - iso)]
+                for v, name in enumerate(("ap", "lateral")):
+                    c[f"{name}_rc"] = [round(float(pix[v, i, 1]), 2), round(float(pix[v, i, 0]), 2)]
+                c["inside_both"] = all(0 <= p <= n - 1 for name in ("ap", "lateral") for p in c[f"{name}_rc"])
+            (staging / "centres.json").write_text(json.dumps({"vertebrae": centres}, indent=1) + "\n")
+        summary = {
+            "ct": str(ct),
+            "labels": None if labels is None else str(labels),
+            "files": [Path(f).name for f in written["files"]],
+            "geometry": geo.to_dict(),
+            "angles": angles.tolist(),
+            "isocentre_mm_world": [round(float(v), 3) for v in iso],
+            "world_to_system": np.asarray(written["world_to_system"], dtype=np.float64).tolist(),
+            "spacing_mm": float(spacing),
+            "physics": physics,
+            "spectrum": spectrum,
+            "photon_count": photon_count,
+            "seed": int(seed),
+            "field_of_view_completed": bool(completed),
+        }
+        (staging / "simulation.json").write_text(json.dumps(summary, indent=1) + "\n")
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in sorted(staging.iterdir(), key=lambda p: p.suffix == ".json"):  # the reports last
+            os.replace(f, dest / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(json.dumps({"out": str(dest), "files": summary["files"], "vertebrae": len(centres)}))
+    return {**summary, "centres": centres}
+
+
 if __name__ == "__main__":
     import sys
 
     import fire
 
     try:
-        fire.Fire(main, serialize=lambda result: None)  # main prints its JSON summary itself
-    except (ValueError, FileNotFoundError, KeyError) as e:  # bad input: one line, no traceback
+        if sys.argv[1:2] == ["radiographs"]:  # full radiographs of a whole scan (simulate_radiographs)
+            fire.Fire(simulate_radiographs, command=sys.argv[2:], serialize=lambda result: None)
+        else:
+            fire.Fire(main, serialize=lambda result: None)  # main prints its JSON summary itself
+    except (ValueError, FileNotFoundError, KeyError) as e:  # bad input (BundleInputError is one): one line
         sys.exit(f"error: {e}")

@@ -1,0 +1,89 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""python -m scripts.simulate radiographs: full radiographs of a whole scan, with the vertebrae's projected centres."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scripts.errors import BundleInputError
+from scripts.io.radiograph import read_radiograph
+from scripts.simulate import simulate_radiographs
+from tests.conftest import ROOT
+
+# three bone blocks along z (superior first) in a soft-tissue box, VerSe labels T10, T11, T12 (17, 18, 19)
+CENTRES_VOX = {17: (30, 26, 44), 18: (30, 28, 30), 19: (30, 30, 16)}
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scan")
+    hu = np.full((60, 56, 60), -1000.0, dtype=np.float32)
+    hu[8:52, 6:50, :] = 20.0  # a trunk that fills the slices
+    labels = np.zeros(hu.shape, dtype=np.int16)
+    for value, (x, y, z) in CENTRES_VOX.items():
+        hu[x - 5 : x + 6, y - 4 : y + 5, z - 3 : z + 4] = 900.0
+        labels[x - 5 : x + 6, y - 4 : y + 5, z - 3 : z + 4] = value
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-60.0, -40.0, 100.0)
+    nib.save(nib.Nifti1Image(hu, affine), str(folder / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(labels, affine), str(folder / "labels.nii.gz"))
+    return folder, affine
+
+
+def test_radiographs_with_geometry_and_projected_centres(scan, tmp_path):
+    folder, affine = scan
+    out = tmp_path / "rad"
+    res = simulate_radiographs(
+        str(folder / "ct.nii.gz"), str(out), labels=str(folder / "labels.nii.gz"), label_convention="verse",
+        detector_mm=200.0, pixel_mm=2.0, photon_count=None, physics="mono",
+    )  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["ap.dcm", "centres.json", "lateral.dcm", "simulation.json"]
+    centres = json.loads((out / "centres.json").read_text())["vertebrae"]
+    assert [c["level"] for c in centres] == ["T10", "T11", "T12"], "named, top to bottom"
+    iso = np.asarray(res["isocentre_mm_world"])
+    for c in centres:
+        world = affine[:3, :3] @ np.asarray(CENTRES_VOX[c["label"]], dtype=float) + affine[:3, 3]
+        assert np.allclose(c["centre_mm_world"], world, atol=1e-3)
+        assert np.allclose(c["centre_mm_system"], world - iso, atol=1e-3)
+        assert c["inside_both"]
+    np.testing.assert_allclose(iso, np.mean([c["centre_mm_world"] for c in centres], axis=0), atol=1e-3)
+    for name in ("ap", "lateral"):
+        rad = read_radiograph(out / f"{name}.dcm")
+        assert (rad.sdd, rad.sod, rad.pixel_spacing) == (1200.0, 800.0, (2.0, 2.0))
+        assert rad.image.shape == (100, 100)
+        np.testing.assert_allclose(rad.world_to_system[:3, 3], -iso, atol=1e-3)
+        for c in centres:  # each block's projection is brightest around its projected centre
+            r, col = (int(round(v)) for v in c[f"{name}_rc"])
+            patch = rad.image[r - 1 : r + 2, col - 1 : col + 2]
+            assert patch.min() >= 0.95 * rad.image.max(), "the centre lands on its block's bright plateau"
+    assert rad.angles == (90.0, 0.0)
+
+
+def test_bad_inputs_stop_before_writing(scan, tmp_path):
+    folder, _ = scan
+    with pytest.raises(BundleInputError, match="sdd > sod"):
+        simulate_radiographs(str(folder / "ct.nii.gz"), str(tmp_path / "a"), sdd=500.0, sod=800.0)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "keep.txt").write_text("x")
+    with pytest.raises(BundleInputError, match="already holds files"):
+        simulate_radiographs(str(folder / "ct.nii.gz"), str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_the_subcommand_keeps_the_dataset_command(scan, tmp_path):
+    folder, _ = scan
+    cmd = [sys.executable, "-m", "scripts.simulate", "radiographs", "--ct", str(folder / "ct.nii.gz"),
+           "--out", str(tmp_path / "c"), "--detector_mm", "120", "--fmt", "png"]  # fmt: skip
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert {"ap.png", "lateral.png", "simulation.json"} <= {p.name for p in (tmp_path / "c").iterdir()}
+    bad = subprocess.run(cmd[:-2] + ["--fmt", "jpg"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: --fmt must be")
+    old = subprocess.run([sys.executable, "-m", "scripts.simulate", "--data", str(tmp_path / "none")], cwd=ROOT,
+                         capture_output=True, text=True)  # fmt: skip
+    assert old.returncode != 0 and "datalist.json" in old.stderr, "the dataset command still answers"
