@@ -251,6 +251,15 @@ _STAGE_OF = {
 }
 
 
+def _one_case(folder: Path, roi: int) -> tuple[dict[str, Any], str]:
+    """One simulated X-ray pair written as PNGs into ``folder``, as an inference case, and where it came from."""
+    crops, source = benchmark_crops(1, roi, 2.0 * 64 / roi)
+    datalist = write_xray_pairs(crops, folder / "xrays")
+    case = json.loads(datalist.read_text())[0]
+    case = {"xray": [str(datalist.parent / f) for f in case["xray"]], "angles": case["angles"], "id": case["id"]}
+    return case, source
+
+
 def vertebra_benchmark(
     configs: Sequence[str] = ("configs/inference.json", "configs/cpu.json"),
     model: str | None = None,
@@ -280,10 +289,7 @@ def vertebra_benchmark(
     from monai.transforms import apply_transform
 
     with tempfile.TemporaryDirectory() as tmp:
-        crops, source = benchmark_crops(1, roi, 2.0 * 64 / roi)
-        datalist = write_xray_pairs(crops, Path(tmp) / "xrays")
-        case = json.loads(datalist.read_text())[0]
-        case = {"xray": [str(datalist.parent / f) for f in case["xray"]], "angles": case["angles"], "id": case["id"]}
+        case, source = _one_case(Path(tmp), roi)
         # every override before the first parse: setting a config item later rebuilds all components
         wf = _inference_workflow(configs, model, channels, roi, output_dir=str(Path(tmp) / "outputs"), cases=[case])
         get = wf.parser.get_parsed_content
@@ -349,10 +355,7 @@ def confidence_benchmark(
     from scripts.tools.timing import interleaved_seconds
 
     with tempfile.TemporaryDirectory() as tmp:
-        crops, source = benchmark_crops(1, roi, 2.0 * 64 / roi)
-        datalist = write_xray_pairs(crops, Path(tmp) / "xrays")
-        case = json.loads(datalist.read_text())[0]
-        case = {"xray": [str(datalist.parent / f) for f in case["xray"]], "angles": case["angles"], "id": case["id"]}
+        case, source = _one_case(Path(tmp), roi)
         runs = {}
         for name, on in (("with_confidence", True), ("without_confidence", False)):
             wf = _inference_workflow(
