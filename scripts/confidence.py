@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.inferers import Inferer
+from monai.metrics import compute_dice
 from monai.transforms import MapTransform
 
 __all__ = [
@@ -78,7 +79,11 @@ def shift_volume(x: torch.Tensor, shift: Sequence[int]) -> torch.Tensor:
 
 
 def _rotate_about_axis(x: torch.Tensor, degrees: float, axis: int) -> torch.Tensor:
-    """Turn (B, 1, X, Y, Z) about the grid's ``axis`` (0 x, 1 y, 2 z) through its centre, repeating the border."""
+    """Turn (B, 1, X, Y, Z) about the grid's ``axis`` (0 x, 1 y, 2 z) through its centre, repeating the border.
+
+    One ``affine_grid`` / ``grid_sample`` for the whole batch: MONAI's ``Rotate`` turns one item at a time, and the
+    inferer perturbs every item of a batch alike.
+    """
     t = math.radians(float(degrees))
     c, s = math.cos(t), math.sin(t)
     # affine_grid works in (x=W=Z, y=H=Y, z=D=X) order of the last three dimensions
@@ -163,7 +168,7 @@ class TTAInferer(Inferer):
         plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         copies = [plain] + [perturb_input(plain, beam_axes=self.beam_axes, **p) for p in self.perturbations]
         stacked = torch.cat(copies, dim=0)  # (B * (1 + K), V, X, Y, Z), item-major per copy
-        outs = [network(chunk, *args, **kwargs) for chunk in torch.split(stacked, self.batch_size * 1, dim=0)]
+        outs = [network(chunk, *args, **kwargs) for chunk in torch.split(stacked, self.batch_size, dim=0)]
         pred = torch.cat(outs, dim=0)
         b = plain.shape[0]
         preds = list(torch.split(pred, b, dim=0))
@@ -180,14 +185,12 @@ class TTAInferer(Inferer):
 def mask_agreement(masks: torch.Tensor) -> torch.Tensor:
     """Mean Dice of masks ``1..K`` against mask 0, per item: ``masks`` (B, 1 + K, ...) boolean; returns (B,).
 
-    Both empty counts as agreement 1 (nothing predicted, consistently).
+    MONAI's ``compute_dice`` with each perturbed mask as a channel; both empty counts as agreement 1 (nothing
+    predicted, consistently).
     """
-    ref = masks[:, :1].flatten(2).float()
-    others = masks[:, 1:].flatten(2).float()
-    inter = (ref * others).sum(-1)
-    total = ref.sum(-1) + others.sum(-1)
-    dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
-    return dice.mean(-1)
+    others = masks[:, 1:].float()
+    ref = masks[:, :1].float().expand_as(others)
+    return compute_dice(others, ref, include_background=True, ignore_empty=False).mean(dim=1)
 
 
 class ConfidenceCalibration:

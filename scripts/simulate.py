@@ -282,7 +282,7 @@ def simulate_radiographs(
         labels: its vertebra label map (VerSe or TotalSegmentator values), for ``centres.json`` and the isocentre.
         label_convention: ``"auto"``, ``"verse"`` or ``"totalseg"``.
         class_map: a TotalSegmentator class map (value -> structure name, e.g. ``structures.csv``); default one
-            found beside the label map (``structures.csv``, ``classes.csv``, ``class_map.csv``), if any.
+            found beside the label map (``scripts.data.sources.CLASS_MAP_NAMES``), if any.
         spacing: the isotropic grid (mm) the scan is projected from.
         sdd: source-detector distance (mm).
         sod: source-isocentre distance (mm).
@@ -302,6 +302,7 @@ def simulate_radiographs(
     from scripts.data.crop import to_ras_isotropic
     from scripts.data.io import check_same_grid, load_volume
     from scripts.data.labels import read_class_map
+    from scripts.data.sources import CLASS_MAP_NAMES
     from scripts.drr.body import complete_body, outside_fov
     from scripts.drr.projector import DRRProjector
     from scripts.errors import BundleInputError
@@ -332,7 +333,7 @@ def simulate_radiographs(
         check_same_grid(img, lab_img, labels, ct)
         lab = to_ras_isotropic(lab_img, spacing, is_label=True)
         if class_map is None:
-            near = [Path(labels).parent / n for n in ("structures.csv", "classes.csv", "class_map.csv")]
+            near = [Path(labels).parent / n for n in CLASS_MAP_NAMES]
             class_map = next((str(p) for p in near if p.is_file()), None)
         cmap = read_class_map(class_map) if class_map else None
         centres = vertebra_centres(np.asarray(lab[0]).astype(np.int64), np.asarray(lab.affine), label_convention, cmap)

@@ -35,6 +35,7 @@ from scripts.data.split import SPLIT_ALIASES, SPLITS
 from scripts.utils import atomic_path
 
 __all__ = [
+    "CLASS_MAP_NAMES",
     "Case",
     "EXAMPLE_PATIENT",
     "EXAMPLE_WHEEL",
@@ -66,7 +67,8 @@ _PAIR_HELP = (
     "or pass a CSV/JSON list with columns ct,mask"
 )
 _MULTILABEL_NAMES = ("segmentations", "segmentation", "seg", "mask", "label", "labels", "multilabel")
-_CLASS_MAP_NAMES = ("structures.csv", "classes.csv", "class_map.csv", "structures.json", "classes.json")
+#: the file names of a class map (value -> structure name) looked for beside a label map.
+CLASS_MAP_NAMES = ("structures.csv", "classes.csv", "class_map.csv", "structures.json", "classes.json")
 
 
 @dataclass
@@ -206,7 +208,7 @@ def _volumes(root: Path) -> list[Path]:
 
 def _class_map_near(folder: Path, root: Path) -> str | None:
     for d in (folder, root):
-        for name in _CLASS_MAP_NAMES:
+        for name in CLASS_MAP_NAMES:
             if (d / name).is_file():
                 return str(d / name)
     return None
