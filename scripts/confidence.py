@@ -37,6 +37,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.metrics import compute_dice
 from monai.transforms import MapTransform
+from scripts.errors import BundleInputError
 
 __all__ = [
     "DEFAULT_PERTURBATIONS",
@@ -158,9 +159,9 @@ class TTAInferer(Inferer):
         for p in self.perturbations:
             unknown = set(p) - allowed
             if unknown:
-                raise ValueError(f"unknown TTA perturbation keys {sorted(unknown)}; use {sorted(allowed)}.")
+                raise BundleInputError(f"unknown TTA perturbation keys {sorted(unknown)}; use {sorted(allowed)}.")
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+            raise BundleInputError(f"batch_size must be >= 1, got {batch_size}.")
         self.batch_size = int(batch_size)
         self.beam_axes = tuple(int(a) for a in beam_axes)
 
@@ -298,7 +299,7 @@ class TTAConfidenced(MapTransform):
             calibration = ConfidenceCalibration.from_dict(calibration)
         self.calibration = calibration
         if flag_below is not None and not 0.0 <= float(flag_below) <= 1.0:
-            raise ValueError(f"flag_below is a confidence in [0, 1], got {flag_below}.")
+            raise BundleInputError(f"--flag_below is a confidence in [0, 1], got {flag_below}.")
         self.flag_below = None if flag_below is None else float(flag_below)
         self.uncertainty_key = uncertainty_key
         self.agreement_key = agreement_key

@@ -30,6 +30,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.networks.layers import GaussianFilter
 from monai.transforms import Compose, MapTransform, Randomizable, Rotate, SpatialResample, Transform
+from scripts.errors import BundleInputError
 from scripts.functional import item_seed
 
 __all__ = ["RandWindowShiftd", "RandViewRotated", "RandScatterd", "RandClutterBlendd", "SeededRandomd", "with_meta"]
@@ -99,8 +100,9 @@ class RandWindowShiftd(Randomizable, MapTransform):
         MapTransform.__init__(self, keys, allow_missing_keys)
         self.max_shift = np.broadcast_to(np.asarray(max_shift_mm, dtype=np.float64), (3,)).copy()
         if np.any(self.max_shift < 0) or (shift_norm_mm is not None and float(shift_norm_mm) < 0):
-            raise ValueError(
-                f"window shifts are lengths in mm >= 0; got max_shift_mm={max_shift_mm}, shift_norm_mm={shift_norm_mm}."
+            raise BundleInputError(
+                f"window shifts are lengths in mm >= 0 (--window_shift_mm, --window_error_mm); got max_shift_mm="
+                f"{max_shift_mm}, shift_norm_mm={shift_norm_mm}."
             )
         self.shift_norm = None if shift_norm_mm is None else float(shift_norm_mm)
         self.prob = _check_prob(prob)
