@@ -1,0 +1,304 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Training data of the vertebra finder: full AP and lateral radiographs of whole scans, simulated in advance.
+
+Usage::
+
+    python -m scripts.tools.finder_data --data data/body64 --out data/finder --pairs 40 --val_pairs 8
+
+For every patient of the ``training`` and ``validation`` splits of ``DATA/datalist.json`` this simulates
+``--pairs`` (validation: ``--val_pairs``) AP + lateral pairs of its whole scan (``<patient>_body.nii.gz``, HU, the
+field of view completed as :func:`scripts.drr.body.complete_body` does for ``python -m scripts.simulate
+radiographs``) onto a 430 mm detector of 2 mm pixels, each pair with its own draw (:func:`draw_pair`):
+
+- source-detector distance uniform in 1000-1500 mm, the isocentre 200-500 mm in front of the detector;
+- the isocentre at the labelled vertebrae's mean centre, moved by up to 40 mm left-right and front-back and 60 mm
+  along the spine;
+- the patient turned about the isocentre by up to 8 degrees about the long axis and 5 degrees about each of the
+  other two (one rotation for both views, as when a patient stands turned in the system);
+- the tube's spectrum (60, 90 or 120 kV) and 10^4-10^6 photons per pixel (Poisson noise).
+
+The vertebrae and their levels come from the patient's label map (the raw ``<patient>_seg.nii.gz`` of
+``--labels_dir``, VerSe ids; the embedded example's TotalSegmentator map for LIDC-IDRI-0001), each centre the mean
+of its voxels in world mm (:func:`scripts.simulate.vertebra_centres`), projected with the pair's geometry. Only
+vertebrae whose projected centre lies inside an image count for that image; vertebrae the scan cuts are kept (the
+image shows what the scan holds of them).
+
+Written under ``OUT``: per pair ``<patient>/<patient>_<k>_ap.npy`` and ``_lateral.npy`` (float32 ``(H, W)`` line
+integrals, oriented as the bundle's radiographs) and ``<patient>_<k>.json`` (the draw, the geometry of each view,
+and per vertebra its level, world centre and ``(row, col)`` in each view), the JSON last; then
+``datalist.json`` with one item per image (``image``, ``view`` 0 AP / 1 lateral, ``centres`` ``[[row, col], ...]``
+and ``levels`` (indices of :data:`scripts.networks.finder.LEVELS`) of the vertebrae inside it, ``id``, ``patient``,
+``pair``). Each file is written atomically and a pair whose JSON exists is skipped, so an interrupted run resumes;
+the draws are seeded per patient and pair (``--seed``), so a rerun gives the same images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DETECTOR_MM",
+    "PIXEL_MM",
+    "label_source",
+    "patient_vertebrae",
+    "labels_on_grid",
+    "rotation_matrix",
+    "draw_pair",
+    "simulate_pair",
+    "build_datalist",
+    "finder_data",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+#: the detector's side (mm) and pixel size (mm) of the training radiographs (``scripts.simulate``'s defaults).
+DETECTOR_MM = 430.0
+PIXEL_MM = 2.0
+VIEW_NAMES = ("ap", "lateral")
+_ANGLES = np.array([[0.0, 0.0], [90.0, 0.0]])
+
+
+def label_source(patient: str, labels_dir: str | os.PathLike) -> tuple[str, str, str | None]:
+    """Where a patient's vertebra label map is: ``(path, convention, class_map)``.
+
+    LIDC-IDRI-0001 is the embedded example (its TotalSegmentator map, fetched by
+    :func:`scripts.data.sources.fetch_example`); the others are ``<labels_dir>/<patient>_seg.nii.gz`` with VerSe ids.
+
+    Raises:
+        FileNotFoundError: no label map for the patient.
+    """
+    from scripts.data.sources import EXAMPLE_PATIENT, fetch_example
+
+    if patient == EXAMPLE_PATIENT:
+        case = fetch_example()
+        return case.mask, case.convention, case.class_map
+    path = Path(labels_dir) / f"{patient}_seg.nii.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"no label map {path} for {patient}: give --labels_dir (the raw spine-ct folder).")
+    return str(path), "verse", None
+
+
+def patient_vertebrae(label_path: str, convention: str = "verse", class_map: str | None = None) -> list[dict]:
+    """Every labelled vertebra of a label map: ``{"level", "label", "centre_mm_world"}``, top to bottom, the levels
+    the finder names only (C1-L5)."""
+    from scripts.data.io import load_volume
+    from scripts.data.labels import read_class_map
+    from scripts.networks.finder import LEVELS
+    from scripts.simulate import vertebra_centres
+
+    lab = load_volume(label_path, "labels")
+    cmap = read_class_map(class_map) if class_map else None
+    found = vertebra_centres(np.asarray(lab[0]).astype(np.int64), np.asarray(lab.affine), convention, cmap)
+    return [c for c in found if c["level"] in LEVELS]
+
+
+def labels_on_grid(label_path: str, reference: str, out_path: str | os.PathLike) -> Path:
+    """Resample a label map (nearest) onto another volume's grid (e.g. a prepared body scan) and save it.
+
+    ``python -m scripts.simulate radiographs`` takes a CT and a label map on one grid; the prepared body scans (HU)
+    and the raw label maps are on different grids of the same world frame.
+    """
+    import nibabel as nib
+    from monai.transforms import SpatialResample
+    from scripts.data.io import load_volume
+
+    lab = load_volume(label_path, "labels")
+    ref = nib.load(str(reference))
+    shape = ref.shape[:3]
+    out = SpatialResample(mode="nearest", padding_mode="zeros")(
+        lab, dst_affine=torch.as_tensor(ref.affine, dtype=torch.float64), spatial_size=shape
+    )
+    arr = np.asarray(out[0]).round().astype(np.int16)
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(arr, ref.affine), str(path))
+    return path
+
+
+def rotation_matrix(degrees_xyz: Any) -> np.ndarray:
+    """The rotation ``Rz @ Ry @ Rx`` (3, 3) of angles (degrees) about the x (left-right), y (front-back) and z
+    (long) axes."""
+    ax, ay, az = (math.radians(float(a)) for a in degrees_xyz)
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def draw_pair(rng: np.random.Generator) -> dict[str, Any]:
+    """One pair's random draw (see the module docstring)."""
+    sdd = float(rng.uniform(1000.0, 1500.0))
+    return {
+        "sdd": round(sdd, 1),
+        "sod": round(sdd - float(rng.uniform(200.0, 500.0)), 1),
+        "isocentre_offset_mm": [round(float(v), 2) for v in rng.uniform(-1, 1, 3) * np.array([40.0, 40.0, 60.0])],
+        "rotation_deg": [round(float(v), 2) for v in rng.uniform(-1, 1, 3) * np.array([5.0, 5.0, 8.0])],
+        "spectrum": str(rng.choice(["60kV", "90kV", "120kV"])),
+        "photon_count": float(10 ** rng.uniform(4.0, 6.0)),
+    }
+
+
+def simulate_pair(
+    hu: torch.Tensor,
+    affine: torch.Tensor,
+    vertebrae: list[dict],
+    draw: dict[str, Any],
+    seed: int,
+    detector_mm: float = DETECTOR_MM,
+    pixel_mm: float = PIXEL_MM,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Project a completed whole scan as one AP + lateral pair of ``draw``.
+
+    Returns:
+        ``(images (2, H, W) float32, record)``: the record holds the draw, the isocentre, each view's geometry
+        (:class:`scripts.drr.windows.RadiographView` fields) and per vertebra its ``ap_rc`` / ``lateral_rc`` and
+        ``inside`` (per view).
+    """
+    from scripts.drr.geometry import ConeBeamGeometry
+    from scripts.drr.projector import DRRProjector
+
+    n = int(round(detector_mm / pixel_mm))
+    geo = ConeBeamGeometry(draw["sdd"], draw["sod"], (n, n), (pixel_mm, pixel_mm))
+    centres = np.array([v["centre_mm_world"] for v in vertebrae], dtype=np.float64).reshape(-1, 3)
+    iso = centres.mean(axis=0) + np.asarray(draw["isocentre_offset_mm"])
+    rot = rotation_matrix(draw["rotation_deg"])
+    projector = DRRProjector(geo, physics="poly", spectrum=draw["spectrum"], photon_count=draw["photon_count"])
+    gen = torch.Generator().manual_seed(int(seed))
+    images = projector(hu, affine, _ANGLES, isocentre=torch.as_tensor(iso), object_rotation=rot, generator=gen)
+    pix = geo.project_points(centres, _ANGLES, iso, rot).numpy() if len(centres) else np.zeros((2, 0, 2))
+    out = []
+    for i, v in enumerate(vertebrae):
+        item = {"level": v["level"], "label": v.get("label"), "centre_mm_world": v["centre_mm_world"]}
+        for k, name in enumerate(VIEW_NAMES):
+            rc = [round(float(pix[k, i, 1]), 2), round(float(pix[k, i, 0]), 2)]
+            item[f"{name}_rc"] = rc
+            item[f"{name}_inside"] = bool(0 <= rc[0] <= n - 1 and 0 <= rc[1] <= n - 1)
+        out.append(item)
+    record = {
+        "draw": draw,
+        "isocentre_mm_world": [round(float(x), 3) for x in iso],
+        "object_rotation": rot.tolist(),
+        "views": {
+            name: {
+                "sdd": geo.sdd,
+                "sod": geo.sod,
+                "shape": [n, n],
+                "pixel_spacing": [pixel_mm, pixel_mm],
+                "angles": _ANGLES[k].tolist(),
+            }
+            for k, name in enumerate(VIEW_NAMES)
+        },  # fmt: skip
+        "vertebrae": out,
+    }
+    return images.numpy().astype(np.float32), record
+
+
+def build_datalist(out: Path, patients: dict[str, str]) -> dict[str, list[dict]]:
+    """The datalist of the pairs written under ``out``: one item per image (see the module docstring)."""
+    from scripts.networks.finder import level_index
+
+    dl: dict[str, list[dict]] = {"training": [], "validation": []}
+    for patient, split in patients.items():
+        for rec_path in sorted((out / patient).glob(f"{patient}_*.json")):
+            rec = json.loads(rec_path.read_text())
+            pair = rec_path.stem
+            for k, name in enumerate(VIEW_NAMES):
+                inside = [v for v in rec["vertebrae"] if v[f"{name}_inside"]]
+                dl[split].append(
+                    {
+                        "image": f"{patient}/{pair}_{name}.npy",
+                        "view": k,
+                        "centres": [v[f"{name}_rc"] for v in inside],
+                        "levels": [level_index(v["level"]) for v in inside],
+                        "id": f"{pair}_{name}",
+                        "patient": patient,
+                        "pair": pair,
+                    }
+                )
+    return dl
+
+
+def finder_data(
+    data: str = "data/body64",
+    out: str = "data/finder",
+    labels_dir: str = "../shared/data/spine-ct",
+    pairs: int = 40,
+    val_pairs: int = 8,
+    seed: int = 0,
+    splits: tuple[str, ...] = ("training", "validation"),
+) -> dict[str, Any]:
+    """Simulate the finder's training and validation radiograph pairs (see the module docstring).
+
+    Args:
+        data: the prepared dataset (its ``datalist.json`` names each patient's split and body scan).
+        out: the output folder.
+        labels_dir: the raw label maps ``<patient>_seg.nii.gz``.
+        pairs: pairs per training patient.
+        val_pairs: pairs per validation patient.
+        seed: base seed of the draws and the noise.
+        splits: the splits of ``data`` simulated.
+
+    Returns:
+        a summary (also printed as JSON).
+    """
+    from scripts.drr.body import load_body_scan
+    from scripts.utils import atomic_path
+
+    root = Path(data)
+    src = json.loads((root / "datalist.json").read_text())
+    patients: dict[str, str] = {}
+    bodies: dict[str, str] = {}
+    for split in splits:
+        for item in src.get(split, []):
+            patients.setdefault(item["patient"], split)
+            bodies.setdefault(item["patient"], str(root / item["body"]))
+    dest = Path(out)
+    computed = skipped = 0
+    for patient, split in patients.items():
+        count = pairs if split == "training" else val_pairs
+        todo = [k for k in range(count) if not (dest / patient / f"{patient}_{k:03d}.json").is_file()]
+        skipped += count - len(todo)
+        if not todo:
+            continue
+        vertebrae = patient_vertebrae(*label_source(patient, labels_dir))
+        hu, affine, _ = load_body_scan(bodies[patient])
+        for k in todo:
+            s = zlib.crc32(f"{seed}/{patient}/{k}".encode()) & 0x7FFFFFFF
+            draw = draw_pair(np.random.default_rng(s))
+            images, record = simulate_pair(hu, affine, vertebrae, draw, seed=s)
+            stem = dest / patient / f"{patient}_{k:03d}"
+            for img, name in zip(images, VIEW_NAMES):
+                with atomic_path(stem.with_name(f"{stem.name}_{name}.npy")) as tmp, open(tmp, "wb") as f:
+                    np.save(f, img)
+            record.update(patient=patient, split=split, seed=s, body=bodies[patient])
+            with atomic_path(stem.with_suffix(".json")) as tmp:
+                tmp.write_text(json.dumps(record, indent=1) + "\n")
+            computed += 1
+            print(json.dumps({"pair": stem.name, "vertebrae_inside_both": sum(
+                v["ap_inside"] and v["lateral_inside"] for v in record["vertebrae"])}), flush=True)  # fmt: skip
+    dl = build_datalist(dest, patients)
+    with atomic_path(dest / "datalist.json") as tmp:
+        tmp.write_text(json.dumps(dl, indent=1) + "\n")
+    summary = {
+        "out": str(dest),
+        "computed": computed,
+        "skipped": skipped,
+        "images": {k: len(v) for k, v in dl.items()},
+        "patients": patients,
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    import fire
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    fire.Fire(finder_data, serialize=lambda result: None)
