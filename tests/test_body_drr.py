@@ -152,6 +152,10 @@ def test_a_pose_turns_the_crops_and_the_rays_of_the_whole_scan_alike():
         assert ncc(turned_crop[v], turned_rays[v]) >= 0.98, f"view {v}: NCC {ncc(turned_crop[v], turned_rays[v]):.4f}"
     unturned = SeededDRRd("body", output_keys="x", ref_key="gt", rotation_key=None, **kwargs)(item)["x"]
     assert ncc(unturned[0], turned_rays[0]) < 0.95, "without the pose the rays see another object"
+    # the crops already show the pose: their rays are not turned a second time, with or without a reference
+    for ref in (None, "gt"):
+        crop_again = SeededDRRd("gt", output_keys="x", ref_key=ref, **kwargs)(item)["x"]
+        torch.testing.assert_close(crop_again.as_tensor(), turned_crop.as_tensor())
 
 
 def test_a_dataset_without_whole_scans_stops_a_body_run_before_any_work(tmp_path):

@@ -15,4 +15,11 @@ from scripts.transforms.projection import (
     MaximumIntensityProjectiond,
     maximum_intensity_projections,
 )
-from scripts.transforms.realism import RandClutterBlendd, RandScatterd, RandViewRotated, RandWindowShiftd, SeededRandomd
+from scripts.transforms.realism import (
+    RandClutterBlendd,
+    RandClutterTransplantd,
+    RandScatterd,
+    RandViewRotated,
+    RandWindowShiftd,
+    SeededRandomd,
+)

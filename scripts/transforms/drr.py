@@ -231,6 +231,16 @@ class DRR(Randomizable, Transform):
         )
 
 
+def _turns_rays(volume: Any, reference: Any) -> bool:
+    """Whether a pose moves the rays through ``volume``: a whole scan (a path, or a grid other than the window's)."""
+    if isinstance(volume, (str, os.PathLike)):
+        return True
+    if reference is None or not isinstance(volume, MetaTensor) or volume is reference:
+        return False
+    same_shape = tuple(volume.shape[1:]) == tuple(reference.shape[1:])
+    return not (same_shape and torch.allclose(volume.affine.double(), reference.affine.double(), atol=1e-4))
+
+
 class DRRd(Randomizable, MapTransform):
     """Dictionary version of :class:`DRR`: project ``keys``.
 
@@ -247,7 +257,9 @@ class DRRd(Randomizable, MapTransform):
         ref_key: key of the grid that sets the detector window and the isocentre (e.g. ``"gt"``); ``None``: each
             volume's own grid. Needed for ``"body"``.
         rotation_key: item entry holding a 3x3 rotation of the object (e.g. the pose of
-            :class:`scripts.transforms.RandPosed`), applied by moving the rays; absent entries mean none.
+            :class:`scripts.transforms.RandPosed`), applied by moving the rays through whole scans (a path, or a
+            volume on another grid than ``ref_key``'s). Volumes on the window's own grid (the crops, and the
+            reference itself) are taken as already turned, as ``RandPosed`` resamples them. Absent entries: none.
         allow_missing_keys: skip missing keys.
         kwargs: arguments of :class:`DRR`.
     """
@@ -296,12 +308,17 @@ class DRRd(Randomizable, MapTransform):
         return d[self.ref_key]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
         self.randomize()
+        return self.project(data)
+
+    def project(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Project the item's keys with the current draws (no new random draw)."""
+        d = dict(data)
         reference = self.check_item(d)
         rotation = d.get(self.rotation_key) if self.rotation_key else None
         for key, out_key in self.key_iterator(d, self.output_keys):
-            out = self.drr(d[key], randomize=False, reference=reference, object_rotation=rotation)
+            turn = rotation if _turns_rays(d[key], reference) else None
+            out = self.drr(d[key], randomize=False, reference=reference, object_rotation=turn)
             d[out_key] = out
             d[f"{out_key}_geometry"] = geometry_to_tensors(out.meta["drr_geometry"])
         return d
@@ -342,15 +359,7 @@ class SeededDRRd(MapTransform):
         self.seed = int(seed)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.seed_key not in d:
+        if self.seed_key not in data:
             raise KeyError(f"SeededDRRd: the item has no {self.seed_key!r} entry to seed its X-ray noise with.")
-        drr = self._drrd.drr
-        drr._seed = item_seed(d[self.seed_key], self.seed)
-        reference = self._drrd.check_item(d)
-        rotation = d.get(self._drrd.rotation_key) if self._drrd.rotation_key else None
-        for key, out_key in self._drrd.key_iterator(d, self._drrd.output_keys):
-            out = drr(d[key], randomize=False, reference=reference, object_rotation=rotation)
-            d[out_key] = out
-            d[f"{out_key}_geometry"] = geometry_to_tensors(out.meta["drr_geometry"])
-        return d
+        self._drrd.drr._seed = item_seed(data[self.seed_key], self.seed)
+        return self._drrd.project(data)

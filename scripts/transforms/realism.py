@@ -11,6 +11,9 @@
 - Detector blur and the display processing of clinical systems (contrast curve, gamma, unsharp masking) are
   MONAI's ``RandGaussianSmoothd``, ``RandHistogramShiftd``, ``RandAdjustContrastd`` and
   ``RandGaussianSharpend``, wired in the configs (``realism_transforms`` of ``configs/train.json``).
+- :class:`RandClutterTransplantd`: the target vertebra's own X-ray set into the body around another vertebra
+  (a clutter bank of other windows, ``python -m scripts.tools.clutter_bank``), so the context says nothing about
+  the target and a network can only lower its loss by reading the target itself.
 - :class:`SeededRandomd` runs random transforms with a random state drawn from each item's name, so a
   validation or test set holds the same perturbations at every evaluation (and ``CacheDataset`` caches them).
 
@@ -33,7 +36,16 @@ from monai.transforms import Compose, MapTransform, Randomizable, Rotate, Spatia
 from scripts.errors import BundleInputError
 from scripts.functional import item_seed
 
-__all__ = ["RandWindowShiftd", "RandViewRotated", "RandScatterd", "RandClutterBlendd", "SeededRandomd", "with_meta"]
+__all__ = [
+    "RandWindowShiftd",
+    "RandViewRotated",
+    "RandScatterd",
+    "RandClutterBlendd",
+    "RandClutterTransplantd",
+    "load_clutter_bank",
+    "SeededRandomd",
+    "with_meta",
+]
 
 
 def with_meta(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -328,6 +340,128 @@ class RandClutterBlendd(Randomizable, MapTransform):
             for k in self.keys:
                 d.pop(k, None)
                 d.pop(f"{k}_geometry", None)
+        return d
+
+
+def load_clutter_bank(path: str | Any) -> dict[str, Any]:
+    """Read a clutter bank written by ``python -m scripts.tools.clutter_bank`` (``torch.save`` of a dict).
+
+    Returns:
+        the dict: ``clutter`` ``(N, V, H, W)`` line integrals of the body around N windows with their own vertebra
+        replaced by water, ``ids`` (the window's vertebra per entry), ``views``, ``roi_size``, ``spacing``,
+        ``spectrum``, ``physics``.
+
+    Raises:
+        BundleInputError: a missing file or one without a ``clutter`` tensor, saying how to make one.
+    """
+    from pathlib import Path
+
+    file = Path(path)
+    fix = "make one with python -m scripts.tools.clutter_bank --dataset_dir <prepared dataset>"
+    if not file.is_file():
+        raise BundleInputError(f"clutter bank {file} does not exist; {fix}.")
+    bank = torch.load(file, map_location="cpu", weights_only=True)
+    if not isinstance(bank, dict) or not isinstance(bank.get("clutter"), torch.Tensor) or bank["clutter"].ndim != 4:
+        raise BundleInputError(f"{file} is not a clutter bank (no (N, V, H, W) 'clutter' tensor); {fix}.")
+    return bank
+
+
+class RandClutterTransplantd(Randomizable, MapTransform):
+    """Set the target vertebra's X-rays into the body around another vertebra: ``p = c_j + p_v - p_w``.
+
+    A body X-ray of window ``i`` is, along every ray, the body with its vertebra replaced by water, ``c_i``, plus
+    what the vertebra adds over water, ``p_v - p_w`` (``p_v``: the isolated vertebra, in air; ``p_w``: the same
+    volume as water, ``min(HU, 0)``). Line integrals add exactly for monochromatic physics and nearly for
+    polychromatic. Drawing ``c_j`` from a bank of other windows (other levels, patients, poses and window
+    offsets) gives body-like X-rays whose surroundings are unrelated to the target: a network trained on them can
+    lower its loss only by reading the target, not by recognising its surroundings and returning their average
+    vertebra. Since ``c_j`` has no hole where its own vertebra was (water fills it), the seams are those of
+    neighbouring vertebrae of other sizes, not of empty space.
+
+    The two inputs are noise-free; quantum noise of ``photon_count`` photons per unattenuated pixel is drawn after
+    the composition (Poisson in counts, ``p = -log(N / N0)``), since noise depends on the whole body's
+    attenuation. With probability ``1 - prob`` the isolated vertebra is kept (the paper's input, with noise).
+
+    Args:
+        keys: the isolated vertebra's X-rays and the same volume's as water, ``(V, H, W)`` each, projected with
+            the same draws and no noise (one :class:`scripts.transforms.DRRd` with ``photon_count: null``).
+        bank: a clutter bank (its path, or the dict of :func:`load_clutter_bank`).
+        output_key: where to write the result (with the metadata, geometry included, of the first key's X-rays).
+        prob: probability of drawing a surrounding from the bank.
+        photon_count: photons per pixel of the unattenuated beam for the noise; ``None``: no noise.
+        exclude_key: item entry naming the item (its ``id``); bank entries of the same vertebra are not drawn.
+        delete_inputs: remove the two inputs (and their geometry entries) afterwards.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        bank: Any,
+        output_key: str = "drr",
+        prob: float = 1.0,
+        photon_count: float | None = 1e6,
+        exclude_key: str | None = "id",
+        delete_inputs: bool = True,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        if len(self.keys) != 2:
+            raise ValueError(f"RandClutterTransplantd takes two keys (isolated, water), got {self.keys}.")
+        bank = bank if isinstance(bank, dict) else load_clutter_bank(bank)
+        self.clutter = bank["clutter"].float()
+        self.ids = [str(i) for i in bank.get("ids", [""] * len(self.clutter))]
+        if len(self.ids) != len(self.clutter) or len(self.clutter) < 2:
+            n = len(self.clutter)
+            raise BundleInputError(f"the clutter bank needs at least 2 entries with one id each, got {n}.")
+        if photon_count is not None and not (np.isfinite(photon_count) and photon_count > 0):
+            raise ValueError(f"photon_count must be positive (or None for no noise), got {photon_count}.")
+        self.output_key = output_key
+        self.prob = _check_prob(prob)
+        self.photon_count = None if photon_count is None else float(photon_count)
+        self.exclude_key = exclude_key
+        self.delete_inputs = delete_inputs
+        self._entry: int | None = None
+        self._noise_seed = 0
+
+    def randomize(self, data: Any = None) -> None:
+        draw = self.R.rand() < self.prob
+        entry = int(self.R.randint(len(self.clutter)))
+        if draw and self.exclude_key is not None and isinstance(data, Mapping) and self.exclude_key in data:
+            own = str(data[self.exclude_key])
+            others = [j for j, name in enumerate(self.ids) if name != own]
+            entry = others[int(self.R.randint(len(others)))] if others else entry
+        self._entry = entry if draw else None
+        self._noise_seed = int(self.R.randint(2**31 - 1))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(d)
+        isolated, water = (d[k] for k in self.keys)
+        p_v = (isolated.as_tensor() if isinstance(isolated, MetaTensor) else torch.as_tensor(isolated)).float()
+        p_w = (water.as_tensor() if isinstance(water, MetaTensor) else torch.as_tensor(water)).float()
+        if p_v.shape != p_w.shape:
+            raise ValueError(f"the two X-rays differ in shape: {tuple(p_v.shape)} and {tuple(p_w.shape)}.")
+        if self._entry is None:
+            p = p_v
+        else:
+            c = self.clutter[self._entry]
+            if c.shape != p_v.shape:
+                raise BundleInputError(
+                    f"the clutter bank's windows are {tuple(c.shape)} (views, rows, columns), the item's X-rays "
+                    f"{tuple(p_v.shape)}; fix: make the bank with the training's views, roi_size and spacing."
+                )
+            p = c + p_v - p_w
+        if self.photon_count is not None:
+            gen = torch.Generator().manual_seed(self._noise_seed)
+            counts = torch.poisson(self.photon_count * torch.exp(-p.clamp_min(0.0)), generator=gen)
+            p = -torch.log(counts.clamp_min(1.0) / self.photon_count)
+        d[self.output_key] = with_meta(p.to(p_v.dtype), isolated)
+        if f"{self.keys[0]}_geometry" in d:
+            d[f"{self.output_key}_geometry"] = d[f"{self.keys[0]}_geometry"]
+        if self.delete_inputs:
+            for k in self.keys:
+                if k != self.output_key:
+                    d.pop(k, None)
+                    d.pop(f"{k}_geometry", None)
         return d
 
 
