@@ -26,8 +26,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("scripts.functional", "scripts.drr", "scripts.data", "scripts.networks"),
     ("scripts.io",),
     ("scripts.transforms",),
-    ("scripts.losses", "scripts.metrics", "scripts.handlers"),
-    ("scripts.workflow", "scripts.prepare", "scripts.simulate", "scripts.spine", "scripts.convert_model"),
+    ("scripts.losses", "scripts.metrics", "scripts.handlers", "scripts.finder"),
+    (
+        "scripts.workflow",
+        "scripts.prepare",
+        "scripts.simulate",
+        "scripts.spine",
+        "scripts.convert_model",
+        "scripts.localise",
+    ),
     ("scripts.tools", "scripts.monailabel"),
 ]
 

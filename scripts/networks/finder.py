@@ -34,6 +34,7 @@ __all__ = [
     "level_index",
     "level_name",
     "finder_input",
+    "heatmap_peaks",
 ]
 
 #: the levels the finder names, top to bottom; a level's index is its place here (VerSe id - 1).
@@ -120,3 +121,42 @@ class VertebraFinder(nn.Module):
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         return self.unet(x)[:, :, :h, :w]
+
+
+def heatmap_peaks(
+    heatmap: torch.Tensor, threshold: float = 0.3, min_distance: int = 3, max_peaks: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The local maxima of a heatmap (non-maximum suppression), refined to sub-pixel positions.
+
+    A pixel is a peak when it is the largest within ``min_distance`` pixels (a ``2 * min_distance + 1`` square) and
+    at least ``threshold``; its position is the heatmap-weighted mean over its 3 x 3 neighbourhood.
+
+    Args:
+        heatmap: ``(H, W)`` values in 0-1 (the finder's ``sigmoid`` output).
+        threshold: the smallest peak value kept.
+        min_distance: the suppression radius (pixels).
+        max_peaks: the most peaks returned (the highest).
+
+    Returns:
+        ``(rc (N, 2) float64 (row, col), scores (N,))``, highest score first.
+    """
+    hm = torch.as_tensor(heatmap, dtype=torch.float32).detach().cpu()
+    if hm.dim() != 2:
+        raise ValueError(f"heatmap_peaks expects one (H, W) heatmap, got shape {list(hm.shape)}.")
+    k = 2 * int(min_distance) + 1
+    pooled = F.max_pool2d(hm[None, None], k, stride=1, padding=int(min_distance))[0, 0]
+    keep = (hm >= pooled) & (hm >= float(threshold))
+    rows, cols = torch.nonzero(keep, as_tuple=True)
+    scores = hm[rows, cols]
+    order = torch.argsort(scores, descending=True)[: int(max_peaks)]
+    rows, cols, scores = rows[order], cols[order], scores[order]
+    padded = F.pad(hm[None, None], (1, 1, 1, 1))[0, 0]
+    out = []
+    for r, c in zip(rows.tolist(), cols.tolist()):
+        patch = padded[r : r + 3, c : c + 3].double()
+        w = patch.sum().clamp_min(1e-12)
+        dr = float((patch.sum(1) * torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)).sum() / w)
+        dc = float((patch.sum(0) * torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)).sum() / w)
+        out.append([r + dr, c + dc])
+    rc = torch.tensor(out, dtype=torch.float64).reshape(-1, 2)
+    return rc, scores.double()

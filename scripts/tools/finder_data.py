@@ -89,13 +89,20 @@ def patient_vertebrae(label_path: str, convention: str = "verse", class_map: str
     """Every labelled vertebra of a label map: ``{"level", "label", "centre_mm_world"}``, top to bottom, the levels
     the finder names only (C1-L5)."""
     from scripts.data.io import load_volume
-    from scripts.data.labels import read_class_map
+    from scripts.data.labels import read_class_map, vertebra_labels
     from scripts.networks.finder import LEVELS
-    from scripts.simulate import vertebra_centres
 
+    # as scripts.simulate.vertebra_centres (the centres of centres.json), which this tool cannot import: the
+    # chain tools -> simulate -> transforms -> drr would pass the six floors of tests/test_import_graph.py
     lab = load_volume(label_path, "labels")
+    arr = np.asarray(lab[0]).astype(np.int64)
+    aff = np.asarray(lab.affine, dtype=np.float64)
     cmap = read_class_map(class_map) if class_map else None
-    found = vertebra_centres(np.asarray(lab[0]).astype(np.int64), np.asarray(lab.affine), convention, cmap)
+    found = []
+    for value, level in vertebra_labels(np.unique(arr), convention, cmap).items():
+        world = aff[:3, :3] @ np.argwhere(arr == value).mean(axis=0) + aff[:3, 3]
+        found.append({"level": level, "label": int(value), "centre_mm_world": [round(float(v), 3) for v in world]})
+    found.sort(key=lambda c: -c["centre_mm_world"][2])
     return [c for c in found if c["level"] in LEVELS]
 
 

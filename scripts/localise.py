@@ -1,0 +1,556 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Find and name every vertebra in an AP and a lateral full radiograph (the vertebra finder's inference).
+
+Steps (:func:`find_vertebrae` on two files, :func:`localise_vertebrae` on two read images and their views):
+
+1. **Detect per view** (:func:`detect_view`). Each image is resampled to the finder's pixel size
+   (:data:`~scripts.networks.finder.FINDER_PIXEL_MM` on the detector), scaled by its 1st and 99th percentiles, and
+   run through :class:`~scripts.networks.finder.VertebraFinder` with its view flag (AP or lateral, from the view's
+   angles). The heatmap's peaks (non-maximum suppression, :func:`~scripts.networks.finder.heatmap_peaks`) above
+   ``threshold`` are the view's detections, each with its score (the peak's height) and level evidence (the level
+   map at the peak), mapped back to the image's pixels.
+2. **Match the views** (:func:`match_detections`). Every AP detection is paired with every lateral one through the
+   projection geometry (:class:`~scripts.drr.windows.RadiographView`): the rays from each source through the two
+   detections, and the midpoint of their shortest connecting segment
+   (:func:`~scripts.drr.windows.closest_point_of_rays`). A pair whose rays miss each other by more than
+   ``tolerance_mm`` (default :data:`DEFAULT_MATCH_TOLERANCE_MM`) is not one vertebra. The pairs are chosen one to
+   one, fewest millimetres of miss in all (``scipy.optimize.linear_sum_assignment``).
+3. **Order and name** (:func:`name_levels`). The matched vertebrae are sorted top to bottom (system ``z``). A gap in
+   the chain (a vertebra missed in one view) is a step between neighbours longer than :data:`GAP_RATIO` times the
+   median of the steps nearby, counted as two levels. The chain's first level is the one that best fits the
+   network's level evidence (least absolute difference over the chain), or, with a pinned level (:class:`LevelPin`:
+   ``"L5=ap:row,col"``, ``"L5=lateral:row,col"`` or ``"L5"`` with a 3-D point), the one that gives the pinned
+   vertebra its name.
+
+Each vertebra found is reported (:class:`FoundVertebra`) with its level, its 3-D centre in the X-ray system's frame
+(mm; origin at the isocentre, RAS axes, :mod:`scripts.drr.windows`), its ``(row, col)`` in each image as oriented
+by :func:`scripts.io.radiograph.read_radiograph` and in each file's pixels, the miss of its two rays (mm), the
+distance between each detection and the 3-D centre's projection (reprojection error, mm on the detector), and the
+finder's scores.
+
+Bad input ends in one line (:class:`~scripts.errors.BundleInputError` / :class:`~scripts.errors.XRayInputError`):
+one view only, two views that are not two distinct directions, no spine found in a view, no consistent pair of
+detections, a pinned level that names nothing found.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scripts.drr.windows import RadiographView, beam_line_difference, closest_point_of_rays
+from scripts.errors import BundleInputError, XRayInputError
+from scripts.networks.finder import FINDER_PIXEL_MM, LEVELS, VertebraFinder, heatmap_peaks, level_index, level_name
+
+__all__ = [
+    "DEFAULT_FINDER_MODEL",
+    "DEFAULT_MATCH_TOLERANCE_MM",
+    "DEFAULT_THRESHOLD",
+    "MIN_VIEW_SEPARATION_DEG",
+    "GAP_RATIO",
+    "PIN_RADIUS_MM",
+    "ViewDetections",
+    "FoundVertebra",
+    "LevelPin",
+    "parse_level_pin",
+    "load_finder",
+    "view_flag",
+    "finder_maps",
+    "detect_view",
+    "triangulate",
+    "match_detections",
+    "chain_steps",
+    "name_levels",
+    "localise_vertebrae",
+    "find_vertebrae",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the shipped finder's weights.
+DEFAULT_FINDER_MODEL = ROOT / "models" / "finder" / "model.pt"
+#: the farthest (mm) the rays through an AP and a lateral detection may pass from each other to be one vertebra.
+DEFAULT_MATCH_TOLERANCE_MM = 8.0
+#: the smallest heatmap peak that counts as a detection.
+DEFAULT_THRESHOLD = 0.3
+#: two views whose beam lines are closer than this (degrees) do not locate points in 3-D.
+MIN_VIEW_SEPARATION_DEG = 20.0
+#: a step between neighbours in the chain longer than this times the median of the nearby steps is a gap.
+GAP_RATIO = 1.6
+#: the farthest (mm) a pinned position may lie from the vertebra it names (on the detector or in 3-D).
+PIN_RADIUS_MM = 15.0
+_VIEWS = ("ap", "lateral")
+
+
+@dataclass
+class ViewDetections:
+    """The finder's detections in one image.
+
+    Attributes:
+        rc: ``(N, 2)`` ``(row, col)`` in the image's pixels (as oriented), highest score first.
+        scores: ``(N,)`` heatmap peak heights (0-1).
+        levels: ``(N,)`` level evidence: the regressed level index (C1 = 0 ... L5 = 23) at each peak.
+    """
+
+    rc: np.ndarray
+    scores: np.ndarray
+    levels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(len(self.scores))
+
+
+@dataclass
+class FoundVertebra:
+    """One vertebra found in both views.
+
+    Attributes:
+        level: its name (``None`` when the chain runs beyond C1-L5).
+        level_index: the index of ``level`` in :data:`~scripts.networks.finder.LEVELS` (may lie outside 0-23).
+        level_evidence: the network's level estimate (mean over the two views).
+        named_by: ``"chain"`` (order and evidence) or ``"pin"`` (order and the pinned level).
+        centre_mm: 3-D centre in the X-ray system's frame (mm).
+        rc: per view name, ``(row, col)`` of the detection in the image as oriented.
+        file_rc: per view name, the same in the file's pixels (when the radiographs were read from files).
+        ray_gap_mm: how far the two rays miss each other.
+        reprojection_mm: per view, the distance on the detector between the detection and the centre's projection.
+        scores: per view the heatmap peak, and ``pair`` their geometric mean.
+    """
+
+    level: str | None
+    level_index: int
+    level_evidence: float
+    named_by: str
+    centre_mm: list[float]
+    rc: dict[str, list[float]]
+    ray_gap_mm: float
+    reprojection_mm: dict[str, float]
+    scores: dict[str, float]
+    file_rc: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (JSON)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LevelPin:
+    """A level the user names: a position in one view (``view``, ``rc``) or a 3-D point (``centre_mm``).
+
+    Attributes:
+        level: e.g. ``"L5"``.
+        view: ``"ap"`` or ``"lateral"`` when a pixel position is given.
+        rc: ``(row, col)`` in that view (file pixels for :func:`find_vertebrae`, image pixels for
+            :func:`localise_vertebrae`).
+        centre_mm: a point in the system frame (mm), when no pixel position is given.
+    """
+
+    level: str
+    view: str | None = None
+    rc: tuple[float, float] | None = None
+    centre_mm: tuple[float, float, float] | None = None
+
+
+_PIN = re.compile(r"^\s*([A-Za-z]\d{1,2})\s*(?:=\s*(ap|lat|lateral)\s*:\s*([-+\d.eE]+)\s*,\s*([-+\d.eE]+)\s*)?$")
+
+
+def parse_level_pin(text: str | LevelPin | None, centre_mm: Sequence[float] | None = None) -> LevelPin | None:
+    """Read a pinned level: ``"L5=ap:812,640"``, ``"L5=lateral:798,702"``, or ``"L5"`` with ``centre_mm``.
+
+    Raises:
+        BundleInputError: text in no such form, an unknown level, or a bare level without a 3-D point.
+    """
+    if text is None or isinstance(text, LevelPin):
+        return text
+    m = _PIN.match(str(text))
+    if not m:
+        raise BundleInputError(
+            f'level pin {text!r}: write LEVEL=VIEW:ROW,COL, e.g. "L5=ap:812,640" (view ap or lateral, the file\'s '
+            "pixels), or LEVEL alone with a 3-D point (centre_mm)."
+        )
+    level = m.group(1).upper()
+    try:
+        level_index(level)
+    except ValueError as e:
+        raise BundleInputError(f"level pin {text!r}: {e}") from None
+    if m.group(2):
+        view = "ap" if m.group(2).lower() == "ap" else "lateral"
+        return LevelPin(level, view=view, rc=(float(m.group(3)), float(m.group(4))))
+    if centre_mm is None:
+        raise BundleInputError(
+            f'level pin {text!r} says no position: add one ("{level}=ap:ROW,COL") or give its 3-D point (centre_mm).'
+        )
+    point = tuple(float(v) for v in np.asarray(centre_mm, dtype=np.float64).reshape(3))
+    return LevelPin(level, centre_mm=point)  # type: ignore[arg-type]
+
+
+def load_finder(model: str | os.PathLike | torch.nn.Module | None = None, device: str | torch.device = "cpu"):
+    """The finder network in evaluation mode: a module as it is, or the weights of a ``model.pt`` (state dict,
+    or a checkpoint holding it under ``"model"``); default :data:`DEFAULT_FINDER_MODEL`.
+
+    Raises:
+        BundleInputError: the file does not exist or does not hold the finder's weights.
+    """
+    if isinstance(model, torch.nn.Module):
+        return model.to(device).eval()
+    path = Path(model) if model is not None else DEFAULT_FINDER_MODEL
+    if not path.is_file():
+        raise BundleInputError(f"finder model {path} not found; fix: give the finder's model.pt (models/finder/).")
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    net = VertebraFinder()
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise BundleInputError(f"{path} does not hold the vertebra finder's weights ({str(e)[:120]}).") from None
+    return net.to(device).eval()
+
+
+def view_flag(angles: Sequence[float]) -> int:
+    """The finder's view flag of a view's angles: 0 when its beam line is nearer AP / PA, 1 when nearer lateral."""
+    to_ap, _ = beam_line_difference(tuple(angles), (0.0, 0.0))
+    to_lat, _ = beam_line_difference(tuple(angles), (90.0, 0.0))
+    return 0 if to_ap <= to_lat else 1
+
+
+def finder_maps(
+    network: torch.nn.Module, image: np.ndarray, pixel_spacing: Sequence[float], view: int
+) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
+    """The finder's heatmap and level map of one image, at the finder's pixel size.
+
+    Returns:
+        ``(heatmap (h, w), level map (h, w), (row scale, col scale))``: a finder pixel ``(r, c)`` lies at image pixel
+        ``((r + 0.5) * row_scale - 0.5, (c + 0.5) * col_scale - 0.5)``.
+    """
+    img = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
+    if img.dim() != 2:
+        raise XRayInputError(f"a radiograph is one 2-D image; got shape {list(img.shape)}.")
+    sr, sc = (FINDER_PIXEL_MM / float(s) for s in pixel_spacing)
+    h, w = max(int(round(img.shape[0] / sr)), 16), max(int(round(img.shape[1] / sc)), 16)
+    small = F.interpolate(img[None, None], size=(h, w), mode="area" if sr > 1 or sc > 1 else "bilinear")[0, 0]
+    lo, hi = torch.quantile(small.flatten(), torch.tensor([0.01, 0.99]))
+    scaled = (small - lo) / (hi - lo).clamp_min(1e-6)
+    device = next(network.parameters()).device
+    with torch.no_grad():
+        x = torch.stack([scaled, torch.full_like(scaled, float(view))])[None].to(device)
+        out = network(x)[0].cpu()
+    return torch.sigmoid(out[0]), out[1], (img.shape[0] / h, img.shape[1] / w)
+
+
+def detect_view(
+    network: torch.nn.Module,
+    image: np.ndarray,
+    pixel_spacing: Sequence[float],
+    view: int,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_distance: int = 3,
+) -> ViewDetections:
+    """The finder's detections in one image (step 1 of the module docstring)."""
+    heat, levels, (fr, fc) = finder_maps(network, image, pixel_spacing, view)
+    rc, scores = heatmap_peaks(heat, threshold, min_distance)
+    ev = [
+        float(levels[min(int(round(r)), levels.shape[0] - 1), min(int(round(c)), levels.shape[1] - 1)]) for r, c in rc
+    ]
+    img_rc = np.stack([(rc[:, 0].numpy() + 0.5) * fr - 0.5, (rc[:, 1].numpy() + 0.5) * fc - 0.5], -1).reshape(-1, 2)
+    return ViewDetections(img_rc, scores.numpy(), np.asarray(ev, dtype=np.float64))
+
+
+def triangulate(views: Sequence[RadiographView], rc_a: Any, rc_b: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The 3-D point and the ray miss of every pair of positions in two views.
+
+    Args:
+        views: the two views.
+        rc_a: ``(N, 2)`` ``(row, col)`` in the first view's image.
+        rc_b: ``(M, 2)`` in the second's.
+
+    Returns:
+        ``(points (N, M, 3), gaps (N, M))``, mm in the system frame; parallel rays give NaN points and infinite gaps.
+    """
+    a = np.asarray(rc_a, dtype=np.float64).reshape(-1, 2)
+    b = np.asarray(rc_b, dtype=np.float64).reshape(-1, 2)
+    points = np.full((len(a), len(b), 3), np.nan)
+    gaps = np.full((len(a), len(b)), np.inf)
+    if len(a) == 0 or len(b) == 0:
+        return points, gaps
+    (sa, da), (sb, db) = views[0].rays(a), views[1].rays(b)
+    for i in range(len(a)):
+        for j in range(len(b)):
+            try:
+                p, g = closest_point_of_rays(sa, da[i], sb, db[j])
+            except ValueError:
+                continue
+            points[i, j], gaps[i, j] = p.numpy(), g
+    return points, gaps
+
+
+def match_detections(
+    views: Sequence[RadiographView],
+    first: ViewDetections,
+    second: ViewDetections,
+    tolerance_mm: float = DEFAULT_MATCH_TOLERANCE_MM,
+) -> list[tuple[int, int, np.ndarray, float]]:
+    """One-to-one pairs of detections whose rays miss by at most ``tolerance_mm`` (step 2 of the module docstring).
+
+    Returns:
+        ``[(i, j, centre (3,), gap mm), ...]``: detection ``i`` of ``first`` with ``j`` of ``second``.
+    """
+    if not (math.isfinite(tolerance_mm) and tolerance_mm > 0):
+        raise BundleInputError(f"tolerance_mm={tolerance_mm!r}: give a positive distance in mm.")
+    from scipy.optimize import linear_sum_assignment
+
+    points, gaps = triangulate(views, first.rc, second.rc)
+    if gaps.size == 0:
+        return []
+    # behind a source, or a point no image shows: not a vertebra
+    ok = gaps <= tolerance_mm
+    cost = np.where(ok, gaps, 1e6)
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(i), int(j), points[i, j], float(gaps[i, j])) for i, j in zip(rows, cols) if ok[i, j]]
+
+
+def chain_steps(centres: np.ndarray, gap_ratio: float = GAP_RATIO) -> np.ndarray:
+    """The level steps along a chain of centres ``(N, 3)`` ordered top to bottom: 1 between neighbours, more where
+    the step is longer than ``gap_ratio`` times the median of the nearby steps (a missed vertebra)."""
+    c = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
+    if len(c) < 2:
+        return np.zeros(0, dtype=np.int64)
+    d = np.linalg.norm(np.diff(c, axis=0), axis=1)
+    steps = np.ones(len(d), dtype=np.int64)
+    if len(d) < 3:
+        return steps
+    for i in range(len(d)):
+        near = np.concatenate([d[max(0, i - 3) : i], d[i + 1 : i + 4]])
+        ref = float(np.median(near))
+        if ref > 0 and d[i] > gap_ratio * ref:
+            steps[i] = max(2, int(round(d[i] / ref)))
+    return steps
+
+
+def name_levels(
+    evidence: Sequence[float], steps: Sequence[int] | None = None, pinned: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Level indices of a chain ordered top to bottom (step 3 of the module docstring).
+
+    Args:
+        evidence: the network's level estimate per vertebra.
+        steps: the level step between neighbours (default all 1).
+        pinned: ``(position in the chain, level index)`` of a vertebra the user named.
+
+    Returns:
+        ``(N,)`` int level indices (may leave 0-23 when the chain is longer than the levels from its start).
+    """
+    e = np.asarray(evidence, dtype=np.float64).reshape(-1)
+    n = len(e)
+    s = np.ones(max(n - 1, 0), dtype=np.int64) if steps is None else np.asarray(steps, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(s)]).astype(np.int64)
+    if pinned is not None:
+        pos, idx = int(pinned[0]), int(pinned[1])
+        return offsets + (idx - offsets[pos])
+    if n == 0:
+        return offsets
+    last = len(LEVELS) - 1
+    starts = range(0, max(last - int(offsets[-1]), 0) + 1)
+    fit = np.nan_to_num(e, nan=0.0)
+    best = min(starts, key=lambda k: (float(np.abs(fit - (k + offsets)).sum()), k))
+    return offsets + best
+
+
+def _pinned_position(pin: LevelPin, views: Sequence[RadiographView], found: list[dict], names: Sequence[str]) -> int:
+    """The chain position of the vertebra a pin names (nearest within :data:`PIN_RADIUS_MM`)."""
+    if pin.centre_mm is not None:
+        dist = [float(np.linalg.norm(np.asarray(f["centre"]) - np.asarray(pin.centre_mm))) for f in found]
+        where = f"the 3-D point {list(pin.centre_mm)} mm"
+        limit = PIN_RADIUS_MM
+    else:
+        k = list(names).index(pin.view) if pin.view in names else _VIEWS.index(str(pin.view))
+        spacing = float(np.mean(views[k].pixel_spacing))
+        dist = [float(np.linalg.norm(np.asarray(f["rc"][k]) - np.asarray(pin.rc))) * spacing for f in found]
+        where = f"{pin.view} (row {pin.rc[0]:g}, col {pin.rc[1]:g})"  # type: ignore[index]
+        limit = PIN_RADIUS_MM * views[k].sdd / views[k].sod
+    best = int(np.argmin(dist))
+    if dist[best] > limit:
+        raise BundleInputError(
+            f"level pin {pin.level} at {where}: no vertebra was found within {limit:.0f} mm of it (nearest "
+            f"{dist[best]:.0f} mm); fix: give the pinned vertebra's centre, row first, in the file's pixels."
+        )
+    return best
+
+
+def localise_vertebrae(
+    images: Sequence[np.ndarray],
+    views: Sequence[RadiographView],
+    network: torch.nn.Module | str | os.PathLike | None = None,
+    pin: LevelPin | str | None = None,
+    tolerance_mm: float = DEFAULT_MATCH_TOLERANCE_MM,
+    threshold: float = DEFAULT_THRESHOLD,
+    names: Sequence[str] = _VIEWS,
+) -> list[FoundVertebra]:
+    """Find and name the vertebrae of two radiographs (see the module docstring).
+
+    Args:
+        images: the two images ``(H, W)``, oriented as seen from the source (``Radiograph.image``).
+        views: their geometry (:func:`scripts.io.radiograph.radiograph_views`).
+        network: the finder (a module or a ``model.pt``; default :data:`DEFAULT_FINDER_MODEL`).
+        pin: a pinned level (:class:`LevelPin` or its text, pixel positions in the images as oriented).
+        tolerance_mm: the largest ray miss of a pair (mm).
+        threshold: the smallest heatmap peak kept.
+        names: the views' names in messages and outputs.
+
+    Returns:
+        the vertebrae found, top to bottom.
+
+    Raises:
+        BundleInputError: see the module docstring.
+    """
+    names = list(names)
+    if len(images) != 2 or len(views) != 2:
+        raise XRayInputError(
+            f"the finder needs two radiographs of the patient, an AP and a lateral; got {len(images)}; fix: give both."
+        )
+    separation, _ = beam_line_difference(views[0].angles, views[1].angles)
+    if separation < MIN_VIEW_SEPARATION_DEG:
+        raise XRayInputError(
+            f"{names[0]} {list(views[0].angles)} and {names[1]} {list(views[1].angles)} look along lines only "
+            f"{separation:.1f} degrees apart (at least {MIN_VIEW_SEPARATION_DEG:g} needed): they do not place "
+            "points in 3-D; fix: give two different directions (AP and lateral), or check the files' view tags."
+        )
+    pin = parse_level_pin(pin)
+    net = load_finder(network)
+    dets = []
+    for image, view, name in zip(images, views, names):
+        if tuple(np.shape(image)) != tuple(view.shape):
+            raise XRayInputError(f"{name}: image shape {np.shape(image)} is not its view's {view.shape}.")
+        det = detect_view(net, image, view.pixel_spacing, view_flag(view.angles), threshold)
+        if len(det) == 0:
+            raise XRayInputError(
+                f"{name}: no spine found (no vertebra centre scored {threshold:g} or more); fix: check that the "
+                "image shows the spine, bone bright, at its stated pixel spacing."
+            )
+        dets.append(det)
+    pairs = match_detections(views, dets[0], dets[1], tolerance_mm)
+    if not pairs:
+        raise XRayInputError(
+            f"{names[0]} ({len(dets[0])} vertebrae found) and {names[1]} ({len(dets[1])}): no pair of detections "
+            f"meets within {tolerance_mm:g} mm, so the two images give no consistent vertebra; fix: check that they "
+            "show one patient at one time and the files' geometry (distances, pixel spacing, view angles)."
+        )
+    found = []
+    for i, j, centre, gap in pairs:
+        rcs = [dets[0].rc[i], dets[1].rc[j]]
+        reproj = []
+        for view, rc in zip(views, rcs):
+            proj = view.project(torch.as_tensor(centre)[None])[0][0].numpy()
+            reproj.append(float(np.linalg.norm((proj - rc) * np.asarray(view.pixel_spacing))))
+        found.append(
+            {
+                "centre": centre,
+                "gap": gap,
+                "rc": rcs,
+                "reproj": reproj,
+                "scores": [float(dets[0].scores[i]), float(dets[1].scores[j])],
+                "evidence": float(np.mean([dets[0].levels[i], dets[1].levels[j]])),
+            }
+        )
+    found.sort(key=lambda f: -float(f["centre"][2]))
+    steps = chain_steps(np.stack([f["centre"] for f in found]))
+    pinned = None
+    if pin is not None:
+        pinned = (_pinned_position(pin, views, found, names), level_index(pin.level))
+    indices = name_levels([f["evidence"] for f in found], steps, pinned)
+    out = []
+    for f, idx in zip(found, indices):
+        out.append(
+            FoundVertebra(
+                level=level_name(idx) if 0 <= idx < len(LEVELS) else None,
+                level_index=int(idx),
+                level_evidence=round(f["evidence"], 3),
+                named_by="pin" if pinned is not None else "chain",
+                centre_mm=[round(float(v), 3) for v in f["centre"]],
+                rc={n: [round(float(v), 2) for v in rc] for n, rc in zip(names, f["rc"])},
+                ray_gap_mm=round(f["gap"], 3),
+                reprojection_mm={n: round(r, 3) for n, r in zip(names, f["reproj"])},
+                scores={
+                    **{n: round(s, 4) for n, s in zip(names, f["scores"])},
+                    "pair": round(math.sqrt(f["scores"][0] * f["scores"][1]), 4),
+                },
+            )  # fmt: skip
+        )
+    return out
+
+
+def find_vertebrae(
+    ap: str | os.PathLike | None,
+    lateral: str | os.PathLike | None,
+    model: str | os.PathLike | torch.nn.Module | None = None,
+    level: str | LevelPin | None = None,
+    level_centre_mm: Sequence[float] | None = None,
+    sod: float | None = None,
+    tolerance_mm: float = DEFAULT_MATCH_TOLERANCE_MM,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> dict[str, Any]:
+    """Find and name the vertebrae of an AP and a lateral radiograph file (DICOM, or PNG / TIFF with a sidecar).
+
+    Args:
+        ap: the AP (or PA) radiograph.
+        lateral: the lateral radiograph.
+        model: the finder (default :data:`DEFAULT_FINDER_MODEL`).
+        level: a pinned level, ``"L5=ap:row,col"`` (the file's pixels) or ``"L5"`` with ``level_centre_mm``.
+        level_centre_mm: the pinned vertebra's 3-D point in the system frame (mm).
+        sod: the source-to-isocentre distance of both views when the files do not say it.
+        tolerance_mm: the largest ray miss of a pair (mm).
+        threshold: the smallest heatmap peak kept.
+
+    Returns:
+        ``{"vertebrae": [FoundVertebra.to_dict(), ...] top to bottom, "views": per view its file and geometry,
+        "world_to_system": the files' 4x4 matrix or None, "settings": {...}}``; each vertebra's ``file_rc`` holds
+        its positions in the files' pixels.
+
+    Raises:
+        BundleInputError: see the module docstring.
+    """
+    from scripts.io.radiograph import radiograph_views, read_radiograph
+
+    if ap is None or lateral is None:
+        given = "the lateral" if ap is None and lateral is not None else "the AP" if lateral is None and ap else "none"
+        raise XRayInputError(
+            f"the finder needs two radiographs, an AP and a lateral; got {given}; fix: give both (--ap and --lateral)."
+        )
+    rads = [read_radiograph(ap), read_radiograph(lateral)]
+    views = radiograph_views(rads, sod)
+    pin = parse_level_pin(level, level_centre_mm)
+    if pin is not None and pin.rc is not None:  # file pixels -> the image as oriented
+        pin = LevelPin(pin.level, pin.view, rads[_VIEWS.index(str(pin.view))].to_image_px(pin.rc))
+    found = localise_vertebrae([r.image for r in rads], views, model, pin, tolerance_mm, threshold, _VIEWS)
+    for v in found:
+        for k, rad in enumerate(rads):
+            v.file_rc[_VIEWS[k]] = [round(float(x), 2) for x in _to_file_px(rad, v.rc[_VIEWS[k]])]
+    w2s = rads[0].world_to_system
+    return {
+        "vertebrae": [v.to_dict() for v in found],
+        "views": {n: {"file": str(r.path), **vw.to_dict()} for n, r, vw in zip(_VIEWS, rads, views)},
+        "world_to_system": None if w2s is None else np.asarray(w2s).tolist(),
+        "settings": {"tolerance_mm": tolerance_mm, "threshold": threshold, "level_pin": None if pin is None else
+                     asdict(pin)},
+    }  # fmt: skip
+
+
+def _to_file_px(rad: Any, rc: Sequence[float]) -> tuple[float, float]:
+    """An oriented image position back to the file's pixels (the inverse of ``Radiograph.to_image_px``)."""
+    transpose, flip_rows, flip_cols = rad.orientation
+    h, w = rad.image.shape
+    r, c = float(rc[0]), float(rc[1])
+    if flip_cols:
+        c = w - 1 - c
+    if flip_rows:
+        r = h - 1 - r
+    if transpose:
+        r, c = c, r
+    return r, c
