@@ -256,9 +256,8 @@ def detect_view(
     """The finder's detections in one image (step 1 of the module docstring)."""
     heat, levels, (fr, fc) = finder_maps(network, image, pixel_spacing, view)
     rc, scores = heatmap_peaks(heat, threshold, min_distance)
-    ev = [
-        float(levels[min(int(round(r)), levels.shape[0] - 1), min(int(round(c)), levels.shape[1] - 1)]) for r, c in rc
-    ]
+    h, w = levels.shape
+    ev = [float(levels[min(int(round(float(r))), h - 1), min(int(round(float(c))), w - 1)]) for r, c in rc]
     img_rc = np.stack([(rc[:, 0].numpy() + 0.5) * fr - 0.5, (rc[:, 1].numpy() + 0.5) * fc - 0.5], -1).reshape(-1, 2)
     return ViewDetections(img_rc, scores.numpy(), np.asarray(ev, dtype=np.float64))
 

@@ -148,15 +148,30 @@ def heatmap_peaks(
     keep = (hm >= pooled) & (hm >= float(threshold))
     rows, cols = torch.nonzero(keep, as_tuple=True)
     scores = hm[rows, cols]
-    order = torch.argsort(scores, descending=True)[: int(max_peaks)]
-    rows, cols, scores = rows[order], cols[order], scores[order]
-    padded = F.pad(hm[None, None], (1, 1, 1, 1))[0, 0]
+    order = torch.argsort(scores, descending=True, stable=True)
+    kept: list[int] = []
+    for i in order.tolist():  # equal neighbours (a plateau) are all maxima: keep the first of them
+        near = [
+            k for k in kept if max(abs(int(rows[k]) - int(rows[i])), abs(int(cols[k]) - int(cols[i]))) <= min_distance
+        ]
+        if not near:
+            kept.append(i)
+        if len(kept) == int(max_peaks):
+            break
+    idx = torch.tensor(kept, dtype=torch.long)
+    rows, cols, scores = rows[idx], cols[idx], scores[idx]
+    padded = F.pad(hm[None, None], (1, 1, 1, 1), mode="replicate")[0, 0].double().clamp_min(1e-12).log()
     out = []
     for r, c in zip(rows.tolist(), cols.tolist()):
-        patch = padded[r : r + 3, c : c + 3].double()
-        w = patch.sum().clamp_min(1e-12)
-        dr = float((patch.sum(1) * torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)).sum() / w)
-        dc = float((patch.sum(0) * torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)).sum() / w)
-        out.append([r + dr, c + dc])
+        out.append([r + _vertex(padded[r : r + 3, c + 1]), c + _vertex(padded[r + 1, c : c + 3])])
     rc = torch.tensor(out, dtype=torch.float64).reshape(-1, 2)
     return rc, scores.double()
+
+
+def _vertex(logs: torch.Tensor) -> float:
+    """The vertex offset (-0.5 .. 0.5) of the parabola through three log values at -1, 0, 1."""
+    left, mid, right = (float(v) for v in logs)
+    curve = left - 2.0 * mid + right
+    if curve >= -1e-12:
+        return 0.0
+    return float(min(max(0.5 * (left - right) / curve, -0.5), 0.5))

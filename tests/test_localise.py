@@ -1,0 +1,175 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""The vertebra finder: network shapes, heatmap peaks, triangulation, matching, level naming, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scripts.drr.windows import RadiographView
+from scripts.errors import BundleInputError, XRayInputError
+from scripts.finder import FinderDetectionMetric, FinderLoss, FinderTargetsd, render_targets
+from scripts.localise import (
+    LevelPin,
+    ViewDetections,
+    chain_steps,
+    localise_vertebrae,
+    match_detections,
+    name_levels,
+    parse_level_pin,
+    triangulate,
+)
+from scripts.networks.finder import LEVELS, VertebraFinder, finder_input, heatmap_peaks, level_index, level_name
+
+SHAPE = (160, 160)
+VIEWS = [
+    RadiographView(1200.0, 800.0, SHAPE, (2.0, 2.0), (0.0, 0.0)),
+    RadiographView(1200.0, 800.0, SHAPE, (2.0, 2.0), (90.0, 0.0)),
+]
+# a spine of five vertebrae (system frame, mm): T12 .. L4, 30 mm apart, curving a little
+SPINE = np.array([[2.0 * i - 4.0, -20.0 + 3.0 * i, 60.0 - 30.0 * i] for i in range(5)])
+SPINE_LEVELS = [level_index(x) for x in ("T12", "L1", "L2", "L3", "L4")]
+
+
+def _projected(points: np.ndarray) -> list[np.ndarray]:
+    return [view.project(torch.as_tensor(points))[0].numpy() for view in VIEWS]
+
+
+def test_levels_and_network_shapes():
+    assert len(LEVELS) == 24 and level_name(level_index("l5")) == "L5" and level_index("C1") == 0
+    with pytest.raises(ValueError, match="unknown vertebra level"):
+        level_index("L6")
+    net = VertebraFinder(features=(4, 4, 8, 8, 16, 4))
+    out = net(finder_input(torch.rand(2, 1, 37, 50), [0, 1]))
+    assert out.shape == (2, 2, 37, 50), "any size in, the same size out"
+    with pytest.raises(ValueError, match="image and the view flag"):
+        net(torch.rand(1, 1, 32, 32))
+
+
+def test_peaks_of_a_synthetic_heatmap_land_on_the_centres():
+    centres = np.array([[20.3, 30.6], [45.0, 33.2], [70.7, 37.9]])
+    heat, levels = render_targets((100, 80), centres, [19, 20, 21])
+    rc, scores = heatmap_peaks(heat[0] * torch.tensor([1.0]), threshold=0.3)
+    order = np.argsort(rc[:, 0].numpy())
+    np.testing.assert_allclose(rc.numpy()[order], centres, atol=0.3)
+    assert (scores > 0.8).all()
+    assert levels[1].sum() > 0 and set(levels[0][levels[1] > 0].unique().tolist()) == {19.0, 20.0, 21.0}
+    empty, _ = heatmap_peaks(torch.zeros(10, 10))
+    assert empty.shape == (0, 2)
+
+
+def test_targets_loss_and_metric():
+    item = FinderTargetsd("image")({"image": torch.zeros(1, 64, 64), "centres": [[20, 30], [40, 31]], "levels": [3, 4]})
+    label = torch.cat([item["heatmap"], item["level_map"]])[None]
+    perfect = torch.stack([torch.logit(label[0, 0].clamp(1e-4, 1 - 1e-4)), label[0, 1]])[None]
+    loss = FinderLoss()
+    assert float(loss(perfect, label)) < float(loss(torch.zeros_like(perfect), label))
+    metric = FinderDetectionMetric()
+    metric(perfect, label)
+    assert float(metric.aggregate()) == pytest.approx(1.0)
+
+
+def test_triangulation_round_trip():
+    pa, pl = _projected(SPINE)
+    points, gaps = triangulate(VIEWS, pa, pl)
+    diag = np.arange(len(SPINE))
+    np.testing.assert_allclose(points[diag, diag], SPINE, atol=1e-6)
+    assert gaps[diag, diag].max() < 1e-6
+    off = gaps[~np.eye(len(SPINE), dtype=bool)]
+    assert off.min() > 20.0, "rays of different vertebrae miss each other by about their spacing"
+
+
+def _dets(rc: np.ndarray, levels=None) -> ViewDetections:
+    lv = np.zeros(len(rc)) if levels is None else np.asarray(levels, dtype=float)
+    return ViewDetections(np.asarray(rc, dtype=float), np.full(len(rc), 0.9), lv)
+
+
+def test_matching_is_one_to_one_and_rejects_inconsistent_pairs():
+    pa, pl = _projected(SPINE)
+    shuffled = pl[::-1].copy()
+    stray = np.array([[pl[2, 0] + 9.0, pl[2, 1]]])  # 9 pixels lower: its ray passes about 12 mm from any AP ray
+    pairs = match_detections(VIEWS, _dets(pa + 0.3), _dets(np.concatenate([shuffled, stray])), tolerance_mm=5.0)
+    assert len(pairs) == len(SPINE)
+    for i, j, centre, gap in pairs:
+        assert j == len(SPINE) - 1 - i and gap < 5.0
+        np.testing.assert_allclose(centre, SPINE[i], atol=1.0)
+    alone = match_detections(VIEWS, _dets(pa[:1]), _dets(stray), tolerance_mm=5.0)
+    assert alone == [], "a pair whose rays miss by more than the tolerance is not a vertebra"
+    with pytest.raises(BundleInputError, match="positive distance"):
+        match_detections(VIEWS, _dets(pa), _dets(pl), tolerance_mm=0.0)
+
+
+def test_level_naming_from_evidence_and_from_a_pin():
+    truth = np.array(SPINE_LEVELS)
+    noisy = truth + np.array([0.8, -0.6, 0.4, -0.9, 1.3])
+    np.testing.assert_array_equal(name_levels(noisy), truth)
+    wrong = truth + 3.0  # evidence three levels off: the pin decides
+    np.testing.assert_array_equal(name_levels(wrong, pinned=(4, level_index("L4"))), truth)
+    # a vertebra missed in the chain: the long step counts two levels
+    kept = np.delete(SPINE, 2, axis=0)
+    steps = chain_steps(np.concatenate([SPINE[:1] + [0, 0, 30.0], kept]))
+    np.testing.assert_array_equal(steps, [1, 1, 2, 1])
+    named = name_levels(np.zeros(5), steps, pinned=(4, level_index("L4")))
+    assert [level_name(i) for i in named] == ["T11", "T12", "L1", "L3", "L4"]
+
+
+def test_level_pins():
+    assert parse_level_pin("L5=ap:812,640") == LevelPin("L5", "ap", (812.0, 640.0))
+    assert parse_level_pin(" t12 = lateral: 10.5, 7") == LevelPin("T12", "lateral", (10.5, 7.0))
+    assert parse_level_pin("L5", centre_mm=[1, 2, 3]) == LevelPin("L5", centre_mm=(1.0, 2.0, 3.0))
+    assert parse_level_pin(None) is None
+    for bad, match in [("L5=pa:1,2", "LEVEL=VIEW:ROW,COL"), ("X9=ap:1,2", "unknown vertebra level"),
+                       ("L5", "says no position")]:  # fmt: skip
+        with pytest.raises(BundleInputError, match=match):
+            parse_level_pin(bad)
+
+
+class _StubFinder(torch.nn.Module):
+    """Returns fixed heatmap peaks per view (finder pixels (row, col)) and a constant level evidence."""
+
+    def __init__(self, peaks: dict[int, np.ndarray], evidence: float = 0.0) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.peaks, self.evidence = peaks, evidence
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        view = int(round(float(x[0, 1].mean())))
+        heat, _ = render_targets(x.shape[-2:], self.peaks.get(view, np.zeros((0, 2))), [0] * len(self.peaks[view]))
+        logits = torch.logit(heat[0].clamp(1e-4, 1 - 1e-4))
+        return torch.stack([logits, torch.full_like(logits, self.evidence)])[None]
+
+
+def test_localise_with_a_stub_finder_names_the_pinned_spine():
+    pa, pl = _projected(SPINE)
+    net = _StubFinder({0: pa, 1: pl}, evidence=5.0)  # pixels of 2 mm: the finder's own size
+    images = [np.random.default_rng(0).random(SHAPE) for _ in VIEWS]
+    found = localise_vertebrae(images, VIEWS, net, pin=f"L4=lateral:{pl[4, 0]:.2f},{pl[4, 1]:.2f}")
+    assert [v.level for v in found] == ["T12", "L1", "L2", "L3", "L4"]
+    np.testing.assert_allclose([v.centre_mm for v in found], SPINE, atol=1.0)
+    assert all(v.ray_gap_mm < 1.0 and max(v.reprojection_mm.values()) < 1.0 for v in found)
+    assert found[0].named_by == "pin" and 0.5 < found[0].scores["pair"] <= 1.0
+    unpinned = localise_vertebrae(images, VIEWS, net)
+    assert [v.level_index for v in unpinned] == list(range(3, 8)), "named from the evidence alone"
+    with pytest.raises(BundleInputError, match="no vertebra was found within"):
+        localise_vertebrae(images, VIEWS, net, pin="L4=ap:5,5")
+
+
+def test_bad_inputs_end_in_one_line():
+    pa, pl = _projected(SPINE)
+    images = [np.zeros(SHAPE), np.zeros(SHAPE)]
+    net = _StubFinder({0: pa, 1: pl})
+    with pytest.raises(XRayInputError, match="two radiographs"):
+        localise_vertebrae(images[:1], VIEWS[:1], net)
+    same = [VIEWS[0], RadiographView(1200.0, 800.0, SHAPE, (2.0, 2.0), (10.0, 0.0))]
+    with pytest.raises(XRayInputError, match="degrees apart"):
+        localise_vertebrae(images, same, net)
+    with pytest.raises(XRayInputError, match="lateral: no spine found"):
+        localise_vertebrae(images, VIEWS, _StubFinder({0: pa, 1: np.zeros((0, 2))}))
+    with pytest.raises(XRayInputError, match="no pair of detections"):
+        localise_vertebrae(images, VIEWS, _StubFinder({0: pa[:2], 1: pl[3:]}))
+    from scripts.localise import find_vertebrae
+
+    with pytest.raises(XRayInputError, match="got the AP"):
+        find_vertebrae("ap.dcm", None)
+    for e in (XRayInputError, BundleInputError):
+        assert issubclass(e, ValueError)
