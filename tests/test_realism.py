@@ -149,3 +149,74 @@ def test_clutter_blend_runs_from_isolated_to_whole_body():
     assert torch.equal(full.as_tensor(), body.as_tensor()), "without a draw: the whole body"
     with pytest.raises(ValueError, match="two keys"):
         RandClutterBlendd(["v"])
+
+
+def _body_and_window():
+    """A 'body' (soft-tissue slab with a bone block inside) and the crop of its vertebra (bone in air)."""
+    from scripts.drr.geometry import grid_affine
+
+    body = torch.full((1, 48, 48, 48), -1000.0)
+    body[0, 8:40, 8:40, :] = 40.0  # the trunk
+    body[0, 18:30, 20:28, 10:38] = 300.0  # a column of bone
+    aff = grid_affine((48, 48, 48), 2.0)
+    crop = body[:, 12:36, 12:36, 12:36].clone()
+    gt = torch.where(crop >= 300.0, crop, torch.full_like(crop, -1024.0))
+    gt[0, :, :, :4] = -1024.0  # the vertebra: one part of the column
+    gt[0, :, :, 20:] = -1024.0
+    window = MetaTensor(gt, affine=grid_affine((24, 24, 24), 2.0))
+    return MetaTensor(body, affine=aff), window
+
+
+def test_transplant_of_a_window_into_its_own_clutter_gives_back_its_body_xray():
+    """Line integrals add (monochromatic): c + p_v - p_w, with c from the same window, is the body's X-ray."""
+    from monai.transforms import CopyItemsd, ThresholdIntensityd
+    from scripts.transforms import DRRd, RandClutterTransplantd
+
+    body, gt = _body_and_window()
+    kw = dict(angles=[[0, 0], [90, 0]], physics="mono", photon_count=None)
+    item = CopyItemsd("gt", names="water")({"id": "P_T1", "gt": gt, "body": body})
+    item = ThresholdIntensityd("water", threshold=0.0, above=False, cval=0.0)(item)
+    d = DRRd(["body", "gt", "water"], output_keys=["p_b", "p_v", "p_w"], ref_key="gt", **kw)(item)
+    own = d["p_b"] - d["p_v"] + d["p_w"]
+    assert float((d["p_v"] - d["p_w"]).min()) >= -1e-5, "the vertebra adds attenuation over water"
+    bank = {"clutter": torch.stack([own.as_tensor(), torch.zeros_like(own.as_tensor())]), "ids": ["A", "B"]}
+    t = RandClutterTransplantd(["p_v", "p_w"], bank=bank, photon_count=None, exclude_key=None)
+    t._entry = 0
+    t.randomize = lambda data=None: None  # keep the chosen entry
+    out = t(dict(d))
+    torch.testing.assert_close(out["drr"].as_tensor(), d["p_b"].as_tensor(), atol=1e-4, rtol=1e-4)
+    assert out["drr"].meta["drr_geometry"] == d["p_v"].meta["drr_geometry"]
+    assert "p_v" not in out and "p_w" not in out
+
+
+def test_transplant_draws_other_vertebrae_adds_noise_and_checks_its_bank(tmp_path):
+    from scripts.errors import BundleInputError
+    from scripts.transforms import RandClutterTransplantd
+    from scripts.transforms.realism import load_clutter_bank
+
+    clutter = torch.stack([torch.full((2, 4, 4), float(i)) for i in range(3)])
+    bank = {"clutter": clutter, "ids": ["P_T1", "P_T2", "P_T3"]}
+    p_v = MetaTensor(torch.full((2, 4, 4), 2.0))
+    p_w = MetaTensor(torch.full((2, 4, 4), 1.5))
+    t = RandClutterTransplantd(["p_v", "p_w"], bank=bank, photon_count=None)
+    seen = set()
+    for seed in range(30):
+        t.set_random_state(seed)
+        out = t({"id": "P_T1", "p_v": p_v, "p_w": p_w})["drr"]
+        seen.add(round(float(out[0, 0, 0]) - 0.5, 3))
+    assert seen == {1.0, 2.0}, "never its own window (clutter 0)"
+    kept = RandClutterTransplantd(["p_v", "p_w"], bank=bank, prob=0.0, photon_count=None)
+    assert torch.equal(kept({"id": "x", "p_v": p_v, "p_w": p_w})["drr"].as_tensor(), p_v.as_tensor())
+    noisy = RandClutterTransplantd(["p_v", "p_w"], bank=bank, prob=0.0, photon_count=100.0)
+    noisy.set_random_state(0)
+    flat = MetaTensor(torch.full((2, 64, 64), 2.0))
+    img = noisy({"id": "x", "p_v": flat, "p_w": flat})["drr"]
+    # 100 * e^-2 = 13.5 photons: the log of Poisson counts has a spread of about 1/sqrt(13.5)
+    assert 0.2 < float(img.std()) < 0.4 and abs(float(img.mean()) - 2.0) < 0.1
+    with pytest.raises(BundleInputError, match="make the bank with the training's views"):
+        t({"id": "x", "p_v": MetaTensor(torch.ones(2, 8, 8)), "p_w": MetaTensor(torch.ones(2, 8, 8))})
+    with pytest.raises(BundleInputError, match="python -m scripts.tools.clutter_bank"):
+        load_clutter_bank(tmp_path / "missing.pt")
+    torch.save({"ids": []}, tmp_path / "bad.pt")
+    with pytest.raises(BundleInputError, match="not a clutter bank"):
+        load_clutter_bank(tmp_path / "bad.pt")
