@@ -71,6 +71,7 @@ __all__ = [
     "name_levels",
     "localise_vertebrae",
     "find_vertebrae",
+    "file_px",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -530,7 +531,7 @@ def find_vertebrae(
     found = localise_vertebrae([r.image for r in rads], views, model, pin, tolerance_mm, threshold, _VIEWS)
     for v in found:
         for k, rad in enumerate(rads):
-            v.file_rc[_VIEWS[k]] = [round(float(x), 2) for x in _to_file_px(rad, v.rc[_VIEWS[k]])]
+            v.file_rc[_VIEWS[k]] = [round(float(x), 2) for x in file_px(rad, v.rc[_VIEWS[k]])]
     w2s = rads[0].world_to_system
     return {
         "vertebrae": [v.to_dict() for v in found],
@@ -541,7 +542,7 @@ def find_vertebrae(
     }  # fmt: skip
 
 
-def _to_file_px(rad: Any, rc: Sequence[float]) -> tuple[float, float]:
+def file_px(rad: Any, rc: Sequence[float]) -> tuple[float, float]:
     """An oriented image position back to the file's pixels (the inverse of ``Radiograph.to_image_px``)."""
     transpose, flip_rows, flip_cols = rad.orientation
     h, w = rad.image.shape

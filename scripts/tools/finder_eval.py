@@ -1,0 +1,260 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Measure the vertebra finder on simulated full radiographs of whole scans (the numbers of
+docs/spine-radiographs.md).
+
+Usage::
+
+    python -m scripts.tools.finder_eval --split test --out docs/results/finder_test.json \\
+        --figure docs/images/finder_colonog0532.png
+
+For every patient of the split (``data/body64/datalist.json``) the raw label map (``--labels_dir``) is resampled
+onto the prepared body scan's grid (:func:`scripts.tools.finder_data.labels_on_grid`) and the pair is simulated
+exactly as ``python -m scripts.simulate radiographs --ct <patient>_body.nii.gz --labels <labels> --out DIR`` does
+with its default settings (430 mm detector of 2 mm pixels, source-detector 1200 mm, source-isocentre 800 mm,
+60 kV, 10^6 photons, seed 0, isocentre at the labelled vertebrae's mean centre). The finder
+(:func:`scripts.localise.find_vertebrae`) then reads ``ap.dcm`` and ``lateral.dcm``, once without and once with a
+pinned level (the lowest vertebra the split holds complete, at its true centre in the AP file, ``"L5=ap:row,col"``).
+
+Counted: every labelled vertebra whose centre lies inside both images (``centres.json``, ``inside_both``),
+including those the scan cuts (their centre is the mean of the voxels the scan holds); ``complete`` rows count only
+the vertebrae the prepared split holds (not cut). One to one (``linear_sum_assignment`` on the 3-D distance), a
+reported vertebra within ``--hit_mm`` (10 mm) of a true centre is a hit: recall = hits / true, precision = hits /
+reported; 3-D error over the hits (mean, 95th percentile); level accuracy = hits named right / hits, and / true
+(a miss counts wrong). A run that stops with an input error counts as nothing found; a pin that lies near no
+vertebra found counts as every level wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["simulate_patient", "score_case", "finder_eval", "draw_detections"]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def simulate_patient(body: str, label_path: str, work: Path) -> Path:
+    """The default simulated radiograph pair of a patient's body scan (reused when ``work/rad`` holds it)."""
+    import subprocess
+
+    from scripts.tools.finder_data import labels_on_grid
+
+    rad = work / "rad"
+    if (rad / "centres.json").is_file() and (rad / "ap.dcm").is_file() and (rad / "lateral.dcm").is_file():
+        return rad
+    labels = labels_on_grid(label_path, body, work / "labels.nii.gz")
+    # the command itself (importing scripts.simulate here would pass the six floors of tests/test_import_graph.py)
+    cmd = [sys.executable, "-m", "scripts.simulate", "radiographs", "--ct", str(body), "--labels", str(labels),
+           "--label_convention", "verse", "--out", str(rad), "--overwrite", "True"]  # fmt: skip
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr[-2000:]}")
+    return rad
+
+
+def score_case(
+    found: list[dict], truth: list[dict], complete: set[str], hit_mm: float = 10.0
+) -> tuple[dict[str, Any], list[dict]]:
+    """Recall, precision, 3-D error and level accuracy of one case's report against its true centres.
+
+    Args:
+        found: the finder's vertebrae (``centre_mm``, ``level``).
+        truth: ``centres.json`` vertebrae inside both images (``centre_mm_system``, ``level``).
+        complete: the levels the prepared split holds complete.
+        hit_mm: the farthest a hit may lie from its true centre.
+
+    Returns:
+        ``(counts, rows)``: counts for pooling, and one row per true vertebra.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    f = np.array([v["centre_mm"] for v in found], dtype=np.float64).reshape(-1, 3)
+    t = np.array([v["centre_mm_system"] for v in truth], dtype=np.float64).reshape(-1, 3)
+    dist = np.linalg.norm(t[:, None] - f[None], axis=-1) if len(f) and len(t) else np.zeros((len(t), len(f)))
+    match: dict[int, int] = {}
+    if dist.size:
+        r, c = linear_sum_assignment(np.where(dist <= hit_mm, dist, 1e6))
+        match = {int(i): int(j) for i, j in zip(r, c) if dist[i, j] <= hit_mm}
+    rows = []
+    for i, v in enumerate(truth):
+        j = match.get(i)
+        rows.append(
+            {
+                "level": v["level"],
+                "complete": v["level"] in complete,
+                "found": j is not None,
+                "error_mm": None if j is None else round(float(dist[i, j]), 2),
+                "named": None if j is None else found[j]["level"],
+                "named_right": bool(j is not None and found[j]["level"] == v["level"]),
+            }
+        )
+    counts = {"true": len(truth), "reported": len(found), "hits": len(match)}
+    return counts, rows
+
+
+def _summary(rows: list[dict], reported: int) -> dict[str, Any]:
+    hits = [r for r in rows if r["found"]]
+    errors = np.array([r["error_mm"] for r in hits], dtype=np.float64)
+    n_hits = len(hits)
+    right = sum(r["named_right"] for r in hits)
+    return {
+        "true": len(rows),
+        "reported": reported,
+        "hits": n_hits,
+        "recall": round(n_hits / len(rows), 4) if rows else None,
+        "precision": round(n_hits / reported, 4) if reported else None,
+        "error_mm_mean": round(float(errors.mean()), 2) if n_hits else None,
+        "error_mm_p95": round(float(np.percentile(errors, 95)), 2) if n_hits else None,
+        "level_accuracy_of_hits": round(right / n_hits, 4) if n_hits else None,
+        "level_accuracy_of_true": round(right / len(rows), 4) if rows else None,
+    }
+
+
+def draw_detections(rad_dir: Path, result: dict, truth: list[dict], path: str | os.PathLike, title: str) -> None:
+    """The two radiographs with the true centres (circles) and the finder's vertebrae (crosses, named)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scripts.io.radiograph import read_radiograph
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.6))
+    for ax, name in zip(axes, ("ap", "lateral")):
+        rad = read_radiograph(rad_dir / f"{name}.dcm")
+        ax.imshow(rad.image, cmap="gray")
+        t = np.array([v[f"{name}_rc"] for v in truth]).reshape(-1, 2)
+        ax.scatter(t[:, 1], t[:, 0], s=60, facecolors="none", edgecolors="lime", linewidths=1.2, label="true centre")
+        for v in result["vertebrae"]:
+            r, c = v["rc"][name]
+            ax.plot(c, r, "r+", ms=9, mew=1.5)
+            ax.text(c + 6, r + 2, v["level"] or "?", color="yellow", fontsize=7)
+        ax.set_title(f"{name} ({rad.image.shape[0]} x {rad.image.shape[1]}, 2 mm pixels)", fontsize=9)
+        ax.axis("off")
+    axes[0].legend(loc="lower left", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(path), dpi=80)
+    plt.close(fig)
+
+
+def finder_eval(
+    split: str = "test",
+    data: str = "data/body64",
+    labels_dir: str = "../shared/data/spine-ct",
+    model: str | None = None,
+    work: str = "runs/finder_eval",
+    out: str | None = None,
+    figure: str | None = None,
+    hit_mm: float = 10.0,
+) -> dict[str, Any]:
+    """Measure the finder on one split's simulated radiographs (see the module docstring).
+
+    Args:
+        split: ``test`` or ``validation`` (or ``training``) of ``data``.
+        data: the prepared dataset.
+        labels_dir: the raw label maps.
+        model: the finder's weights (default the shipped ``models/finder/model.pt``).
+        work: where the simulated radiographs go (reused when there).
+        out: the JSON report (default: printed only).
+        figure: a PNG of the first patient's detections.
+        hit_mm: the hit distance.
+
+    Returns:
+        the report.
+    """
+    import torch
+    from scripts.errors import BundleInputError
+    from scripts.io.radiograph import read_radiograph
+    from scripts.localise import DEFAULT_MATCH_TOLERANCE_MM, DEFAULT_THRESHOLD, file_px, find_vertebrae, load_finder
+    from scripts.tools.finder_data import label_source
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    dl = json.loads((Path(data) / "datalist.json").read_text())
+    patients: dict[str, dict] = {}
+    for item in dl[split]:
+        p = patients.setdefault(item["patient"], {"body": str(Path(data) / item["body"]), "levels": []})
+        p["levels"].append(item["level"])
+    net = load_finder(model)
+    report: dict[str, Any] = {"patients": {}, "rows": []}
+    pooled: dict[str, list] = {"unpinned": [], "pinned": []}
+    reported = {"unpinned": 0, "pinned": 0}
+    seconds = []
+    for k, (patient, info) in enumerate(patients.items()):
+        rad = simulate_patient(info["body"], label_source(patient, labels_dir)[0], Path(work) / patient)
+        truth = [v for v in json.loads((rad / "centres.json").read_text())["vertebrae"] if v["inside_both"]]
+        complete = set(info["levels"])
+        lowest = [v for v in truth if v["level"] in complete][-1]
+        r, c = file_px(read_radiograph(rad / "ap.dcm"), lowest["ap_rc"])
+        pin = f"{lowest['level']}=ap:{r:.1f},{c:.1f}"
+        entry: dict[str, Any] = {"pin": pin, "true_levels": [v["level"] for v in truth]}
+        for mode, level in (("unpinned", None), ("pinned", pin)):
+            start = time.perf_counter()
+            error = None
+            try:
+                result = find_vertebrae(rad / "ap.dcm", rad / "lateral.dcm", net, level=level)
+            except BundleInputError as e:  # counted: nothing found, or (pin far from every vertebra) nothing named
+                error = str(e)
+                result = {"vertebrae": []}
+                if mode == "pinned" and "level pin" in error:
+                    result = find_vertebrae(rad / "ap.dcm", rad / "lateral.dcm", net)
+                    for v in result["vertebrae"]:
+                        v["level"] = None
+            seconds.append(time.perf_counter() - start)
+            counts, rows = score_case(result["vertebrae"], truth, complete, hit_mm)
+            for row in rows:
+                row.update(patient=patient, mode=mode)
+            pooled[mode] += rows
+            reported[mode] += counts["reported"]
+            entry[mode] = {
+                "all": _summary(rows, counts["reported"]),
+                "complete": _summary([x for x in rows if x["complete"]], counts["reported"]),
+                "found_levels": [v["level"] for v in result["vertebrae"]],
+                "ray_gap_mm": [v["ray_gap_mm"] for v in result["vertebrae"]],
+                "error": error,
+            }
+            report["rows"] += rows
+            if figure and k == 0 and mode == "pinned":
+                draw_detections(rad, result, truth, figure, f"{patient}: finder (crosses, pinned {pin.split('=')[0]})"
+                                f" and true centres (circles)")  # fmt: skip
+        report["patients"][patient] = entry
+    report["pooled"] = {
+        mode: {
+            "all": _summary(pooled[mode], reported[mode]),
+            "complete": _summary([x for x in pooled[mode] if x["complete"]], reported[mode]),
+        }
+        for mode in pooled
+    }
+    report["settings"] = {
+        "split": split,
+        "hit_mm": hit_mm,
+        "tolerance_mm": DEFAULT_MATCH_TOLERANCE_MM,
+        "threshold": DEFAULT_THRESHOLD,
+        "model": str(model or "models/finder/model.pt"),
+        "simulation": "python -m scripts.simulate radiographs defaults (seed 0)",
+        "command": "python -m scripts.tools.finder_eval " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s)",
+        "finder_seconds_per_pair_mean": round(float(np.mean(seconds)), 3) if seconds else None,
+    }
+    if out:
+        from scripts.utils import atomic_path
+
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({"pooled": report["pooled"], "settings": report["settings"]}, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(finder_eval, serialize=lambda result: None)
