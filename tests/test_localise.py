@@ -173,3 +173,39 @@ def test_bad_inputs_end_in_one_line():
         find_vertebrae("ap.dcm", None)
     for e in (XRayInputError, BundleInputError):
         assert issubclass(e, ValueError)
+
+
+def test_training_pairs_of_a_synthetic_scan(tmp_path):
+    """scripts.tools.finder_data: the projected centres land on their bone blocks, in every draw's geometry."""
+    import json
+
+    from scripts.tools.finder_data import build_datalist, draw_pair, rotation_matrix, simulate_pair
+
+    hu = torch.full((1, 60, 56, 80), -1000.0)
+    hu[0, 8:52, 6:50, :] = 20.0
+    centres_vox = [(30, 26, 60), (30, 28, 40), (30, 30, 20)]
+    for x, y, z in centres_vox:
+        hu[0, x - 5 : x + 6, y - 4 : y + 5, z - 3 : z + 4] = 1500.0
+    affine = torch.eye(4, dtype=torch.float64) * 2.0
+    affine[3, 3] = 1.0
+    affine[:3, 3] = torch.tensor([-60.0, -40.0, -80.0])
+    world = [(affine[:3, :3] @ torch.tensor(c, dtype=torch.float64) + affine[:3, 3]).tolist() for c in centres_vox]
+    vertebrae = [{"level": lv, "centre_mm_world": w} for lv, w in zip(("T11", "T12", "L1"), world)]
+    draw = draw_pair(np.random.default_rng(3))
+    assert 1000 <= draw["sdd"] <= 1500 and 200 <= draw["sdd"] - draw["sod"] <= 500
+    rot = rotation_matrix(draw["rotation_deg"])
+    np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-12)
+    draw.update(photon_count=None, isocentre_offset_mm=[0.0, 0.0, 0.0])
+    images, record = simulate_pair(hu, affine, vertebrae, draw, seed=0, detector_mm=200.0)
+    assert images.shape == (2, 100, 100)
+    for k, name in enumerate(("ap", "lateral")):
+        for v in record["vertebrae"]:
+            assert v[f"{name}_inside"]
+            r, c = (int(round(x)) for x in v[f"{name}_rc"])
+            assert images[k, r, c] >= 0.9 * images[k].max(), "the centre lands on its block"
+    (tmp_path / "P" / "P_000.json").parent.mkdir()
+    record["vertebrae"][0]["lateral_inside"] = False
+    (tmp_path / "P" / "P_000.json").write_text(json.dumps(record))
+    dl = build_datalist(tmp_path, {"P": "training"})
+    assert [len(i["centres"]) for i in dl["training"]] == [3, 2], "only centres inside an image count for it"
+    assert dl["training"][1]["levels"] == [level_index("T12"), level_index("L1")] and dl["training"][1]["view"] == 1
