@@ -45,6 +45,8 @@ LEVELS: tuple[str, ...] = tuple(
 HEATMAP_SIGMA_PX = 2.0
 #: the detector pixel size (mm) the finder is trained and run at; radiographs are resampled to it.
 FINDER_PIXEL_MM = 2.0
+#: the initial bias of the heatmap logits: ``logit(0.1)``.
+HEATMAP_PRIOR_BIAS = -2.19
 _DIVISOR = 16
 
 
@@ -108,6 +110,8 @@ class VertebraFinder(nn.Module):
         self.unet = BasicUNet(
             spatial_dims=2, in_channels=2, out_channels=2, features=tuple(features), norm=norm, dropout=dropout
         )
+        with torch.no_grad():  # a heatmap prior of 0.1 (CenterNet's), so the focal loss starts stable
+            self.unet.final_conv.bias[0].fill_(HEATMAP_PRIOR_BIAS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 2, H, W)`` image and view flag -> ``(B, 2, H, W)`` heatmap logits and level index."""
