@@ -81,6 +81,7 @@ __all__ = [
     "spine",
     "run_inference",
     "reconstruct",
+    "radiographs",
     "check_output_names",
     "main",
 ]
@@ -737,6 +738,21 @@ def run_inference(
     return volumes
 
 
+def _save_vertebrae(
+    cases: Sequence[Vertebra],
+    volumes: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    out: Path,
+    timings: dict[str, float] | None = None,
+) -> None:
+    """Write each reconstruction, placed in patient space, as ``<out>/<patient>/vertebrae/<id>_hu.nii.gz``."""
+    watch = _Stopwatch(timings)
+    for case in cases:
+        vol, aff = volumes[case.id]
+        with watch("write"):
+            placed = _pred_affine(case, vol.shape, aff, "auto")
+            save_nifti(vol, placed, out / case.patient / "vertebrae" / f"{case.id}_hu.nii.gz")
+
+
 def reconstruct(
     datalist: str,
     out: str = "./spine",
@@ -819,13 +835,8 @@ def reconstruct(
     volumes = run_inference(
         inputs, config_file, batch_size, output_dir=out, timings=timings, confidences=confidences, **overrides
     )
-    watch = _Stopwatch(timings)
     if save_vertebrae:
-        for case in pairs:
-            vol, aff = volumes[case.id]
-            with watch("write"):
-                placed = _pred_affine(case, vol.shape, aff, "auto")
-                save_nifti(vol, placed, Path(out) / case.patient / "vertebrae" / f"{case.id}_hu.nii.gz")
+        _save_vertebrae(pairs, volumes, Path(out), timings)
     by_patient: dict[str, list[Vertebra]] = {}
     for c in pairs:
         by_patient.setdefault(c.patient, []).append(c)
@@ -839,6 +850,187 @@ def reconstruct(
     return reports
 
 
+def _given_centres(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Vertebra centres given by hand or by a simulation: a JSON list (or ``{"vertebrae": [...]}``, as the
+    ``centres.json`` of ``python -m scripts.simulate radiographs``) of ``{"level", "centre_mm"}`` entries in the
+    X-ray system's frame (``centre_mm_system`` is read too); entries with ``"inside_both": false`` are left out."""
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(file, f"cannot read the centres ({e})", "give a JSON list of {level, centre_mm}") from None
+    entries = data.get("vertebrae") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise DataError(file, "no list of vertebrae", 'write [{"level": "L1", "centre_mm": [x, y, z]}, ...]')
+    out = []
+    for k, e in enumerate(entries):
+        centre = e.get("centre_mm", e.get("centre_mm_system")) if isinstance(e, dict) else None
+        if centre is None or "level" not in e or np.asarray(centre).shape != (3,):
+            raise DataError(file, f"entry {k} has no level or 3-D centre", "give level and centre_mm [x, y, z] (mm)")
+        if e.get("inside_both", True):
+            out.append({"level": str(e["level"]), "centre_mm": [float(v) for v in centre], "named_by": "given"})
+    if not out:
+        raise DataError(file, "no vertebra lies inside both images", "check the centres")
+    return out
+
+
+def _outline_points(vol: np.ndarray, affine: np.ndarray, level: float, max_points: int = 4000) -> np.ndarray:
+    """Centres (N, 3, system mm) of the reconstruction's bone voxels, at most ``max_points`` evenly taken."""
+    ijk = np.argwhere(vol > level)
+    if len(ijk) > max_points:
+        ijk = ijk[np.linspace(0, len(ijk) - 1, max_points).astype(int)]
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def radiographs(
+    ap: str | None = None,
+    lateral: str | None = None,
+    out: str = "./spine",
+    patient: str = "patient",
+    level: str | None = None,
+    level_centre_mm: Sequence[float] | None = None,
+    centres: str | None = None,
+    finder: str | None = None,
+    sod: float | None = None,
+    tolerance_mm: float | None = None,
+    threshold: float | None = None,
+    config_file: str | Sequence[str] | None = None,
+    batch_size: int = 8,
+    bone_level: float = BONE_LEVEL_HU,
+    spacing: float | None = None,
+    formats: Sequence[str] = ("stl", "ply"),
+    save_vertebrae: bool = True,
+    device: str | None = None,
+    timings: dict[str, float] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Find, name and reconstruct every vertebra of an AP and a lateral radiograph, and assemble the spine.
+
+    ``python -m scripts.spine radiographs --ap ap.dcm --lateral lateral.dcm --out spine``
+
+    The vertebra finder (:func:`scripts.localise.find_vertebrae`, docs/spine-radiographs.md) finds the vertebrae in
+    both files and names them (``--level "L5=ap:ROW,COL"`` pins one level, in the file's pixels); ``--centres``
+    gives the centres instead (a JSON list of ``{"level", "centre_mm"}`` in the system frame, or the
+    ``centres.json`` of ``python -m scripts.simulate radiographs``). Each vertebra is then reconstructed from the
+    two files, cut around its centre (radiograph cases of ``configs/inference.json``, batched, with the
+    confidence), and the spine is assembled as by :func:`reconstruct`, in the X-ray system's frame (origin at the
+    isocentre, RAS axes). Besides the files of :func:`spine`, ``<out>/<patient>/`` gets
+    ``<patient>_radiographs.png`` (both radiographs with each vertebra's centre, name and projected outline), and
+    the report ``<patient>_spine.json`` gains per level the finder's centre (system mm, and the scan's world mm when
+    the files record ``world_to_system``), the ray miss, the reprojection errors, the scores and how the level was
+    named, plus the files and their geometry under ``"radiographs"``.
+
+    Args:
+        ap: the AP (or PA) radiograph (DICOM, or PNG / TIFF with a sidecar JSON).
+        lateral: the lateral radiograph.
+        out: output folder; the patient's files go to ``<out>/<patient>/``.
+        patient: the patient's name in file names.
+        level: a pinned level (``"L5=ap:812,640"``), or a bare level with ``level_centre_mm``.
+        level_centre_mm: the pinned level's 3-D point (system mm).
+        centres: a JSON file of given centres, instead of the finder.
+        finder: the finder's weights (default ``models/finder/model.pt``).
+        sod: the source-to-isocentre distance (mm) when the files do not say it.
+        tolerance_mm: the largest miss (mm) of the two rays of one vertebra (default the finder's).
+        threshold: the smallest heatmap peak the finder keeps (default the finder's).
+        config_file: inference config files (default ``configs/inference.json``; add ``configs/cpu.json``).
+        batch_size: vertebrae per network call.
+        bone_level: bone iso-level in HU for label map and meshes.
+        spacing: grid spacing of the label map in mm.
+        formats: mesh formats.
+        save_vertebrae: also write each vertebra's HU volume.
+        device: where the networks run.
+        timings: if given, seconds per stage are added to it (``find``, then those of :func:`reconstruct`).
+        overrides: inference config values (``ckpt_dir``, ``confidence``, ...).
+
+    Returns:
+        the patient's report (as written to ``<patient>_spine.json``).
+    """
+    from scripts import localise
+    from scripts.io.outputs import check_case_names
+    from scripts.io.preview import radiograph_figure
+    from scripts.io.radiograph import radiograph_views, read_radiograph, system_to_world_affine
+
+    if ap is None or lateral is None:
+        given = "only the lateral" if ap is None and lateral is not None else "only the AP" if ap else "neither"
+        raise DataError(
+            None, f"two radiographs are needed, an AP and a lateral; got {given}", "give --ap and --lateral"
+        )
+    check_case_names([patient], what="patient")
+    watch = _Stopwatch(timings)
+    with watch("find"):
+        rads = [read_radiograph(ap), read_radiograph(lateral)]
+        views = radiograph_views(rads, sod)
+        if centres is not None:
+            found = _given_centres(centres)
+            for v in found:
+                v["rc"] = {n: view.project(torch.as_tensor(v["centre_mm"]))[0][0].tolist() for n, view in
+                           zip(("ap", "lateral"), views)}  # fmt: skip
+        else:
+            kwargs = {k: v for k, v in (("tolerance_mm", tolerance_mm), ("threshold", threshold)) if v is not None}
+            found = localise.find_vertebrae(ap, lateral, finder, level, level_centre_mm, sod, **kwargs)["vertebrae"]
+    unnamed = [v for v in found if v.get("level") not in LEVEL_LABELS]
+    if unnamed:
+        logger.warning("%d vertebrae found beyond C1-L5 are not reconstructed", len(unnamed))
+    found = [v for v in found if v.get("level") in LEVEL_LABELS]
+    if not found:
+        raise DataError(
+            ap, "no vertebra between C1 and L5 was found in both radiographs", "check the files or pin a level"
+        )
+    cases = [
+        Vertebra(id=f"{patient}_{v['level']}", patient=patient, level=v["level"], centre_mm=tuple(v["centre_mm"]))
+        for v in found
+    ]
+    check_output_names(cases, out, ids=save_vertebrae)
+    if device is not None:
+        overrides["device"] = f"$torch.device({str(device)!r})"
+    files = [str(Path(ap).resolve()), str(Path(lateral).resolve())]
+    extra = {} if sod is None else {"sod_mm": float(sod)}
+    inputs = [{"radiographs": files, "centre_mm": list(c.centre_mm), "id": c.id, **extra} for c in cases]
+    confidences: dict[str, dict] = {}
+    volumes = run_inference(
+        inputs, config_file, batch_size, output_dir=out, timings=timings, confidences=confidences, **overrides
+    )
+    if save_vertebrae:
+        _save_vertebrae(cases, volumes, Path(out), timings)
+    report = _write_patient(
+        patient, cases, Path(out), float(bone_level), spacing, "auto", formats, volumes=volumes, timings=timings,
+        confidences=confidences,
+    )  # fmt: skip
+    w2s = rads[0].world_to_system
+    to_world = None if w2s is None else system_to_world_affine(np.eye(4), w2s)
+    marks = []
+    for case, v in zip(cases, found):
+        entry = report["vertebrae"][case.level]
+        entry["centre_system_mm"] = [round(float(x), 3) for x in v["centre_mm"]]
+        if to_world is not None:
+            entry["centre_world_mm"] = [round(float(x), 3) for x in to_world[:3, :3] @ v["centre_mm"] + to_world[:3, 3]]
+        for key in ("named_by", "level_evidence", "ray_gap_mm", "reprojection_mm", "scores", "file_rc"):
+            if key in v:
+                entry["finder_scores" if key == "scores" else key] = v[key]
+        vol, own = volumes[case.id]
+        points = _outline_points(vol, _pred_affine(case, vol.shape, own, "auto"), float(bone_level))
+        outline = {n: view.project(torch.as_tensor(points))[0].numpy() for n, view in zip(("ap", "lateral"), views)}
+        marks.append({"level": case.level, "rc": v.get("rc", {}), "outline": outline})
+    report["radiographs"] = {
+        "files": {"ap": str(ap), "lateral": str(lateral)},
+        "views": {n: view.to_dict() for n, view in zip(("ap", "lateral"), views)},
+        "frame": "X-ray system: origin at the isocentre, RAS axes (x patient's right, y anterior, z superior), mm",
+        "world_to_system": None if w2s is None else np.asarray(w2s).tolist(),
+        "found_by": "given centres" if centres is not None else "vertebra finder",
+    }
+    folder = Path(out) / patient
+    with watch("render"):
+        fig = radiograph_figure(
+            [r.image for r in rads], ("ap", "lateral"), marks, title=f"{patient}: {len(cases)} vertebrae"
+        )
+        with atomic_path(folder / f"{patient}_radiographs.png") as tmp:
+            fig.savefig(tmp, format="png")
+    with watch("write"), atomic_path(folder / f"{patient}_spine.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    print(f"{patient}: {len(cases)} vertebrae found and reconstructed -> {folder}", file=sys.stderr)
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m scripts.spine [assemble] --pred_dir DIR --datalist FILE --out DIR`` puts
     predictions together (:func:`spine`); ``python -m scripts.spine reconstruct --datalist FILE --out DIR``
@@ -848,14 +1040,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     command, fn = "assemble", spine
-    if args and args[0] in ("assemble", "reconstruct"):
+    commands = {"assemble": spine, "reconstruct": reconstruct, "radiographs": radiographs}
+    if args and args[0] in commands:
         command = args.pop(0)
-        fn = reconstruct if command == "reconstruct" else spine
+        fn = commands[command]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         fire.Fire(fn, command=args, name="scripts.spine", serialize=lambda result: None)
-    except BundleInputError as e:
-        sys.exit(f"error: {e}")
+    except Exception as e:  # a bad input raised inside a config expression arrives wrapped by MONAI
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, BundleInputError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        sys.exit(f"error: {cause}")
 
 
 if __name__ == "__main__":

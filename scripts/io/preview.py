@@ -28,7 +28,7 @@ from scripts.utils import atomic_path
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: importing the transforms stays light
     from matplotlib.figure import Figure
 
-__all__ = ["orthogonal_views", "preview_figure", "SavePreviewd"]
+__all__ = ["orthogonal_views", "preview_figure", "radiograph_figure", "SavePreviewd"]
 
 _PLANES = ("coronal", "sagittal", "axial")
 
@@ -217,3 +217,51 @@ class SavePreviewd(MapTransform):
                 fig.savefig(tmp, format="png", dpi=self.dpi)
             d[f"{key}_preview"] = path
         return d
+
+
+def radiograph_figure(
+    images: Sequence[np.ndarray], names: Sequence[str], vertebrae: Sequence[Mapping[str, Any]], title: str = ""
+) -> Figure:
+    """Two radiographs with each vertebra found: its centre, its name and its reconstruction's outline.
+
+    Args:
+        images: the radiographs ``(H, W)`` as oriented by :func:`scripts.io.radiograph.read_radiograph` (bone
+            bright).
+        names: the views' names (e.g. ``["ap", "lateral"]``).
+        vertebrae: per vertebra ``{"level": name, "rc": {view: (row, col)}, "outline": {view: (N, 2) projected
+            bone points (row, col)}}``; ``outline`` is optional (a vertebra without a reconstruction).
+        title: the figure's title.
+    """
+    from matplotlib.figure import Figure
+    from scipy import ndimage
+
+    fig = Figure(figsize=(6.0 * len(images), 7.5), dpi=110)
+    axes = fig.subplots(1, len(images), squeeze=False)[0]
+    colours = [f"C{k % 10}" for k in range(len(vertebrae))]
+    for ax, image, name in zip(axes, images, names):
+        img = np.asarray(image, dtype=np.float64)
+        lo, hi = np.percentile(img, [1, 99.5])
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        h, w = img.shape
+        for vert, colour in zip(vertebrae, colours):
+            pts = np.asarray((vert.get("outline") or {}).get(name, np.zeros((0, 2))), dtype=np.float64).reshape(-1, 2)
+            if len(pts):
+                # the outline: where the projected bone points fall, on a raster of the image's pixels
+                occ = np.zeros((h, w), dtype=np.float32)
+                r = np.clip(np.rint(pts[:, 0]).astype(int), 0, h - 1)
+                c = np.clip(np.rint(pts[:, 1]).astype(int), 0, w - 1)
+                occ[r, c] = 1.0
+                # close the gaps between the points (the projected voxels can be sparser than the pixels)
+                occ = ndimage.binary_fill_holes(ndimage.binary_closing(occ > 0, iterations=2)).astype(np.float32)
+                if occ.sum() > 2:
+                    ax.contour(occ, levels=[0.5], colors=[colour], linewidths=0.8)
+            rc = vert.get("rc", {}).get(name)
+            if rc is not None:
+                ax.plot(rc[1], rc[0], "+", color=colour, markersize=9, markeredgewidth=1.5)
+                ax.text(rc[1] + 0.04 * w, rc[0], str(vert.get("level", "")), color=colour, fontsize=8, va="center")
+        ax.set_title(name)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
