@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # One thread per process, for the tests and the bundle runs they start: their tensors are small, where a thread
@@ -173,3 +174,27 @@ def trained(dataset, tmp_path_factory) -> Path:
     before = _digest(ckpt)
     yield ckpt
     _unchanged(ckpt, before, "trained")
+
+
+# ---------------------------------------------------------------- a whole scan with labelled vertebrae
+
+#: three bone blocks along z (superior first) of :func:`block_phantom`: VerSe labels T10, T11, T12 (17, 18, 19)
+BLOCK_CENTRES_VOX = {17: (30, 26, 44), 18: (30, 28, 30), 19: (30, 30, 16)}
+
+
+def block_phantom(folder: Path) -> np.ndarray:
+    """Write ``ct.nii.gz`` (three bone blocks in a soft-tissue trunk that fills the slices, 2 mm voxels) and
+    ``labels.nii.gz`` (VerSe labels of the blocks) into ``folder``; return their affine."""
+    import nibabel as nib
+
+    hu = np.full((60, 56, 60), -1000.0, dtype=np.float32)
+    hu[8:52, 6:50, :] = 20.0
+    labels = np.zeros(hu.shape, dtype=np.int16)
+    for value, (x, y, z) in BLOCK_CENTRES_VOX.items():
+        hu[x - 5 : x + 6, y - 4 : y + 5, z - 3 : z + 4] = 900.0
+        labels[x - 5 : x + 6, y - 4 : y + 5, z - 3 : z + 4] = value
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-60.0, -40.0, 100.0)
+    nib.save(nib.Nifti1Image(hu, affine), str(folder / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(labels, affine), str(folder / "labels.nii.gz"))
+    return affine

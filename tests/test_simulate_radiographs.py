@@ -7,32 +7,20 @@ import json
 import subprocess
 import sys
 
-import nibabel as nib
 import numpy as np
 import pytest
 from scripts.errors import BundleInputError
 from scripts.io.radiograph import read_radiograph
 from scripts.simulate import simulate_radiographs
-from tests.conftest import ROOT
+from tests.conftest import BLOCK_CENTRES_VOX, ROOT, block_phantom
 
-# three bone blocks along z (superior first) in a soft-tissue box, VerSe labels T10, T11, T12 (17, 18, 19)
-CENTRES_VOX = {17: (30, 26, 44), 18: (30, 28, 30), 19: (30, 30, 16)}
+CENTRES_VOX = BLOCK_CENTRES_VOX
 
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory):
     folder = tmp_path_factory.mktemp("scan")
-    hu = np.full((60, 56, 60), -1000.0, dtype=np.float32)
-    hu[8:52, 6:50, :] = 20.0  # a trunk that fills the slices
-    labels = np.zeros(hu.shape, dtype=np.int16)
-    for value, (x, y, z) in CENTRES_VOX.items():
-        hu[x - 5 : x + 6, y - 4 : y + 5, z - 3 : z + 4] = 900.0
-        labels[x - 5 : x + 6, y - 4 : y + 5, z - 3 : z + 4] = value
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    affine[:3, 3] = (-60.0, -40.0, 100.0)
-    nib.save(nib.Nifti1Image(hu, affine), str(folder / "ct.nii.gz"))
-    nib.save(nib.Nifti1Image(labels, affine), str(folder / "labels.nii.gz"))
-    return folder, affine
+    return folder, block_phantom(folder)
 
 
 def test_radiographs_with_geometry_and_projected_centres(scan, tmp_path):

@@ -1,0 +1,73 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""python -m scripts.spine radiographs: every vertebra of two full radiographs reconstructed and assembled."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scripts.data.errors import DataError
+from scripts.simulate import simulate_radiographs
+from scripts.spine import LEVEL_LABELS, radiographs
+from tests.conftest import ROOT, block_phantom
+
+CPU = [str(ROOT / "configs" / "inference.json"), str(ROOT / "configs" / "cpu.json")]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """The phantom's AP and lateral radiographs and its true centres (``python -m scripts.simulate radiographs``)."""
+    folder = tmp_path_factory.mktemp("phantom")
+    block_phantom(folder)
+    rad = folder / "rad"
+    simulate_radiographs(
+        str(folder / "ct.nii.gz"), str(rad), labels=str(folder / "labels.nii.gz"), label_convention="verse",
+        detector_mm=200.0, pixel_mm=2.0, photon_count=None, physics="mono",
+    )  # fmt: skip
+    return rad
+
+
+def test_given_centres_give_every_output_placed_in_the_system_and_world_frames(pair, tmp_path):
+    out = tmp_path / "spine"
+    report = radiographs(
+        str(pair / "ap.dcm"), str(pair / "lateral.dcm"), out=str(out), patient="P1",
+        centres=str(pair / "centres.json"), config_file=CPU, batch_size=3, confidence=False,
+    )  # fmt: skip
+    folder = out / "P1"
+    for name in ("labels.nii.gz", "hu.nii.gz", "spine.json", "spine.png", "radiographs.png", "spine.stl"):
+        assert (folder / f"P1_{name}").is_file(), name
+    truth = {c["level"]: c for c in json.loads((pair / "centres.json").read_text())["vertebrae"]}
+    assert set(report["vertebrae"]) == {"T10", "T11", "T12"}
+    for level, entry in report["vertebrae"].items():
+        assert entry["named_by"] == "given"
+        np.testing.assert_allclose(entry["centre_system_mm"], truth[level]["centre_mm_system"], atol=1e-3)
+        np.testing.assert_allclose(entry["centre_world_mm"], truth[level]["centre_mm_world"], atol=1e-3)
+        assert (folder / "vertebrae" / f"P1_{level}_hu.nii.gz").is_file()
+    assert report["radiographs"]["found_by"] == "given centres"
+    assert json.loads((folder / "P1_spine.json").read_text())["radiographs"]["world_to_system"] is not None
+    # each reconstruction lies in the window around its centre: the label map holds the three levels
+    labels = nib.load(str(folder / "P1_labels.nii.gz"))
+    assert set(np.unique(np.asarray(labels.dataobj))) - {0} <= {LEVEL_LABELS[v] for v in ("T10", "T11", "T12")}
+
+
+def test_bad_inputs_stop_before_anything_is_written(pair, tmp_path):
+    out = tmp_path / "spine"
+    with pytest.raises(DataError, match="two radiographs are needed.*only the AP"):
+        radiographs(str(pair / "ap.dcm"), None, out=str(out), centres=str(pair / "centres.json"), config_file=CPU)
+    bad = tmp_path / "centres.json"
+    bad.write_text(json.dumps([{"centre_mm": [0, 0, 0]}]))
+    with pytest.raises(DataError, match="entry 0 has no level"):
+        radiographs(str(pair / "ap.dcm"), str(pair / "lateral.dcm"), out=str(out), centres=str(bad), config_file=CPU)
+    assert not out.exists()
+
+
+def test_the_command_line_ends_a_bad_input_in_one_line(pair, tmp_path):
+    cmd = [sys.executable, "-m", "scripts.spine", "radiographs", "--ap", str(pair / "ap.dcm"), "--out", str(tmp_path)]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert res.stderr.strip().splitlines()[-1].startswith("error: "), res.stderr[-500:]
+    assert "Traceback" not in res.stderr
