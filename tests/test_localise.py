@@ -209,3 +209,21 @@ def test_training_pairs_of_a_synthetic_scan(tmp_path):
     dl = build_datalist(tmp_path, {"P": "training"})
     assert [len(i["centres"]) for i in dl["training"]] == [3, 2], "only centres inside an image count for it"
     assert dl["training"][1]["levels"] == [level_index("T12"), level_index("L1")] and dl["training"][1]["view"] == 1
+
+
+@pytest.mark.slow
+def test_the_shipped_finder_on_the_validation_patients_radiographs(tmp_path):
+    """The shipped finder on the validation patient's default simulated pair (needs data/body64 and ../shared)."""
+    from pathlib import Path
+
+    from scripts.localise import DEFAULT_FINDER_MODEL
+    from scripts.tools.finder_eval import finder_eval
+
+    root = Path(__file__).resolve().parents[1]
+    needed = [root / "data/body64/datalist.json", root.parent / "shared/data/spine-ct/ts_s0308_seg.nii.gz"]
+    if not all(p.is_file() for p in needed + [DEFAULT_FINDER_MODEL]):
+        pytest.skip("needs data/body64, ../shared/data/spine-ct and models/finder/model.pt")
+    report = finder_eval(split="validation", labels_dir=str(needed[1].parent), work=str(tmp_path))
+    pinned = report["pooled"]["pinned"]["all"]
+    assert pinned["recall"] >= 0.8 and pinned["precision"] >= 0.8
+    assert pinned["level_accuracy_of_hits"] >= 0.8
