@@ -36,6 +36,8 @@ from scripts.io.xray import XRayInputError
 N, VOXEL = 80, 2.0
 ROI, SPACING = 32, 2.0
 REAL = ConeBeamGeometry(1200.0, 800.0, (256, 256), (1.0, 1.0))
+#: the default test projector: monochromatic, no noise, on the real detector
+MONO = DRRProjector(REAL, physics="mono", photon_count=None)
 SPHERES = [((10.0, -15.0, 20.0), 12.0, 900.0), ((-25.0, 10.0, -10.0), 9.0, 700.0), ((20.0, 20.0, -30.0), 7.0, 1200.0)]
 TARGET = np.asarray(SPHERES[0][0])
 #: where the system's isocentre is in the phantom's world frame (so world and system frames differ)
@@ -80,7 +82,9 @@ def direct(phantom):
 def files(phantom, tmp_path_factory) -> dict:
     """AP and lateral DICOM radiographs of the phantom (isocentre ISO_WORLD, system frame = world - ISO_WORLD)."""
     hu, aff = phantom
-    return write_projected_radiographs(hu, aff, tmp_path_factory.mktemp("dicom"), ISO_WORLD, REAL.to_dict())
+    return write_projected_radiographs(
+        hu, aff, tmp_path_factory.mktemp("dicom"), ISO_WORLD, REAL.to_dict(), projector=MONO
+    )
 
 
 def _centres_px(angles=APLAT, point=TARGET) -> list[list[float]]:
@@ -133,7 +137,14 @@ def test_opposite_and_swapped_views(phantom, direct, tmp_path):
     """PA and a left lateral (source on the right), listed lateral first, serve the model's AP and lateral."""
     hu, aff = phantom
     out = write_projected_radiographs(
-        hu, aff, tmp_path, ISO_WORLD, REAL.to_dict(), angles=[[-90.0, 0.0], [180.0, 0.0]], names=("ll", "pa")
+        hu,
+        aff,
+        tmp_path,
+        ISO_WORLD,
+        REAL.to_dict(),
+        angles=[[-90.0, 0.0], [180.0, 0.0]],
+        names=("ll", "pa"),
+        projector=MONO,
     )
     win, _ = _windows(out["files"])
     assert [Path(f).name for f in win.meta["xray_files"]] == ["pa.dcm", "ll.dcm"]
@@ -153,7 +164,7 @@ def test_sidecar_png_and_tiff_read_as_the_dicom(phantom, files, tmp_path):
 
 def write_radiograph_pair(phantom, folder: Path, fmt: str) -> list[str]:
     hu, aff = phantom
-    return write_projected_radiographs(hu, aff, folder, ISO_WORLD, REAL.to_dict(), fmt=fmt)["files"]
+    return write_projected_radiographs(hu, aff, folder, ISO_WORLD, REAL.to_dict(), projector=MONO, fmt=fmt)["files"]
 
 
 # -- DICOM files in other conventions ---------------------------------------------------------------------------
@@ -297,7 +308,9 @@ def test_centre_outside_the_image_is_refused(files):
 
 def test_views_that_are_not_the_models_are_refused(phantom, tmp_path):
     hu, aff = phantom
-    out = write_projected_radiographs(hu, aff, tmp_path, ISO_WORLD, REAL.to_dict(), angles=[[0, 0], [45, 0]])
+    out = write_projected_radiographs(
+        hu, aff, tmp_path, ISO_WORLD, REAL.to_dict(), angles=[[0, 0], [45, 0]], projector=MONO
+    )
     with pytest.raises(XRayInputError, match=r"not the model's views \(\[0, 0\], \[90, 0\]\) within 5 degrees"):
         _windows(out["files"])
     assert pair_views([[0, 0], [-90, 0]], APLAT) == [0, 1]

@@ -973,7 +973,8 @@ def write_projected_radiographs(
     geometry: ConeBeamGeometry | Mapping | None = None,
     angles: Any = None,
     names: Sequence[str] = ("ap", "lat"),
-    projector: Any = None,
+    *,
+    projector: Any,
     fmt: str = "dcm",
 ) -> dict[str, Any]:
     """Project a CT onto full detectors and write the radiographs with their geometry (simulated radiograph files).
@@ -991,14 +992,13 @@ def write_projected_radiographs(
         angles: ``(2, 2)`` view angles; default AP and lateral.
         names: the files' names without extension.
         projector: ``callable(hu (1, X, Y, Z), affine, angles, isocentre) -> (V, H, W)``, e.g. a
-            :class:`~scripts.drr.projector.DRRProjector` (default: monochromatic, no noise, with ``geometry``).
+            :class:`~scripts.drr.projector.DRRProjector` with ``geometry`` (given by the caller: file writing stays
+            apart from the simulation).
         fmt: ``"dcm"`` (DICOM) or ``"png"`` / ``"tif"`` (with sidecar JSON).
 
     Returns:
         ``{"files": [...], "world_to_system": 4x4, "geometry": dict, "angles": (2, 2)}``.
     """
-    from scripts.drr.projector import DRRProjector
-
     if geometry is None:
         geo = ConeBeamGeometry(1200.0, 800.0, (256, 256), (1.0, 1.0))
     else:
@@ -1008,8 +1008,6 @@ def write_projected_radiographs(
     if vol.ndim == 3:
         vol = vol[None]
     iso = np.asarray(isocentre, dtype=np.float64).reshape(3)
-    if projector is None:
-        projector = DRRProjector(geo, physics="mono", photon_count=None)
     images = projector(vol, torch.as_tensor(np.asarray(affine, dtype=np.float64)), ang, iso)
     images = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images, dtype=np.float64)
     w2s = np.eye(4)
