@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from scripts.tools.benchmark import GOALS, _goals, everyday
+from scripts.tools.benchmark import EVERYDAY_PARTS, GOALS, _goals, everyday
 
 pytest.importorskip("diffdrr")  # the DRR part's peer
 
@@ -27,6 +27,8 @@ def report(tmp_path_factory):
         size=32, model="none", channels="4,8,16,32,64", repeat=1, spine_vertebrae=3, batch_size=2, spine_repeat=1,
         train_channels="4,8,16,32,64", train_repeat=1, drr_size=32, drr_repeat=1, import_repeat=1,
         components="scripts.io", paper=False, out=str(out),
+        # the radiographs part projects the example onto a full detector and runs the shipped finder: a benchmark run
+        parts=[p for p in EVERYDAY_PARTS.split(",") if p != "radiographs"],
     )  # fmt: skip
     assert json.loads(out.read_text()) == json.loads(json.dumps(rep))
     return rep
@@ -55,7 +57,7 @@ def test_report_has_every_part_with_finite_figures(report):
 
 
 def test_goals_are_judged_from_the_report(report):
-    assert set(report["goals"]) == set(GOALS)
+    assert set(report["goals"]) == set(GOALS) - {"radiographs_s"}, "every goal of the parts run"
     for goal in report["goals"].values():
         assert _finite(goal["value"]) and isinstance(goal["met"], bool)
     assert _goals({"vertebra": {"total_ms": 900.0}})["vertebra_s"] == {

