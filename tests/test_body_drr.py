@@ -168,3 +168,35 @@ def test_a_dataset_without_whole_scans_stops_a_body_run_before_any_work(tmp_path
     assert workflow.load_split(tmp_path, "test", "gt")[0]["id"] == "P1_T7"
     with pytest.raises(BundleInputError, match=r"have no 'body' entry .* python -m scripts.prepare --out"):
         workflow.load_split(tmp_path, "test", "body")
+
+
+def test_spine_source_sums_the_target_and_its_neighbours_as_one_scan_of_them(tmp_path):
+    """SpineDRRd: the window's X-ray of the labelled vertebrae alone, as the projection of a scan holding only them."""
+    import json
+
+    import nibabel as nib
+    from scripts.transforms import DRRd, SpineDRRd
+
+    aff = grid_affine((48, 48, 96), 2.0)
+    starts = {"P_T11": 20, "P_T12": 36, "P_L1": 52, "P_L5": 84}  # 10-voxel blocks along z; L5 lies 96 mm below T12
+    scan = torch.full((1, 48, 48, 96), -1000.0)
+    crops, items = {}, []
+    for vid, z0 in starts.items():
+        crops[vid] = torch.full_like(scan, -1000.0)
+        crops[vid][0, 18:30, 20:28, z0 : z0 + 10] = 700.0
+        nib.save(nib.Nifti1Image(crops[vid][0].numpy(), aff.numpy()), str(tmp_path / f"{vid}.nii.gz"))
+        centre = (aff @ torch.tensor([23.5, 23.5, z0 + 4.5, 1.0], dtype=torch.float64))[:3].tolist()
+        items.append({"id": vid, "patient": "P", "gt": f"{vid}.nii.gz", "centre_mm": centre})
+        if vid != "P_L5":
+            scan[0, 18:30, 20:28, z0 : z0 + 10] = 700.0
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": items}))
+    kw = dict(angles=[[0, 0], [90, 0]], physics="mono")
+    item = {**items[1], "gt": MetaTensor(crops["P_T12"], affine=aff)}
+    out = SpineDRRd(tmp_path, reach_mm=70.0, **kw)(item)  # T11 and L1 within reach, L5 not
+    body = DRRd("body", output_keys="x", ref_key="gt", photon_count=None, **kw)
+    expected = body({"body": MetaTensor(scan, affine=aff), "gt": item["gt"]})["x"]
+    assert float(expected.max()) > 1.0
+    torch.testing.assert_close(out["drr"].as_tensor(), expected.as_tensor(), atol=0.01, rtol=0.0)  # sampling of slabs
+    assert out["drr_geometry"]["angles"].shape == (2, 2)
+    far = SpineDRRd(tmp_path, reach_mm=100.0, **kw)(item)["drr"]
+    assert float((far - out["drr"]).max()) > 0.5, "at 100 mm the L5 block is in the window too"

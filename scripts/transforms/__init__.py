@@ -4,7 +4,7 @@
 :mod:`scripts.io`. The conversion to HU with the statistics stored in the model is
 ``scripts.transforms.model.ModelZScoreToHUd`` (:mod:`scripts.transforms.model`, which imports the networks)."""
 
-from scripts.transforms.drr import DRR, DRRd, SeededDRRd, geometry_to_tensors, item_seed, random_rotation
+from scripts.transforms.drr import DRR, DRRd, SeededDRRd, SpineDRRd, geometry_to_tensors, item_seed, random_rotation
 from scripts.transforms.edges import EdgeMap, EdgeMapd, boundary_map
 from scripts.transforms.expansion import DimensionExpansion, DimensionExpansiond, check_expansion_angles, zscore_images
 from scripts.transforms.fourier import FourierRealImag, FourierRealImagd, real_imag_spectrum

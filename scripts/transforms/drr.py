@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from scripts.drr.geometry import ConeBeamGeometry, as_angles, crop_centre
 from scripts.drr.projector import DRRProjector, default_geometry
 from scripts.functional import check_view_separation, item_seed
 
-__all__ = ["DRR", "DRRd", "SeededDRRd", "item_seed", "random_rotation", "geometry_to_tensors"]
+__all__ = ["DRR", "DRRd", "SeededDRRd", "SpineDRRd", "item_seed", "random_rotation", "geometry_to_tensors"]
 
 
 def random_rotation(angles_deg: Sequence[float]) -> np.ndarray:
@@ -363,3 +364,78 @@ class SeededDRRd(MapTransform):
             raise KeyError(f"SeededDRRd: the item has no {self.seed_key!r} entry to seed its X-ray noise with.")
         self._drrd.drr._seed = item_seed(data[self.seed_key], self.seed)
         return self._drrd.project(data)
+
+
+class SpineDRRd(MapTransform):
+    """The X-rays of the spine alone in a vertebra's window: the target and its labelled neighbours, no soft tissue.
+
+    A lab source (``configs/lab/recipes/spine_only.json``) between the isolated vertebra (``gt``) and the whole body:
+    the window's rays cross every labelled vertebra of the patient whose centre lies within ``reach_mm`` of the
+    target's, each projected from its own ground-truth crop and the line integrals summed (exact for monochromatic
+    physics where the crops' vertebrae do not overlap, nearly so for polychromatic). It tells apart what stops a
+    network from reading body X-rays: the neighbouring vertebrae, or the rest of the body. The target's crop is the
+    item's (after any window shift or pose); a neighbour's rays are turned by the item's pose (``rotation_key``),
+    since its crop was not resampled. No noise is drawn.
+
+    Args:
+        dataset_dir: the prepared dataset (its ``datalist.json`` lists every vertebra's ``gt`` crop and centre).
+        ref_key: the target's ground-truth crop (the window's grid).
+        output_key: where to write the X-rays ``(V, H, W)``; their geometry goes to ``<output_key>_geometry``.
+        angles: the views.
+        reach_mm: neighbours whose centre lies farther from the target's are left out.
+        rotation_key: item entry holding the pose.
+        kwargs: arguments of :class:`DRR` (physics, spectrum; ``photon_count`` is ``None``).
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike,
+        ref_key: str = "gt",
+        output_key: str = "drr",
+        angles: Any = ((0.0, 0.0), (90.0, 0.0)),
+        reach_mm: float = 110.0,
+        rotation_key: str = "object_rotation",
+        **kwargs: Any,
+    ) -> None:
+        import json
+
+        from monai.transforms import LoadImage
+
+        super().__init__(ref_key)
+        root = Path(dataset_dir)
+        datalist = json.loads((root / "datalist.json").read_text())
+        self.vertebrae: dict[str, list[tuple[str, str, np.ndarray]]] = {}
+        for section in datalist.values():
+            for it in section if isinstance(section, list) else []:
+                if {"id", "patient", "gt", "centre_mm"} <= set(it):
+                    entry = (str(it["id"]), str(root / it["gt"]), np.asarray(it["centre_mm"], dtype=np.float64))
+                    self.vertebrae.setdefault(str(it["patient"]), []).append(entry)
+        self.ref_key, self.output_key, self.reach = ref_key, output_key, float(reach_mm)
+        self.rotation_key = rotation_key
+        self._load = LoadImage(image_only=True, ensure_channel_first=True)
+        self._crops: dict[str, torch.Tensor] = {}
+        self.project = DRRd("volume", ref_key=ref_key, output_keys="x", angles=angles, photon_count=None, **kwargs)
+
+    def _crop(self, path: str) -> torch.Tensor:
+        if path not in self._crops:
+            self._crops[path] = self._load(path).float()
+        return self._crops[path]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in ("id", "patient", "centre_mm", self.ref_key):
+            if key not in d:
+                raise KeyError(f"SpineDRRd: the item has no {key!r} entry (prepare it with python -m scripts.prepare).")
+        target = d[self.ref_key]
+        base = {self.ref_key: target}
+        if self.rotation_key in d:
+            base[self.rotation_key] = d[self.rotation_key]
+        out = self.project({**base, "volume": target})
+        total = out["x"].as_tensor().clone()
+        centre = np.asarray(d["centre_mm"], dtype=np.float64)
+        for vid, path, c in self.vertebrae.get(str(d["patient"]), []):
+            if vid != str(d["id"]) and np.linalg.norm(c - centre) <= self.reach:
+                total += self.project({**base, "volume": self._crop(path)})["x"].as_tensor()
+        d[self.output_key] = MetaTensor(total, meta=dict(out["x"].meta), affine=out["x"].affine)
+        d[f"{self.output_key}_geometry"] = out["x_geometry"]
+        return d
