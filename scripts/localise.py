@@ -20,7 +20,7 @@ Steps (:func:`find_vertebrae` on two files, :func:`localise_vertebrae` on two re
    median of the steps nearby, counted as two levels. The chain's first level is the one that best fits the
    network's level evidence (least absolute difference over the chain), or, with a pinned level (:class:`LevelPin`:
    ``"L5=ap:row,col"``, ``"L5=lateral:row,col"`` or ``"L5"`` with a 3-D point), the one that gives the pinned
-   vertebra its name.
+   vertebra its name (a pinned vertebra that was not found takes its place in the chain by height).
 
 Each vertebra found is reported (:class:`FoundVertebra`) with its level, its 3-D centre in the X-ray system's frame
 (mm; origin at the isocentre, RAS axes, :mod:`scripts.drr.windows`), its ``(row, col)`` in each image as oriented
@@ -363,25 +363,44 @@ def name_levels(
     return offsets + best
 
 
-def _pinned_position(pin: LevelPin, views: Sequence[RadiographView], found: list[dict], names: Sequence[str]) -> int:
-    """The chain position of the vertebra a pin names (nearest within :data:`PIN_RADIUS_MM`)."""
+def _pinned_levels(
+    pin: LevelPin, views: Sequence[RadiographView], found: list[dict], names: Sequence[str], steps: np.ndarray
+) -> np.ndarray:
+    """The level indices of a chain named from a pin.
+
+    The pin names the vertebra found within :data:`PIN_RADIUS_MM` of it (on the detector, or in 3-D). When none was
+    found there (the pinned vertebra was missed), the pin takes its place in the chain by height, the steps are
+    counted again with it (:func:`chain_steps`), and the chain is named from its place; a pin farther than three
+    steps beyond either end of the chain names nothing.
+    """
     if pin.centre_mm is not None:
-        dist = [float(np.linalg.norm(np.asarray(f["centre"]) - np.asarray(pin.centre_mm))) for f in found]
-        where = f"the 3-D point {list(pin.centre_mm)} mm"
-        limit = PIN_RADIUS_MM
+        coords = np.stack([np.asarray(f["centre"], dtype=np.float64) for f in found])
+        target = np.asarray(pin.centre_mm, dtype=np.float64)
+        where, limit, height = f"the 3-D point {list(pin.centre_mm)} mm", PIN_RADIUS_MM, 2
     else:
         k = list(names).index(pin.view) if pin.view in names else _VIEWS.index(str(pin.view))
-        spacing = float(np.mean(views[k].pixel_spacing))
-        dist = [float(np.linalg.norm(np.asarray(f["rc"][k]) - np.asarray(pin.rc))) * spacing for f in found]
+        sp = np.asarray(views[k].pixel_spacing, dtype=np.float64)
+        coords = np.stack([np.append(np.asarray(f["rc"][k]) * sp, 0.0) for f in found])
+        target = np.append(np.asarray(pin.rc, dtype=np.float64) * sp, 0.0)
         where = f"{pin.view} (row {pin.rc[0]:g}, col {pin.rc[1]:g})"  # type: ignore[index]
-        limit = PIN_RADIUS_MM * views[k].sdd / views[k].sod
+        limit, height = PIN_RADIUS_MM * views[k].sdd / views[k].sod, 0
+    dist = np.linalg.norm(coords - target, axis=1)
+    offsets = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
     best = int(np.argmin(dist))
-    if dist[best] > limit:
+    if dist[best] <= limit:
+        return offsets + (level_index(pin.level) - offsets[best])
+    sign = -1.0 if height == 2 else 1.0  # z falls down the chain; image rows grow
+    place = int(np.searchsorted(sign * coords[:, height], sign * target[height]))
+    chain = np.insert(coords, place, target, axis=0)
+    aug = np.concatenate([[0], np.cumsum(chain_steps(chain))]).astype(np.int64)
+    step = float(np.median(np.linalg.norm(np.diff(coords, axis=0), axis=1))) if len(coords) > 1 else limit
+    beyond = 0.0 if 0 < place < len(coords) else float(dist[0 if place == 0 else -1])
+    if beyond > 3.0 * max(step, limit):
         raise BundleInputError(
-            f"level pin {pin.level} at {where}: no vertebra was found within {limit:.0f} mm of it (nearest "
+            f"level pin {pin.level} at {where}: it lies {beyond:.0f} mm beyond the vertebrae found (nearest "
             f"{dist[best]:.0f} mm); fix: give the pinned vertebra's centre, row first, in the file's pixels."
         )
-    return best
+    return np.delete(aug, place) + (level_index(pin.level) - aug[place])
 
 
 def localise_vertebrae(
@@ -461,10 +480,10 @@ def localise_vertebrae(
         )
     found.sort(key=lambda f: -float(f["centre"][2]))
     steps = chain_steps(np.stack([f["centre"] for f in found]))
-    pinned = None
     if pin is not None:
-        pinned = (_pinned_position(pin, views, found, names), level_index(pin.level))
-    indices = name_levels([f["evidence"] for f in found], steps, pinned)
+        indices = _pinned_levels(pin, views, found, names, steps)
+    else:
+        indices = name_levels([f["evidence"] for f in found], steps)
     out = []
     for f, idx in zip(found, indices):
         out.append(
@@ -472,7 +491,7 @@ def localise_vertebrae(
                 level=level_name(idx) if 0 <= idx < len(LEVELS) else None,
                 level_index=int(idx),
                 level_evidence=round(f["evidence"], 3),
-                named_by="pin" if pinned is not None else "chain",
+                named_by="pin" if pin is not None else "chain",
                 centre_mm=[round(float(v), 3) for v in f["centre"]],
                 rc={n: [round(float(v), 2) for v in rc] for n, rc in zip(names, f["rc"])},
                 ray_gap_mm=round(f["gap"], 3),

@@ -150,8 +150,13 @@ def test_localise_with_a_stub_finder_names_the_pinned_spine():
     assert found[0].named_by == "pin" and 0.5 < found[0].scores["pair"] <= 1.0
     unpinned = localise_vertebrae(images, VIEWS, net)
     assert [v.level_index for v in unpinned] == list(range(3, 8)), "named from the evidence alone"
-    with pytest.raises(BundleInputError, match="no vertebra was found within"):
+    with pytest.raises(BundleInputError, match="beyond the vertebrae found"):
         localise_vertebrae(images, VIEWS, net, pin="L4=ap:5,5")
+    missed = _StubFinder({0: np.delete(pa, 2, axis=0), 1: np.delete(pl, 2, axis=0)})
+    found = localise_vertebrae(images, VIEWS, missed, pin=f"L2=ap:{pa[2, 0]:.2f},{pa[2, 1]:.2f}")
+    assert [v.level for v in found] == ["T12", "L1", "L3", "L4"], "a pinned vertebra that was missed still names"
+    found = localise_vertebrae(images, VIEWS, missed, pin=LevelPin("L2", centre_mm=tuple(SPINE[2])))
+    assert [v.level for v in found] == ["T12", "L1", "L3", "L4"]
 
 
 def test_bad_inputs_end_in_one_line():

@@ -155,6 +155,8 @@ def finder_eval(
     out: str | None = None,
     figure: str | None = None,
     hit_mm: float = 10.0,
+    threshold: float | None = None,
+    tolerance_mm: float | None = None,
 ) -> dict[str, Any]:
     """Measure the finder on one split's simulated radiographs (see the module docstring).
 
@@ -167,6 +169,8 @@ def finder_eval(
         out: the JSON report (default: printed only).
         figure: a PNG of the first patient's detections.
         hit_mm: the hit distance.
+        threshold: the finder's heatmap threshold (default :data:`scripts.localise.DEFAULT_THRESHOLD`).
+        tolerance_mm: the largest ray miss of a pair (default :data:`scripts.localise.DEFAULT_MATCH_TOLERANCE_MM`).
 
     Returns:
         the report.
@@ -178,6 +182,9 @@ def finder_eval(
     from scripts.tools.finder_data import label_source
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    tolerance_mm = DEFAULT_MATCH_TOLERANCE_MM if tolerance_mm is None else float(tolerance_mm)
+    options = {"threshold": threshold, "tolerance_mm": tolerance_mm}
     dl = json.loads((Path(data) / "datalist.json").read_text())
     patients: dict[str, dict] = {}
     for item in dl[split]:
@@ -200,12 +207,12 @@ def finder_eval(
             start = time.perf_counter()
             error = None
             try:
-                result = find_vertebrae(rad / "ap.dcm", rad / "lateral.dcm", net, level=level)
+                result = find_vertebrae(rad / "ap.dcm", rad / "lateral.dcm", net, level=level, **options)
             except BundleInputError as e:  # counted: nothing found, or (pin far from every vertebra) nothing named
                 error = str(e)
                 result = {"vertebrae": []}
                 if mode == "pinned" and "level pin" in error:
-                    result = find_vertebrae(rad / "ap.dcm", rad / "lateral.dcm", net)
+                    result = find_vertebrae(rad / "ap.dcm", rad / "lateral.dcm", net, **options)
                     for v in result["vertebrae"]:
                         v["level"] = None
             seconds.append(time.perf_counter() - start)
@@ -236,8 +243,8 @@ def finder_eval(
     report["settings"] = {
         "split": split,
         "hit_mm": hit_mm,
-        "tolerance_mm": DEFAULT_MATCH_TOLERANCE_MM,
-        "threshold": DEFAULT_THRESHOLD,
+        "tolerance_mm": tolerance_mm,
+        "threshold": threshold,
         "model": str(model or "models/finder/model.pt"),
         "simulation": "python -m scripts.simulate radiographs defaults (seed 0)",
         "command": "python -m scripts.tools.finder_eval " + " ".join(sys.argv[1:]),
