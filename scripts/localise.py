@@ -15,12 +15,13 @@ Steps (:func:`find_vertebrae` on two files, :func:`localise_vertebrae` on two re
    (:func:`~scripts.drr.windows.closest_point_of_rays`). A pair whose rays miss each other by more than
    ``tolerance_mm`` (default :data:`DEFAULT_MATCH_TOLERANCE_MM`) is not one vertebra. The pairs are chosen one to
    one, fewest millimetres of miss in all (``scipy.optimize.linear_sum_assignment``).
-3. **Order and name** (:func:`name_levels`). The matched vertebrae are sorted top to bottom (system ``z``). A gap in
-   the chain (a vertebra missed in one view) is a step between neighbours longer than :data:`GAP_RATIO` times the
-   median of the steps nearby, counted as two levels. The chain's first level is the one that best fits the
-   network's level evidence (least absolute difference over the chain), or, with a pinned level (:class:`LevelPin`:
-   ``"L5=ap:row,col"``, ``"L5=lateral:row,col"`` or ``"L5"`` with a 3-D point), the one that gives the pinned
-   vertebra its name (a pinned vertebra that was not found takes its place in the chain by height).
+3. **Order and name** (:func:`name_levels`). The matched vertebrae are sorted top to bottom (system ``z``). Of two
+   neighbours closer than :data:`CROWD_RATIO` times the median step, the weaker is dropped (:func:`drop_crowded`).
+   A gap in the chain (a vertebra missed in one view) is a step between neighbours longer than :data:`GAP_RATIO`
+   times the median of the steps nearby, counted as two levels. The chain's first level is the one that best fits
+   the network's level evidence (least absolute difference over the chain), or, with a pinned level
+   (:class:`LevelPin`: ``"L5=ap:row,col"``, ``"L5=lateral:row,col"`` or ``"L5"`` with a 3-D point), the one that
+   gives the pinned vertebra its name (a pinned vertebra that was not found takes its place in the chain by height).
 
 Each vertebra found is reported (:class:`FoundVertebra`) with its level, its 3-D centre in the X-ray system's frame
 (mm; origin at the isocentre, RAS axes, :mod:`scripts.drr.windows`), its ``(row, col)`` in each image as oriented
@@ -68,6 +69,8 @@ __all__ = [
     "triangulate",
     "match_detections",
     "chain_steps",
+    "drop_crowded",
+    "CROWD_RATIO",
     "name_levels",
     "localise_vertebrae",
     "find_vertebrae",
@@ -85,6 +88,8 @@ DEFAULT_THRESHOLD = 0.3
 MIN_VIEW_SEPARATION_DEG = 20.0
 #: a step between neighbours in the chain longer than this times the median of the nearby steps is a gap.
 GAP_RATIO = 1.6
+#: two neighbours in the chain closer than this share of the median step are one vertebra (the weaker is dropped).
+CROWD_RATIO = 0.55
 #: the farthest (mm) a pinned position may lie from the vertebra it names (on the detector or in 3-D).
 PIN_RADIUS_MM = 15.0
 _VIEWS = ("ap", "lateral")
@@ -334,6 +339,26 @@ def chain_steps(centres: np.ndarray, gap_ratio: float = GAP_RATIO) -> np.ndarray
     return steps
 
 
+def drop_crowded(found: list[dict], ratio: float = CROWD_RATIO) -> list[dict]:
+    """Drop the weaker of two neighbours in the chain (top to bottom) that lie closer than ``ratio`` times the median
+    step: two detections of one vertebra, or a detection between two vertebrae.
+
+    Args:
+        found: the chain, each with ``centre`` (3,) and ``scores`` (per view).
+        ratio: the shortest step kept, as a share of the median step.
+    """
+    chain = list(found)
+    while len(chain) >= 3:
+        centres = np.stack([np.asarray(f["centre"], dtype=np.float64) for f in chain])
+        d = np.linalg.norm(np.diff(centres, axis=0), axis=1)
+        i = int(np.argmin(d))
+        if d[i] >= ratio * float(np.median(d)):
+            break
+        weaker = i if np.prod(chain[i]["scores"]) < np.prod(chain[i + 1]["scores"]) else i + 1
+        del chain[weaker]
+    return chain
+
+
 def name_levels(
     evidence: Sequence[float], steps: Sequence[int] | None = None, pinned: tuple[int, int] | None = None
 ) -> np.ndarray:
@@ -479,6 +504,7 @@ def localise_vertebrae(
             }
         )
     found.sort(key=lambda f: -float(f["centre"][2]))
+    found = drop_crowded(found)
     steps = chain_steps(np.stack([f["centre"] for f in found]))
     if pin is not None:
         indices = _pinned_levels(pin, views, found, names, steps)

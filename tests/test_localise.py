@@ -232,3 +232,13 @@ def test_the_shipped_finder_on_the_validation_patients_radiographs(tmp_path):
     pinned = report["pooled"]["pinned"]["all"]
     assert pinned["recall"] >= 0.8 and pinned["precision"] >= 0.8
     assert pinned["level_accuracy_of_hits"] >= 0.8
+
+
+def test_crowded_neighbours_keep_the_stronger():
+    from scripts.localise import drop_crowded
+
+    chain = [{"centre": c, "scores": [0.9, 0.9]} for c in SPINE]
+    extra = {"centre": (SPINE[1] + SPINE[2]) / 2 + [0, 0, 3.0], "scores": [0.3, 0.4]}
+    kept = drop_crowded(chain[:2] + [extra] + chain[2:])
+    assert len(kept) == len(SPINE) and extra not in kept
+    assert len(drop_crowded(chain)) == len(SPINE), "an even chain keeps every vertebra"
