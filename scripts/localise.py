@@ -1,7 +1,8 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
 """Find and name every vertebra in an AP and a lateral full radiograph (the vertebra finder's inference).
 
-Steps (:func:`find_vertebrae` on two files, :func:`localise_vertebrae` on two read images and their views):
+Steps (:func:`localise_vertebrae` on two read images and their views; :func:`scripts.spine.find_vertebrae` reads
+two files first):
 
 1. **Detect per view** (:func:`detect_view`). Each image is resampled to the finder's pixel size
    (:data:`~scripts.networks.finder.FINDER_PIXEL_MM` on the detector), scaled by its 1st and 99th percentiles, and
@@ -73,8 +74,6 @@ __all__ = [
     "CROWD_RATIO",
     "name_levels",
     "localise_vertebrae",
-    "find_vertebrae",
-    "file_px",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -529,73 +528,3 @@ def localise_vertebrae(
             )  # fmt: skip
         )
     return out
-
-
-def find_vertebrae(
-    ap: str | os.PathLike | None,
-    lateral: str | os.PathLike | None,
-    model: str | os.PathLike | torch.nn.Module | None = None,
-    level: str | LevelPin | None = None,
-    level_centre_mm: Sequence[float] | None = None,
-    sod: float | None = None,
-    tolerance_mm: float = DEFAULT_MATCH_TOLERANCE_MM,
-    threshold: float = DEFAULT_THRESHOLD,
-) -> dict[str, Any]:
-    """Find and name the vertebrae of an AP and a lateral radiograph file (DICOM, or PNG / TIFF with a sidecar).
-
-    Args:
-        ap: the AP (or PA) radiograph.
-        lateral: the lateral radiograph.
-        model: the finder (default :data:`DEFAULT_FINDER_MODEL`).
-        level: a pinned level, ``"L5=ap:row,col"`` (the file's pixels) or ``"L5"`` with ``level_centre_mm``.
-        level_centre_mm: the pinned vertebra's 3-D point in the system frame (mm).
-        sod: the source-to-isocentre distance of both views when the files do not say it.
-        tolerance_mm: the largest ray miss of a pair (mm).
-        threshold: the smallest heatmap peak kept.
-
-    Returns:
-        ``{"vertebrae": [FoundVertebra.to_dict(), ...] top to bottom, "views": per view its file and geometry,
-        "world_to_system": the files' 4x4 matrix or None, "settings": {...}}``; each vertebra's ``file_rc`` holds
-        its positions in the files' pixels.
-
-    Raises:
-        BundleInputError: see the module docstring.
-    """
-    from scripts.io.radiograph import radiograph_views, read_radiograph
-
-    if ap is None or lateral is None:
-        given = "the lateral" if ap is None and lateral is not None else "the AP" if lateral is None and ap else "none"
-        raise XRayInputError(
-            f"the finder needs two radiographs, an AP and a lateral; got {given}; fix: give both (--ap and --lateral)."
-        )
-    rads = [read_radiograph(ap), read_radiograph(lateral)]
-    views = radiograph_views(rads, sod)
-    pin = parse_level_pin(level, level_centre_mm)
-    if pin is not None and pin.rc is not None:  # file pixels -> the image as oriented
-        pin = LevelPin(pin.level, pin.view, rads[_VIEWS.index(str(pin.view))].to_image_px(pin.rc))
-    found = localise_vertebrae([r.image for r in rads], views, model, pin, tolerance_mm, threshold, _VIEWS)
-    for v in found:
-        for k, rad in enumerate(rads):
-            v.file_rc[_VIEWS[k]] = [round(float(x), 2) for x in file_px(rad, v.rc[_VIEWS[k]])]
-    w2s = rads[0].world_to_system
-    return {
-        "vertebrae": [v.to_dict() for v in found],
-        "views": {n: {"file": str(r.path), **vw.to_dict()} for n, r, vw in zip(_VIEWS, rads, views)},
-        "world_to_system": None if w2s is None else np.asarray(w2s).tolist(),
-        "settings": {"tolerance_mm": tolerance_mm, "threshold": threshold, "level_pin": None if pin is None else
-                     asdict(pin)},
-    }  # fmt: skip
-
-
-def file_px(rad: Any, rc: Sequence[float]) -> tuple[float, float]:
-    """An oriented image position back to the file's pixels (the inverse of ``Radiograph.to_image_px``)."""
-    transpose, flip_rows, flip_cols = rad.orientation
-    h, w = rad.image.shape
-    r, c = float(rc[0]), float(rc[1])
-    if flip_cols:
-        c = w - 1 - c
-    if flip_rows:
-        r = h - 1 - r
-    if transpose:
-        r, c = c, r
-    return r, c

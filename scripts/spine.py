@@ -63,6 +63,7 @@ import torch
 from scripts.data.errors import DataError
 from scripts.data.io import save_nifti
 from scripts.data.labels import VERSE_LABELS
+from scripts.errors import XRayInputError
 from scripts.io.mesh import BONE_LEVEL_HU, EmptyMeshError, mesh_report, volume_to_mesh, write_mesh
 from scripts.utils import atomic_path
 from tqdm import tqdm
@@ -82,6 +83,8 @@ __all__ = [
     "run_inference",
     "reconstruct",
     "radiographs",
+    "find_vertebrae",
+    "file_px",
     "check_output_names",
     "main",
 ]
@@ -850,6 +853,90 @@ def reconstruct(
     return reports
 
 
+def find_vertebrae(
+    ap: str | os.PathLike | None,
+    lateral: str | os.PathLike | None,
+    model: str | os.PathLike | torch.nn.Module | None = None,
+    level: str | Any = None,
+    level_centre_mm: Sequence[float] | None = None,
+    sod: float | None = None,
+    tolerance_mm: float | None = None,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Find and name the vertebrae of an AP and a lateral radiograph file (DICOM, or PNG / TIFF with a sidecar).
+
+    The files are read (:func:`scripts.io.radiograph.read_radiograph`) and the vertebrae found in the images
+    (:func:`scripts.localise.localise_vertebrae`, docs/spine-radiographs.md).
+
+    Args:
+        ap: the AP (or PA) radiograph.
+        lateral: the lateral radiograph.
+        model: the finder (default :data:`scripts.localise.DEFAULT_FINDER_MODEL`).
+        level: a pinned level (text or :class:`scripts.localise.LevelPin`): ``"L5=ap:row,col"`` (the file's pixels)
+            or ``"L5"`` with ``level_centre_mm``.
+        level_centre_mm: the pinned vertebra's 3-D point in the system frame (mm).
+        sod: the source-to-isocentre distance of both views when the files do not say it.
+        tolerance_mm: the largest ray miss of a pair (mm; default the finder's).
+        threshold: the smallest heatmap peak kept (default the finder's).
+
+    Returns:
+        ``{"vertebrae": [FoundVertebra.to_dict(), ...] top to bottom, "views": per view its file and geometry,
+        "world_to_system": the files' 4x4 matrix or None, "settings": {...}}``; each vertebra's ``file_rc`` holds
+        its positions in the files' pixels.
+
+    Raises:
+        BundleInputError: one view only, and those of :func:`scripts.localise.localise_vertebrae`.
+    """
+    from scripts.io.radiograph import radiograph_views, read_radiograph
+    from scripts.localise import (
+        _VIEWS,
+        DEFAULT_MATCH_TOLERANCE_MM,
+        DEFAULT_THRESHOLD,
+        LevelPin,
+        localise_vertebrae,
+        parse_level_pin,
+    )
+
+    if ap is None or lateral is None:
+        given = "the lateral" if ap is None and lateral is not None else "the AP" if lateral is None and ap else "none"
+        raise XRayInputError(
+            f"the finder needs two radiographs, an AP and a lateral; got {given}; fix: give both (--ap and --lateral)."
+        )
+    tolerance_mm = DEFAULT_MATCH_TOLERANCE_MM if tolerance_mm is None else float(tolerance_mm)
+    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    rads = [read_radiograph(ap), read_radiograph(lateral)]
+    views = radiograph_views(rads, sod)
+    pin = parse_level_pin(level, level_centre_mm)
+    if pin is not None and pin.rc is not None:  # file pixels -> the image as oriented
+        pin = LevelPin(pin.level, pin.view, rads[_VIEWS.index(str(pin.view))].to_image_px(pin.rc))
+    found = localise_vertebrae([r.image for r in rads], views, model, pin, tolerance_mm, threshold, _VIEWS)
+    for v in found:
+        for k, rad in enumerate(rads):
+            v.file_rc[_VIEWS[k]] = [round(float(x), 2) for x in file_px(rad, v.rc[_VIEWS[k]])]
+    w2s = rads[0].world_to_system
+    return {
+        "vertebrae": [v.to_dict() for v in found],
+        "views": {n: {"file": str(r.path), **vw.to_dict()} for n, r, vw in zip(_VIEWS, rads, views)},
+        "world_to_system": None if w2s is None else np.asarray(w2s).tolist(),
+        "settings": {"tolerance_mm": tolerance_mm, "threshold": threshold, "level_pin": None if pin is None else
+                     asdict(pin)},
+    }  # fmt: skip
+
+
+def file_px(rad: Any, rc: Sequence[float]) -> tuple[float, float]:
+    """An oriented image position back to the file's pixels (the inverse of ``Radiograph.to_image_px``)."""
+    transpose, flip_rows, flip_cols = rad.orientation
+    h, w = rad.image.shape
+    r, c = float(rc[0]), float(rc[1])
+    if flip_cols:
+        c = w - 1 - c
+    if flip_rows:
+        r = h - 1 - r
+    if transpose:
+        r, c = c, r
+    return r, c
+
+
 def _given_centres(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Vertebra centres given by hand or by a simulation: a JSON list (or ``{"vertebrae": [...]}``, as the
     ``centres.json`` of ``python -m scripts.simulate radiographs``) of ``{"level", "centre_mm"}`` entries in the
@@ -908,7 +995,7 @@ def radiographs(
 
     ``python -m scripts.spine radiographs --ap ap.dcm --lateral lateral.dcm --out spine``
 
-    The vertebra finder (:func:`scripts.localise.find_vertebrae`, docs/spine-radiographs.md) finds the vertebrae in
+    The vertebra finder (:func:`find_vertebrae`, docs/spine-radiographs.md) finds the vertebrae in
     both files and names them (``--level "L5=ap:ROW,COL"`` pins one level, in the file's pixels); ``--centres``
     gives the centres instead (a JSON list of ``{"level", "centre_mm"}`` in the system frame, or the
     ``centres.json`` of ``python -m scripts.simulate radiographs``). Each vertebra is then reconstructed from the
@@ -945,7 +1032,6 @@ def radiographs(
     Returns:
         the patient's report (as written to ``<patient>_spine.json``).
     """
-    from scripts import localise
     from scripts.io.outputs import check_case_names
     from scripts.io.preview import radiograph_figure
     from scripts.io.radiograph import radiograph_views, read_radiograph, system_to_world_affine
@@ -967,7 +1053,7 @@ def radiographs(
                            zip(("ap", "lateral"), views)}  # fmt: skip
         else:
             kwargs = {k: v for k, v in (("tolerance_mm", tolerance_mm), ("threshold", threshold)) if v is not None}
-            found = localise.find_vertebrae(ap, lateral, finder, level, level_centre_mm, sod, **kwargs)["vertebrae"]
+            found = find_vertebrae(ap, lateral, finder, level, level_centre_mm, sod, **kwargs)["vertebrae"]
     unnamed = [v for v in found if v.get("level") not in LEVEL_LABELS]
     if unnamed:
         logger.warning("%d vertebrae found beyond C1-L5 are not reconstructed", len(unnamed))

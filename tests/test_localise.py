@@ -172,7 +172,7 @@ def test_bad_inputs_end_in_one_line():
         localise_vertebrae(images, VIEWS, _StubFinder({0: pa, 1: np.zeros((0, 2))}))
     with pytest.raises(XRayInputError, match="no pair of detections"):
         localise_vertebrae(images, VIEWS, _StubFinder({0: pa[:2], 1: pl[3:]}))
-    from scripts.localise import find_vertebrae
+    from scripts.spine import find_vertebrae
 
     with pytest.raises(XRayInputError, match="got the AP"):
         find_vertebrae("ap.dcm", None)

@@ -12,7 +12,7 @@ onto the prepared body scan's grid (:func:`scripts.tools.finder_data.labels_on_g
 exactly as ``python -m scripts.simulate radiographs --ct <patient>_body.nii.gz --labels <labels> --out DIR`` does
 with its default settings (430 mm detector of 2 mm pixels, source-detector 1200 mm, source-isocentre 800 mm,
 60 kV, 10^6 photons, seed 0, isocentre at the labelled vertebrae's mean centre). The finder
-(:func:`scripts.localise.find_vertebrae`) then reads ``ap.dcm`` and ``lateral.dcm``, once without and once with a
+(:func:`scripts.spine.find_vertebrae`) then reads ``ap.dcm`` and ``lateral.dcm``, once without and once with a
 pinned level (the lowest vertebra the split holds complete, at its true centre in the AP file, ``"L5=ap:row,col"``).
 
 Counted: every labelled vertebra whose centre lies inside both images (``centres.json``, ``inside_both``),
@@ -178,7 +178,8 @@ def finder_eval(
     import torch
     from scripts.errors import BundleInputError
     from scripts.io.radiograph import read_radiograph
-    from scripts.localise import DEFAULT_MATCH_TOLERANCE_MM, DEFAULT_THRESHOLD, file_px, find_vertebrae, load_finder
+    from scripts.localise import DEFAULT_MATCH_TOLERANCE_MM, DEFAULT_THRESHOLD, load_finder
+    from scripts.spine import file_px, find_vertebrae
     from scripts.tools.finder_data import label_source
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
