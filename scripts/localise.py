@@ -81,8 +81,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FINDER_MODEL = ROOT / "models" / "finder" / "model.pt"
 #: the farthest (mm) the rays through an AP and a lateral detection may pass from each other to be one vertebra.
 DEFAULT_MATCH_TOLERANCE_MM = 8.0
-#: the smallest heatmap peak that counts as a detection.
-DEFAULT_THRESHOLD = 0.3
+#: the smallest heatmap peak that counts as a detection (chosen on the validation patient among 0.15-0.3).
+DEFAULT_THRESHOLD = 0.2
 #: two views whose beam lines are closer than this (degrees) do not locate points in 3-D.
 MIN_VIEW_SEPARATION_DEG = 20.0
 #: a step between neighbours in the chain longer than this times the median of the nearby steps is a gap.
