@@ -69,6 +69,10 @@ __all__ = [
     "detect_view",
     "triangulate",
     "match_detections",
+    "match_chain",
+    "CANDIDATE_THRESHOLD",
+    "DEFAULT_MATCHING",
+    "DEPTH_WEIGHT",
     "chain_steps",
     "drop_crowded",
     "CROWD_RATIO",
@@ -87,6 +91,12 @@ DEFAULT_THRESHOLD = 0.2
 MIN_VIEW_SEPARATION_DEG = 20.0
 #: a step between neighbours in the chain longer than this times the median of the nearby steps is a gap.
 GAP_RATIO = 1.6
+#: how the views' detections are paired: ``"assignment"`` (chosen on the validation patient) or ``"chain"``.
+DEFAULT_MATCHING = "assignment"
+#: the smallest heatmap peak of the second view that may pair with a detection of the first (:func:`match_chain`).
+CANDIDATE_THRESHOLD = 0.05
+#: the cost per mm of depth change between neighbouring vertebrae in :func:`match_chain`.
+DEPTH_WEIGHT = 0.05
 #: two neighbours in the chain closer than this share of the median step are one vertebra (the weaker is dropped).
 CROWD_RATIO = 0.55
 #: the farthest (mm) a pinned position may lie from the vertebra it names (on the detector or in 3-D).
@@ -320,6 +330,61 @@ def match_detections(
     return [(int(i), int(j), points[i, j], float(gaps[i, j])) for i, j in zip(rows, cols) if ok[i, j]]
 
 
+def match_chain(
+    views: Sequence[RadiographView],
+    anchors: ViewDetections,
+    candidates: ViewDetections,
+    tolerance_mm: float = DEFAULT_MATCH_TOLERANCE_MM,
+    depth_weight: float = DEPTH_WEIGHT,
+) -> list[tuple[int, int, np.ndarray, float]]:
+    """Pairs along the spine: one candidate of the second view (or none) for each anchor of the first.
+
+    The anchors are taken top to bottom (image rows). Each may pair with any candidate whose ray passes within
+    ``tolerance_mm`` of its own, at a cost of ``-log`` of the candidate's score, plus ``depth_weight`` times the
+    change (mm) of depth along the first view's beam from the previous anchor's pair: the spine runs on, so a
+    candidate far in front of or behind its neighbours (bowel gas, ribs) loses against a weaker one in line with
+    them. The cheapest chain (dynamic programming, Viterbi) is kept; a candidate chosen twice stays with the pair
+    whose rays meet closer.
+
+    Returns:
+        ``[(i, j, centre (3,), gap mm), ...]``: anchor ``i`` with candidate ``j``.
+    """
+    points, gaps = triangulate(views, anchors.rc, candidates.rc)
+    if gaps.size == 0:
+        return []
+    beam = views[0].axes()[:, 2].numpy()
+    order = np.argsort(anchors.rc[:, 0], kind="stable")
+    skip = -math.log(CANDIDATE_THRESHOLD) + 1.0
+    unary = -np.log(np.clip(candidates.scores, 1e-6, 1.0))
+    # per anchor: its options (candidate index, or -1 for none), their costs and depths, and back pointers
+    options, costs, depths, backs = [], [], [], []
+    for step, i in enumerate(order):
+        opts = [int(j) for j in np.nonzero(gaps[i] <= tolerance_mm)[0]] + [-1]
+        dep = [float(points[i, j] @ beam) if j >= 0 else math.nan for j in opts]
+        cost = np.array([unary[j] if j >= 0 else skip for j in opts])
+        back = np.full(len(opts), -1)
+        if step:
+            for a, d in enumerate(dep):
+                move = np.array(
+                    [0.0 if (math.isnan(d) or math.isnan(p)) else depth_weight * abs(d - p) for p in depths[-1]]
+                )
+                total = costs[-1] + move
+                back[a] = int(np.argmin(total))
+                cost[a] += total[back[a]]
+        options.append(opts)
+        costs.append(cost)
+        depths.append(dep)
+        backs.append(back)
+    chosen: dict[int, tuple[int, float]] = {}
+    a = int(np.argmin(costs[-1]))
+    for step in range(len(order) - 1, -1, -1):
+        j, i = options[step][a], int(order[step])
+        if j >= 0 and (j not in chosen or gaps[i, j] < chosen[j][1]):
+            chosen[j] = (i, float(gaps[i, j]))
+        a = int(backs[step][a])
+    return sorted((i, j, points[i, j], g) for j, (i, g) in chosen.items())
+
+
 def chain_steps(centres: np.ndarray, gap_ratio: float = GAP_RATIO) -> np.ndarray:
     """The level steps along a chain of centres ``(N, 3)`` ordered top to bottom: 1 between neighbours, more where
     the step is longer than ``gap_ratio`` times the median of the nearby steps (a missed vertebra)."""
@@ -427,6 +492,27 @@ def _pinned_levels(
     return np.delete(aug, place) + (level_index(pin.level) - aug[place])
 
 
+def _strong(det: ViewDetections, threshold: float) -> tuple[ViewDetections, np.ndarray]:
+    keep = np.nonzero(det.scores >= threshold)[0]
+    return ViewDetections(det.rc[keep], det.scores[keep], det.levels[keep]), keep
+
+
+def _match_both_ways(
+    views: Sequence[RadiographView], dets: Sequence[ViewDetections], threshold: float, tolerance_mm: float
+) -> list[tuple[int, int, np.ndarray, float]]:
+    """:func:`match_chain` with the detections (at ``threshold``) of the view that finds the spine more surely (the
+    higher mean of its ten best scores) as anchors and the other view's (at :data:`CANDIDATE_THRESHOLD`) as
+    candidates, keeping the pairs whose scores' geometric mean reaches ``threshold``. Indices refer to ``dets``."""
+    if not (math.isfinite(tolerance_mm) and tolerance_mm > 0):
+        raise BundleInputError(f"tolerance_mm={tolerance_mm!r}: give a positive distance in mm.")
+    sure = [float(np.mean(np.sort(d.scores)[::-1][:10])) if len(d) else 0.0 for d in dets]
+    a = 0 if sure[0] >= sure[1] else 1
+    anchors, keep = _strong(dets[a], threshold)
+    pairs = match_chain(views if a == 0 else views[::-1], anchors, dets[1 - a], tolerance_mm)
+    pairs = [(int(keep[i]), j, c, g) if a == 0 else (j, int(keep[i]), c, g) for i, j, c, g in pairs]
+    return [q for q in pairs if math.sqrt(dets[0].scores[q[0]] * dets[1].scores[q[1]]) >= threshold]
+
+
 def localise_vertebrae(
     images: Sequence[np.ndarray],
     views: Sequence[RadiographView],
@@ -435,6 +521,7 @@ def localise_vertebrae(
     tolerance_mm: float = DEFAULT_MATCH_TOLERANCE_MM,
     threshold: float = DEFAULT_THRESHOLD,
     names: Sequence[str] = _VIEWS,
+    matching: str | None = None,
 ) -> list[FoundVertebra]:
     """Find and name the vertebrae of two radiographs (see the module docstring).
 
@@ -446,6 +533,8 @@ def localise_vertebrae(
         tolerance_mm: the largest ray miss of a pair (mm).
         threshold: the smallest heatmap peak kept.
         names: the views' names in messages and outputs.
+        matching: ``"assignment"`` (:func:`match_detections`, one to one by ray miss) or ``"chain"``
+            (:func:`match_chain` along the spine); default :data:`DEFAULT_MATCHING`.
 
     Returns:
         the vertebrae found, top to bottom.
@@ -468,17 +557,26 @@ def localise_vertebrae(
     pin = parse_level_pin(pin)
     net = load_finder(network)
     dets = []
+    low = min(float(threshold), CANDIDATE_THRESHOLD)
     for image, view, name in zip(images, views, names):
         if tuple(np.shape(image)) != tuple(view.shape):
             raise XRayInputError(f"{name}: image shape {np.shape(image)} is not its view's {view.shape}.")
-        det = detect_view(net, image, view.pixel_spacing, view_flag(view.angles), threshold)
-        if len(det) == 0:
+        det = detect_view(net, image, view.pixel_spacing, view_flag(view.angles), low)
+        if not (det.scores >= threshold).any():
             raise XRayInputError(
                 f"{name}: no spine found (no vertebra centre scored {threshold:g} or more); fix: check that the "
                 "image shows the spine, bone bright, at its stated pixel spacing."
             )
         dets.append(det)
-    pairs = match_detections(views, dets[0], dets[1], tolerance_mm)
+    matching = DEFAULT_MATCHING if matching is None else matching
+    if matching == "chain":
+        pairs = _match_both_ways(views, dets, threshold, tolerance_mm)
+    elif matching == "assignment":
+        pairs = match_detections(views, *(_strong(d, threshold)[0] for d in dets), tolerance_mm)
+        keeps = [_strong(d, threshold)[1] for d in dets]
+        pairs = [(int(keeps[0][i]), int(keeps[1][j]), c, g) for i, j, c, g in pairs]
+    else:
+        raise BundleInputError(f"matching={matching!r}: use 'assignment' or 'chain'.")
     if not pairs:
         raise XRayInputError(
             f"{names[0]} ({len(dets[0])} vertebrae found) and {names[1]} ({len(dets[1])}): no pair of detections "

@@ -157,6 +157,7 @@ def finder_eval(
     hit_mm: float = 10.0,
     threshold: float | None = None,
     tolerance_mm: float | None = None,
+    matching: str | None = None,
 ) -> dict[str, Any]:
     """Measure the finder on one split's simulated radiographs (see the module docstring).
 
@@ -171,6 +172,7 @@ def finder_eval(
         hit_mm: the hit distance.
         threshold: the finder's heatmap threshold (default :data:`scripts.localise.DEFAULT_THRESHOLD`).
         tolerance_mm: the largest ray miss of a pair (default :data:`scripts.localise.DEFAULT_MATCH_TOLERANCE_MM`).
+        matching: ``"assignment"`` or ``"chain"`` (sets :data:`scripts.localise.DEFAULT_MATCHING` for this run).
 
     Returns:
         the report.
@@ -186,6 +188,10 @@ def finder_eval(
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     tolerance_mm = DEFAULT_MATCH_TOLERANCE_MM if tolerance_mm is None else float(tolerance_mm)
     options = {"threshold": threshold, "tolerance_mm": tolerance_mm}
+    if matching is not None:
+        import scripts.localise as localise
+
+        localise.DEFAULT_MATCHING = str(matching)
     dl = json.loads((Path(data) / "datalist.json").read_text())
     patients: dict[str, dict] = {}
     for item in dl[split]:
@@ -246,6 +252,7 @@ def finder_eval(
         "hit_mm": hit_mm,
         "tolerance_mm": tolerance_mm,
         "threshold": threshold,
+        "matching": matching or "assignment",
         "model": str(model or "models/finder/model.pt"),
         "simulation": "python -m scripts.simulate radiographs defaults (seed 0)",
         "command": "python -m scripts.tools.finder_eval " + " ".join(sys.argv[1:]),
