@@ -31,12 +31,13 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["simulate_patient", "score_case", "finder_eval", "draw_detections"]
+__all__ = ["simulate_patient", "score_case", "finder_eval", "draw_detections", "draw_heatmaps"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -143,6 +144,44 @@ def draw_detections(rad_dir: Path, result: dict, truth: list[dict], path: str | 
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), dpi=80)
+    plt.close(fig)
+
+
+def draw_heatmaps(
+    patients: Sequence[str], work: str = "runs/finder_eval", model: str | None = None, path: str = "heatmaps.png"
+) -> None:
+    """Each patient's simulated pair (under ``work``, from :func:`finder_eval`) beside the finder's heatmaps, with the
+    true centres (circles) and every heatmap peak of 0.05 or more (crosses).
+
+    Usage: ``python -m scripts.tools.finder_eval draw_heatmaps "['colonog0532','colonog0694','ts_s0308']" --path
+    docs/images/finder_heatmaps.png``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scripts.io.radiograph import read_radiograph
+    from scripts.localise import finder_maps, load_finder
+    from scripts.networks.finder import heatmap_peaks
+
+    net = load_finder(model)
+    fig, axes = plt.subplots(2, 2 * len(patients), figsize=(8 * len(patients), 8.5), squeeze=False)
+    for k, patient in enumerate(patients):
+        rad = Path(work) / patient / "rad"
+        centres = json.loads((rad / "centres.json").read_text())["vertebrae"]
+        for v, name in enumerate(("ap", "lateral")):
+            image = read_radiograph(rad / f"{name}.dcm")
+            true = np.array([c[f"{name}_rc"] for c in centres]).reshape(-1, 2)
+            heat, _, _ = finder_maps(net, image.image, image.pixel_spacing, v)
+            rc, _ = heatmap_peaks(heat, 0.05, 3)
+            ax = axes[v, 2 * k]
+            ax.imshow(image.image, cmap="gray")
+            ax.plot(true[:, 1], true[:, 0], "go", mfc="none")
+            ax.plot(rc[:, 1], rc[:, 0], "r+")
+            ax.set_title(f"{patient} {name}: heatmap max {float(heat.max()):.2f}")
+            axes[v, 2 * k + 1].imshow(heat, vmin=0, vmax=0.5)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=40)
     plt.close(fig)
 
 
@@ -272,4 +311,7 @@ def finder_eval(
 if __name__ == "__main__":
     import fire
 
-    fire.Fire(finder_eval, serialize=lambda result: None)
+    if sys.argv[1:2] == ["draw_heatmaps"]:
+        fire.Fire(draw_heatmaps, command=sys.argv[2:], serialize=lambda result: None)
+    else:
+        fire.Fire(finder_eval, serialize=lambda result: None)
