@@ -196,6 +196,12 @@ def test_training_pairs_of_a_synthetic_scan(tmp_path):
     affine[:3, 3] = torch.tensor([-60.0, -40.0, -80.0])
     world = [(affine[:3, :3] @ torch.tensor(c, dtype=torch.float64) + affine[:3, 3]).tolist() for c in centres_vox]
     vertebrae = [{"level": lv, "centre_mm_world": w} for lv, w in zip(("T11", "T12", "L1"), world)]
+    from scripts.tools.finder_data import add_bowel_gas
+
+    gassy, pockets = add_bowel_gas(hu, affine, vertebrae, np.random.default_rng(0))
+    changed = gassy != hu
+    assert pockets and changed.any() and (gassy[changed] == -1000.0).all() and (hu[changed] > -500).all()
+    assert (hu == torch.where(changed, hu, gassy)).all(), "the scan given is not changed"
     draw = draw_pair(np.random.default_rng(3))
     assert 1000 <= draw["sdd"] <= 1500 and 200 <= draw["sdd"] - draw["sod"] <= 500
     rot = rotation_matrix(draw["rotation_deg"])

@@ -52,6 +52,7 @@ __all__ = [
     "labels_on_grid",
     "rotation_matrix",
     "draw_pair",
+    "add_bowel_gas",
     "simulate_pair",
     "build_datalist",
     "finder_data",
@@ -152,6 +153,50 @@ def draw_pair(rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
+def add_bowel_gas(
+    hu: torch.Tensor, affine: torch.Tensor, vertebrae: list[dict], rng: np.random.Generator
+) -> tuple[torch.Tensor, list[dict]]:
+    """A copy of a scan with 5-25 pockets of gas (-1000 HU ellipsoids of 10-40 mm semi-axes) in the body in front of
+    the lower spine, as in a gas-filled bowel (CT colonography insufflates the colon).
+
+    Each pocket is centred 30-150 mm anterior of the spine's line, up to 120 mm left or right, at the height of a
+    vertebra from T10 down (or of the lowest third of the labelled vertebrae); only tissue (above -500 HU) turns to gas.
+
+    Returns:
+        ``(hu, pockets)``: the new volume and each pocket's centre and semi-axes (world mm).
+    """
+    from scripts.networks.finder import level_index
+
+    vol = hu.clone()
+    aff = np.asarray(affine, dtype=np.float64)
+    inv = np.linalg.inv(aff)
+    spacing = np.abs(np.diag(aff)[:3])
+    low = [v for v in vertebrae if level_index(v["level"]) >= level_index("T10")]
+    low = low or vertebrae[-max(1, len(vertebrae) // 3) :]
+    pockets = []
+    for _ in range(int(rng.integers(5, 26))):
+        v = low[int(rng.integers(len(low)))]
+        c = np.asarray(v["centre_mm_world"], dtype=np.float64) + [rng.uniform(-120, 120), rng.uniform(30, 150),
+                                                                   rng.uniform(-20, 20)]  # fmt: skip
+        axes = rng.uniform(10.0, 40.0, 3)
+        lo = np.floor(inv[:3, :3] @ (c - axes) + inv[:3, 3]).astype(int)
+        hi = np.ceil(inv[:3, :3] @ (c + axes) + inv[:3, 3]).astype(int)
+        lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+        lo = np.clip(lo, 0, np.asarray(vol.shape[1:]) - 1)
+        hi = np.clip(hi + 1, 0, np.asarray(vol.shape[1:]))
+        if np.any(hi <= lo):
+            continue
+        grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
+        world = [aff[k, k] * grids[k] + aff[k, 3] for k in range(3)]
+        inside = sum(((world[k] - c[k]) / axes[k]) ** 2 for k in range(3)) <= 1.0
+        block = vol[0, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        mask = torch.as_tensor(inside) & (block > -500.0)
+        block[mask] = -1000.0
+        pockets.append({"centre_mm_world": [round(float(x), 1) for x in c], "semi_axes_mm": axes.round(1).tolist()})
+    del spacing
+    return vol, pockets
+
+
 def simulate_pair(
     hu: torch.Tensor,
     affine: torch.Tensor,
@@ -240,6 +285,7 @@ def finder_data(
     val_pairs: int = 8,
     seed: int = 0,
     splits: tuple[str, ...] = ("training", "validation"),
+    bowel_gas: float = 0.0,
 ) -> dict[str, Any]:
     """Simulate the finder's training and validation radiograph pairs (see the module docstring).
 
@@ -251,6 +297,8 @@ def finder_data(
         val_pairs: pairs per validation patient.
         seed: base seed of the draws and the noise.
         splits: the splits of ``data`` simulated.
+        bowel_gas: the share of pairs whose scan gets pockets of bowel gas (:func:`add_bowel_gas`), training and
+            validation alike.
 
     Returns:
         a summary (also printed as JSON).
@@ -278,8 +326,13 @@ def finder_data(
         hu, affine, _ = load_body_scan(bodies[patient])
         for k in todo:
             s = zlib.crc32(f"{seed}/{patient}/{k}".encode()) & 0x7FFFFFFF
-            draw = draw_pair(np.random.default_rng(s))
-            images, record = simulate_pair(hu, affine, vertebrae, draw, seed=s)
+            rng = np.random.default_rng(s)
+            draw = draw_pair(rng)
+            scan, pockets = hu, []
+            if bowel_gas > 0 and rng.random() < bowel_gas:
+                scan, pockets = add_bowel_gas(hu, affine, vertebrae, rng)
+            images, record = simulate_pair(scan, affine, vertebrae, draw, seed=s)
+            record["bowel_gas"] = pockets
             stem = dest / patient / f"{patient}_{k:03d}"
             for img, name in zip(images, VIEW_NAMES):
                 with atomic_path(stem.with_name(f"{stem.name}_{name}.npy")) as tmp, open(tmp, "wb") as f:
