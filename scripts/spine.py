@@ -1052,8 +1052,8 @@ def radiographs(
                 v["rc"] = {n: view.project(torch.as_tensor(v["centre_mm"]))[0][0].tolist() for n, view in
                            zip(("ap", "lateral"), views)}  # fmt: skip
         else:
-            kwargs = {k: v for k, v in (("tolerance_mm", tolerance_mm), ("threshold", threshold)) if v is not None}
-            found = find_vertebrae(ap, lateral, finder, level, level_centre_mm, sod, **kwargs)["vertebrae"]
+            result = find_vertebrae(ap, lateral, finder, level, level_centre_mm, sod, tolerance_mm, threshold)
+            found = result["vertebrae"]
     unnamed = [v for v in found if v.get("level") not in LEVEL_LABELS]
     if unnamed:
         logger.warning("%d vertebrae found beyond C1-L5 are not reconstructed", len(unnamed))
