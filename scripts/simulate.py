@@ -64,15 +64,7 @@ from scripts.transforms.drr import DRR
 from scripts.utils import atomic_path
 from tqdm import tqdm
 
-__all__ = [
-    "main",
-    "simulate_item",
-    "parse_view_sets",
-    "simulate_radiographs",
-    "vertebra_centres",
-    "SOURCES",
-    "write_png16",
-]
+__all__ = ["main", "simulate_item", "parse_view_sets", "simulate_radiographs", "SOURCES", "write_png16"]
 
 SOURCES = {"isolated": "gt", "in_context": "ct"}
 SPLITS = ("training", "validation", "test")
@@ -239,22 +231,6 @@ def main(
     return summary
 
 
-def vertebra_centres(
-    labels: np.ndarray, affine: np.ndarray, convention: str = "auto", class_map: dict[int, str] | None = None
-) -> list[dict[str, Any]]:
-    """The centre (world mm, the mean of its voxels) of every vertebra of a label map, top to bottom."""
-    from scripts.data.labels import vertebra_labels
-
-    values = np.unique(labels)
-    levels = vertebra_labels(values, convention, class_map)
-    aff = np.asarray(affine, dtype=np.float64)
-    out = []
-    for value, level in levels.items():
-        world = aff[:3, :3] @ np.argwhere(labels == value).mean(axis=0) + aff[:3, 3]
-        out.append({"level": level, "label": int(value), "centre_mm_world": [round(float(v), 3) for v in world]})
-    return sorted(out, key=lambda c: -c["centre_mm_world"][2])
-
-
 def simulate_radiographs(
     ct: str,
     out: str,
@@ -301,7 +277,7 @@ def simulate_radiographs(
     """
     from scripts.data.crop import to_ras_isotropic
     from scripts.data.io import check_same_grid, load_volume
-    from scripts.data.labels import read_class_map
+    from scripts.data.labels import read_class_map, vertebra_centres
     from scripts.data.sources import CLASS_MAP_NAMES
     from scripts.drr.body import complete_body, outside_fov
     from scripts.drr.projector import DRRProjector

@@ -18,11 +18,14 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from scripts.data.errors import DataError
 
 __all__ = [
     "LEVELS",
+    "vertebra_centres",
     "VERSE_LABELS",
     "TOTALSEG_V2_LABELS",
     "CONVENTIONS",
@@ -206,3 +209,26 @@ def parse_levels(spec: str | Iterable[str] | None) -> set[str] | None:
         i, j = sorted(LEVELS.index(e) for e in (ends[0], ends[-1]))
         out.update(LEVELS[i : j + 1])
     return out
+
+
+def vertebra_centres(
+    labels: np.ndarray, affine: np.ndarray, convention: str = "auto", class_map: dict[int, str] | None = None
+) -> list[dict[str, Any]]:
+    """The centre (world mm, the mean of its voxels) of every vertebra of a label map, top to bottom.
+
+    Args:
+        labels: the label map (X, Y, Z).
+        affine: its voxel-to-world matrix.
+        convention: the label values' convention (see :func:`vertebra_labels`).
+        class_map: value -> structure name, for label maps with their own numbering.
+
+    Returns:
+        ``{"level", "label", "centre_mm_world"}`` per vertebra, the highest first.
+    """
+    levels = vertebra_labels(np.unique(labels), convention, class_map)
+    aff = np.asarray(affine, dtype=np.float64)
+    out = []
+    for value, level in levels.items():
+        world = aff[:3, :3] @ np.argwhere(labels == value).mean(axis=0) + aff[:3, 3]
+        out.append({"level": level, "label": int(value), "centre_mm_world": [round(float(v), 3) for v in world]})
+    return sorted(out, key=lambda c: -c["centre_mm_world"][2])

@@ -19,7 +19,7 @@ radiographs``) onto a 430 mm detector of 2 mm pixels, each pair with its own dra
 
 The vertebrae and their levels come from the patient's label map (the raw ``<patient>_seg.nii.gz`` of
 ``--labels_dir``, VerSe ids; the embedded example's TotalSegmentator map for LIDC-IDRI-0001), each centre the mean
-of its voxels in world mm (:func:`scripts.simulate.vertebra_centres`), projected with the pair's geometry. Only
+of its voxels in world mm (:func:`scripts.data.labels.vertebra_centres`), projected with the pair's geometry. Only
 vertebrae whose projected centre lies inside an image count for that image; vertebrae the scan cuts are kept (the
 image shows what the scan holds of them).
 
@@ -90,20 +90,12 @@ def patient_vertebrae(label_path: str, convention: str = "verse", class_map: str
     """Every labelled vertebra of a label map: ``{"level", "label", "centre_mm_world"}``, top to bottom, the levels
     the finder names only (C1-L5)."""
     from scripts.data.io import load_volume
-    from scripts.data.labels import read_class_map, vertebra_labels
+    from scripts.data.labels import read_class_map, vertebra_centres
     from scripts.networks.finder import LEVELS
 
-    # as scripts.simulate.vertebra_centres (the centres of centres.json), which this tool cannot import: the
-    # chain tools -> simulate -> transforms -> drr would pass the six floors of tests/test_import_graph.py
     lab = load_volume(label_path, "labels")
-    arr = np.asarray(lab[0]).astype(np.int64)
-    aff = np.asarray(lab.affine, dtype=np.float64)
     cmap = read_class_map(class_map) if class_map else None
-    found = []
-    for value, level in vertebra_labels(np.unique(arr), convention, cmap).items():
-        world = aff[:3, :3] @ np.argwhere(arr == value).mean(axis=0) + aff[:3, 3]
-        found.append({"level": level, "label": int(value), "centre_mm_world": [round(float(v), 3) for v in world]})
-    found.sort(key=lambda c: -c["centre_mm_world"][2])
+    found = vertebra_centres(np.asarray(lab[0]).astype(np.int64), np.asarray(lab.affine), convention, cmap)
     return [c for c in found if c["level"] in LEVELS]
 
 
