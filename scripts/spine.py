@@ -888,6 +888,26 @@ def find_vertebrae(
         BundleInputError: one view only, and those of :func:`scripts.localise.localise_vertebrae`.
     """
     from scripts.io.radiograph import radiograph_views, read_radiograph
+
+    if ap is None or lateral is None:
+        given = "the lateral" if ap is None and lateral is not None else "the AP" if lateral is None and ap else "none"
+        raise XRayInputError(
+            f"the finder needs two radiographs, an AP and a lateral; got {given}; fix: give both (--ap and --lateral)."
+        )
+    rads = [read_radiograph(ap), read_radiograph(lateral)]
+    return _find_in(rads, radiograph_views(rads, sod), model, level, level_centre_mm, tolerance_mm, threshold)
+
+
+def _find_in(
+    rads: Sequence[Any],
+    views: Sequence[Any],
+    model: Any,
+    level: Any,
+    level_centre_mm: Sequence[float] | None,
+    tolerance_mm: float | None,
+    threshold: float | None,
+) -> dict[str, Any]:
+    """:func:`find_vertebrae` on two radiographs already read, with their views."""
     from scripts.localise import (
         _VIEWS,
         DEFAULT_MATCH_TOLERANCE_MM,
@@ -897,15 +917,8 @@ def find_vertebrae(
         parse_level_pin,
     )
 
-    if ap is None or lateral is None:
-        given = "the lateral" if ap is None and lateral is not None else "the AP" if lateral is None and ap else "none"
-        raise XRayInputError(
-            f"the finder needs two radiographs, an AP and a lateral; got {given}; fix: give both (--ap and --lateral)."
-        )
     tolerance_mm = DEFAULT_MATCH_TOLERANCE_MM if tolerance_mm is None else float(tolerance_mm)
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-    rads = [read_radiograph(ap), read_radiograph(lateral)]
-    views = radiograph_views(rads, sod)
     pin = parse_level_pin(level, level_centre_mm)
     if pin is not None and pin.rc is not None:  # file pixels -> the image as oriented
         pin = LevelPin(pin.level, pin.view, rads[_VIEWS.index(str(pin.view))].to_image_px(pin.rc))
@@ -1052,8 +1065,7 @@ def radiographs(
                 v["rc"] = {n: view.project(torch.as_tensor(v["centre_mm"]))[0][0].tolist() for n, view in
                            zip(("ap", "lateral"), views)}  # fmt: skip
         else:
-            result = find_vertebrae(ap, lateral, finder, level, level_centre_mm, sod, tolerance_mm, threshold)
-            found = result["vertebrae"]
+            found = _find_in(rads, views, finder, level, level_centre_mm, tolerance_mm, threshold)["vertebrae"]
     unnamed = [v for v in found if v.get("level") not in LEVEL_LABELS]
     if unnamed:
         logger.warning("%d vertebrae found beyond C1-L5 are not reconstructed", len(unnamed))
