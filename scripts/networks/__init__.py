@@ -27,6 +27,7 @@ _EXPORTS = {
     "BX2S": "bx2s",
     "FFAG": "bx2s",
     "EAR": "ear",
+    "TwoStageEAR": "two_stage",
     "DecoderLevel": "ear",
     "EncoderLevel": "ear",
     "MODEL_INFO_KEYS": "model_info",
@@ -40,6 +41,7 @@ _EXPORTS = {
 
 __all__ = [
     "EAR",
+    "TwoStageEAR",
     "EncoderLevel",
     "DecoderLevel",
     "FEM",

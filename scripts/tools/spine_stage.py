@@ -1,24 +1,31 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""A probe of a two-stage body X-ray design: a 2-D stage keeps the spine, a 3-D model of the spine alone reads it.
+"""The view stage of :class:`scripts.networks.TwoStageEAR`: train it, then join it to a spine-alone EAR.
 
 Usage::
 
-    python -m scripts.tools.spine_stage_probe --dataset_dir data/body64 --model_3d runs/spine_only/models/model.pt \\
-        --minutes 14 --draws 8 --out runs/spine_stage_probe
+    python -m scripts.tools.spine_stage train --dataset_dir data/body64 --model_3d runs/spine_only/models/model.pt \\
+        --minutes 40 --draws 24 --out runs/spine_stage
+    python -m scripts.tools.spine_stage combine --view_weights runs/spine_stage/stage2d.pt \\
+        --volume_weights runs/spine_only/models/model.pt --out runs/two_stage_init.pt
+
+``train``:
 
 1. A pool of training windows: for each training vertebra and each of ``--draws`` seeded draws of the training's
    window shift and pose (``configs/body.json``), the whole-body X-ray (``DRRd`` of the patient's scan, 10^6
    photons, then the realism draws) and the spine-only X-ray of the same window (:class:`scripts.transforms.SpineDRRd`).
+   The pool is kept in ``<out>/pool_<draws>_<seed>.pt`` and reused.
 2. A 2-D MONAI ``BasicUNet`` maps each z-scored body view to its spine-only view (L1 loss, Adam 1e-3, batches of 8
    windows, random left-right flips) for ``--minutes`` of wall time; every 200 steps it is scored on the
-   validation patient's real body windows (normalised cross-correlation with their true spine-only X-rays) and the
-   best is kept.
+   validation patient's real body windows (normalised cross-correlation with their true spine-only X-rays), the
+   best is kept (``<out>/stage2d.pt``) and the whole state is saved (``<out>/last.pt``): a second call resumes and
+   trains ``--minutes`` more.
 3. The 3-D model trained on spine-only X-rays (``configs/lab/recipes/spine_only.json``) reconstructs each
    validation vertebra from its true spine-only views, from the 2-D stage's views, and from the 2-D stage's views of
-   the vertebra seven places further (the swap test); Dice at -500 HU by MONAI's ``compute_dice``.
+   the vertebra seven places further (the swap test); Dice at -500 HU by MONAI's ``compute_dice``. Written to
+   ``<out>/report.json``.
 
-Writes ``<out>/stage2d.pt`` and ``<out>/report.json``. Not part of the pipeline: an experiment whose numbers are in
-docs/body-xrays.md.
+``combine`` writes the two stages' weights as one :class:`~scripts.networks.TwoStageEAR` state dict, the
+``--pretrained`` of a joint fine-tune with ``configs/lab/recipes/two_stage.json``.
 """
 
 from __future__ import annotations
@@ -32,15 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["spine_stage_probe"]
+__all__ = ["train", "combine"]
 
 ROOT = Path(__file__).resolve().parents[2]
 _VIEWS = [[0.0, 0.0], [90.0, 0.0]]
-
-
-def _zscore(x: torch.Tensor) -> torch.Tensor:
-    m = x.mean((-2, -1), keepdim=True)
-    return (x - m) / x.std((-2, -1), keepdim=True).clamp_min(1e-6)
 
 
 def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -49,23 +51,24 @@ def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a * b).sum((-2, -1)) / (a.norm(dim=(-2, -1)) * b.norm(dim=(-2, -1)) + 1e-8)).mean())
 
 
-def spine_stage_probe(
+def train(
     dataset_dir: str = "data/body64",
     model_3d: str = "runs/spine_only/models/model.pt",
     minutes: float = 14.0,
     draws: int = 8,
     seed: int = 0,
-    out: str = "runs/spine_stage_probe",
+    out: str = "runs/spine_stage",
 ) -> dict[str, Any]:
-    """Run the probe (see the module's docstring); returns the report."""
+    """Train the view stage and score it with a spine-alone 3-D model (module docstring); returns the report."""
     import torch.nn.functional as F
     from monai.bundle import ConfigParser
     from monai.data import MetaTensor
     from monai.metrics import compute_dice
-    from monai.networks.nets import BasicUNet
     from monai.transforms import Compose
     from scripts.functional import item_seed
+    from scripts.networks import TwoStageEAR, stack_views, volume_from_views
     from scripts.networks.model_info import load_state_dict_file
+    from scripts.networks.two_stage import zscore_views
     from scripts.transforms import DimensionExpansiond, DRRd, SeededDRRd, SpineDRRd
 
     rng = np.random.RandomState(seed)
@@ -84,32 +87,50 @@ def spine_stage_probe(
         + parser.get_parsed_content("augment_transforms")
     )
     realism = Compose(parser.get_parsed_content("realism_transforms"))
+    expand = DimensionExpansiond("drr", mode="replicate", ref_key="gt")
+
+    def grid_views(d: dict, image: torch.Tensor) -> torch.Tensor:
+        """``image`` (a view pair of ``d``'s window) as TwoStageEAR's view stage sees it: expanded, read back."""
+        geo = {"drr_geometry": d["drr_geometry"], "gt": d["gt"]}
+        return stack_views(expand({"drr": image, **geo})["image"][None].as_tensor())[0].float()
+
     t0 = time.perf_counter()
-    pool = []
-    for k in range(int(draws)):
+    Path(out).mkdir(parents=True, exist_ok=True)
+    pool_file = Path(out) / f"pool_grid_{draws}_{seed}.pt"
+    pool = torch.load(pool_file, weights_only=True) if pool_file.exists() else []
+    for k in range(0 if pool else int(draws)):
         for item in parser.get_parsed_content("probe_training"):
             draw.set_random_state(seed=item_seed(item["id"], 1000 * seed + k))
             body.set_random_state(seed=item_seed(item["id"], 1000 * seed + k + 1))
             d = spine(body(draw(dict(item))))
             x = realism.set_random_state(seed=item_seed(item["id"], 1000 * seed + k + 2))({"drr": d["p_b"]})["drr"]
-            pool.append((torch.as_tensor(x).float(), d["drr"].as_tensor().float()))
+            pool.append(
+                (grid_views(d, MetaTensor(torch.as_tensor(x), meta=dict(d["drr"].meta))), grid_views(d, d["drr"]))
+            )
+    if not pool_file.exists():
+        torch.save(pool, pool_file)
     pool_s = time.perf_counter() - t0
     load = Compose(parser.get_parsed_content("load_transforms"))
     seeded = SeededDRRd("body", ref_key="gt", output_keys="p_b", angles=_VIEWS, photon_count=1e6)
     val = [spine(seeded(load(dict(it)))) for it in parser.get_parsed_content("probe_validation")]
-    vx = torch.stack([v["p_b"].as_tensor() for v in val]).float()
-    vy = torch.stack([v["drr"].as_tensor() for v in val]).float()
-    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(32, 32, 64, 128, 256, 32))
+    vx = torch.stack([grid_views(v, v["p_b"]) for v in val])
+    vy = torch.stack([grid_views(v, v["drr"]) for v in val])
+    net = TwoStageEAR().view_net  # the view stage exactly as TwoStageEAR builds it
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
 
     def stage(x: torch.Tensor) -> torch.Tensor:
         b, v, h, w = x.shape
-        return net(_zscore(x).reshape(b * v, 1, h, w)).reshape(b, v, h, w)
+        return net(zscore_views(x).reshape(b * v, 1, h, w)).reshape(b, v, h, w)
 
-    Path(out).mkdir(parents=True, exist_ok=True)
-    weights = Path(out) / "stage2d.pt"
+    weights, last = Path(out) / "stage2d.pt", Path(out) / "last.pt"
     baseline = _ncc(torch.stack([q[1] for q in pool]).mean(0).expand_as(vy), vy)
     curve, best, step, start = [], -1.0, 0, time.perf_counter()
+    if last.exists():  # resume: the run goes on for --minutes more
+        state = torch.load(last, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        curve, best, step = state["curve"], state["best"], state["step"]
+        rng.set_state(state["rng"])
     while time.perf_counter() - start < minutes * 60:
         idx = rng.randint(len(pool), size=8)
         x, y = torch.stack([pool[i][0] for i in idx]), torch.stack([pool[i][1] for i in idx])
@@ -130,6 +151,10 @@ def spine_stage_probe(
             if score > best:
                 best = score
                 torch.save(net.state_dict(), weights)
+            state = {"net": net.state_dict(), "opt": opt.state_dict(), "curve": curve, "best": best, "step": step,
+                     "rng": rng.get_state()}  # fmt: skip
+            torch.save(state, last.with_suffix(".tmp"))
+            os.replace(last.with_suffix(".tmp"), last)
     net.load_state_dict(torch.load(weights, weights_only=True))
     net.eval()
     p3 = ConfigParser()
@@ -140,26 +165,24 @@ def spine_stage_probe(
     model.eval()
     stats = p3.get_parsed_content("stats")
     threshold = (-500.0 - stats["gt_mean"]) / stats["gt_std"]
-    expand = DimensionExpansiond("drr", mode="replicate", ref_key="gt")
 
     def dice(a: torch.Tensor, b: torch.Tensor) -> float:
         ma, mb = ((v > threshold).float()[None, None] for v in (a, b))
         return float(compute_dice(ma, mb, include_background=True, ignore_empty=False))
 
+    def volume(views: torch.Tensor) -> torch.Tensor:  # (B, 2, H, W) -> EAR's expanded input
+        z = zscore_views(views)
+        return volume_from_views(z[:, 0], z[:, 1], z.shape[-1], z.shape[-1])
+
     rows = []
     with torch.no_grad():
         predicted = stage(vx)
-        inputs = []
-        for v, p2 in zip(val, predicted):
-            geo = {"drr_geometry": v["drr_geometry"], "gt": v["gt"]}
-            true = expand({"drr": v["drr"], **geo})["image"]
-            pred = expand({"drr": MetaTensor(p2, meta=dict(v["drr"].meta)), **geo})["image"]
-            inputs.append((true, pred, (v["gt"][0] - stats["gt_mean"]) / stats["gt_std"], v["id"]))
-        for i, (true, pred, gt, vid) in enumerate(inputs):
-            other = inputs[(i + 7) % len(inputs)][1]
-            rec = model(torch.stack([true, pred, other]))[:, 0]
+        for i, v in enumerate(val):
+            other = (i + 7) % len(val)
+            rec = model(volume(torch.stack([vy[i], predicted[i], predicted[other]])))[:, 0]
+            gt = (v["gt"][0] - stats["gt_mean"]) / stats["gt_std"]
             rows.append(
-                {"id": vid, **{k: dice(r, gt) for k, r in zip(("true_spine", "stage_own", "stage_swapped"), rec)}}
+                {"id": v["id"], **{k: dice(r, gt) for k, r in zip(("true_spine", "stage_own", "stage_swapped"), rec)}}
             )
     means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("true_spine", "stage_own", "stage_swapped")}
     report = {
@@ -173,13 +196,30 @@ def spine_stage_probe(
     return report
 
 
-def _main(**kwargs: Any) -> None:
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    spine_stage_probe(**kwargs)
+def combine(view_weights: str, volume_weights: str, out: str) -> Path:
+    """One :class:`~scripts.networks.TwoStageEAR` state dict from a view stage and an EAR model.
+
+    Args:
+        view_weights: the view stage's ``BasicUNet`` state dict (``train``'s ``stage2d.pt``).
+        volume_weights: an EAR ``model.pt`` (e.g. trained with ``configs/lab/recipes/spine_only.json``); its contract
+            stays with it, under ``volume_net``.
+        out: the file to write (atomically).
+    """
+    from scripts.networks.model_info import load_state_dict_file
+
+    view = torch.load(view_weights, map_location="cpu", weights_only=True)
+    volume = load_state_dict_file(volume_weights)
+    state = {**{f"view_net.{k}": v for k, v in view.items()}, **{f"volume_net.{k}": v for k, v in volume.items()}}
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    return path
 
 
 if __name__ == "__main__":
     import fire
 
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     os.chdir(ROOT)
-    fire.Fire(_main)
+    fire.Fire({"train": train, "combine": combine})

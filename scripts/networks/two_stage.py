@@ -1,0 +1,88 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""A two-stage network for X-rays through the whole body: a 2-D view stage, then EAR.
+
+A body X-ray adds, in the attenuation (log) domain, the target vertebra, its neighbours and the rest of the body
+along every ray. Trained end to end on body windows of a few patients, EAR learns the average vertebra and stops
+reading its input (``docs/body-xrays.md``, the swap test). Trained on X-rays of the spine alone (the target and its
+labelled neighbours, :class:`scripts.transforms.SpineDRRd`), it reads them. :class:`TwoStageEAR` puts the two
+together in one module, so that one weight file, one contract and the bundle's unchanged transforms and configs
+carry it:
+
+1. the **view stage**, a 2-D MONAI :class:`~monai.networks.nets.BasicUNet`, maps each z-scored body view to the
+   X-ray of the spine alone in the same window (trained first on pairs drawn by ``python -m
+   scripts.tools.spine_stage``);
+2. its outputs, z-scored per view, are replicated along their beam axes again
+   (:func:`~scripts.networks.views.volume_from_views`) and reconstructed by :class:`~scripts.networks.EAR`.
+
+The input and output are EAR's: the ``replicate``-expanded pair ``(B, 2, X, Y, Z)`` with ``X == Y`` (the two views
+are read back exactly by :func:`~scripts.networks.views.stack_views`), and the volume (with the edge logits in
+training mode when ``use_eam``). The stages can be fine-tuned together through the bundle's training workflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import BasicUNet
+from scripts.networks.ear import EAR
+from scripts.networks.model_info import attach_model_info
+from scripts.networks.views import check_volume_input, stack_views, volume_from_views
+from torch import nn
+
+__all__ = ["TwoStageEAR", "zscore_views"]
+
+
+def zscore_views(views: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each image of ``(B, V, H, W)`` to zero mean and unit standard deviation (as ``DimensionExpansion`` does)."""
+    mean = views.mean(dim=(-2, -1), keepdim=True)
+    std = views.std(dim=(-2, -1), keepdim=True).clamp_min(eps)
+    return (views - mean) / std
+
+
+class TwoStageEAR(nn.Module):
+    """A 2-D view stage that keeps the spine in each body X-ray, then :class:`~scripts.networks.EAR`.
+
+    Args:
+        in_channels: input channels, the two expanded views (only 2 is supported: AP and lateral).
+        out_channels: output channels of EAR.
+        channels: widths of EAR's five levels.
+        view_features: the six feature widths of the view stage's BasicUNet.
+        use_abs, use_fem, use_eam: EAR's module switches.
+
+    Raises:
+        ValueError: in ``forward``, for an input that is not ``(B, 2, X, Y, Z)`` with ``X == Y`` and every size a
+            multiple of 32.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 2,
+        out_channels: int = 1,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        view_features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        use_abs: bool = True,
+        use_fem: bool = True,
+        use_eam: bool = True,
+    ) -> None:
+        super().__init__()
+        if int(in_channels) != 2:
+            raise ValueError(f"TwoStageEAR reads two views (AP and lateral): in_channels must be 2, got {in_channels}.")
+        self.in_channels = 2
+        self.divisor = 32
+        self.view_net = BasicUNet(
+            spatial_dims=2, in_channels=1, out_channels=1, features=tuple(int(f) for f in view_features)
+        )
+        self.volume_net = EAR(2, out_channels, channels, use_abs=use_abs, use_fem=use_fem, use_eam=use_eam)
+        attach_model_info(self)  # the contract of the whole model; volume_net keeps its own (its pretraining's)
+
+    def spine_views(self, x: torch.Tensor) -> torch.Tensor:
+        """The view stage's output for an expanded pair ``x``: ``(B, 2, Z, X)`` spine-only views, z-scored."""
+        views = zscore_views(stack_views(x))
+        b, v, h, w = views.shape
+        return zscore_views(self.view_net(views.reshape(b * v, 1, h, w)).reshape(b, v, h, w))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_volume_input(x, "TwoStageEAR", self.in_channels, self.divisor)
+        spine = self.spine_views(x)
+        return self.volume_net(volume_from_views(spine[:, 0], spine[:, 1], x.shape[3], x.shape[2]))

@@ -1,0 +1,90 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""TwoStageEAR: the view stage reads the views back exactly, feeds EAR, trains end to end, scripts; ``combine``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scripts.networks import EAR, TwoStageEAR, stack_views, volume_from_views
+from scripts.networks.model_info import MODEL_INFO_KEYS
+from scripts.networks.two_stage import zscore_views
+from scripts.tools.spine_stage import combine
+from torch import nn
+
+SMALL = (4, 8, 16, 32, 64)
+VIEW = (4, 4, 8, 8, 16, 4)
+
+
+class _Identity2D(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _net() -> TwoStageEAR:
+    torch.manual_seed(0)
+    return TwoStageEAR(channels=SMALL, view_features=VIEW)
+
+
+def _expanded(b: int = 2, size: int = 32) -> torch.Tensor:
+    torch.manual_seed(1)
+    views = torch.randn(b, 2, size, size) * 3.0 + 5.0
+    return volume_from_views(views[:, 0], views[:, 1], size, size)
+
+
+def test_identity_view_stage_gives_ear_on_the_zscored_views():
+    net = _net().eval()
+    net.view_net = _Identity2D()
+    x = _expanded()
+    z = zscore_views(stack_views(x))
+    with torch.no_grad():
+        expected = net.volume_net(volume_from_views(z[:, 0], z[:, 1], 32, 32))
+        assert torch.allclose(net(x), expected, atol=1e-5)
+    # the views the stage sees are the expanded views, z-scored: mean 0, std 1 per view
+    assert torch.allclose(z.mean((-2, -1)), torch.zeros(2, 2), atol=1e-5)
+    assert torch.allclose(z.std((-2, -1)), torch.ones(2, 2), atol=1e-4)
+
+
+def test_shapes_and_gradients_reach_both_stages():
+    net = _net().train()
+    x = _expanded()
+    out = net(x)
+    assert out.shape == (2, 2, 32, 32, 32)  # volume + edge logits, as EAR's
+    out[:, :1].mean().backward()
+    assert net.view_net.final_conv.weight.grad.abs().sum() > 0
+    assert net.volume_net.head.weight.grad.abs().sum() > 0
+    net.eval()
+    with torch.no_grad():
+        assert net(x[:1]).shape == (1, 1, 32, 32, 32)
+
+
+def test_torchscript_matches_eager():
+    net = _net().eval()
+    x = _expanded(1)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.script(net)(x), net(x), atol=1e-5)
+
+
+def test_carries_a_contract_and_refuses_bad_input():
+    net = _net()
+    own = dict(net.named_buffers(recurse=False))
+    assert "model_contract" in own and torch.isnan(own["hu_mean"]).all()  # the contract, empty until trained
+    with pytest.raises(ValueError, match="2 input channels"):
+        net(torch.zeros(1, 3, 32, 32, 32))
+    with pytest.raises(ValueError, match="in_channels must be 2"):
+        TwoStageEAR(in_channels=3)
+
+
+def test_combine_loads_into_the_two_stage_network(tmp_path):
+    torch.manual_seed(2)
+    view = TwoStageEAR(channels=SMALL, view_features=VIEW).view_net
+    ear = EAR(channels=SMALL)
+    torch.save(view.state_dict(), tmp_path / "stage2d.pt")
+    torch.save(ear.state_dict(), tmp_path / "ear.pt")
+    path = combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "init.pt"))
+    net = _net()
+    missing, unexpected = net.load_state_dict(torch.load(path, weights_only=True), strict=False)
+    assert not unexpected and set(missing) <= set(MODEL_INFO_KEYS)  # only the whole model's own contract
+    for part, source in ((net.volume_net, ear), (net.view_net, view)):
+        loaded = part.state_dict()
+        for k, v in source.state_dict().items():
+            torch.testing.assert_close(loaded[k], v, rtol=0, atol=0, equal_nan=True)
