@@ -67,9 +67,18 @@ __all__ = [
     "view_flag",
     "finder_maps",
     "detect_view",
+    "detections_from_maps",
     "triangulate",
     "match_detections",
     "match_chain",
+    "match_epipolar",
+    "epipolar_profiles",
+    "MATCHING_MODES",
+    "EPIPOLAR_DEPTH_MM",
+    "EPIPOLAR_STEP_MM",
+    "EPIPOLAR_DEPTH_WEIGHT",
+    "EPIPOLAR_DEPTH_SIGMA_MM",
+    "EPIPOLAR_MIN_MEDIAN_SCORE",
     "CANDIDATE_THRESHOLD",
     "DEFAULT_MATCHING",
     "DEPTH_WEIGHT",
@@ -91,8 +100,22 @@ DEFAULT_THRESHOLD = 0.2
 MIN_VIEW_SEPARATION_DEG = 20.0
 #: a step between neighbours in the chain longer than this times the median of the nearby steps is a gap.
 GAP_RATIO = 1.6
-#: how the views' detections are paired: ``"assignment"`` (chosen on the validation patient) or ``"chain"``.
-DEFAULT_MATCHING = "assignment"
+#: how the views are paired: ``"epipolar"`` (:func:`match_epipolar`), ``"assignment"`` or ``"chain"``
+#: (docs/spine-radiographs.md says how the default was chosen).
+DEFAULT_MATCHING = "epipolar"
+#: the matching modes of :func:`localise_vertebrae`.
+MATCHING_MODES = ("assignment", "chain", "epipolar")
+#: the depths searched (mm from the isocentre along the anchor view's beam) and their step, in :func:`match_epipolar`.
+EPIPOLAR_DEPTH_MM = 200.0
+EPIPOLAR_STEP_MM = 1.0
+#: the cost per mm of depth change between neighbouring vertebrae in :func:`match_epipolar`.
+EPIPOLAR_DEPTH_WEIGHT = 0.1
+#: the least median heatmap, over the chain, of the second view at the places :func:`match_epipolar` chose: below
+#: it the two radiographs do not show one spine.
+EPIPOLAR_MIN_MEDIAN_SCORE = 0.02
+#: the spread (mm) of the prior on the spine's depth about the isocentre in :func:`match_epipolar`: spine
+#: radiographs are centred on the spine, so the two central beams cross near it.
+EPIPOLAR_DEPTH_SIGMA_MM = 50.0
 #: the smallest heatmap peak of the second view that may pair with a detection of the first (:func:`match_chain`).
 CANDIDATE_THRESHOLD = 0.05
 #: the cost per mm of depth change between neighbouring vertebrae in :func:`match_chain`.
@@ -269,12 +292,31 @@ def detect_view(
     min_distance: int = 3,
 ) -> ViewDetections:
     """The finder's detections in one image (step 1 of the module docstring)."""
-    heat, levels, (fr, fc) = finder_maps(network, image, pixel_spacing, view)
+    return detections_from_maps(*finder_maps(network, image, pixel_spacing, view), threshold, min_distance)
+
+
+def detections_from_maps(
+    heat: torch.Tensor,
+    levels: torch.Tensor,
+    scale: tuple[float, float],
+    threshold: float = DEFAULT_THRESHOLD,
+    min_distance: int = 3,
+) -> ViewDetections:
+    """The peaks of a heatmap of :func:`finder_maps` as detections, in the image's pixels."""
+    fr, fc = scale
     rc, scores = heatmap_peaks(heat, threshold, min_distance)
     h, w = levels.shape
     ev = [float(levels[min(int(round(float(r))), h - 1), min(int(round(float(c))), w - 1)]) for r, c in rc]
     img_rc = np.stack([(rc[:, 0].numpy() + 0.5) * fr - 0.5, (rc[:, 1].numpy() + 0.5) * fc - 0.5], -1).reshape(-1, 2)
     return ViewDetections(img_rc, scores.numpy(), np.asarray(ev, dtype=np.float64))
+
+
+def _map_at(values: torch.Tensor, scale: tuple[float, float], rc: np.ndarray) -> float:
+    """A finder map's value (nearest pixel) at an image position ``(row, col)``."""
+    h, w = values.shape
+    r = int(np.clip(round((float(rc[0]) + 0.5) / scale[0] - 0.5), 0, h - 1))
+    c = int(np.clip(round((float(rc[1]) + 0.5) / scale[1] - 0.5), 0, w - 1))
+    return float(values[r, c])
 
 
 def triangulate(views: Sequence[RadiographView], rc_a: Any, rc_b: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -383,6 +425,109 @@ def match_chain(
             chosen[j] = (i, float(gaps[i, j]))
         a = int(backs[step][a])
     return sorted((i, j, points[i, j], g) for j, (i, g) in chosen.items())
+
+
+def epipolar_profiles(
+    views: Sequence[RadiographView],
+    anchors: np.ndarray,
+    heatmap: torch.Tensor,
+    scale: tuple[float, float],
+    depth_mm: float = EPIPOLAR_DEPTH_MM,
+    step_mm: float = EPIPOLAR_STEP_MM,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The second view's heatmap along each anchor's ray: where on the ray the second view sees a vertebra centre.
+
+    Args:
+        views: the anchors' view, then the heatmap's view.
+        anchors: ``(N, 2)`` ``(row, col)`` in the first view's image.
+        heatmap: ``(h, w)`` the second view's finder heatmap (:func:`finder_maps`).
+        scale: its ``(row scale, col scale)`` to the second image's pixels.
+        depth_mm: the depths searched, ``-depth_mm`` to ``depth_mm`` from the isocentre along the first view's beam.
+        step_mm: the step between depths.
+
+    Returns:
+        ``(points (N, K, 3) mm in the system frame, profiles (N, K))``: the heatmap (bilinear) at each point's
+        projection, 0 outside the second image.
+    """
+    a = np.asarray(anchors, dtype=np.float64).reshape(-1, 2)
+    depths = torch.arange(-float(depth_mm), float(depth_mm) + 1e-9, float(step_mm), dtype=torch.float64)
+    if len(a) == 0:
+        return np.zeros((0, len(depths), 3)), np.zeros((0, len(depths)))
+    src, dirs = views[0].rays(a)
+    beam = views[0].axes()[:, 2]
+    # the point of each ray at depth t from the isocentre's plane (normal: the central beam)
+    along = (views[0].sod + depths)[None, :] / (dirs @ beam)[:, None]  # (N, K) distance from the source
+    points = src + along[..., None] * dirs[:, None, :]
+    rc, _ = views[1].project(points.reshape(-1, 3))
+    h, w = heatmap.shape
+    fr, fc = scale
+    r = (rc[:, 0] + 0.5) / fr - 0.5
+    c = (rc[:, 1] + 0.5) / fc - 0.5
+    grid = torch.stack([2 * c / max(w - 1, 1) - 1, 2 * r / max(h - 1, 1) - 1], -1).float()
+    prof = F.grid_sample(
+        torch.as_tensor(heatmap, dtype=torch.float32)[None, None], grid[None, None], align_corners=True
+    ).reshape(len(a), len(depths))
+    return points.numpy(), prof.numpy().astype(np.float64)
+
+
+def match_epipolar(
+    views: Sequence[RadiographView],
+    anchors: ViewDetections,
+    heatmap: torch.Tensor,
+    scale: tuple[float, float],
+    depth_weight: float = EPIPOLAR_DEPTH_WEIGHT,
+    depth_sigma_mm: float | None = EPIPOLAR_DEPTH_SIGMA_MM,
+    depth_mm: float = EPIPOLAR_DEPTH_MM,
+    step_mm: float = EPIPOLAR_STEP_MM,
+) -> list[tuple[int, np.ndarray, float]]:
+    """Place every anchor of one view on its ray with the other view's heatmap, the spine kept continuous.
+
+    Where the second view's detections fail (e.g. a lateral view with gas-filled bowel, whose pockets the finder
+    answers), its heatmap along the spine is still higher than elsewhere on each anchor's ray. The anchors are
+    taken top to bottom (image rows); each takes one depth on its ray (:func:`epipolar_profiles`) at a cost of
+    ``-log`` of the heatmap there, plus ``depth_weight`` per mm of depth change from the previous anchor: the
+    cheapest chain (dynamic programming, Viterbi) over all anchors is kept, and each depth is refined to the
+    parabola through its profile's neighbours. With ``depth_sigma_mm``, a depth ``t`` from the isocentre costs
+    ``t^2 / (2 depth_sigma_mm^2)`` more: spine radiographs are centred on the spine, so their central beams cross
+    near it, while the gas and body edges that the lateral heatmap also answers lie far in front of it.
+
+    Returns:
+        ``[(i, centre (3,), score), ...]``: anchor ``i``, its 3-D centre (on its ray) and the second view's heatmap
+        there.
+    """
+    if len(anchors) == 0:
+        return []
+    points, prof = epipolar_profiles(views, anchors.rc, heatmap, scale, depth_mm, step_mm)
+    order = np.argsort(anchors.rc[:, 0], kind="stable")
+    k = prof.shape[1]
+    depth = np.arange(k) * float(step_mm)
+    jump = float(depth_weight) * np.abs(depth[:, None] - depth[None, :])  # (to, from)
+    unary = -np.log(np.clip(prof, 1e-4, 1.0))
+    if depth_sigma_mm:
+        unary = unary + 0.5 * ((depth - float(depth_mm)) / float(depth_sigma_mm))[None, :] ** 2
+    cost = unary[order[0]].copy()
+    backs = []
+    for i in order[1:]:
+        total = cost[None, :] + jump
+        back = np.argmin(total, axis=1)
+        cost = total[np.arange(k), back] + unary[i]
+        backs.append(back)
+    best = [int(np.argmin(cost))]
+    for back in reversed(backs):
+        best.append(int(back[best[-1]]))
+    best.reverse()
+    out = []
+    for i, b in zip(order, best):
+        p = prof[i]
+        shift = 0.0
+        if 0 < b < k - 1:
+            den = p[b - 1] - 2 * p[b] + p[b + 1]
+            shift = float(np.clip(0.5 * (p[b - 1] - p[b + 1]) / den, -0.5, 0.5)) if den < 0 else 0.0
+        lo = points[i, b]
+        hi = points[i, min(b + 1, k - 1)] if shift >= 0 else points[i, max(b - 1, 0)]
+        centre = lo + abs(shift) * (hi - lo)
+        out.append((int(i), centre, float(p[b])))
+    return sorted(out)
 
 
 def chain_steps(centres: np.ndarray, gap_ratio: float = GAP_RATIO) -> np.ndarray:
@@ -513,6 +658,53 @@ def _match_both_ways(
     return [q for q in pairs if math.sqrt(dets[0].scores[q[0]] * dets[1].scores[q[1]]) >= threshold]
 
 
+def _reprojection(views: Sequence[RadiographView], centre: np.ndarray, rcs: Sequence[np.ndarray]) -> list[float]:
+    """The distance (mm on each detector) between each view's position and the 3-D centre's projection."""
+    out = []
+    for view, rc in zip(views, rcs):
+        proj = view.project(torch.as_tensor(centre)[None])[0][0].numpy()
+        out.append(float(np.linalg.norm((proj - np.asarray(rc)) * np.asarray(view.pixel_spacing))))
+    return out
+
+
+def _found_epipolar(
+    views: Sequence[RadiographView], dets: Sequence[ViewDetections], maps: Sequence[tuple], threshold: float
+) -> list[dict]:
+    """:func:`match_epipolar` with the detections (at ``threshold``) of the view that finds the spine more surely
+    (the higher mean of its ten best scores) as anchors, on the other view's heatmap. The second view's position
+    is the centre's projection (ray miss 0 by construction); its score is its heatmap there; the level evidence is
+    the mean of both views' level maps."""
+    sure = [float(np.mean(np.sort(d.scores)[::-1][:10])) if len(d) else 0.0 for d in dets]
+    a = 0 if sure[0] >= sure[1] else 1
+    view = views[a]
+    # the same centring prior across the anchor view's beam: an anchor's score falls with its distance from the
+    # central column (mm at the isocentre), so detections in the bowel or at the body's edge do not anchor the chain
+    off = (dets[a].rc[:, 1] - view.centre_px[1]) * view.pixel_spacing[1] * view.sod / view.sdd
+    centred = ViewDetections(
+        dets[a].rc, dets[a].scores * np.exp(-0.5 * (off / EPIPOLAR_DEPTH_SIGMA_MM) ** 2), dets[a].levels
+    )
+    anchors, keep = _strong(centred, threshold)
+    anchors = ViewDetections(anchors.rc, dets[a].scores[keep], anchors.levels)
+    pair = [views[a], views[1 - a]]
+    found = []
+    for i, centre, score in match_epipolar(pair, anchors, maps[1 - a][0], maps[1 - a][2]):
+        rc_b = views[1 - a].project(torch.as_tensor(centre)[None])[0][0].numpy()
+        rcs = [anchors.rc[i], rc_b] if a == 0 else [rc_b, anchors.rc[i]]
+        scores = [float(anchors.scores[i]), score] if a == 0 else [score, float(anchors.scores[i])]
+        evidence = float(np.mean([anchors.levels[i], _map_at(maps[1 - a][1], maps[1 - a][2], rc_b)]))
+        found.append(
+            {
+                "centre": centre,
+                "gap": 0.0,
+                "rc": rcs,
+                "reproj": _reprojection(views, centre, rcs),
+                "scores": scores,
+                "evidence": evidence,
+            }
+        )
+    return found
+
+
 def localise_vertebrae(
     images: Sequence[np.ndarray],
     views: Sequence[RadiographView],
@@ -533,8 +725,9 @@ def localise_vertebrae(
         tolerance_mm: the largest ray miss of a pair (mm).
         threshold: the smallest heatmap peak kept.
         names: the views' names in messages and outputs.
-        matching: ``"assignment"`` (:func:`match_detections`, one to one by ray miss) or ``"chain"``
-            (:func:`match_chain` along the spine); default :data:`DEFAULT_MATCHING`.
+        matching: ``"assignment"`` (:func:`match_detections`, one to one by ray miss), ``"chain"``
+            (:func:`match_chain` along the spine) or ``"epipolar"`` (:func:`match_epipolar`: the surer view's
+            detections placed on their rays by the other view's heatmap); default :data:`DEFAULT_MATCHING`.
 
     Returns:
         the vertebrae found, top to bottom.
@@ -558,10 +751,12 @@ def localise_vertebrae(
     net = load_finder(network)
     dets = []
     low = min(float(threshold), CANDIDATE_THRESHOLD)
+    dets, maps = [], []
     for image, view, name in zip(images, views, names):
         if tuple(np.shape(image)) != tuple(view.shape):
             raise XRayInputError(f"{name}: image shape {np.shape(image)} is not its view's {view.shape}.")
-        det = detect_view(net, image, view.pixel_spacing, view_flag(view.angles), low)
+        maps.append(finder_maps(net, image, view.pixel_spacing, view_flag(view.angles)))
+        det = detections_from_maps(*maps[-1], low)
         if not (det.scores >= threshold).any():
             raise XRayInputError(
                 f"{name}: no spine found (no vertebra centre scored {threshold:g} or more); fix: check that the "
@@ -569,37 +764,44 @@ def localise_vertebrae(
             )
         dets.append(det)
     matching = DEFAULT_MATCHING if matching is None else matching
-    if matching == "chain":
-        pairs = _match_both_ways(views, dets, threshold, tolerance_mm)
-    elif matching == "assignment":
-        pairs = match_detections(views, *(_strong(d, threshold)[0] for d in dets), tolerance_mm)
-        keeps = [_strong(d, threshold)[1] for d in dets]
-        pairs = [(int(keeps[0][i]), int(keeps[1][j]), c, g) for i, j, c, g in pairs]
+    if matching not in MATCHING_MODES:
+        raise BundleInputError(f"matching={matching!r}: use one of {', '.join(MATCHING_MODES)}.")
+    if matching == "epipolar":
+        found = _found_epipolar(views, dets, maps, threshold)
+        other = [min(f["scores"]) for f in found]
+        if not found or float(np.median(other)) < EPIPOLAR_MIN_MEDIAN_SCORE:
+            raise XRayInputError(
+                f"{names[0]} ({len(dets[0])} vertebrae found) and {names[1]} ({len(dets[1])}): along the rays through "
+                f"one view's vertebrae the other view shows none (median heatmap {np.median(other or [0.0]):.3f}), so "
+                "the two images give no consistent vertebra; fix: check that they show one patient at one time and "
+                "the files' geometry (distances, pixel spacing, view angles)."
+            )
     else:
-        raise BundleInputError(f"matching={matching!r}: use 'assignment' or 'chain'.")
-    if not pairs:
-        raise XRayInputError(
-            f"{names[0]} ({len(dets[0])} vertebrae found) and {names[1]} ({len(dets[1])}): no pair of detections "
-            f"meets within {tolerance_mm:g} mm, so the two images give no consistent vertebra; fix: check that they "
-            "show one patient at one time and the files' geometry (distances, pixel spacing, view angles)."
-        )
-    found = []
-    for i, j, centre, gap in pairs:
-        rcs = [dets[0].rc[i], dets[1].rc[j]]
-        reproj = []
-        for view, rc in zip(views, rcs):
-            proj = view.project(torch.as_tensor(centre)[None])[0][0].numpy()
-            reproj.append(float(np.linalg.norm((proj - rc) * np.asarray(view.pixel_spacing))))
-        found.append(
-            {
-                "centre": centre,
-                "gap": gap,
-                "rc": rcs,
-                "reproj": reproj,
-                "scores": [float(dets[0].scores[i]), float(dets[1].scores[j])],
-                "evidence": float(np.mean([dets[0].levels[i], dets[1].levels[j]])),
-            }
-        )
+        if matching == "chain":
+            pairs = _match_both_ways(views, dets, threshold, tolerance_mm)
+        else:
+            pairs = match_detections(views, *(_strong(d, threshold)[0] for d in dets), tolerance_mm)
+            keeps = [_strong(d, threshold)[1] for d in dets]
+            pairs = [(int(keeps[0][i]), int(keeps[1][j]), c, g) for i, j, c, g in pairs]
+        if not pairs:
+            raise XRayInputError(
+                f"{names[0]} ({len(dets[0])} vertebrae found) and {names[1]} ({len(dets[1])}): no pair of detections "
+                f"meets within {tolerance_mm:g} mm, so the two images give no consistent vertebra; fix: check that "
+                "they show one patient at one time and the files' geometry (distances, pixel spacing, view angles)."
+            )
+        found = []
+        for i, j, centre, gap in pairs:
+            rcs = [dets[0].rc[i], dets[1].rc[j]]
+            found.append(
+                {
+                    "centre": centre,
+                    "gap": gap,
+                    "rc": rcs,
+                    "reproj": _reprojection(views, centre, rcs),
+                    "scores": [float(dets[0].scores[i]), float(dets[1].scores[j])],
+                    "evidence": float(np.mean([dets[0].levels[i], dets[1].levels[j]])),
+                }
+            )
     found.sort(key=lambda f: -float(f["centre"][2]))
     found = drop_crowded(found)
     steps = chain_steps(np.stack([f["centre"] for f in found]))

@@ -862,6 +862,7 @@ def find_vertebrae(
     sod: float | None = None,
     tolerance_mm: float | None = None,
     threshold: float | None = None,
+    matching: str | None = None,
 ) -> dict[str, Any]:
     """Find and name the vertebrae of an AP and a lateral radiograph file (DICOM, or PNG / TIFF with a sidecar).
 
@@ -878,6 +879,8 @@ def find_vertebrae(
         sod: the source-to-isocentre distance of both views when the files do not say it.
         tolerance_mm: the largest ray miss of a pair (mm; default the finder's).
         threshold: the smallest heatmap peak kept (default the finder's).
+        matching: how the views are paired: ``"epipolar"``, ``"assignment"`` or ``"chain"`` (default
+            :data:`scripts.localise.DEFAULT_MATCHING`).
 
     Returns:
         ``{"vertebrae": [FoundVertebra.to_dict(), ...] top to bottom, "views": per view its file and geometry,
@@ -895,7 +898,8 @@ def find_vertebrae(
             f"the finder needs two radiographs, an AP and a lateral; got {given}; fix: give both (--ap and --lateral)."
         )
     rads = [read_radiograph(ap), read_radiograph(lateral)]
-    return _find_in(rads, radiograph_views(rads, sod), model, level, level_centre_mm, tolerance_mm, threshold)
+    views = radiograph_views(rads, sod)
+    return _find_in(rads, views, model, level, level_centre_mm, tolerance_mm, threshold, matching)
 
 
 def _find_in(
@@ -906,8 +910,10 @@ def _find_in(
     level_centre_mm: Sequence[float] | None,
     tolerance_mm: float | None,
     threshold: float | None,
+    matching: str | None = None,
 ) -> dict[str, Any]:
     """:func:`find_vertebrae` on two radiographs already read, with their views."""
+    import scripts.localise
     from scripts.localise import (
         _VIEWS,
         DEFAULT_MATCH_TOLERANCE_MM,
@@ -922,7 +928,8 @@ def _find_in(
     pin = parse_level_pin(level, level_centre_mm)
     if pin is not None and pin.rc is not None:  # file pixels -> the image as oriented
         pin = LevelPin(pin.level, pin.view, rads[_VIEWS.index(str(pin.view))].to_image_px(pin.rc))
-    found = localise_vertebrae([r.image for r in rads], views, model, pin, tolerance_mm, threshold, _VIEWS)
+    matching = scripts.localise.DEFAULT_MATCHING if matching is None else str(matching)
+    found = localise_vertebrae([r.image for r in rads], views, model, pin, tolerance_mm, threshold, _VIEWS, matching)
     for v in found:
         for k, rad in enumerate(rads):
             v.file_rc[_VIEWS[k]] = [round(float(x), 2) for x in file_px(rad, v.rc[_VIEWS[k]])]
@@ -931,8 +938,8 @@ def _find_in(
         "vertebrae": [v.to_dict() for v in found],
         "views": {n: {"file": str(r.path), **vw.to_dict()} for n, r, vw in zip(_VIEWS, rads, views)},
         "world_to_system": None if w2s is None else np.asarray(w2s).tolist(),
-        "settings": {"tolerance_mm": tolerance_mm, "threshold": threshold, "level_pin": None if pin is None else
-                     asdict(pin)},
+        "settings": {"tolerance_mm": tolerance_mm, "threshold": threshold, "matching": matching,
+                     "level_pin": None if pin is None else asdict(pin)},
     }  # fmt: skip
 
 
@@ -994,6 +1001,7 @@ def radiographs(
     sod: float | None = None,
     tolerance_mm: float | None = None,
     threshold: float | None = None,
+    matching: str | None = None,
     config_file: str | Sequence[str] | None = None,
     batch_size: int = 8,
     bone_level: float = BONE_LEVEL_HU,
@@ -1032,6 +1040,8 @@ def radiographs(
         sod: the source-to-isocentre distance (mm) when the files do not say it.
         tolerance_mm: the largest miss (mm) of the two rays of one vertebra (default the finder's).
         threshold: the smallest heatmap peak the finder keeps (default the finder's).
+        matching: how the finder pairs the views (``"epipolar"``, ``"assignment"`` or ``"chain"``; default the
+            finder's, docs/spine-radiographs.md).
         config_file: inference config files (default ``configs/inference.json``; add ``configs/cpu.json``).
         batch_size: vertebrae per network call.
         bone_level: bone iso-level in HU for label map and meshes.
@@ -1065,7 +1075,8 @@ def radiographs(
                 v["rc"] = {n: view.project(torch.as_tensor(v["centre_mm"]))[0][0].tolist() for n, view in
                            zip(("ap", "lateral"), views)}  # fmt: skip
         else:
-            found = _find_in(rads, views, finder, level, level_centre_mm, tolerance_mm, threshold)["vertebrae"]
+            found = _find_in(rads, views, finder, level, level_centre_mm, tolerance_mm, threshold, matching)
+            found = found["vertebrae"]
     unnamed = [v for v in found if v.get("level") not in LEVEL_LABELS]
     if unnamed:
         logger.warning("%d vertebrae found beyond C1-L5 are not reconstructed", len(unnamed))

@@ -13,8 +13,10 @@ from scripts.localise import (
     LevelPin,
     ViewDetections,
     chain_steps,
+    epipolar_profiles,
     localise_vertebrae,
     match_detections,
+    match_epipolar,
     name_levels,
     parse_level_pin,
     triangulate,
@@ -170,8 +172,11 @@ def test_bad_inputs_end_in_one_line():
         localise_vertebrae(images, same, net)
     with pytest.raises(XRayInputError, match="lateral: no spine found"):
         localise_vertebrae(images, VIEWS, _StubFinder({0: pa, 1: np.zeros((0, 2))}))
-    with pytest.raises(XRayInputError, match="no pair of detections"):
-        localise_vertebrae(images, VIEWS, _StubFinder({0: pa[:2], 1: pl[3:]}))
+    inconsistent = _StubFinder({0: pa[:2], 1: pl[3:]})
+    with pytest.raises(XRayInputError, match="the other view shows none .* no consistent vertebra"):
+        localise_vertebrae(images, VIEWS, inconsistent)
+    with pytest.raises(XRayInputError, match="no pair of detections .* no consistent vertebra"):
+        localise_vertebrae(images, VIEWS, inconsistent, matching="assignment")
     from scripts.spine import find_vertebrae
 
     with pytest.raises(XRayInputError, match="got the AP"):
@@ -248,3 +253,36 @@ def test_crowded_neighbours_keep_the_stronger():
     kept = drop_crowded(chain[:2] + [extra] + chain[2:])
     assert len(kept) == len(SPINE) and all(k is not extra for k in kept)
     assert len(drop_crowded(chain)) == len(SPINE), "an even chain keeps every vertebra"
+
+
+def test_epipolar_matching_finds_a_faint_spine_behind_stronger_distractors():
+    pa, pl = _projected(SPINE)
+    gas = SPINE + np.array([0.0, -75.0, 0.0])  # pockets 75 mm in front of each vertebra (anterior: -y)
+    _, pg = _projected(gas)
+    spine_heat, _ = render_targets(SHAPE, pl, [0] * len(pl))
+    gas_heat, _ = render_targets(SHAPE, pg, [0] * len(pg))
+    lateral = torch.maximum(0.3 * spine_heat[0], 0.9 * gas_heat[0])  # the spine answers weaker than the gas
+    anchors = ViewDetections(pa, np.full(len(pa), 0.8), np.zeros(len(pa)))
+    found = match_epipolar(VIEWS, anchors, lateral, (1.0, 1.0))
+    assert [i for i, _, _ in found] == list(range(len(SPINE)))
+    np.testing.assert_allclose(np.stack([c for _, c, _ in found]), SPINE, atol=1.0)
+    assert all(0.25 < score <= 0.3 for _, _, score in found), "the spine's own heatmap height, not the gas's"
+    # without the prior that the radiographs are centred on the spine, the stronger gas wins
+    lost = match_epipolar(VIEWS, anchors, lateral, (1.0, 1.0), depth_sigma_mm=None)
+    np.testing.assert_allclose(np.stack([c for _, c, _ in lost])[:, 1], gas[:, 1], atol=1.0)  # at the gas's depth
+    # the profiles: the heatmap along each anchor's ray peaks where the ray meets the vertebra
+    points, prof = epipolar_profiles(VIEWS, pa[:1], spine_heat[0], (1.0, 1.0))
+    np.testing.assert_allclose(points[0, int(np.argmax(prof[0]))], SPINE[0], atol=1.0)
+
+
+def test_localise_epipolar_with_a_stub_finder():
+    pa, pl = _projected(SPINE)
+    off_centre = np.array([[pa[2, 0], pa[2, 1] - 60.0]])  # a detection 80 mm beside the spine (bowel gas in AP)
+    net = _StubFinder({0: np.concatenate([pa, off_centre]), 1: pl}, evidence=5.0)
+    images = [np.random.default_rng(0).random(SHAPE) for _ in VIEWS]
+    found = localise_vertebrae(images, VIEWS, net, matching="epipolar")
+    np.testing.assert_allclose([v.centre_mm for v in found], SPINE, atol=1.0)
+    assert all(v.ray_gap_mm == 0.0 and max(v.reprojection_mm.values()) < 1.0 for v in found)
+    assert [v.level_index for v in found] == list(range(3, 8))
+    with pytest.raises(BundleInputError, match="matching='closest'"):
+        localise_vertebrae(images, VIEWS, net, matching="closest")

@@ -211,7 +211,7 @@ def finder_eval(
         hit_mm: the hit distance.
         threshold: the finder's heatmap threshold (default :data:`scripts.localise.DEFAULT_THRESHOLD`).
         tolerance_mm: the largest ray miss of a pair (default :data:`scripts.localise.DEFAULT_MATCH_TOLERANCE_MM`).
-        matching: ``"assignment"`` or ``"chain"`` (sets :data:`scripts.localise.DEFAULT_MATCHING` for this run).
+        matching: ``"epipolar"``, ``"assignment"`` or ``"chain"`` (default :data:`scripts.localise.DEFAULT_MATCHING`).
 
     Returns:
         the report.
@@ -226,11 +226,10 @@ def finder_eval(
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     tolerance_mm = DEFAULT_MATCH_TOLERANCE_MM if tolerance_mm is None else float(tolerance_mm)
-    options = {"threshold": threshold, "tolerance_mm": tolerance_mm}
-    if matching is not None:
-        import scripts.localise as localise
+    import scripts.localise as localise
 
-        localise.DEFAULT_MATCHING = str(matching)
+    matching = localise.DEFAULT_MATCHING if matching is None else str(matching)
+    options = {"threshold": threshold, "tolerance_mm": tolerance_mm, "matching": matching}
     dl = json.loads((Path(data) / "datalist.json").read_text())
     patients: dict[str, dict] = {}
     for item in dl[split]:
@@ -291,7 +290,7 @@ def finder_eval(
         "hit_mm": hit_mm,
         "tolerance_mm": tolerance_mm,
         "threshold": threshold,
-        "matching": matching or "assignment",
+        "matching": matching,
         "model": str(model or "models/finder/model.pt"),
         "simulation": "python -m scripts.simulate radiographs defaults (seed 0)",
         "command": "python -m scripts.tools.finder_eval " + " ".join(sys.argv[1:]),
