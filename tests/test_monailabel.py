@@ -28,6 +28,7 @@ from scripts.monailabel import (
     image_stem,
     infer_request,
     resolve_pair,
+    spine_request,
     write_app_dir,
 )
 from scripts.tools.monailabel_check import matching_torchvision, parse_multipart, requirements_for_monailabel
@@ -309,3 +310,55 @@ def test_the_adapter_reconstructs_the_example_outside_the_bundle(example_pair, t
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([returned.name, work.name, Path(mesh).name])
     after = sorted((ROOT / "outputs").rglob("*")) if (ROOT / "outputs").exists() else []
     assert after == outputs, "the adapter wrote into the bundle's outputs/"
+
+
+# --- the spine task ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def phantom_radiographs(tmp_path_factory):
+    """A datastore with the block phantom's two full radiographs (P1_ap.dcm, P1_lat.dcm) and its centres."""
+    import shutil
+
+    from scripts.simulate import simulate_radiographs
+    from tests.conftest import block_phantom
+
+    folder = tmp_path_factory.mktemp("spine_phantom")
+    block_phantom(folder)
+    simulate_radiographs(
+        str(folder / "ct.nii.gz"), str(folder / "rad"), labels=str(folder / "labels.nii.gz"),
+        label_convention="verse", detector_mm=200.0, pixel_mm=2.0, photon_count=None, physics="mono",
+    )  # fmt: skip
+    store = folder / "store"
+    store.mkdir()
+    shutil.copyfile(folder / "rad" / "ap.dcm", store / "P1_ap.dcm")
+    shutil.copyfile(folder / "rad" / "lateral.dcm", store / "P1_lat.dcm")
+    return store, folder / "rad" / "centres.json"
+
+
+def test_the_spine_task_returns_the_label_map_of_every_vertebra(phantom_radiographs, tmp_path):
+    import nibabel as nib
+    from scripts.spine import LEVEL_LABELS
+
+    store, centres = phantom_radiographs
+    request = {"image": str(store / "P1_lat.dcm"), "centres": str(centres)}  # the lateral: its AP is found
+    returned, report = spine_request(request, configs=CPU_CONFIGS, work_root=tmp_path)
+    assert Path(returned).parent == tmp_path.resolve() and returned.endswith("_labels.nii.gz")
+    labels = np.asarray(nib.load(returned).dataobj)
+    assert set(np.unique(labels)) - {0} == {LEVEL_LABELS[v] for v in ("T10", "T11", "T12")}
+    assert set(report["vertebrae"]) == {"T10", "T11", "T12"} and report["result"] == "labels"
+    assert all(0.0 <= v["confidence"] <= 1.0 for v in report["vertebrae"].values())
+    assert report["radiographs"]["files"]["ap"].endswith("P1_ap.dcm") and report["work_dir"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [Path(returned).name], "the work folder is removed"
+    mesh, _ = spine_request({**request, "result": "mesh"}, configs=CPU_CONFIGS, work_root=tmp_path / "m")
+    assert mesh.endswith("_spine.stl") and Path(mesh).stat().st_size > 84
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [({"image": None}, "must be a datastore image id"), ({"image": "x.dcm", "result": "stl"}, "unknown")],
+)
+def test_bad_spine_requests_are_refused_before_any_work(tmp_path, request_, message):
+    with pytest.raises(BundleInputError, match=message):
+        spine_request(request_, work_root=tmp_path)
+    assert list(tmp_path.iterdir()) == []

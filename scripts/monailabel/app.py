@@ -1,5 +1,5 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""The MONAI Label app of the bundle: a local datastore of X-ray images and one infer task, ``ear``.
+"""The MONAI Label app of the bundle: a local datastore of X-ray images and two infer tasks, ``ear`` and ``spine``.
 
 MONAI Label loads it from the ``main.py`` that :func:`scripts.monailabel.write_app_dir` writes::
 
@@ -35,12 +35,14 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from scripts.monailabel.core import BUNDLE_ROOT, DEFAULT_CONFIGS
 from scripts.monailabel.pairs import IMAGE_EXTENSIONS
-from scripts.monailabel.task import EARInferTask
+from scripts.monailabel.task import EARInferTask, SpineInferTask
 
-__all__ = ["EARApp", "MODEL_NAME"]
+__all__ = ["EARApp", "MODEL_NAME", "SPINE_TASK"]
 
 #: the infer task's name: ``POST /infer/ear?image=<id>``
 MODEL_NAME = "ear"
+#: the whole-spine task's name: ``POST /infer/spine?image=<id of one full radiograph>``
+SPINE_TASK = "spine"
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +87,20 @@ class EARApp(MONAILabelApp):
         )
 
     def init_infers(self) -> dict[str, InferTask]:
-        """The one infer task, :data:`MODEL_NAME`."""
+        """The infer tasks: :data:`MODEL_NAME` (one vertebra) and :data:`SPINE_TASK` (the whole spine)."""
         return {
             MODEL_NAME: EARInferTask(
                 bundle_root=BUNDLE_ROOT,
                 configs=self.bundle_configs,
                 work_root=self.work_root,
                 keep_outputs=self.keep_outputs,
-            )
+            ),
+            SPINE_TASK: SpineInferTask(
+                bundle_root=BUNDLE_ROOT,
+                configs=self.bundle_configs,
+                work_root=self.work_root,
+                keep_outputs=self.keep_outputs,
+            ),
         }
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:

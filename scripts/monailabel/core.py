@@ -26,7 +26,9 @@ __all__ = [
     "DEFAULT_CONFIGS",
     "InferenceResult",
     "check_outside_bundle",
+    "config_files",
     "run_inference",
+    "run_spine",
     "volume_summary",
 ]
 
@@ -139,6 +141,26 @@ def _one(folder: Path, pattern: str) -> Path | None:
     return found[0] if found else None
 
 
+def config_files(configs: str | list[str] | tuple[str, ...], bundle_root: str | os.PathLike = BUNDLE_ROOT) -> list[str]:
+    """Config files as absolute paths: relative ones lie under ``bundle_root``; a string may list several,
+    comma-separated.
+
+    Raises:
+        BundleInputError: none given, or a file is missing.
+    """
+    root = Path(bundle_root).resolve()
+    if isinstance(configs, str):
+        configs = [c.strip() for c in configs.split(",") if c.strip()]
+    files = [str(p if p.is_absolute() else root / p) for p in (Path(c) for c in configs)]
+    missing = [f for f in files if not Path(f).is_file()]
+    if not files or missing:
+        raise BundleInputError(
+            f"bundle config files {missing or configs} not found under {root}; give paths such as "
+            "configs/inference.json,configs/cpu.json."
+        )
+    return files
+
+
 def run_inference(
     pair: XRayPair,
     work_dir: str | os.PathLike,
@@ -165,15 +187,7 @@ def run_inference(
 
     root = Path(bundle_root).resolve()
     work = check_outside_bundle(work_dir, root)
-    if isinstance(configs, str):
-        configs = [c.strip() for c in configs.split(",") if c.strip()]
-    files = [str(p if p.is_absolute() else root / p) for p in (Path(c) for c in configs)]
-    missing = [f for f in files if not Path(f).is_file()]
-    if not files or missing:
-        raise BundleInputError(
-            f"bundle config files {missing or configs} not found under {root}; give paths such as "
-            "configs/inference.json,configs/cpu.json."
-        )
+    files = config_files(configs, root)
     fixed = {"bundle_root", "output_dir", "datalist", "xrays"}
     clash = sorted(fixed & set(overrides or {}))
     if clash:
@@ -232,3 +246,63 @@ def run_inference(
         confidence=confidence,
         uncertainty=_one(case_dir, "*_uncertainty.nii.gz"),
     )
+
+
+def run_spine(
+    ap: str | os.PathLike,
+    lateral: str | os.PathLike,
+    case_id: str,
+    work_dir: str | os.PathLike,
+    bundle_root: str | os.PathLike = BUNDLE_ROOT,
+    configs: str | list[str] | tuple[str, ...] = DEFAULT_CONFIGS,
+    level: str | None = None,
+    centres: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The whole spine of two full radiographs with the bundle's ``configs/spine_radiographs.json``.
+
+    Every vertebra is found (or taken from ``centres``), reconstructed with ``configs`` (the inference configs)
+    and assembled; the outputs go to ``work_dir/<case_id>/`` (``docs/reference.md``, whole spine from two full
+    radiographs).
+
+    Returns:
+        the spine report (``<case_id>_spine.json``).
+
+    Raises:
+        BundleInputError: a bad input, with the bundle's one-line cause and fix.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    root = Path(bundle_root).resolve()
+    work = check_outside_bundle(work_dir, root)
+    settings = {
+        "bundle_root": str(root),
+        "ap": str(ap),
+        "lateral": str(lateral),
+        "patient": case_id,
+        "output_dir": str(work),
+        "level": level,
+        "centres": None if centres is None else str(centres),
+        "inference_configs": config_files(configs, root),
+    }
+    meta = root / "configs" / "metadata.json"
+    with _LOCK:
+        try:
+            workflow = ConfigWorkflow(
+                config_file=str(root / "configs" / "spine_radiographs.json"),
+                meta_file=str(meta) if meta.is_file() else None,
+                logging_file=False,
+                workflow_type="infer",
+                **settings,
+            )
+            workflow.initialize()
+            workflow.run()
+            workflow.finalize()
+        except Exception as e:
+            cause = _input_error(e)
+            if cause is not None and cause is not e:
+                raise type(cause)(str(cause)) from e
+            raise
+    report = work / case_id / f"{case_id}_spine.json"
+    if not report.is_file():
+        raise RuntimeError(f"the spine run wrote no {report}; see its log above.")
+    return json.loads(report.read_text())

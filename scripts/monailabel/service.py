@@ -16,16 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from scripts.errors import BundleInputError
-from scripts.monailabel.core import BUNDLE_ROOT, DEFAULT_CONFIGS, check_outside_bundle, run_inference
-from scripts.monailabel.pairs import resolve_pair
+from scripts.monailabel.core import BUNDLE_ROOT, DEFAULT_CONFIGS, check_outside_bundle, run_inference, run_spine
+from scripts.monailabel.pairs import XRayPair, resolve_pair
 
-__all__ = ["RESULTS", "infer_request", "write_app_dir"]
+__all__ = ["RESULTS", "SPINE_RESULTS", "infer_request", "spine_request", "write_app_dir"]
 
 #: the request's ``result`` -> (attribute of :class:`scripts.monailabel.core.InferenceResult`, file ending)
 RESULTS: dict[str, tuple[str, str]] = {
     "volume": ("volume", "_hu.nii.gz"),
     "mesh": ("mesh_stl", "_mesh.stl"),
     "mesh_ply": ("mesh_ply", "_mesh.ply"),
+}
+
+#: the ``spine`` task's ``result`` -> the file ending of :func:`scripts.spine.radiographs`' patient outputs
+SPINE_RESULTS: dict[str, str] = {
+    "labels": "_labels.nii.gz",
+    "volume": "_hu.nii.gz",
+    "mesh": "_spine.stl",
+    "mesh_ply": "_spine.ply",
 }
 
 _APP_MAIN = '''\
@@ -99,6 +107,84 @@ def infer_request(
             "work_dir": str(work) if keep_outputs else None,
         }
         return returned, report
+    finally:
+        if not keep_outputs:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _ap_first(pair: XRayPair) -> tuple[str, str]:
+    """The pair's (AP, lateral) files: the AP is the view whose beam runs front to back (alpha 0 or 180)."""
+    frontal = [abs(((a[0] + 90.0) % 180.0) - 90.0) < 20.0 for a in pair.angles]
+    if frontal == [True, False]:
+        return pair.xray[0], pair.xray[1]
+    if frontal == [False, True]:
+        return pair.xray[1], pair.xray[0]
+    raise BundleInputError(
+        f"{pair.case_id}: the spine task needs an AP and a lateral radiograph, got views at {list(pair.angles)} "
+        "degrees; name them <case>_ap and <case>_lat, or give their angles in the sidecar."
+    )
+
+
+def spine_request(
+    request: dict[str, Any],
+    bundle_root: str | os.PathLike = BUNDLE_ROOT,
+    configs: str | list[str] | tuple[str, ...] = DEFAULT_CONFIGS,
+    work_root: str | os.PathLike | None = None,
+    keep_outputs: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """The whole spine of the two full radiographs of ``request["image"]``: every vertebra found and reconstructed.
+
+    The image's partner is found as for :func:`infer_request` (naming convention or sidecar); the two files must
+    carry their geometry (DICOM, or a sidecar JSON beside a PNG / TIFF, ``docs/reference.md``). The job is the
+    bundle's ``configs/spine_radiographs.json`` (:func:`scripts.monailabel.core.run_spine`: the vertebra finder,
+    then each vertebra's reconstruction with its confidence), run in a fresh work folder.
+
+    Args:
+        request: ``{"image": path of one radiograph, "result": "labels" (default, the label map of all vertebrae)
+            | "volume" (HU) | "mesh" | "mesh_ply" (the whole spine's surface), "level": optional pin such as
+            "L5=ap:812,640" (the file's pixels), "centres": optional path of a JSON of known centres, used instead
+            of the finder (``--centres`` of ``python -m scripts.spine radiographs``)}``; other keys are ignored.
+        bundle_root, configs, work_root, keep_outputs: as for :func:`infer_request`.
+
+    Returns:
+        (path of the returned file, outside the bundle and the work folder; the JSON report: the spine report of
+        :func:`scripts.spine.radiographs`, per level its centre, finder scores and confidence).
+
+    Raises:
+        BundleInputError: a bad request or input (no partner, missing geometry, no spine found, ...), naming the
+            cause and the fix.
+    """
+    image = request.get("image")
+    if not isinstance(image, (str, os.PathLike)) or not str(image):
+        raise BundleInputError(
+            f"the request's image must be a datastore image id or a file path, got {type(image).__name__}; "
+            "send /infer/spine?image=<id of one of the two radiographs>."
+        )
+    kind = str(request.get("result") or "labels")
+    if kind not in SPINE_RESULTS:
+        raise BundleInputError(f"result {kind!r} is unknown; ask for one of {list(SPINE_RESULTS)} (params result).")
+    pair = resolve_pair(image)
+    ap, lateral = _ap_first(pair)
+    parent = check_outside_bundle(work_root if work_root is not None else tempfile.gettempdir(), bundle_root)
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"ear-spine-{pair.case_id}-", dir=parent))
+    try:
+        report = run_spine(
+            ap, lateral, pair.case_id, work, bundle_root, configs, request.get("level") or None,
+            request.get("centres") or None,
+        )  # fmt: skip
+        chosen = work / pair.case_id / f"{pair.case_id}{SPINE_RESULTS[kind]}"
+        if not chosen.is_file():
+            raise BundleInputError(f"{pair.case_id}: the spine job wrote no {chosen.name}; ask for result=labels.")
+        handle, returned = tempfile.mkstemp(prefix=f"{pair.case_id}_", suffix=SPINE_RESULTS[kind], dir=parent)
+        os.close(handle)
+        shutil.copyfile(chosen, returned)
+        return returned, {
+            **report,
+            "result": kind,
+            "file": Path(returned).name,
+            "work_dir": str(work) if keep_outputs else None,
+        }
     finally:
         if not keep_outputs:
             shutil.rmtree(work, ignore_errors=True)

@@ -24,9 +24,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from scripts.errors import BundleInputError
 from scripts.monailabel.core import BUNDLE_ROOT, DEFAULT_CONFIGS
-from scripts.monailabel.service import RESULTS, infer_request
+from scripts.monailabel.service import RESULTS, SPINE_RESULTS, infer_request, spine_request
 
-__all__ = ["EARInferTask"]
+__all__ = ["EARInferTask", "SpineInferTask"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,61 @@ class EARInferTask(InferTask):
                 bundle_root=self.bundle_root,
                 configs=self.configs,
                 overrides=self.overrides,
+                work_root=self.work_root,
+                keep_outputs=self.keep_outputs,
+            )
+        except BundleInputError as e:
+            logger.error(f"{type(e).__name__}: {e}")
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, str(e)) from e
+
+
+class SpineInferTask(InferTask):
+    """The whole spine of a patient's AP and lateral full radiographs: every vertebra found, named, reconstructed.
+
+    The request's ``image`` is one of the two radiographs (DICOM, or PNG / TIFF with a geometry sidecar); its
+    partner is found as for :class:`EARInferTask`. The work is :func:`scripts.monailabel.service.spine_request`
+    (:func:`scripts.spine.radiographs`). The task returns, by the request's ``result``, the label map of all
+    vertebrae (``"labels"``, default; NIfTI, one label per level), the HU volume (``"volume"``) or the whole
+    spine's surface (``"mesh"`` STL, ``"mesh_ply"``), with the spine report: per level its 3-D centre, the
+    finder's scores and the reconstruction's confidence. ``level`` (``"L5=ap:ROW,COL"``) pins one level;
+    ``centres`` (a JSON path) gives the centres instead of the finder.
+
+    Args:
+        bundle_root, configs, work_root, keep_outputs: as for :class:`EARInferTask`.
+        description: shown by MONAI Label's ``/info``.
+    """
+
+    def __init__(
+        self,
+        bundle_root: str | Path = BUNDLE_ROOT,
+        configs: str | list[str] | tuple[str, ...] = DEFAULT_CONFIGS,
+        work_root: str | Path | None = None,
+        keep_outputs: bool = False,
+        description: str = "EAR spine: every vertebra of an AP and a lateral full radiograph (label map, meshes)",
+    ) -> None:
+        super().__init__(
+            type=InferType.OTHERS,
+            labels=None,
+            dimension=2,
+            description=description,
+            config={"result": "labels", "results": list(SPINE_RESULTS), "level": "", "centres": ""},
+        )
+        self.bundle_root = Path(bundle_root).resolve()
+        self.configs = configs
+        self.work_root = work_root
+        self.keep_outputs = keep_outputs
+
+    def is_valid(self) -> bool:
+        """Whether the bundle's inference config exists (the models are checked when it runs)."""
+        return (self.bundle_root / "configs" / "inference.json").is_file()
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        """Run one request (see the class docstring); a bad input raises ``MONAILabelException`` (HTTP 400)."""
+        try:
+            return spine_request(
+                request,
+                bundle_root=self.bundle_root,
+                configs=self.configs,
                 work_root=self.work_root,
                 keep_outputs=self.keep_outputs,
             )

@@ -11,18 +11,23 @@ Usage::
 ``train``:
 
 1. A pool of training windows: for each training vertebra and each of ``--draws`` seeded draws of the training's
-   window shift and pose (``configs/body.json``), the whole-body X-ray (``DRRd`` of the patient's scan, 10^6
-   photons, then the realism draws) and the spine-only X-ray of the same window (:class:`scripts.transforms.SpineDRRd`).
-   The pool is kept in ``<out>/pool_<draws>_<seed>.pt`` and reused.
-2. A 2-D MONAI ``BasicUNet`` maps each z-scored body view to its spine-only view (L1 loss, Adam 1e-3, batches of 8
-   windows, random left-right flips) for ``--minutes`` of wall time; every 200 steps it is scored on the
-   validation patient's real body windows (normalised cross-correlation with their true spine-only X-rays), the
-   best is kept (``<out>/stage2d.pt``) and the whole state is saved (``<out>/last.pt``): a second call resumes and
-   trains ``--minutes`` more.
-3. The 3-D model trained on spine-only X-rays (``configs/lab/recipes/spine_only.json``) reconstructs each
-   validation vertebra from its true spine-only views, from the 2-D stage's views, and from the 2-D stage's views of
-   the vertebra seven places further (the swap test); Dice at -500 HU by MONAI's ``compute_dice``. Written to
-   ``<out>/report.json``.
+   window shift and pose (``configs/body.json``), three X-rays of the window, each as
+   :class:`~scripts.networks.TwoStageEAR` sees it (expanded and read back): the whole body (``DRRd`` of the
+   patient's scan, 10^6 photons), the spine alone (:class:`scripts.transforms.SpineDRRd`) and the isolated
+   vertebra (``DRRd`` of ``gt``, noise-free). The pool is kept in ``<out>/pool_raw_<draws>_<seed>.pt`` and reused.
+2. A 2-D MONAI ``BasicUNet`` maps each z-scored body view to the ``--target`` view (``spine``: the spine alone;
+   ``isolated``: the vertebra alone) by an L1 loss (Adam 1e-3, batches of 8 windows, random left-right flips) for
+   ``--minutes`` of wall time. With probability ``--mix`` a window's body X-ray is replaced by its spine-only X-ray
+   plus the rest of the body (body minus spine) of another window of the pool: line integrals add, so this is a
+   body X-ray of the same spine in other surroundings, and 4 training patients give the stage many more. The
+   realism draws of ``configs/body.json`` follow, drawn anew at every step. Every 200 steps it is scored on the
+   validation patient's body windows (normalised cross-correlation with their true target views), the best is
+   kept (``<out>/stage2d.pt``) and the whole state is saved (``<out>/last.pt``): a second call resumes and trains
+   ``--minutes`` more.
+3. ``--model_3d``, an EAR trained on the target's X-rays (``configs/lab/recipes/spine_only.json`` for ``spine``,
+   the shipped ``models/cpu/model.pt`` for ``isolated``), reconstructs each validation vertebra from its true
+   target views, from the 2-D stage's views, and from the 2-D stage's views of the vertebra seven places further
+   (the swap test); Dice at -500 HU by MONAI's ``compute_dice``. Written to ``<out>/report.json``.
 
 ``combine`` writes the two stages' weights as one :class:`~scripts.networks.TwoStageEAR` state dict, the
 ``--pretrained`` of a joint fine-tune with ``configs/lab/recipes/two_stage.json``.
@@ -56,6 +61,8 @@ def train(
     model_3d: str = "runs/spine_only/models/model.pt",
     minutes: float = 14.0,
     draws: int = 8,
+    mix: float = 0.5,
+    target: str = "spine",
     seed: int = 0,
     out: str = "runs/spine_stage",
 ) -> dict[str, Any]:
@@ -79,8 +86,12 @@ def train(
     parser["dataset_dir"] = dataset_dir
     parser["probe_training"] = "$@scripts.workflow.load_split(@dataset_dir, 'training', 'body')"
     parser["probe_validation"] = "$@scripts.workflow.load_split(@dataset_dir, 'validation', 'body')"
+    if target not in ("spine", "isolated"):
+        raise ValueError(f"target must be 'spine' or 'isolated', got {target!r}.")
     spine = SpineDRRd(dataset_dir, angles=_VIEWS)
     body = DRRd("body", ref_key="gt", output_keys="p_b", angles=_VIEWS, photon_count=1e6)
+    isolated = DRRd("gt", ref_key="gt", output_keys="p_v", angles=_VIEWS, photon_count=None)
+    k_target = 1 if target == "spine" else 2
     draw = Compose(
         parser.get_parsed_content("load_transforms")
         + parser.get_parsed_content("window_transforms")
@@ -96,25 +107,24 @@ def train(
 
     t0 = time.perf_counter()
     Path(out).mkdir(parents=True, exist_ok=True)
-    pool_file = Path(out) / f"pool_grid_{draws}_{seed}.pt"
+    pool_file = Path(out) / f"pool_raw_{draws}_{seed}.pt"
     pool = torch.load(pool_file, weights_only=True) if pool_file.exists() else []
     for k in range(0 if pool else int(draws)):
         for item in parser.get_parsed_content("probe_training"):
             draw.set_random_state(seed=item_seed(item["id"], 1000 * seed + k))
             body.set_random_state(seed=item_seed(item["id"], 1000 * seed + k + 1))
-            d = spine(body(draw(dict(item))))
-            x = realism.set_random_state(seed=item_seed(item["id"], 1000 * seed + k + 2))({"drr": d["p_b"]})["drr"]
-            pool.append(
-                (grid_views(d, MetaTensor(torch.as_tensor(x), meta=dict(d["drr"].meta))), grid_views(d, d["drr"]))
-            )
+            d = isolated(spine(body(draw(dict(item)))))
+            spacing = torch.as_tensor(np.asarray(d["drr"].meta.get("pixel_spacing", [1.0, 1.0]), dtype=np.float64))
+            views = [grid_views(d, d[key]) for key in ("p_b", "drr", "p_v")]
+            pool.append((*views, spacing.reshape(-1)[:2]))
     if not pool_file.exists():
         torch.save(pool, pool_file)
     pool_s = time.perf_counter() - t0
     load = Compose(parser.get_parsed_content("load_transforms"))
     seeded = SeededDRRd("body", ref_key="gt", output_keys="p_b", angles=_VIEWS, photon_count=1e6)
-    val = [spine(seeded(load(dict(it)))) for it in parser.get_parsed_content("probe_validation")]
+    val = [isolated(spine(seeded(load(dict(it))))) for it in parser.get_parsed_content("probe_validation")]
     vx = torch.stack([grid_views(v, v["p_b"]) for v in val])
-    vy = torch.stack([grid_views(v, v["drr"]) for v in val])
+    vy = torch.stack([grid_views(v, v["drr" if target == "spine" else "p_v"]) for v in val])
     net = TwoStageEAR().view_net  # the view stage exactly as TwoStageEAR builds it
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
 
@@ -123,7 +133,7 @@ def train(
         return net(zscore_views(x).reshape(b * v, 1, h, w)).reshape(b, v, h, w)
 
     weights, last = Path(out) / "stage2d.pt", Path(out) / "last.pt"
-    baseline = _ncc(torch.stack([q[1] for q in pool]).mean(0).expand_as(vy), vy)
+    baseline = _ncc(torch.stack([q[k_target] for q in pool]).mean(0).expand_as(vy), vy)
     curve, best, step, start = [], -1.0, 0, time.perf_counter()
     if last.exists():  # resume: the run goes on for --minutes more
         state = torch.load(last, weights_only=False)
@@ -131,9 +141,40 @@ def train(
         opt.load_state_dict(state["opt"])
         curve, best, step = state["curve"], state["best"], state["step"]
         rng.set_state(state["rng"])
+
+    def sample(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Window ``i``'s target views and a body X-ray of them: its own, or (``mix``) its spine in the rest of
+        the body of another window (line integrals add), then the realism draws."""
+        body_i, spine_i, spacing = pool[i][0], pool[i][1], pool[i][3]
+        x = body_i
+        if rng.rand() < mix:
+            j = int(rng.randint(len(pool)))
+            x = spine_i + (pool[j][0] - pool[j][1])
+        x = MetaTensor(x.clone(), meta={"pixel_spacing": spacing.tolist()})
+        x = realism.set_random_state(seed=int(rng.randint(2**31)))({"drr": x})["drr"]
+        return torch.as_tensor(x).float(), pool[i][k_target]
+
+    def checkpoint(loss: float) -> None:
+        """Score on the validation windows, keep the best, save the whole state (atomically)."""
+        nonlocal best
+        net.eval()
+        with torch.no_grad():
+            score = _ncc(stage(vx), vy)
+        net.train()
+        curve.append({"step": step, "loss": round(loss, 4), "val_ncc": round(score, 4)})
+        print(json.dumps(curve[-1]), flush=True)
+        if score > best:
+            best = score
+            torch.save(net.state_dict(), weights)
+        state = {"net": net.state_dict(), "opt": opt.state_dict(), "curve": curve, "best": best, "step": step,
+                 "rng": rng.get_state()}  # fmt: skip
+        torch.save(state, last.with_suffix(".tmp"))
+        os.replace(last.with_suffix(".tmp"), last)
+
+    loss = torch.zeros(())
     while time.perf_counter() - start < minutes * 60:
-        idx = rng.randint(len(pool), size=8)
-        x, y = torch.stack([pool[i][0] for i in idx]), torch.stack([pool[i][1] for i in idx])
+        batch = [sample(int(i)) for i in rng.randint(len(pool), size=8)]
+        x, y = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
         if rng.rand() < 0.5:
             x, y = x.flip(-1), y.flip(-1)
         loss = F.l1_loss(stage(x), y)
@@ -142,19 +183,9 @@ def train(
         opt.step()
         step += 1
         if step % 200 == 0:
-            net.eval()
-            with torch.no_grad():
-                score = _ncc(stage(vx), vy)
-            net.train()
-            curve.append({"step": step, "loss": round(float(loss.detach()), 4), "val_ncc": round(score, 4)})
-            print(json.dumps(curve[-1]), flush=True)
-            if score > best:
-                best = score
-                torch.save(net.state_dict(), weights)
-            state = {"net": net.state_dict(), "opt": opt.state_dict(), "curve": curve, "best": best, "step": step,
-                     "rng": rng.get_state()}  # fmt: skip
-            torch.save(state, last.with_suffix(".tmp"))
-            os.replace(last.with_suffix(".tmp"), last)
+            checkpoint(float(loss.detach()))
+    if not curve or curve[-1]["step"] != step:
+        checkpoint(float(loss.detach()))
     net.load_state_dict(torch.load(weights, weights_only=True))
     net.eval()
     p3 = ConfigParser()
@@ -182,16 +213,17 @@ def train(
             rec = model(volume(torch.stack([vy[i], predicted[i], predicted[other]])))[:, 0]
             gt = (v["gt"][0] - stats["gt_mean"]) / stats["gt_std"]
             rows.append(
-                {"id": v["id"], **{k: dice(r, gt) for k, r in zip(("true_spine", "stage_own", "stage_swapped"), rec)}}
+                {"id": v["id"], **{k: dice(r, gt) for k, r in zip(("true_target", "stage_own", "stage_swapped"), rec)}}
             )
-    means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("true_spine", "stage_own", "stage_swapped")}
+    means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("true_target", "stage_own", "stage_swapped")}
     report = {
-        "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "pool": len(pool),
-        "pool_seconds": round(pool_s, 1), "steps": step, "minutes": minutes, "val_ncc_best": round(best, 4),
-        "val_ncc_mean_spine_baseline": round(baseline, 4), "curve": curve, "mean_dice": means, "vertebrae": rows,
+        "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
+        "pool": len(pool), "pool_seconds": round(pool_s, 1), "steps": step, "minutes": minutes,
+        "val_ncc_best": round(best, 4), "val_ncc_mean_target_baseline": round(baseline, 4), "curve": curve,
+        "mean_dice": means, "vertebrae": rows,
     }  # fmt: skip
     (Path(out) / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps({"val_ncc_best": report["val_ncc_best"], "baseline": report["val_ncc_mean_spine_baseline"],
+    print(json.dumps({"val_ncc_best": report["val_ncc_best"], "baseline": report["val_ncc_mean_target_baseline"],
                       "mean_dice": means}))  # fmt: skip
     return report
 
