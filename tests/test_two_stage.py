@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from scripts.errors import BundleInputError
 from scripts.networks import EAR, TwoStageEAR, stack_views, volume_from_views
-from scripts.networks.model_info import MODEL_INFO_KEYS
+from scripts.networks.model_info import attach_model_info, read_model_info
 from scripts.networks.two_stage import zscore_views
 from scripts.tools.spine_stage import combine
 from torch import nn
@@ -74,17 +75,27 @@ def test_carries_a_contract_and_refuses_bad_input():
         TwoStageEAR(in_channels=3)
 
 
-def test_combine_loads_into_the_two_stage_network(tmp_path):
+def test_combine_writes_a_two_stage_model_with_the_ear_contract(tmp_path):
     torch.manual_seed(2)
     view = TwoStageEAR(channels=SMALL, view_features=VIEW).view_net
-    ear = EAR(channels=SMALL)
+    ear = attach_model_info(
+        EAR(channels=SMALL), {"gt_mean": -900.0, "gt_std": 200.0}, 2.0, 32, [[0, 0], [90, 0]], "replicate",
+        {"channels": list(SMALL), "drr_source": "gt"},
+    )  # fmt: skip
     torch.save(view.state_dict(), tmp_path / "stage2d.pt")
     torch.save(ear.state_dict(), tmp_path / "ear.pt")
-    path = combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "init.pt"))
-    net = _net()
-    missing, unexpected = net.load_state_dict(torch.load(path, weights_only=True), strict=False)
-    assert not unexpected and set(missing) <= set(MODEL_INFO_KEYS)  # only the whole model's own contract
+    path = combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "two_stage.pt"))
+    info = read_model_info(str(path))
+    assert (info["gt_mean"], info["gt_std"], info["spacing"], info["roi_size"]) == (-900.0, 200.0, 2.0, 32)
+    record = info["record"]
+    assert record["network"] == "TwoStageEAR" and record["drr_source"] == "body"
+    assert record["view_stage"]["file"] == "stage2d.pt" and len(record["view_stage"]["sha256"]) == 64
+    assert record["volume_stage"] == {"file": "ear.pt", "drr_source": "gt"}
+    net = TwoStageEAR(channels=SMALL, view_features=VIEW)
+    net.load_state_dict(torch.load(path, weights_only=True))  # strict: every tensor, and the contract's fingerprint
     for part, source in ((net.volume_net, ear), (net.view_net, view)):
         loaded = part.state_dict()
         for k, v in source.state_dict().items():
             torch.testing.assert_close(loaded[k], v, rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(BundleInputError, match="another"):
+        EAR(channels=SMALL).load_state_dict(torch.load(path, weights_only=True), strict=False)

@@ -48,6 +48,9 @@ __all__ = ["train", "combine"]
 
 ROOT = Path(__file__).resolve().parents[2]
 _VIEWS = [[0.0, 0.0], [90.0, 0.0]]
+#: a BasicUNet state dict's convolutions whose output widths are its six ``features``
+_VIEW_FEATURE_KEYS = ("conv_0.conv_0", "down_1.convs.conv_0", "down_2.convs.conv_0", "down_3.convs.conv_0",
+                      "down_4.convs.conv_0", "upcat_1.convs.conv_0")  # fmt: skip
 
 
 def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -228,23 +231,49 @@ def train(
     return report
 
 
-def combine(view_weights: str, volume_weights: str, out: str) -> Path:
-    """One :class:`~scripts.networks.TwoStageEAR` state dict from a view stage and an EAR model.
+def combine(view_weights: str, volume_weights: str, out: str, drr_source: str = "body") -> Path:
+    """One :class:`~scripts.networks.TwoStageEAR` model file from a view stage and an EAR model, with its contract.
+
+    The whole model's contract is the EAR model's (intensity statistics, spacing, crop size, views, expansion
+    mode, record), with the network, the architecture fingerprint, the X-ray source it reads (``drr_source``)
+    and the view stage's file and SHA-256 recorded. The file runs as it is (``--ckpt_dir``, inference and
+    evaluation with ``configs/lab/recipes/two_stage.json``) and is the ``--pretrained`` of a joint fine-tune.
 
     Args:
         view_weights: the view stage's ``BasicUNet`` state dict (``train``'s ``stage2d.pt``).
-        volume_weights: an EAR ``model.pt`` (e.g. trained with ``configs/lab/recipes/spine_only.json``); its contract
-            stays with it, under ``volume_net``.
+        volume_weights: an EAR ``model.pt`` of this bundle; its own contract stays with it, under ``volume_net``.
         out: the file to write (atomically).
+        drr_source: the X-ray source the combined model reads (recorded, e.g. ``body``).
     """
-    from scripts.networks.model_info import load_state_dict_file
+    import hashlib
+
+    from scripts.networks import TwoStageEAR, attach_model_info
+    from scripts.networks.model_info import load_state_dict_file, read_model_info
 
     view = torch.load(view_weights, map_location="cpu", weights_only=True)
     volume = load_state_dict_file(volume_weights)
-    state = {**{f"view_net.{k}": v for k, v in view.items()}, **{f"volume_net.{k}": v for k, v in volume.items()}}
+    info = read_model_info(volume)
+    record = dict(info["record"])
+    features = [int(view[f"{k}.conv.weight"].shape[0]) for k in _VIEW_FEATURE_KEYS]  # BasicUNet's six widths
+    record["view_features"] = features
+    net = TwoStageEAR(channels=record.get("channels", (16, 32, 64, 128, 256)), view_features=features)
+    net.view_net.load_state_dict(view)
+    net.volume_net.load_state_dict(volume)
+    sha = hashlib.sha256(Path(view_weights).read_bytes()).hexdigest()
+    version = json.loads((ROOT / "configs" / "metadata.json").read_text())["version"]
+    record.update(
+        {"drr_source": drr_source, "bundle_version": version, "view_stage": {"file": Path(view_weights).name,
+         "sha256": sha}, "volume_stage": {"file": Path(volume_weights).name, **{k: info["record"][k] for k in
+         ("bundle_version", "drr_source") if k in info["record"]}}}
+    )  # fmt: skip
+    record.pop("network", None)
+    attach_model_info(
+        net, {"gt_mean": info["gt_mean"], "gt_std": info["gt_std"]}, info["spacing"], info["roi_size"],
+        info["views"], info["expansion_mode"], record,
+    )  # fmt: skip
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path.with_suffix(".tmp"))
+    torch.save(net.state_dict(), path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
     return path
 
