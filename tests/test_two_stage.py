@@ -99,3 +99,17 @@ def test_combine_writes_a_two_stage_model_with_the_ear_contract(tmp_path):
             torch.testing.assert_close(loaded[k], v, rtol=0, atol=0, equal_nan=True)
     with pytest.raises(BundleInputError, match="another"):
         EAR(channels=SMALL).load_state_dict(torch.load(path, weights_only=True), strict=False)
+
+
+def test_joint_views_read_both_views_at_once():
+    torch.manual_seed(3)
+    net = TwoStageEAR(channels=SMALL, view_features=VIEW, joint_views=True).eval()
+    assert net.view_net.conv_0.conv_0.conv.in_channels == 2 and net.view_net.final_conv.out_channels == 2
+    x = _expanded(1)
+    with torch.no_grad():
+        out = net(x)
+        # changing the lateral view changes the AP view's stage output: the views are read together
+        y = x.clone()
+        y[:, 1] = y[:, 1] + torch.randn_like(y[:, 1:2].mean(2, keepdim=True).expand_as(y[:, 1:2]))[:, 0]
+        assert not torch.allclose(net.spine_views(x)[:, 0], net.spine_views(y)[:, 0])
+        assert torch.allclose(torch.jit.script(net)(x), out, atol=1e-5)

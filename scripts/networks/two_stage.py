@@ -48,6 +48,8 @@ class TwoStageEAR(nn.Module):
         out_channels: output channels of EAR.
         channels: widths of EAR's five levels.
         view_features: the six feature widths of the view stage's BasicUNet.
+        joint_views: the view stage reads both views at once (two channels in, two out), so that each view's
+            output can use the other (they share the long axis: image rows); else one view at a time.
         use_abs, use_fem, use_eam: EAR's module switches.
 
     Raises:
@@ -61,6 +63,7 @@ class TwoStageEAR(nn.Module):
         out_channels: int = 1,
         channels: Sequence[int] = (16, 32, 64, 128, 256),
         view_features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        joint_views: bool = False,
         use_abs: bool = True,
         use_fem: bool = True,
         use_eam: bool = True,
@@ -70,8 +73,10 @@ class TwoStageEAR(nn.Module):
             raise ValueError(f"TwoStageEAR reads two views (AP and lateral): in_channels must be 2, got {in_channels}.")
         self.in_channels = 2
         self.divisor = 32
+        self.joint_views = bool(joint_views)
+        width = 2 if self.joint_views else 1
         self.view_net = BasicUNet(
-            spatial_dims=2, in_channels=1, out_channels=1, features=tuple(int(f) for f in view_features)
+            spatial_dims=2, in_channels=width, out_channels=width, features=tuple(int(f) for f in view_features)
         )
         self.volume_net = EAR(2, out_channels, channels, use_abs=use_abs, use_fem=use_fem, use_eam=use_eam)
         attach_model_info(self)  # the contract of the whole model; volume_net keeps its own (its pretraining's)
@@ -79,6 +84,8 @@ class TwoStageEAR(nn.Module):
     def spine_views(self, x: torch.Tensor) -> torch.Tensor:
         """The view stage's output for an expanded pair ``x``: ``(B, 2, Z, X)`` spine-only views, z-scored."""
         views = zscore_views(stack_views(x))
+        if self.joint_views:
+            return zscore_views(self.view_net(views))
         b, v, h, w = views.shape
         return zscore_views(self.view_net(views.reshape(b * v, 1, h, w)).reshape(b, v, h, w))
 

@@ -15,8 +15,9 @@ Usage::
    :class:`~scripts.networks.TwoStageEAR` sees it (expanded and read back): the whole body (``DRRd`` of the
    patient's scan, 10^6 photons), the spine alone (:class:`scripts.transforms.SpineDRRd`) and the isolated
    vertebra (``DRRd`` of ``gt``, noise-free). The pool is kept in ``<out>/pool_raw_<draws>_<seed>.pt`` and reused.
-2. A 2-D MONAI ``BasicUNet`` maps each z-scored body view to the ``--target`` view (``spine``: the spine alone;
-   ``isolated``: the vertebra alone) by an L1 loss (Adam 1e-3, batches of 8 windows, random left-right flips) for
+2. A 2-D MONAI ``BasicUNet`` maps each z-scored body view (or both at once, as two channels, with
+   ``--joint_views True``) to the ``--target`` view (``spine``: the spine alone; ``isolated``: the vertebra alone)
+   by an L1 loss (Adam 1e-3, batches of 8 windows, random left-right flips) for
    ``--minutes`` of wall time. With probability ``--mix`` a window's body X-ray is replaced by its spine-only X-ray
    plus the rest of the body (body minus spine) of another window of the pool: line integrals add, so this is a
    body X-ray of the same spine in other surroundings, and 4 training patients give the stage many more. The
@@ -66,6 +67,7 @@ def train(
     draws: int = 8,
     mix: float = 0.5,
     target: str = "spine",
+    joint_views: bool = False,
     seed: int = 0,
     out: str = "runs/spine_stage",
 ) -> dict[str, Any]:
@@ -128,10 +130,12 @@ def train(
     val = [isolated(spine(seeded(load(dict(it))))) for it in parser.get_parsed_content("probe_validation")]
     vx = torch.stack([grid_views(v, v["p_b"]) for v in val])
     vy = torch.stack([grid_views(v, v["drr" if target == "spine" else "p_v"]) for v in val])
-    net = TwoStageEAR().view_net  # the view stage exactly as TwoStageEAR builds it
+    net = TwoStageEAR(joint_views=joint_views).view_net  # the view stage exactly as TwoStageEAR builds it
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
 
     def stage(x: torch.Tensor) -> torch.Tensor:
+        if joint_views:
+            return net(zscore_views(x))
         b, v, h, w = x.shape
         return net(zscore_views(x).reshape(b * v, 1, h, w)).reshape(b, v, h, w)
 
@@ -221,7 +225,8 @@ def train(
     means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("true_target", "stage_own", "stage_swapped")}
     report = {
         "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
-        "pool": len(pool), "pool_seconds": round(pool_s, 1), "steps": step, "minutes": minutes,
+        "joint_views": joint_views, "pool": len(pool), "pool_seconds": round(pool_s, 1), "steps": step,
+        "minutes": minutes,
         "val_ncc_best": round(best, 4), "val_ncc_mean_target_baseline": round(baseline, 4), "curve": curve,
         "mean_dice": means, "vertebrae": rows,
     }  # fmt: skip
@@ -255,8 +260,11 @@ def combine(view_weights: str, volume_weights: str, out: str, drr_source: str = 
     info = read_model_info(volume)
     record = dict(info["record"])
     features = [int(view[f"{k}.conv.weight"].shape[0]) for k in _VIEW_FEATURE_KEYS]  # BasicUNet's six widths
-    record["view_features"] = features
-    net = TwoStageEAR(channels=record.get("channels", (16, 32, 64, 128, 256)), view_features=features)
+    joint = int(view["conv_0.conv_0.conv.weight"].shape[1]) == 2  # both views as channels
+    record.update({"view_features": features, "joint_views": joint})
+    net = TwoStageEAR(
+        channels=record.get("channels", (16, 32, 64, 128, 256)), view_features=features, joint_views=joint
+    )
     net.view_net.load_state_dict(view)
     net.volume_net.load_state_dict(volume)
     sha = hashlib.sha256(Path(view_weights).read_bytes()).hexdigest()
