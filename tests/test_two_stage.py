@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from scripts.errors import BundleInputError
@@ -68,7 +70,9 @@ def test_torchscript_matches_eager():
 def test_carries_a_contract_and_refuses_bad_input():
     net = _net()
     own = dict(net.named_buffers(recurse=False))
-    assert "model_contract" in own and torch.isnan(own["hu_mean"]).all()  # the contract, empty until trained
+    assert "model_contract" in own and torch.isnan(own["hu_mean"]).all()  # the statistics, unknown until trained
+    record = json.loads(bytes(own["model_contract"].tolist()).rstrip(b"\0"))["record"]
+    assert record == {"network": "TwoStageEAR", "view_features": list(VIEW), "joint_views": False}
     with pytest.raises(ValueError, match="2 input channels"):
         net(torch.zeros(1, 3, 32, 32, 32))
     with pytest.raises(ValueError, match="in_channels must be 2"):

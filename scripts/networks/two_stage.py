@@ -79,7 +79,11 @@ class TwoStageEAR(nn.Module):
             spatial_dims=2, in_channels=width, out_channels=width, features=tuple(int(f) for f in view_features)
         )
         self.volume_net = EAR(2, out_channels, channels, use_abs=use_abs, use_fem=use_fem, use_eam=use_eam)
-        attach_model_info(self)  # the contract of the whole model; volume_net keeps its own (its pretraining's)
+        # the contract of the whole model (volume_net keeps its own, its pretraining's); its record starts with the
+        # view stage's shape, which training keeps, so inference configs can rebuild this network from the file
+        attach_model_info(
+            self, record={"view_features": [int(f) for f in view_features], "joint_views": self.joint_views}
+        )
 
     def spine_views(self, x: torch.Tensor) -> torch.Tensor:
         """The view stage's output for an expanded pair ``x``: ``(B, 2, Z, X)`` spine-only views, z-scored."""
