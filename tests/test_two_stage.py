@@ -117,3 +117,23 @@ def test_joint_views_read_both_views_at_once():
         y[:, 1] = y[:, 1] + torch.randn_like(y[:, 1:2].mean(2, keepdim=True).expand_as(y[:, 1:2]))[:, 0]
         assert not torch.allclose(net.spine_views(x)[:, 0], net.spine_views(y)[:, 0])
         assert torch.allclose(torch.jit.script(net)(x), out, atol=1e-5)
+
+
+def test_the_lab_overlay_rebuilds_the_network_from_the_model_file(tmp_path):
+    from monai.bundle import ConfigParser
+    from tests.conftest import BUNDLE_ROOT
+
+    view = TwoStageEAR(channels=SMALL, view_features=VIEW, joint_views=True).view_net
+    ear = attach_model_info(
+        EAR(channels=SMALL), {"gt_mean": -900.0, "gt_std": 200.0}, 2.0, 32, [[0, 0], [90, 0]], "replicate",
+        {"channels": list(SMALL)},
+    )  # fmt: skip
+    torch.save(view.state_dict(), tmp_path / "stage2d.pt")
+    torch.save(ear.state_dict(), tmp_path / "ear.pt")
+    combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "ckpt" / "model.pt"))
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / c) for c in ("inference.json", "lab/two_stage_model.json")])
+    parser["ckpt_dir"] = str(tmp_path / "ckpt")
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, TwoStageEAR) and net.joint_views
+    net.load_state_dict(torch.load(tmp_path / "ckpt" / "model.pt", weights_only=True))  # strict: the same shapes
