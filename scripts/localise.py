@@ -748,8 +748,10 @@ def localise_vertebrae(
             "points in 3-D; fix: give two different directions (AP and lateral), or check the files' view tags."
         )
     pin = parse_level_pin(pin)
+    matching = DEFAULT_MATCHING if matching is None else matching
+    if matching not in MATCHING_MODES:
+        raise BundleInputError(f"matching={matching!r}: use one of {', '.join(MATCHING_MODES)}.")
     net = load_finder(network)
-    dets = []
     low = min(float(threshold), CANDIDATE_THRESHOLD)
     dets, maps = [], []
     for image, view, name in zip(images, views, names):
@@ -763,9 +765,6 @@ def localise_vertebrae(
                 "image shows the spine, bone bright, at its stated pixel spacing."
             )
         dets.append(det)
-    matching = DEFAULT_MATCHING if matching is None else matching
-    if matching not in MATCHING_MODES:
-        raise BundleInputError(f"matching={matching!r}: use one of {', '.join(MATCHING_MODES)}.")
     if matching == "epipolar":
         found = _found_epipolar(views, dets, maps, threshold)
         other = [min(f["scores"]) for f in found]
