@@ -208,10 +208,11 @@ def test_the_guide_names_what_exists():
 # --- the server check's helpers --------------------------------------------------------------------------
 
 
-def test_monai_label_requirements_keep_the_bundle_pins_but_numpy_and_pydicom():
+def test_monai_label_requirements_keep_the_bundle_pins_but_numpy_pydicom_and_jsonschema():
     lines, torch_version = requirements_for_monailabel((ROOT / "requirements.txt").read_text())
     assert torch_version == "2.13.0" and "torch==2.13.0" in lines
     assert "numpy<2" in lines and "pydicom<3" in lines and not any(x.startswith("numpy==") for x in lines)
+    assert "jsonschema<4" in lines and not any(x.startswith("jsonschema==") for x in lines)  # pydicom-seg 0.4.1
     assert lines[-2:] == ["torchvision==0.28.0", "monailabel==0.8.5"]
     assert "monai==1.6.1" in lines
     assert matching_torchvision("2.9.1") == "0.24.1" and matching_torchvision("2.13.0+cpu") == "0.28.0"

@@ -10,8 +10,9 @@ Usage (from the bundle root, with the bundle's own environment)::
 Steps, each logged with its command and wall time:
 
 1. make a separate environment (default ``.venv-monailabel`` in the bundle root) and install
-   ``monailabel==0.8.5`` beside the bundle's pinned requirements there, with ``numpy<2`` and ``pydicom<3``
-   (MONAI Label's ``pydicom-seg`` needs both) and the torchvision release that matches the pinned torch;
+   ``monailabel==0.8.5`` beside the bundle's pinned requirements there, with ``numpy<2``, ``pydicom<3`` and
+   ``jsonschema<4`` (MONAI Label's ``pydicom-seg`` needs them) and the torchvision release that matches the pinned
+   torch;
    ``--torch_index`` adds a package index for torch / torchvision builds (e.g. a CPU wheel index). If
    torchvision then cannot be imported (its wheel built for another torch variant), it is uninstalled and
    that is written into the transcript (neither MONAI Label's server nor the adapter imports it).
@@ -21,9 +22,11 @@ Steps, each logged with its command and wall time:
    ``<id>_frontal.png`` + ``<id>_side.png`` with a sidecar ``<id>_frontal.json``, and one AP image without
    its lateral partner;
 3. write the app folder and start ``monailabel start_server`` on a free local port;
-4. send ``GET /info/`` and three ``POST /infer/ear?image=<id>`` requests (volume by naming convention, mesh
-   by sidecar, a missing partner) and check the answers: a NIfTI of the model's crop size with HU values,
-   its Dice against the vertebra's ground truth, a binary STL, and HTTP 400 naming the missing file;
+4. send ``GET /info/``, three ``POST /infer/ear?image=<id>`` requests (volume by naming convention, mesh
+   by sidecar, a missing partner) and one ``POST /infer/spine?image=spine_lat`` (the example scan's two full
+   radiographs) and check the answers: a NIfTI of the model's crop size with HU values, its Dice against the
+   vertebra's ground truth, a binary STL, HTTP 400 naming the missing file, and a label map of the vertebrae
+   found with a confidence for each;
 5. stop the server, check that the server's work folder is empty again and that nothing was written into
    the bundle folder, draw a preview of the answer and write ``transcript.md`` + ``preview.png``.
 
@@ -63,7 +66,7 @@ __all__ = ["main", "run_check", "requirements_for_monailabel", "matching_torchvi
 
 MONAILABEL_VERSION = "0.8.5"
 #: requirement lines of the bundle replaced in the MONAI Label environment (MONAI Label's own limits)
-REPLACED_PINS = {"numpy": "numpy<2", "pydicom": "pydicom<3"}
+REPLACED_PINS = {"numpy": "numpy<2", "pydicom": "pydicom<3", "jsonschema": "jsonschema<4"}
 DEFAULT_CONFIGS = "configs/inference.json,configs/cpu.json"
 SERVER_START_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 600.0
@@ -288,11 +291,22 @@ def prepare_datastore(work: Path, roi: int, spacing: float, transcript: Transcri
     }
     (store / f"{other['id']}_frontal.json").write_text(json.dumps(sidecar) + "\n")
     shutil.copyfile(ap, store / "lone_ap.png")
+    # two full radiographs of the example's whole scan for the task spine, turning about the vertebrae's mean centre
+    items = [it for key in ("training", "validation", "test") for it in datalist.get(key, [])]
+    centre = [round(float(sum(it["centre_mm"][k] for it in items) / len(items)), 1) for k in range(3)]
+    rad = work / "radiographs"
+    sim_rad = [py, "-m", "scripts.simulate", "radiographs", "--ct", str(data / test["body"]), "--out", str(rad),
+               "--isocentre", json.dumps(centre), "--overwrite", "True"]  # fmt: skip
+    _run(sim_rad, log, transcript, cwd=BUNDLE_ROOT)
+    shutil.copyfile(rad / "ap.dcm", store / "spine_ap.dcm")
+    shutil.copyfile(rad / "lateral.dcm", store / "spine_lat.dcm")
     listing = "\n".join(sorted(p.name for p in store.iterdir()))
     transcript.add(
         f"Datastore (`$WORK/datastore`): the test vertebra {test['id']} by the naming convention, the "
         f"{'validation' if datalist.get('validation') else 'training'} vertebra {other['id']} by a sidecar JSON, "
-        "and an AP image without its lateral view:\n\n```text\n" + listing + "\n```\n\n"
+        "an AP image without its lateral view, and the whole scan's AP and lateral full radiographs (DICOM, "
+        "`python -m scripts.simulate radiographs`, isocentre at the vertebrae's mean centre "
+        f"{centre} mm) for the task `spine`:\n\n```text\n" + listing + "\n```\n\n"
         f"`{other['id']}_frontal.json`:\n\n```json\n{json.dumps(sidecar)}\n```\n\n"
         f"The example scan ({test['id'].rsplit('_', 1)[0]}) is one of the training patients of "
         "`models/cpu/model.pt`, so the Dice below is on a training vertebra: it shows that the served "
@@ -495,6 +509,7 @@ def run_check(
             + "\n```"
         )
         transcript.check("ear" in info_json.get("models", {}), "/info/ lists the infer task `ear`")
+        transcript.check("spine" in info_json.get("models", {}), "/info/ lists the infer task `spine`")
 
         # 1) naming convention, default answer: multipart (params JSON + the NIfTI volume)
         image_id = f"{test['id']}_ap"
@@ -581,6 +596,41 @@ def run_check(
         transcript.add(_exchange_md("A view without its partner: image `lone_ap`", resp, curl, f"\nBody: `{body}`"))
         transcript.numbers.append(f"lone_ap (no partner): HTTP {resp.status}")
         transcript.check(resp.status == 400 and "lone_lat" in body, "missing partner: HTTP 400 naming lone_lat")
+
+        # 4) the task spine: two full radiographs in, the label map of every vertebra and the spine report out
+        resp = request("POST", f"{base}/infer/spine?image=spine_lat", {"params": "{}"})
+        curl = f"curl -X POST '{base}/infer/spine?image=spine_lat' -F 'params={{}}'"
+        extra, levels, report = "", [], {}
+        if resp.status == 200 and resp.headers.get("content-type", "").startswith("multipart/"):
+            import nibabel as nib
+            import numpy as np
+
+            parts = parse_multipart(resp.body, resp.headers["content-type"])
+            report = json.loads(parts["params"][1]) if "params" in parts else {}
+            labels_file = work / "answer_spine_labels.nii.gz"
+            labels_file.write_bytes(parts.get("image", ({}, b""))[1])
+            values = np.unique(np.asarray(nib.load(str(labels_file)).dataobj))
+            levels = [int(v) for v in values if v != 0]
+            found = report.get("vertebrae", {})
+            extra = (
+                f"\nParts: {', '.join(f'`{k}` ({len(v[1])} bytes)' for k, v in parts.items())}. The label map holds "
+                f"the values {levels}; the report names {len(found)} vertebrae: "
+                + ", ".join(f"{k} (confidence {v.get('confidence', float('nan')):.2f})" for k, v in found.items())
+                + "."
+            )
+        transcript.add(_exchange_md("The whole spine: image `spine_lat` (task `spine`)", resp, curl, extra))
+        found = report.get("vertebrae", {})
+        transcript.numbers.append(
+            f"spine_lat (task spine): HTTP {resp.status} in {resp.seconds:.2f} s, {len(found)} vertebrae "
+            f"({', '.join(found)}), label values {levels}"
+        )
+        transcript.check(resp.status == 200, "infer spine_lat (task spine): HTTP 200")
+        transcript.check(
+            len(levels) >= 3 and len(levels) == len(found), "a label map of 3 or more vertebrae, as reported"
+        )
+        transcript.check(
+            all(0.0 <= v.get("confidence", -1.0) <= 1.0 for v in found.values()), "each vertebra carries a confidence"
+        )
     finally:
         code = _stop(proc)
     transcript.add(f"\n## 5. After the requests\n\nServer stopped with SIGINT (exit {code}).")
