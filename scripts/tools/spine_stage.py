@@ -1,12 +1,11 @@
 # Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
-"""The view stage of :class:`scripts.networks.TwoStageEAR`: train it, then join it to a spine-alone EAR.
+"""The view stage of :class:`scripts.networks.TwoStageEAR`: train it, then join it to an EAR model file.
 
 Usage::
 
-    python -m scripts.tools.spine_stage train --dataset_dir data/body64 --model_3d runs/spine_only/models/model.pt \\
-        --minutes 40 --draws 24 --out runs/spine_stage
+    python -m scripts.tools.spine_stage train --dataset_dir data/body64 --out runs/spine_stage
     python -m scripts.tools.spine_stage combine --view_weights runs/spine_stage/stage2d.pt \\
-        --volume_weights runs/spine_only/models/model.pt --out runs/two_stage_init.pt
+        --volume_weights models/cpu/model.pt --out runs/two_stage/model.pt
 
 ``train``:
 
@@ -62,16 +61,19 @@ def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def train(
     dataset_dir: str = "data/body64",
-    model_3d: str = "runs/spine_only/models/model.pt",
-    minutes: float = 14.0,
-    draws: int = 8,
-    mix: float = 0.5,
-    target: str = "spine",
-    joint_views: bool = False,
+    model_3d: str = "models/cpu/model.pt",
+    minutes: float = 19.0,
+    draws: int = 24,
+    mix: float = 0.0,
+    target: str = "isolated",
+    joint_views: bool = True,
     seed: int = 0,
     out: str = "runs/spine_stage",
 ) -> dict[str, Any]:
-    """Train the view stage and score it with a spine-alone 3-D model (module docstring); returns the report."""
+    """Train the view stage and score it with ``model_3d`` (module docstring); returns the report.
+
+    The defaults are the settings of the view stage chosen on the validation patient (docs/body-xrays.md).
+    """
     import torch.nn.functional as F
     from monai.bundle import ConfigParser
     from monai.data import MetaTensor
