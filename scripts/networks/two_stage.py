@@ -3,14 +3,14 @@
 
 A body X-ray adds, in the attenuation (log) domain, the target vertebra, its neighbours and the rest of the body
 along every ray. Trained end to end on body windows of a few patients, EAR learns the average vertebra and stops
-reading its input (``docs/body-xrays.md``, the swap test). Trained on X-rays of the spine alone (the target and its
-labelled neighbours, :class:`scripts.transforms.SpineDRRd`), it reads them. :class:`TwoStageEAR` puts the two
-together in one module, so that one weight file, one contract and the bundle's unchanged transforms and configs
-carry it:
+reading its input (``docs/body-xrays.md``, the swap test). Trained on X-rays of the isolated vertebra (the paper's
+input) or of the spine alone (:class:`scripts.transforms.SpineDRRd`), it reads them. :class:`TwoStageEAR` puts a
+stage that makes such X-rays from body X-rays before EAR, in one module, so that one weight file, one contract and
+the bundle's unchanged transforms and configs carry it:
 
-1. the **view stage**, a 2-D MONAI :class:`~monai.networks.nets.BasicUNet`, maps each z-scored body view to the
-   X-ray of the spine alone in the same window (trained first on pairs drawn by ``python -m
-   scripts.tools.spine_stage``);
+1. the **view stage**, a 2-D MONAI :class:`~monai.networks.nets.BasicUNet`, maps the z-scored body views to the
+   X-rays of the isolated vertebra (or of the spine alone) in the same window (trained first on windows drawn by
+   ``python -m scripts.tools.spine_stage train``);
 2. its outputs, z-scored per view, are replicated along their beam axes again
    (:func:`~scripts.networks.views.volume_from_views`) and reconstructed by :class:`~scripts.networks.EAR`.
 
@@ -41,7 +41,7 @@ def zscore_views(views: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 class TwoStageEAR(nn.Module):
-    """A 2-D view stage that keeps the spine in each body X-ray, then :class:`~scripts.networks.EAR`.
+    """A 2-D view stage that keeps the vertebra (or the spine) of each body X-ray, then :class:`~scripts.networks.EAR`.
 
     Args:
         in_channels: input channels, the two expanded views (only 2 is supported: AP and lateral).
@@ -86,7 +86,7 @@ class TwoStageEAR(nn.Module):
         )
 
     def spine_views(self, x: torch.Tensor) -> torch.Tensor:
-        """The view stage's output for an expanded pair ``x``: ``(B, 2, Z, X)`` spine-only views, z-scored."""
+        """The view stage's output for an expanded pair ``x``: ``(B, 2, Z, X)`` views, z-scored."""
         views = zscore_views(stack_views(x))
         if self.joint_views:
             return zscore_views(self.view_net(views))
