@@ -141,6 +141,31 @@ def _one(folder: Path, pattern: str) -> Path | None:
     return found[0] if found else None
 
 
+def _run_workflow(config_file: str | list[str], root: Path, settings: dict[str, Any]) -> None:
+    """Run a bundle config as an inference workflow, one at a time per process, with the bundle's input errors
+    passed on as they are (their one-line cause and fix)."""
+    from monai.bundle import ConfigWorkflow
+
+    meta = root / "configs" / "metadata.json"
+    with _LOCK:
+        try:
+            workflow = ConfigWorkflow(
+                config_file=config_file,
+                meta_file=str(meta) if meta.is_file() else None,
+                logging_file=False,  # never reconfigure the host program's logging
+                workflow_type="infer",
+                **settings,
+            )
+            workflow.initialize()
+            workflow.run()
+            workflow.finalize()
+        except Exception as e:
+            cause = _input_error(e)
+            if cause is not None and cause is not e:
+                raise type(cause)(str(cause)) from e
+            raise
+
+
 def config_files(configs: str | list[str] | tuple[str, ...], bundle_root: str | os.PathLike = BUNDLE_ROOT) -> list[str]:
     """Config files as absolute paths: relative ones lie under ``bundle_root``; a string may list several,
     comma-separated.
@@ -183,8 +208,6 @@ def run_inference(
         BundleInputError: a bad input (the work folder lies in the bundle, a config is missing, the images
             are unreadable or blank, ...), with the bundle's one-line cause and fix.
     """
-    from monai.bundle import ConfigWorkflow
-
     root = Path(bundle_root).resolve()
     work = check_outside_bundle(work_dir, root)
     files = config_files(configs, root)
@@ -203,25 +226,8 @@ def run_inference(
         "datalist": str(datalist),
         "xrays": None,
     }
-    meta = root / "configs" / "metadata.json"
     start = time.perf_counter()
-    with _LOCK:
-        try:
-            workflow = ConfigWorkflow(
-                config_file=files,
-                meta_file=str(meta) if meta.is_file() else None,
-                logging_file=False,  # never reconfigure the host program's logging
-                workflow_type="infer",
-                **settings,
-            )
-            workflow.initialize()
-            workflow.run()
-            workflow.finalize()
-        except Exception as e:
-            cause = _input_error(e)
-            if cause is not None and cause is not e:
-                raise type(cause)(str(cause)) from e
-            raise
+    _run_workflow(files, root, settings)
     seconds = time.perf_counter() - start
     case_dir = output_dir / pair.case_id
     volume = _one(case_dir, "*_hu.nii.gz") or _one(case_dir, "*.nii.gz")
@@ -270,8 +276,6 @@ def run_spine(
     Raises:
         BundleInputError: a bad input, with the bundle's one-line cause and fix.
     """
-    from monai.bundle import ConfigWorkflow
-
     root = Path(bundle_root).resolve()
     work = check_outside_bundle(work_dir, root)
     settings = {
@@ -284,24 +288,7 @@ def run_spine(
         "centres": None if centres is None else str(centres),
         "inference_configs": config_files(configs, root),
     }
-    meta = root / "configs" / "metadata.json"
-    with _LOCK:
-        try:
-            workflow = ConfigWorkflow(
-                config_file=str(root / "configs" / "spine_radiographs.json"),
-                meta_file=str(meta) if meta.is_file() else None,
-                logging_file=False,
-                workflow_type="infer",
-                **settings,
-            )
-            workflow.initialize()
-            workflow.run()
-            workflow.finalize()
-        except Exception as e:
-            cause = _input_error(e)
-            if cause is not None and cause is not e:
-                raise type(cause)(str(cause)) from e
-            raise
+    _run_workflow(str(root / "configs" / "spine_radiographs.json"), root, settings)
     report = work / case_id / f"{case_id}_spine.json"
     if not report.is_file():
         raise RuntimeError(f"the spine run wrote no {report}; see its log above.")

@@ -51,6 +51,9 @@ class EARInferTask(InferTask):
         description: shown by MONAI Label's ``/info``.
     """
 
+    #: the task's settings shown by MONAI Label's ``/info`` (the request's ``params`` may set them)
+    task_config: dict[str, Any] = {"result": "volume", "results": list(RESULTS)}
+
     def __init__(
         self,
         bundle_root: str | Path = BUNDLE_ROOT,
@@ -61,11 +64,7 @@ class EARInferTask(InferTask):
         description: str = "EAR: 3-D vertebra (HU volume and surface mesh) from its AP and lateral X-rays",
     ) -> None:
         super().__init__(
-            type=InferType.OTHERS,
-            labels=None,
-            dimension=2,
-            description=description,
-            config={"result": "volume", "results": list(RESULTS)},
+            type=InferType.OTHERS, labels=None, dimension=2, description=description, config=dict(self.task_config)
         )
         self.bundle_root = Path(bundle_root).resolve()
         self.configs = configs
@@ -74,11 +73,22 @@ class EARInferTask(InferTask):
         self.keep_outputs = keep_outputs
 
     def is_valid(self) -> bool:
-        """Whether the bundle's inference config exists (the model is checked when it runs)."""
+        """Whether the bundle's inference config exists (the models are checked when it runs)."""
         return (self.bundle_root / "configs" / "inference.json").is_file()
 
+    def run(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The task's work on one request (:func:`scripts.monailabel.infer_request`)."""
+        return infer_request(
+            request,
+            bundle_root=self.bundle_root,
+            configs=self.configs,
+            overrides=self.overrides,
+            work_root=self.work_root,
+            keep_outputs=self.keep_outputs,
+        )
+
     def __call__(self, request: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        """Run one request: ``{"image": path, "result": "volume" | "mesh" | "mesh_ply", ...}``.
+        """Run one request: ``{"image": path, "result": ..., ...}`` (see the class docstring).
 
         Returns:
             (path of the returned file, to be deleted by the server after sending; the JSON report).
@@ -88,25 +98,18 @@ class EARInferTask(InferTask):
                 bundle's one-line cause and fix as its message.
         """
         try:
-            return infer_request(
-                request,
-                bundle_root=self.bundle_root,
-                configs=self.configs,
-                overrides=self.overrides,
-                work_root=self.work_root,
-                keep_outputs=self.keep_outputs,
-            )
+            return self.run(request)
         except BundleInputError as e:
             logger.error(f"{type(e).__name__}: {e}")
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, str(e)) from e
 
 
-class SpineInferTask(InferTask):
+class SpineInferTask(EARInferTask):
     """The whole spine of a patient's AP and lateral full radiographs: every vertebra found, named, reconstructed.
 
     The request's ``image`` is one of the two radiographs (DICOM, or PNG / TIFF with a geometry sidecar); its
     partner is found as for :class:`EARInferTask`. The work is :func:`scripts.monailabel.service.spine_request`
-    (:func:`scripts.spine.radiographs`). The task returns, by the request's ``result``, the label map of all
+    (``configs/spine_radiographs.json``). The task returns, by the request's ``result``, the label map of all
     vertebrae (``"labels"``, default; NIfTI, one label per level), the HU volume (``"volume"``) or the whole
     spine's surface (``"mesh"`` STL, ``"mesh_ply"``), with the spine report: per level its 3-D centre, the
     finder's scores and the reconstruction's confidence. ``level`` (``"L5=ap:ROW,COL"``) pins one level;
@@ -117,6 +120,8 @@ class SpineInferTask(InferTask):
         description: shown by MONAI Label's ``/info``.
     """
 
+    task_config: dict[str, Any] = {"result": "labels", "results": list(SPINE_RESULTS), "level": "", "centres": ""}
+
     def __init__(
         self,
         bundle_root: str | Path = BUNDLE_ROOT,
@@ -125,32 +130,14 @@ class SpineInferTask(InferTask):
         keep_outputs: bool = False,
         description: str = "EAR spine: every vertebra of an AP and a lateral full radiograph (label map, meshes)",
     ) -> None:
-        super().__init__(
-            type=InferType.OTHERS,
-            labels=None,
-            dimension=2,
-            description=description,
-            config={"result": "labels", "results": list(SPINE_RESULTS), "level": "", "centres": ""},
+        super().__init__(bundle_root, configs, None, work_root, keep_outputs, description)
+
+    def run(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The task's work on one request (:func:`scripts.monailabel.spine_request`)."""
+        return spine_request(
+            request,
+            bundle_root=self.bundle_root,
+            configs=self.configs,
+            work_root=self.work_root,
+            keep_outputs=self.keep_outputs,
         )
-        self.bundle_root = Path(bundle_root).resolve()
-        self.configs = configs
-        self.work_root = work_root
-        self.keep_outputs = keep_outputs
-
-    def is_valid(self) -> bool:
-        """Whether the bundle's inference config exists (the models are checked when it runs)."""
-        return (self.bundle_root / "configs" / "inference.json").is_file()
-
-    def __call__(self, request: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        """Run one request (see the class docstring); a bad input raises ``MONAILabelException`` (HTTP 400)."""
-        try:
-            return spine_request(
-                request,
-                bundle_root=self.bundle_root,
-                configs=self.configs,
-                work_root=self.work_root,
-                keep_outputs=self.keep_outputs,
-            )
-        except BundleInputError as e:
-            logger.error(f"{type(e).__name__}: {e}")
-            raise MONAILabelException(MONAILabelError.INVALID_INPUT, str(e)) from e
