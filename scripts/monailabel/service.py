@@ -49,6 +49,36 @@ from scripts.monailabel.app import EARApp  # noqa: E402,F401  (MONAI Label loads
 '''
 
 
+def _image_and_result(request: dict[str, Any], results: list[str], task: str, image: str) -> tuple[str, str]:
+    """The request's image and asked-for result (the first of ``results`` by default), checked."""
+    path = request.get("image")
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise BundleInputError(
+            f"the request's image must be a datastore image id or a file path, got {type(path).__name__}; "
+            f"send /infer/{task}?image=<id of {image}>."
+        )
+    kind = str(request.get("result") or results[0])
+    if kind not in results:
+        raise BundleInputError(f"result {kind!r} is unknown; ask for one of {results} (params result).")
+    return str(path), kind
+
+
+def _work_folder(work_root: str | os.PathLike | None, bundle_root: str | os.PathLike, prefix: str) -> tuple[Path, Path]:
+    """``(parent, work)``: the parent of the request's work folder and returned file (outside the bundle), and a
+    fresh work folder in it."""
+    parent = check_outside_bundle(work_root if work_root is not None else tempfile.gettempdir(), bundle_root)
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent, Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
+def _copy_out(chosen: str | os.PathLike, case_id: str, ending: str, parent: Path) -> str:
+    """A copy of ``chosen`` beside the work folder, which the server deletes once it is sent."""
+    handle, returned = tempfile.mkstemp(prefix=f"{case_id}_", suffix=ending, dir=parent)
+    os.close(handle)
+    shutil.copyfile(chosen, returned)
+    return returned
+
+
 def infer_request(
     request: dict[str, Any],
     bundle_root: str | os.PathLike = BUNDLE_ROOT,
@@ -75,19 +105,9 @@ def infer_request(
     Raises:
         BundleInputError: a bad request or input, naming the cause and the fix.
     """
-    image = request.get("image")
-    if not isinstance(image, (str, os.PathLike)) or not str(image):
-        raise BundleInputError(
-            f"the request's image must be a datastore image id or a file path, got {type(image).__name__}; "
-            "send /infer/<model>?image=<id of one of the two views>."
-        )
-    kind = str(request.get("result") or "volume")
-    if kind not in RESULTS:
-        raise BundleInputError(f"result {kind!r} is unknown; ask for one of {list(RESULTS)} (params result).")
+    image, kind = _image_and_result(request, list(RESULTS), "<model>", "one of the two views")
     pair = resolve_pair(image)
-    parent = check_outside_bundle(work_root if work_root is not None else tempfile.gettempdir(), bundle_root)
-    parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"ear-{pair.case_id}-", dir=parent))
+    parent, work = _work_folder(work_root, bundle_root, f"ear-{pair.case_id}-")
     try:
         result = run_inference(pair, work, bundle_root=bundle_root, configs=configs, overrides=overrides)
         attribute, ending = RESULTS[kind]
@@ -97,9 +117,7 @@ def infer_request(
                 f"{pair.case_id}: the reconstruction has no voxel above the mesh level, so there is no mesh; "
                 "ask for result=volume."
             )
-        handle, returned = tempfile.mkstemp(prefix=f"{pair.case_id}_", suffix=ending, dir=parent)
-        os.close(handle)
-        shutil.copyfile(chosen, returned)
+        returned = _copy_out(chosen, pair.case_id, ending, parent)
         report = {
             **result.to_json(),
             "result": kind,
@@ -154,20 +172,10 @@ def spine_request(
         BundleInputError: a bad request or input (no partner, missing geometry, no spine found, ...), naming the
             cause and the fix.
     """
-    image = request.get("image")
-    if not isinstance(image, (str, os.PathLike)) or not str(image):
-        raise BundleInputError(
-            f"the request's image must be a datastore image id or a file path, got {type(image).__name__}; "
-            "send /infer/spine?image=<id of one of the two radiographs>."
-        )
-    kind = str(request.get("result") or "labels")
-    if kind not in SPINE_RESULTS:
-        raise BundleInputError(f"result {kind!r} is unknown; ask for one of {list(SPINE_RESULTS)} (params result).")
+    image, kind = _image_and_result(request, list(SPINE_RESULTS), "spine", "one of the two radiographs")
     pair = resolve_pair(image)
     ap, lateral = _ap_first(pair)
-    parent = check_outside_bundle(work_root if work_root is not None else tempfile.gettempdir(), bundle_root)
-    parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"ear-spine-{pair.case_id}-", dir=parent))
+    parent, work = _work_folder(work_root, bundle_root, f"ear-spine-{pair.case_id}-")
     try:
         report = run_spine(
             ap, lateral, pair.case_id, work, bundle_root, configs, request.get("level") or None,
@@ -176,9 +184,7 @@ def spine_request(
         chosen = work / pair.case_id / f"{pair.case_id}{SPINE_RESULTS[kind]}"
         if not chosen.is_file():
             raise BundleInputError(f"{pair.case_id}: the spine job wrote no {chosen.name}; ask for result=labels.")
-        handle, returned = tempfile.mkstemp(prefix=f"{pair.case_id}_", suffix=SPINE_RESULTS[kind], dir=parent)
-        os.close(handle)
-        shutil.copyfile(chosen, returned)
+        returned = _copy_out(chosen, pair.case_id, SPINE_RESULTS[kind], parent)
         return returned, {
             **report,
             "result": kind,
