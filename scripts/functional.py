@@ -30,6 +30,7 @@ __all__ = [
     "check_view_separation",
     "hu_to_zscore",
     "zscore_to_hu",
+    "zscore_images",
     "real_imag_spectrum",
     "spectral_distance",
     "boundary_map",
@@ -131,6 +132,14 @@ def check_view_separation(angles: Any, min_separation: float = MIN_VIEW_SEPARATI
 def hu_to_zscore(img: NdarrayOrTensor, mean: float, std: float) -> NdarrayOrTensor:
     """``(img - mean) / std`` (keeps the array type and, for MetaTensors, the metadata)."""
     return (img - mean) / std
+
+
+def zscore_images(img: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Z-score every 2-D image of ``(..., H, W)`` over its pixels (float32; TorchScript compatible)."""
+    x = img.float()
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    std = x.std(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    return (x - mean) / std
 
 
 def zscore_to_hu(img: NdarrayOrTensor, mean: float, std: float) -> NdarrayOrTensor:

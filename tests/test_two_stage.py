@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 from scripts.errors import BundleInputError
+from scripts.functional import zscore_images
 from scripts.networks import EAR, TwoStageEAR, stack_views, volume_from_views
 from scripts.networks.model_info import attach_model_info, read_model_info
-from scripts.networks.two_stage import zscore_views
 from scripts.tools.spine_stage import combine
 from torch import nn
 
@@ -38,7 +38,7 @@ def test_identity_view_stage_gives_ear_on_the_zscored_views():
     net = _net().eval()
     net.view_net = _Identity2D()
     x = _expanded()
-    z = zscore_views(stack_views(x))
+    z = zscore_images(stack_views(x))
     with torch.no_grad():
         expected = net.volume_net(volume_from_views(z[:, 0], z[:, 1], 32, 32))
         assert torch.allclose(net(x), expected, atol=1e-5)

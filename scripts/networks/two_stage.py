@@ -25,19 +25,13 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.nets import BasicUNet
+from scripts.functional import zscore_images
 from scripts.networks.ear import EAR
 from scripts.networks.model_info import attach_model_info
 from scripts.networks.views import check_volume_input, stack_views, volume_from_views
 from torch import nn
 
-__all__ = ["TwoStageEAR", "zscore_views"]
-
-
-def zscore_views(views: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Each image of ``(B, V, H, W)`` to zero mean and unit standard deviation (as ``DimensionExpansion`` does)."""
-    mean = views.mean(dim=(-2, -1), keepdim=True)
-    std = views.std(dim=(-2, -1), keepdim=True).clamp_min(eps)
-    return (views - mean) / std
+__all__ = ["TwoStageEAR"]
 
 
 class TwoStageEAR(nn.Module):
@@ -87,11 +81,11 @@ class TwoStageEAR(nn.Module):
 
     def spine_views(self, x: torch.Tensor) -> torch.Tensor:
         """The view stage's output for an expanded pair ``x``: ``(B, 2, Z, X)`` views, z-scored."""
-        views = zscore_views(stack_views(x))
+        views = zscore_images(stack_views(x))
         if self.joint_views:
-            return zscore_views(self.view_net(views))
+            return zscore_images(self.view_net(views))
         b, v, h, w = views.shape
-        return zscore_views(self.view_net(views.reshape(b * v, 1, h, w)).reshape(b, v, h, w))
+        return zscore_images(self.view_net(views.reshape(b * v, 1, h, w)).reshape(b, v, h, w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_volume_input(x, "TwoStageEAR", self.in_channels, self.divisor)

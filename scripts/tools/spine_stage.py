@@ -79,10 +79,9 @@ def train(
     from monai.data import MetaTensor
     from monai.metrics import compute_dice
     from monai.transforms import Compose
-    from scripts.functional import item_seed
+    from scripts.functional import item_seed, zscore_images
     from scripts.networks import TwoStageEAR, stack_views, volume_from_views
     from scripts.networks.model_info import load_state_dict_file
-    from scripts.networks.two_stage import zscore_views
     from scripts.transforms import DimensionExpansiond, DRRd, SeededDRRd, SpineDRRd
 
     rng = np.random.RandomState(seed)
@@ -137,9 +136,9 @@ def train(
 
     def stage(x: torch.Tensor) -> torch.Tensor:
         if joint_views:
-            return net(zscore_views(x))
+            return net(zscore_images(x))
         b, v, h, w = x.shape
-        return net(zscore_views(x).reshape(b * v, 1, h, w)).reshape(b, v, h, w)
+        return net(zscore_images(x).reshape(b * v, 1, h, w)).reshape(b, v, h, w)
 
     weights, last = Path(out) / "stage2d.pt", Path(out) / "last.pt"
     baseline = _ncc(torch.stack([q[k_target] for q in pool]).mean(0).expand_as(vy), vy)
@@ -211,7 +210,7 @@ def train(
         return float(compute_dice(ma, mb, include_background=True, ignore_empty=False))
 
     def volume(views: torch.Tensor) -> torch.Tensor:  # (B, 2, H, W) -> EAR's expanded input
-        z = zscore_views(views)
+        z = zscore_images(views)
         return volume_from_views(z[:, 0], z[:, 1], z.shape[-1], z.shape[-1])
 
     rows = []

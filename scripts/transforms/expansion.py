@@ -35,21 +35,13 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from scripts.drr.geometry import DEFAULT_SDD, DEFAULT_SOD, ConeBeamGeometry, as_angles, crop_centre, grid_affine
 from scripts.errors import XRayInputError
-from scripts.functional import format_views
+from scripts.functional import format_views, zscore_images  # zscore_images: re-exported, as before
 
 __all__ = ["DimensionExpansion", "DimensionExpansiond", "EXPANSION_MODES", "check_expansion_angles", "zscore_images"]
 
 EXPANSION_MODES = ("replicate", "backproject")
 # view angles within this many degrees of a multiple of 90 count as grid-aligned
 _AXIS_TOLERANCE = 0.01
-
-
-def zscore_images(img: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Z-score every image (leading axis) over its pixels."""
-    flat = img.reshape(img.shape[0], -1).float()
-    mean = flat.mean(1).reshape(-1, *([1] * (img.ndim - 1)))
-    std = flat.std(1).clamp(min=eps).reshape(-1, *([1] * (img.ndim - 1)))
-    return (img.float() - mean) / std
 
 
 def _to_f64(x: Any) -> torch.Tensor:
