@@ -20,10 +20,13 @@ Usage::
    ``--minutes`` of wall time. With probability ``--mix`` a window's body X-ray is replaced by its spine-only X-ray
    plus the rest of the body (body minus spine) of another window of the pool: line integrals add, so this is a
    body X-ray of the same spine in other surroundings, and 4 training patients give the stage many more. The
-   realism draws of ``configs/body.json`` follow, drawn anew at every step. Every 200 steps it is scored on the
-   validation patient's body windows (normalised cross-correlation with their true target views), the best is
-   kept (``<out>/stage2d.pt``) and the whole state is saved (``<out>/last.pt``): a second call resumes and trains
-   ``--minutes`` more.
+   realism draws of ``configs/body.json`` follow, drawn anew at every step. ``--bone_density "(0.3, 1.5)"``
+   draws a bone density factor ``f`` per window, uniform in that range, and adds ``(f - 1) * 0.2`` times the
+   spine-only X-ray to the body X-ray (:data:`BONE_EXCESS_SHARE`): the vertebrae's attenuation above water's
+   scaled by ``f``, as between an osteoporotic spine and a dense one (the target views are left as they are).
+   Every 200 steps it is scored on the validation patient's body windows (normalised cross-correlation with
+   their true target views), the best is kept (``<out>/stage2d.pt``) and the whole state is saved
+   (``<out>/last.pt``): a second call resumes and trains ``--minutes`` more.
 3. ``--model_3d``, an EAR trained on the target's X-rays (``configs/lab/recipes/spine_only.json`` for ``spine``,
    the shipped ``models/cpu/model.pt`` for ``isolated``), reconstructs each validation vertebra from its true
    target views, from the 2-D stage's views, and from the 2-D stage's views of the vertebra seven places further
@@ -44,10 +47,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["train", "combine"]
+__all__ = ["BONE_EXCESS_SHARE", "train", "combine"]
 
 ROOT = Path(__file__).resolve().parents[2]
 _VIEWS = [[0.0, 0.0], [90.0, 0.0]]
+#: the share of a vertebra's attenuation above water's at about 250 HU, near the training patients' mean vertebra
+#: HU (200-310): mu / mu_water = 1 + HU / 1000 = 1.25, so 0.25 / 1.25. What the bone density draw scales.
+BONE_EXCESS_SHARE = 0.2
 #: a BasicUNet state dict's convolutions whose output widths are its six ``features``
 _VIEW_FEATURE_KEYS = ("conv_0.conv_0", "down_1.convs.conv_0", "down_2.convs.conv_0", "down_3.convs.conv_0",
                       "down_4.convs.conv_0", "upcat_1.convs.conv_0")  # fmt: skip
@@ -67,6 +73,7 @@ def train(
     mix: float = 0.0,
     target: str = "isolated",
     joint_views: bool = True,
+    bone_density: tuple[float, float] | None = None,
     seed: int = 0,
     out: str = "runs/spine_stage",
 ) -> dict[str, Any]:
@@ -94,6 +101,10 @@ def train(
     parser["probe_validation"] = "$@scripts.workflow.load_split(@dataset_dir, 'validation', 'body')"
     if target not in ("spine", "isolated"):
         raise ValueError(f"target must be 'spine' or 'isolated', got {target!r}.")
+    if bone_density is not None:
+        bone_density = tuple(float(f) for f in bone_density)
+        if len(bone_density) != 2 or not 0 <= bone_density[0] <= bone_density[1]:
+            raise ValueError(f"bone_density must be (low, high) with 0 <= low <= high, got {bone_density!r}.")
     spine = SpineDRRd(dataset_dir, angles=_VIEWS)
     body = DRRd("body", ref_key="gt", output_keys="p_b", angles=_VIEWS, photon_count=1e6)
     isolated = DRRd("gt", ref_key="gt", output_keys="p_v", angles=_VIEWS, photon_count=None)
@@ -158,6 +169,8 @@ def train(
         if rng.rand() < mix:
             j = int(rng.randint(len(pool)))
             x = spine_i + (pool[j][0] - pool[j][1])
+        if bone_density is not None:  # the vertebrae's density above water scaled by f (module docstring)
+            x = x + (rng.uniform(*bone_density) - 1.0) * BONE_EXCESS_SHARE * spine_i
         x = MetaTensor(x.clone(), meta={"pixel_spacing": spacing.tolist()})
         x = realism.set_random_state(seed=int(rng.randint(2**31)))({"drr": x})["drr"]
         return torch.as_tensor(x).float(), pool[i][k_target]
@@ -226,6 +239,7 @@ def train(
     means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("true_target", "stage_own", "stage_swapped")}
     report = {
         "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
+        "bone_density": bone_density,
         "joint_views": joint_views, "pool": len(pool), "pool_seconds": round(pool_s, 1), "steps": step,
         "minutes": minutes,
         "val_ncc_best": round(best, 4), "val_ncc_mean_target_baseline": round(baseline, 4), "curve": curve,
