@@ -11,7 +11,7 @@ from scripts.errors import BundleInputError
 from scripts.functional import zscore_images
 from scripts.networks import EAR, TwoStageEAR, stack_views, volume_from_views
 from scripts.networks.model_info import attach_model_info, read_model_info
-from scripts.tools.spine_stage import combine
+from scripts.tools.spine_stage import combine, scale_bone_density
 from torch import nn
 
 SMALL = (4, 8, 16, 32, 64)
@@ -137,3 +137,16 @@ def test_the_lab_overlay_rebuilds_the_network_from_the_model_file(tmp_path):
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, TwoStageEAR) and net.joint_views
     net.load_state_dict(torch.load(tmp_path / "ckpt" / "model.pt", weights_only=True))  # strict: the same shapes
+
+
+def test_bone_density_draw_scales_the_vertebra_above_water():
+    """A vertebra of 250 HU along 30 mm of each ray, in 200 mm of water: the draw gives the line integral of the same
+    vertebra at f * 250 HU."""
+    mu_water, path, rest = 0.02, 30.0, 0.02 * 200.0
+
+    def spine_of(hu: float) -> torch.Tensor:
+        return torch.full((2, 4, 4), mu_water * (1 + hu / 1000) * path)
+
+    body = rest + spine_of(250.0)
+    for f in (0.3, 1.0, 1.5):
+        torch.testing.assert_close(scale_bone_density(body, spine_of(250.0), f), rest + spine_of(f * 250.0))

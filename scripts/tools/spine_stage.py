@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BONE_EXCESS_SHARE", "train", "combine"]
+__all__ = ["BONE_EXCESS_SHARE", "scale_bone_density", "train", "combine"]
 
 ROOT = Path(__file__).resolve().parents[2]
 _VIEWS = [[0.0, 0.0], [90.0, 0.0]]
@@ -57,6 +57,16 @@ BONE_EXCESS_SHARE = 0.2
 #: a BasicUNet state dict's convolutions whose output widths are its six ``features``
 _VIEW_FEATURE_KEYS = ("conv_0.conv_0", "down_1.convs.conv_0", "down_2.convs.conv_0", "down_3.convs.conv_0",
                       "down_4.convs.conv_0", "upcat_1.convs.conv_0")  # fmt: skip
+
+
+def scale_bone_density(body: torch.Tensor, spine: torch.Tensor, factor: float) -> torch.Tensor:
+    """A body X-ray (line integrals) with its vertebrae's attenuation above water's scaled by ``factor``.
+
+    ``spine`` is the X-ray of the vertebrae alone. A vertebra of ``h`` HU attenuates ``1 + h / 1000`` times as much
+    as water, so at 250 HU a share of :data:`BONE_EXCESS_SHARE` (0.2) of its line integral is above water's; that
+    share is scaled. Exact for vertebrae of 250 HU, approximate for others (and for a polychromatic beam).
+    """
+    return body + (float(factor) - 1.0) * BONE_EXCESS_SHARE * spine
 
 
 def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -170,7 +180,7 @@ def train(
             j = int(rng.randint(len(pool)))
             x = spine_i + (pool[j][0] - pool[j][1])
         if bone_density is not None:  # the vertebrae's density above water scaled by f (module docstring)
-            x = x + (rng.uniform(*bone_density) - 1.0) * BONE_EXCESS_SHARE * spine_i
+            x = scale_bone_density(x, spine_i, rng.uniform(*bone_density))
         x = MetaTensor(x.clone(), meta={"pixel_spacing": spacing.tolist()})
         x = realism.set_random_state(seed=int(rng.randint(2**31)))({"drr": x})["drr"]
         return torch.as_tensor(x).float(), pool[i][k_target]
