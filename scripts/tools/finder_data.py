@@ -50,6 +50,7 @@ __all__ = [
     "label_source",
     "patient_vertebrae",
     "labels_on_grid",
+    "simulate_patient",
     "rotation_matrix",
     "draw_pair",
     "add_bowel_gas",
@@ -122,6 +123,24 @@ def labels_on_grid(label_path: str, reference: str, out_path: str | os.PathLike)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(arr, ref.affine), str(path))
     return path
+
+
+def simulate_patient(body: str, label_path: str, work: Path) -> Path:
+    """The default simulated radiograph pair of a patient's body scan (reused when ``work/rad`` holds it)."""
+    import subprocess
+    import sys
+
+    rad = work / "rad"
+    if (rad / "centres.json").is_file() and (rad / "ap.dcm").is_file() and (rad / "lateral.dcm").is_file():
+        return rad
+    labels = labels_on_grid(label_path, body, work / "labels.nii.gz")
+    # the command itself (importing scripts.simulate here would pass the six floors of tests/test_import_graph.py)
+    cmd = [sys.executable, "-m", "scripts.simulate", "radiographs", "--ct", str(body), "--labels", str(labels),
+           "--label_convention", "verse", "--out", str(rad), "--overwrite", "True"]  # fmt: skip
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr[-2000:]}")
+    return rad
 
 
 def rotation_matrix(degrees_xyz: Any) -> np.ndarray:

@@ -36,29 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scripts.tools.finder_data import simulate_patient
 
 __all__ = ["simulate_patient", "score_case", "finder_eval", "draw_detections", "draw_heatmaps"]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def simulate_patient(body: str, label_path: str, work: Path) -> Path:
-    """The default simulated radiograph pair of a patient's body scan (reused when ``work/rad`` holds it)."""
-    import subprocess
-
-    from scripts.tools.finder_data import labels_on_grid
-
-    rad = work / "rad"
-    if (rad / "centres.json").is_file() and (rad / "ap.dcm").is_file() and (rad / "lateral.dcm").is_file():
-        return rad
-    labels = labels_on_grid(label_path, body, work / "labels.nii.gz")
-    # the command itself (importing scripts.simulate here would pass the six floors of tests/test_import_graph.py)
-    cmd = [sys.executable, "-m", "scripts.simulate", "radiographs", "--ct", str(body), "--labels", str(labels),
-           "--label_convention", "verse", "--out", str(rad), "--overwrite", "True"]  # fmt: skip
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr[-2000:]}")
-    return rad
 
 
 def score_case(

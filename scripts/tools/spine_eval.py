@@ -1,0 +1,191 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Measure the whole chain of ``python -m scripts.spine radiographs`` on simulated radiographs: found centres against
+true ones (the end-to-end numbers of docs/spine-radiographs.md).
+
+Usage::
+
+    python -m scripts.tools.spine_eval --split test --out docs/results/spine_end_to_end_test.json \\
+        --config_file "['configs/inference.json','configs/cpu.json']"
+
+For every patient of the split, the default simulated radiograph pair of
+:func:`scripts.tools.finder_data.simulate_patient` (reused from ``--work``) goes through
+:func:`scripts.spine.radiographs` twice, with the same inference config (``--config_file`` and ``--overrides``,
+e.g. ``"{'ckpt_dir': 'runs/two_stage'}"`` with ``configs/lab/two_stage_model.json``):
+
+- ``found``: the finder finds and names the vertebrae, one level pinned as ``finder_eval`` pins it (the lowest
+  complete vertebra at its true centre in the AP file);
+- ``true``: the true centres are given (``centres.json`` of the simulation).
+
+Scored: every vertebra the prepared split holds complete (``data/body64``: the test set's vertebrae). Each is
+matched one to one with the reported vertebrae by their 3-D centres in the scan's world frame (within ``--hit_mm``,
+10 mm); a matched vertebra's reconstruction (its value in ``<patient>_labels.nii.gz``) is scored against the true
+label (the raw label map, resampled nearest onto the output grid through the files' ``world_to_system``) with
+MONAI's ``compute_dice`` and ``compute_hausdorff_distance`` (95th percentile, mm). A missed vertebra counts as Dice
+0 and has no HD95. Written: the JSON report with per-vertebra rows and per-mode means.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["score_reconstruction", "spine_eval"]
+
+ROOT = Path(__file__).resolve().parents[2]
+MODES = ("found", "true")
+
+
+def score_reconstruction(
+    prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
+) -> tuple[float, float | None]:
+    """Dice and HD95 (mm) of two boolean masks on one grid (MONAI's metrics); HD95 is ``None`` when one is empty."""
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    p = torch.as_tensor(np.asarray(prediction, bool))[None, None]
+    t = torch.as_tensor(np.asarray(truth, bool))[None, None]
+    dice = float(compute_dice(p.float(), t.float(), include_background=True, ignore_empty=False)[0, 0])
+    if not p.any() or not t.any():
+        return dice, None
+    hd = compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=[list(map(float, spacing))])
+    return dice, float(hd[0, 0])
+
+
+def _truth_on_grid(label_path: Path, out_affine: np.ndarray, shape: Sequence[int], world_to_system: np.ndarray):
+    """The raw label map resampled (nearest) onto an output grid whose affine maps voxels to system mm."""
+    import torch
+    from monai.transforms import SpatialResample
+    from scripts.data.io import load_volume
+
+    lab = load_volume(str(label_path), "labels")
+    dst = np.linalg.inv(np.asarray(world_to_system, np.float64)) @ np.asarray(out_affine, np.float64)
+    res = SpatialResample(mode="nearest", padding_mode="zeros")(
+        lab, dst_affine=torch.as_tensor(dst), spatial_size=tuple(int(s) for s in shape)
+    )
+    return np.asarray(res[0]).round().astype(np.int64)
+
+
+def _match(reported: list[dict], truth: list[dict], hit_mm: float) -> dict[str, dict]:
+    """True level -> the reported vertebra within ``hit_mm`` of it (one to one, nearest first)."""
+    from scipy.optimize import linear_sum_assignment
+
+    if not reported or not truth:
+        return {}
+    r = np.array([v["centre_world_mm"] for v in reported], np.float64)
+    t = np.array([v["centre_mm_world"] for v in truth], np.float64)
+    dist = np.linalg.norm(t[:, None] - r[None], axis=-1)
+    rows, cols = linear_sum_assignment(dist)
+    return {truth[i]["level"]: reported[j] for i, j in zip(rows, cols) if dist[i, j] <= hit_mm}
+
+
+def spine_eval(
+    split: str = "test",
+    data: str = "data/body64",
+    labels_dir: str = "../shared/data/spine-ct",
+    config_file: str | Sequence[str] = ("configs/inference.json", "configs/cpu.json"),
+    overrides: dict[str, Any] | None = None,
+    work: str = "runs/spine_eval",
+    out: str | None = None,
+    hit_mm: float = 10.0,
+) -> dict[str, Any]:
+    """Run the end-to-end measurement (module docstring); returns the report."""
+    import nibabel as nib
+    from scripts.io.radiograph import read_radiograph
+    from scripts.spine import file_px, radiographs
+    from scripts.tools.finder_data import label_source, simulate_patient
+
+    configs = [config_file] if isinstance(config_file, str) else list(config_file)
+    dl = json.loads((Path(data) / "datalist.json").read_text())
+    patients: dict[str, dict] = {}
+    for item in dl[split]:
+        p = patients.setdefault(item["patient"], {"body": str(Path(data) / item["body"]), "levels": []})
+        p["levels"].append(item["level"])
+    rows: list[dict] = []
+    for patient, info in patients.items():
+        label_path = label_source(patient, labels_dir)[0]
+        rad = simulate_patient(info["body"], label_path, Path(work) / patient)
+        truth = [v for v in json.loads((rad / "centres.json").read_text())["vertebrae"] if v["level"] in info["levels"]]
+        lowest = truth[-1]
+        r, c = file_px(read_radiograph(rad / "ap.dcm"), lowest["ap_rc"])
+        pin = f"{lowest['level']}=ap:{r:.1f},{c:.1f}"
+        for mode in MODES:
+            dest = Path(work) / patient / f"spine_{mode}"
+            given = {"centres": str(rad / "centres.json")} if mode == "true" else {"level": pin}
+            result = radiographs(ap=str(rad / "ap.dcm"), lateral=str(rad / "lateral.dcm"), out=str(dest),
+                                 patient=patient, config_file=configs, formats=(), save_vertebrae=False,
+                                 **given, **(overrides or {}))  # fmt: skip
+            report = json.loads((dest / patient / f"{patient}_spine.json").read_text())
+            reported = [{"level": k, **v} for k, v in report["vertebrae"].items()]
+            matched = _match(reported, truth, hit_mm)
+            img = nib.load(str(dest / patient / f"{patient}_labels.nii.gz"))
+            pred = np.asarray(img.dataobj).astype(np.int64)
+            gt = _truth_on_grid(Path(label_path), img.affine, pred.shape, report["radiographs"]["world_to_system"])
+            spacing = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(0))
+            for v in truth:
+                row = {"patient": patient, "level": v["level"], "mode": mode, "found": v["level"] in matched}
+                if row["found"]:
+                    got = matched[v["level"]]
+                    dice, hd95 = score_reconstruction(pred == got["label"], gt == v["label"], spacing)
+                    named = got["level"]
+                    error = float(np.linalg.norm(np.subtract(got["centre_world_mm"], v["centre_mm_world"])))
+                    row.update(dice=dice, hd95_mm=hd95, named=named, centre_error_mm=round(error, 2))
+                    row["confidence"] = got.get("confidence")
+                else:
+                    row.update(dice=0.0, hd95_mm=None, named=None, centre_error_mm=None, confidence=None)
+                rows.append(row)
+            print(json.dumps({"patient": patient, "mode": mode, "reported": len(reported), "found": len(matched),
+                              "seconds": result.get("seconds")}), flush=True)  # fmt: skip
+    summary = {}
+    for mode in MODES:
+        sel = [r for r in rows if r["mode"] == mode]
+        hds = [r["hd95_mm"] for r in sel if r["hd95_mm"] is not None]
+        summary[mode] = {
+            "vertebrae": len(sel),
+            "found": sum(r["found"] for r in sel),
+            "dice_mean": round(float(np.mean([r["dice"] for r in sel])), 4) if sel else None,
+            "dice_mean_found": round(float(np.mean([r["dice"] for r in sel if r["found"]])), 4)
+            if any(r["found"] for r in sel)
+            else None,
+            "hd95_mm_mean_found": round(float(np.mean(hds)), 2) if hds else None,
+        }
+    true_by = {(r["patient"], r["level"]): r["dice"] for r in rows if r["mode"] == "true"}
+    gaps = [true_by[(r["patient"], r["level"])] - r["dice"] for r in rows if r["mode"] == "found"]
+    command = "python -m scripts.tools.spine_eval " + " ".join(sys.argv[1:])
+    report = {
+        "summary": summary,
+        "dice_gap_true_minus_found": round(float(np.mean(gaps)), 4) if gaps else None,
+        "rows": rows,
+        "settings": {
+            "split": split,
+            "data": data,
+            "config_file": configs,
+            "overrides": overrides or {},
+            "hit_mm": hit_mm,
+            "command": command,
+            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        },  # fmt: skip
+    }
+    if out:
+        from scripts.utils import atomic_path
+
+        with atomic_path(out) as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({"summary": summary, "dice_gap_true_minus_found": report["dice_gap_true_minus_found"]}))
+    return report
+
+
+def _main(**kwargs: Any) -> None:
+    spine_eval(**kwargs)
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(_main)
