@@ -989,6 +989,19 @@ def _outline_points(vol: np.ndarray, affine: np.ndarray, level: float, max_point
     return ijk @ affine[:3, :3].T + affine[:3, 3]
 
 
+def _inside_both(found: list[dict], views: Sequence[Any]) -> list[dict]:
+    """The found vertebrae whose 3-D centre projects inside both images (an edge detection can land just outside
+    one: it is left out with a warning, as a given centre there would be refused)."""
+    kept = []
+    for v in found:
+        centre = torch.as_tensor(np.asarray(v["centre_mm"], np.float64))[None]
+        if all(float(view.project(centre)[1][0]) > 0 and view.contains(view.project(centre)[0][0]) for view in views):
+            kept.append(v)
+        else:
+            logger.warning("%s found at the edge of an image, outside the other: not reconstructed", v.get("level"))
+    return kept
+
+
 def radiographs(
     ap: str | None = None,
     lateral: str | None = None,
@@ -1076,7 +1089,7 @@ def radiographs(
                            zip(("ap", "lateral"), views)}  # fmt: skip
         else:
             found = _find_in(rads, views, finder, level, level_centre_mm, tolerance_mm, threshold, matching)
-            found = found["vertebrae"]
+            found = _inside_both(found["vertebrae"], views)
     unnamed = [v for v in found if v.get("level") not in LEVEL_LABELS]
     if unnamed:
         logger.warning("%d vertebrae found beyond C1-L5 are not reconstructed", len(unnamed))

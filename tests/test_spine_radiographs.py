@@ -85,3 +85,16 @@ def test_the_bundle_config_runs_the_same_job(pair, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "P2" / "P2_spine.json").read_text())
     assert set(report["vertebrae"]) == {"T10", "T11", "T12"}
+
+
+def test_a_found_vertebra_outside_one_image_is_left_out(caplog):
+    """A detection at an image's edge can triangulate just outside the other image: it is dropped with a warning."""
+    from scripts.drr.windows import RadiographView
+    from scripts.spine import _inside_both
+
+    views = [RadiographView(1200.0, 800.0, (100, 100), (1.0, 1.0), a) for a in ((0.0, 0.0), (90.0, 0.0))]
+    inside = {"level": "L1", "centre_mm": [0.0, 0.0, 0.0]}
+    above = {"level": "T12", "centre_mm": [0.0, 0.0, 40.0]}  # magnified 1.5x: 60 px from the centre of 100
+    with caplog.at_level("WARNING"):
+        assert _inside_both([above, inside], views) == [inside]
+    assert "T12 found at the edge of an image" in caplog.text

@@ -14,7 +14,7 @@ e.g. ``"{'ckpt_dir': 'runs/two_stage'}"`` with ``configs/lab/two_stage_model.jso
 
 - ``found``: the finder finds and names the vertebrae, one level pinned as ``finder_eval`` pins it (the lowest
   complete vertebra at its true centre in the AP file);
-- ``true``: the true centres are given (``centres.json`` of the simulation).
+- ``true``: the true centres are given (those of the simulation's ``centres.json`` that lie inside both images).
 
 Scored: every vertebra the prepared split holds complete (``data/body64``: the test set's vertebrae). Each is
 matched one to one with the reported vertebrae by their 3-D centres in the scan's world frame (within ``--hit_mm``,
@@ -111,13 +111,17 @@ def spine_eval(
     for patient, info in patients.items():
         label_path = label_source(patient, labels_dir)[0]
         rad = simulate_patient(info["body"], label_path, Path(work) / patient)
-        truth = [v for v in json.loads((rad / "centres.json").read_text())["vertebrae"] if v["level"] in info["levels"]]
+        centres = json.loads((rad / "centres.json").read_text())["vertebrae"]
+        truth = [v for v in centres if v["level"] in info["levels"]]
         lowest = truth[-1]
         r, c = file_px(read_radiograph(rad / "ap.dcm"), lowest["ap_rc"])
         pin = f"{lowest['level']}=ap:{r:.1f},{c:.1f}"
+        inside = [{"level": v["level"], "centre_mm": v["centre_mm_system"]} for v in centres if v["inside_both"]]
+        given_centres = Path(work) / patient / "centres_inside_both.json"
+        given_centres.write_text(json.dumps(inside, indent=1) + "\n")
         for mode in MODES:
             dest = Path(work) / patient / f"spine_{mode}"
-            given = {"centres": str(rad / "centres.json")} if mode == "true" else {"level": pin}
+            given = {"centres": str(given_centres)} if mode == "true" else {"level": pin}
             result = radiographs(ap=str(rad / "ap.dcm"), lateral=str(rad / "lateral.dcm"), out=str(dest),
                                  patient=patient, config_file=configs, formats=(), save_vertebrae=False,
                                  **given, **(overrides or {}))  # fmt: skip
