@@ -16,12 +16,13 @@ e.g. ``"{'ckpt_dir': 'runs/two_stage'}"`` with ``configs/lab/two_stage_model.jso
   complete vertebra at its true centre in the AP file);
 - ``true``: the true centres are given (those of the simulation's ``centres.json`` that lie inside both images).
 
-Scored: every vertebra the prepared split holds complete (``data/body64``: the test set's vertebrae). Each is
-matched one to one with the reported vertebrae by their 3-D centres in the scan's world frame (within ``--hit_mm``,
-10 mm); a matched vertebra's reconstruction (its value in ``<patient>_labels.nii.gz``) is scored against the true
-label (the raw label map, resampled nearest onto the output grid through the files' ``world_to_system``) with
-MONAI's ``compute_dice`` and ``compute_hausdorff_distance`` (95th percentile, mm). A missed vertebra counts as Dice
-0 and has no HD95. Written: the JSON report with per-vertebra rows and per-mode means.
+Scored: every vertebra the prepared split holds complete (``data/body64``: the test set's vertebrae) whose centre
+lies inside both images. Each is matched one to one with the reported vertebrae by their 3-D centres in the scan's
+world frame (within ``--hit_mm``, 10 mm). A matched vertebra's reconstruction (its value in
+``<patient>_labels.nii.gz``) is scored against the true label (the raw label map, resampled nearest onto the output
+grid through the files' ``world_to_system``) with MONAI's ``compute_dice`` and ``compute_hausdorff_distance`` (95th
+percentile, mm). A missed vertebra counts as Dice 0 and has no HD95. Written: the JSON report with per-vertebra
+rows and per-mode means.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def spine_eval(
         label_path = label_source(patient, labels_dir)[0]
         rad = simulate_patient(info["body"], label_path, Path(work) / patient)
         centres = json.loads((rad / "centres.json").read_text())["vertebrae"]
-        truth = [v for v in centres if v["level"] in info["levels"]]
+        truth = [v for v in centres if v["level"] in info["levels"] and v["inside_both"]]
         lowest = truth[-1]
         r, c = file_px(read_radiograph(rad / "ap.dcm"), lowest["ap_rc"])
         pin = f"{lowest['level']}=ap:{r:.1f},{c:.1f}"
@@ -122,9 +123,8 @@ def spine_eval(
         for mode in MODES:
             dest = Path(work) / patient / f"spine_{mode}"
             given = {"centres": str(given_centres)} if mode == "true" else {"level": pin}
-            result = radiographs(ap=str(rad / "ap.dcm"), lateral=str(rad / "lateral.dcm"), out=str(dest),
-                                 patient=patient, config_file=configs, formats=(), save_vertebrae=False,
-                                 **given, **(overrides or {}))  # fmt: skip
+            radiographs(ap=str(rad / "ap.dcm"), lateral=str(rad / "lateral.dcm"), out=str(dest), patient=patient,
+                        config_file=configs, formats=(), save_vertebrae=False, **given, **(overrides or {}))  # fmt: skip
             report = json.loads((dest / patient / f"{patient}_spine.json").read_text())
             reported = [{"level": k, **v} for k, v in report["vertebrae"].items()]
             matched = _match(reported, truth, hit_mm)
@@ -144,8 +144,7 @@ def spine_eval(
                 else:
                     row.update(dice=0.0, hd95_mm=None, named=None, centre_error_mm=None, confidence=None)
                 rows.append(row)
-            print(json.dumps({"patient": patient, "mode": mode, "reported": len(reported), "found": len(matched),
-                              "seconds": result.get("seconds")}), flush=True)  # fmt: skip
+            print(json.dumps({"patient": patient, "mode": mode, "reported": len(reported), "found": len(matched)}))
     summary = {}
     for mode in MODES:
         sel = [r for r in rows if r["mode"] == mode]
