@@ -123,8 +123,9 @@ def spine_eval(
         for mode in MODES:
             dest = Path(work) / patient / f"spine_{mode}"
             given = {"centres": str(given_centres)} if mode == "true" else {"level": pin}
-            radiographs(ap=str(rad / "ap.dcm"), lateral=str(rad / "lateral.dcm"), out=str(dest), patient=patient,
-                        config_file=configs, formats=(), save_vertebrae=False, **given, **(overrides or {}))  # fmt: skip
+            files = {"ap": str(rad / "ap.dcm"), "lateral": str(rad / "lateral.dcm")}
+            radiographs(**files, out=str(dest), patient=patient, config_file=configs, formats=(),
+                        save_vertebrae=False, **given, **(overrides or {}))  # fmt: skip
             report = json.loads((dest / patient / f"{patient}_spine.json").read_text())
             reported = [{"level": k, **v} for k, v in report["vertebrae"].items()]
             matched = _match(reported, truth, hit_mm)
