@@ -994,8 +994,8 @@ def _inside_both(found: list[dict], views: Sequence[Any]) -> list[dict]:
     one: it is left out with a warning, as a given centre there would be refused)."""
     kept = []
     for v in found:
-        centre = torch.as_tensor(np.asarray(v["centre_mm"], np.float64))[None]
-        if all(float(view.project(centre)[1][0]) > 0 and view.contains(view.project(centre)[0][0]) for view in views):
+        projected = [view.project(torch.as_tensor(np.asarray(v["centre_mm"], np.float64))[None]) for view in views]
+        if all(float(depth[0]) > 0 and view.contains(rc[0]) for view, (rc, depth) in zip(views, projected)):
             kept.append(v)
         else:
             logger.warning("%s found at the edge of an image, outside the other: not reconstructed", v.get("level"))

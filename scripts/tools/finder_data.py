@@ -125,8 +125,20 @@ def labels_on_grid(label_path: str, reference: str, out_path: str | os.PathLike)
     return path
 
 
-def simulate_patient(body: str, label_path: str, work: Path) -> Path:
-    """The default simulated radiograph pair of a patient's body scan (reused when ``work/rad`` holds it)."""
+def simulate_patient(
+    body: str, label_path: str, work: Path, convention: str = "verse", class_map: str | None = None
+) -> Path:
+    """The default simulated radiograph pair of a patient's body scan (reused when ``work/rad`` holds it).
+
+    Args:
+        body: the prepared body scan (``<patient>_body.nii.gz``).
+        label_path: the patient's vertebra label map (:func:`label_source`).
+        work: the patient's work folder.
+        convention: the label map's ids, ``verse`` or ``totalseg`` (:func:`label_source`).
+        class_map: the label map's class map, if any (copied beside the resampled labels, where
+            ``scripts.simulate`` looks for it).
+    """
+    import shutil
     import subprocess
     import sys
 
@@ -134,9 +146,11 @@ def simulate_patient(body: str, label_path: str, work: Path) -> Path:
     if (rad / "centres.json").is_file() and (rad / "ap.dcm").is_file() and (rad / "lateral.dcm").is_file():
         return rad
     labels = labels_on_grid(label_path, body, work / "labels.nii.gz")
+    if class_map:
+        shutil.copyfile(class_map, work / Path(class_map).name)
     # the command itself (importing scripts.simulate here would pass the six floors of tests/test_import_graph.py)
     cmd = [sys.executable, "-m", "scripts.simulate", "radiographs", "--ct", str(body), "--labels", str(labels),
-           "--label_convention", "verse", "--out", str(rad), "--overwrite", "True"]  # fmt: skip
+           "--label_convention", convention, "--out", str(rad), "--overwrite", "True"]  # fmt: skip
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr[-2000:]}")
