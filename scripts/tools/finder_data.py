@@ -49,7 +49,9 @@ __all__ = [
     "PIXEL_MM",
     "label_source",
     "patient_vertebrae",
+    "resample_labels",
     "labels_on_grid",
+    "match_centres",
     "simulate_patient",
     "rotation_matrix",
     "draw_pair",
@@ -102,6 +104,18 @@ def patient_vertebrae(label_path: str, convention: str = "verse", class_map: str
     return [c for c in found if c["level"] in LEVELS]
 
 
+def resample_labels(label_path: str, dst_affine: np.ndarray, shape: Any) -> np.ndarray:
+    """A label map resampled (nearest) onto a grid given by its voxel-to-world affine and shape; int16 array."""
+    from monai.transforms import SpatialResample
+    from scripts.data.io import load_volume
+
+    lab = load_volume(label_path, "labels")
+    out = SpatialResample(mode="nearest", padding_mode="zeros")(
+        lab, dst_affine=torch.as_tensor(np.asarray(dst_affine), dtype=torch.float64), spatial_size=tuple(shape)
+    )
+    return np.asarray(out[0]).round().astype(np.int16)
+
+
 def labels_on_grid(label_path: str, reference: str, out_path: str | os.PathLike) -> Path:
     """Resample a label map (nearest) onto another volume's grid (e.g. a prepared body scan) and save it.
 
@@ -109,20 +123,27 @@ def labels_on_grid(label_path: str, reference: str, out_path: str | os.PathLike)
     and the raw label maps are on different grids of the same world frame.
     """
     import nibabel as nib
-    from monai.transforms import SpatialResample
-    from scripts.data.io import load_volume
 
-    lab = load_volume(label_path, "labels")
     ref = nib.load(str(reference))
-    shape = ref.shape[:3]
-    out = SpatialResample(mode="nearest", padding_mode="zeros")(
-        lab, dst_affine=torch.as_tensor(ref.affine, dtype=torch.float64), spatial_size=shape
-    )
-    arr = np.asarray(out[0]).round().astype(np.int16)
+    arr = resample_labels(label_path, ref.affine, ref.shape[:3])
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(arr, ref.affine), str(path))
     return path
+
+
+def match_centres(true_mm: Any, found_mm: Any, hit_mm: float) -> dict[int, tuple[int, float]]:
+    """One-to-one matching of found to true 3-D centres: ``{true index: (found index, distance mm)}`` for the pairs
+    within ``hit_mm`` (``linear_sum_assignment`` on the distances, pairs farther than ``hit_mm`` priced out)."""
+    from scipy.optimize import linear_sum_assignment
+
+    t = np.asarray(true_mm, dtype=np.float64).reshape(-1, 3)
+    f = np.asarray(found_mm, dtype=np.float64).reshape(-1, 3)
+    if not len(t) or not len(f):
+        return {}
+    dist = np.linalg.norm(t[:, None] - f[None], axis=-1)
+    rows, cols = linear_sum_assignment(np.where(dist <= hit_mm, dist, 1e6))
+    return {int(i): (int(j), float(dist[i, j])) for i, j in zip(rows, cols) if dist[i, j] <= hit_mm}
 
 
 def simulate_patient(

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scripts.tools.finder_data import simulate_patient
+from scripts.tools.finder_data import match_centres, simulate_patient
 
 __all__ = ["simulate_patient", "score_case", "finder_eval", "draw_detections", "draw_heatmaps"]
 
@@ -57,24 +57,16 @@ def score_case(
     Returns:
         ``(counts, rows)``: counts for pooling, and one row per true vertebra.
     """
-    from scipy.optimize import linear_sum_assignment
-
-    f = np.array([v["centre_mm"] for v in found], dtype=np.float64).reshape(-1, 3)
-    t = np.array([v["centre_mm_system"] for v in truth], dtype=np.float64).reshape(-1, 3)
-    dist = np.linalg.norm(t[:, None] - f[None], axis=-1) if len(f) and len(t) else np.zeros((len(t), len(f)))
-    match: dict[int, int] = {}
-    if dist.size:
-        r, c = linear_sum_assignment(np.where(dist <= hit_mm, dist, 1e6))
-        match = {int(i): int(j) for i, j in zip(r, c) if dist[i, j] <= hit_mm}
+    match = match_centres([v["centre_mm_system"] for v in truth], [v["centre_mm"] for v in found], hit_mm)
     rows = []
     for i, v in enumerate(truth):
-        j = match.get(i)
+        j, dist = match.get(i, (None, None))
         rows.append(
             {
                 "level": v["level"],
                 "complete": v["level"] in complete,
                 "found": j is not None,
-                "error_mm": None if j is None else round(float(dist[i, j]), 2),
+                "error_mm": None if j is None else round(dist, 2),
                 "named": None if j is None else found[j]["level"],
                 "named_right": bool(j is not None and found[j]["level"] == v["level"]),
             }

@@ -59,31 +59,14 @@ def score_reconstruction(
     return dice, float(hd[0, 0])
 
 
-def _truth_on_grid(label_path: Path, out_affine: np.ndarray, shape: Sequence[int], world_to_system: np.ndarray):
-    """The raw label map resampled (nearest) onto an output grid whose affine maps voxels to system mm."""
-    import torch
-    from monai.transforms import SpatialResample
-    from scripts.data.io import load_volume
-
-    lab = load_volume(str(label_path), "labels")
-    dst = np.linalg.inv(np.asarray(world_to_system, np.float64)) @ np.asarray(out_affine, np.float64)
-    res = SpatialResample(mode="nearest", padding_mode="zeros")(
-        lab, dst_affine=torch.as_tensor(dst), spatial_size=tuple(int(s) for s in shape)
-    )
-    return np.asarray(res[0]).round().astype(np.int64)
-
-
 def _match(reported: list[dict], truth: list[dict], hit_mm: float) -> dict[str, dict]:
-    """True level -> the reported vertebra within ``hit_mm`` of it (one to one, nearest first)."""
-    from scipy.optimize import linear_sum_assignment
+    """True level -> the reported vertebra within ``hit_mm`` of it, one to one
+    (:func:`scripts.tools.finder_data.match_centres` on the world centres)."""
+    from scripts.tools.finder_data import match_centres
 
-    if not reported or not truth:
-        return {}
-    r = np.array([v["centre_world_mm"] for v in reported], np.float64)
-    t = np.array([v["centre_mm_world"] for v in truth], np.float64)
-    dist = np.linalg.norm(t[:, None] - r[None], axis=-1)
-    rows, cols = linear_sum_assignment(dist)
-    return {truth[i]["level"]: reported[j] for i, j in zip(rows, cols) if dist[i, j] <= hit_mm}
+    true_mm = [v["centre_mm_world"] for v in truth]
+    match = match_centres(true_mm, [v["centre_world_mm"] for v in reported], hit_mm)
+    return {truth[i]["level"]: reported[j] for i, (j, _) in match.items()}
 
 
 def spine_eval(
@@ -100,7 +83,7 @@ def spine_eval(
     import nibabel as nib
     from scripts.io.radiograph import read_radiograph
     from scripts.spine import file_px, radiographs
-    from scripts.tools.finder_data import label_source, simulate_patient
+    from scripts.tools.finder_data import label_source, resample_labels, simulate_patient
 
     configs = [config_file] if isinstance(config_file, str) else list(config_file)
     dl = json.loads((Path(data) / "datalist.json").read_text())
@@ -131,7 +114,8 @@ def spine_eval(
             matched = _match(reported, truth, hit_mm)
             img = nib.load(str(dest / patient / f"{patient}_labels.nii.gz"))
             pred = np.asarray(img.dataobj).astype(np.int64)
-            gt = _truth_on_grid(Path(label_path), img.affine, pred.shape, report["radiographs"]["world_to_system"])
+            to_world = np.linalg.inv(np.asarray(report["radiographs"]["world_to_system"], np.float64)) @ img.affine
+            gt = resample_labels(label_path, to_world, pred.shape)
             spacing = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(0))
             for v in truth:
                 row = {"patient": patient, "level": v["level"], "mode": mode, "found": v["level"] in matched}
