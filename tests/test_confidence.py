@@ -145,3 +145,31 @@ def test_a_window_far_off_the_vertebra_lowers_the_shipped_models_confidence(exam
     assert float(off["val_dice"]) < float(clean["val_dice"]) - 0.03
     assert float(off["val_confidence"]) < float(clean["val_confidence"]) - 0.03
     assert 0.7 < float(clean["val_confidence"]) <= 1.0, "calibrated: an estimate of the Dice, not the agreement"
+
+
+def test_confidence_feature_signals_on_phantoms():
+    """scripts.tools.confidence_features: a ball's projections against its expanded views, NCC and row profiles."""
+    from scripts.networks import stack_views, volume_from_views
+    from scripts.tools.confidence_features import (
+        normalised_cross_correlation,
+        row_profile_consistency,
+        volume_projections,
+    )
+
+    n = 32
+    g = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32)] * 3, indexing="ij"))
+    ball = (((g - torch.tensor([12.0, 18.0, 20.0]).view(3, 1, 1, 1)) ** 2).sum(0) <= 25).float()[None, None]
+    views = volume_projections(ball)
+    assert views.shape == (1, 2, n, n)
+    # the projections are the means along the beam axes: replicated back and read again, they are unchanged
+    np.testing.assert_allclose(stack_views(volume_from_views(views[:, 0], views[:, 1], n, n)), views, atol=1e-6)
+    assert float(views[0, 0].sum() * n) == pytest.approx(float(ball.sum()))  # the AP line integrals hold the ball
+    ncc = normalised_cross_correlation(views, views)
+    np.testing.assert_allclose(ncc, 1.0, atol=1e-5)
+    np.testing.assert_allclose(normalised_cross_correlation(views, -views), -1.0, atol=1e-5)
+    assert float(normalised_cross_correlation(views, torch.ones_like(views)).abs().max()) == 0.0
+    # one ball's two views share their row profiles; views of balls at different heights do not
+    assert float(row_profile_consistency(views)[0]) == pytest.approx(1.0, abs=1e-6)
+    other = volume_projections(torch.roll(ball, 10, dims=4))
+    mixed = torch.stack([views[:, 0], other[:, 1]], dim=1)
+    assert float(row_profile_consistency(mixed)[0]) < 0.0

@@ -211,6 +211,11 @@ def test_training_pairs_of_a_synthetic_scan(tmp_path):
     assert 1000 <= draw["sdd"] <= 1500 and 200 <= draw["sdd"] - draw["sod"] <= 500
     rot = rotation_matrix(draw["rotation_deg"])
     np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-12)
+    assert all(abs(a) <= b for a, b in zip(draw["rotation_deg"], (5.0, 5.0, 8.0)))
+    tilts = [draw_pair(np.random.default_rng(s), (30.0, 0.0, 0.0))["rotation_deg"] for s in range(40)]
+    assert all(abs(t[0]) <= 30.0 and t[1] == t[2] == 0.0 for t in tilts) and max(abs(t[0]) for t in tilts) > 20.0
+    with pytest.raises(ValueError, match="rotation_deg"):
+        draw_pair(np.random.default_rng(0), (-1.0, 5.0, 5.0))
     draw.update(photon_count=None, isocentre_offset_mm=[0.0, 0.0, 0.0])
     images, record = simulate_pair(hu, affine, vertebrae, draw, seed=0, detector_mm=200.0)
     assert images.shape == (2, 100, 100)

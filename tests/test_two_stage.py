@@ -150,3 +150,20 @@ def test_bone_density_draw_scales_the_vertebra_above_water():
     body = rest + spine_of(250.0)
     for f in (0.3, 1.0, 1.5):
         torch.testing.assert_close(scale_bone_density(body, spine_of(250.0), f), rest + spine_of(f * 250.0))
+
+
+def test_stage_parser_widens_the_pose_draw_of_the_body_windows():
+    """``--pose_deg`` reaches the body windows' pose draw (RandPosed) in place of the configs' 15 degrees."""
+    from scripts.tools.spine_stage import stage_parser
+    from scripts.transforms import RandPosed
+
+    def pose_bound(parser) -> list[float]:
+        poses = [t for t in parser.get_parsed_content("augment_transforms") if isinstance(t, RandPosed)]
+        assert len(poses) == 1
+        return poses[0].range_deg.tolist()
+
+    assert pose_bound(stage_parser("data/none")) == [15.0, 15.0, 15.0]
+    assert pose_bound(stage_parser("data/none", (35, 15, 15))) == [35.0, 15.0, 15.0]
+    assert pose_bound(stage_parser("data/none", 20)) == [20.0, 20.0, 20.0]
+    with pytest.raises(ValueError, match="pose_deg"):
+        stage_parser("data/none", (-5, 15, 15))

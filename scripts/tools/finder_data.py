@@ -13,8 +13,10 @@ radiographs``) onto a 430 mm detector of 2 mm pixels, each pair with its own dra
 - source-detector distance uniform in 1000-1500 mm, the isocentre 200-500 mm in front of the detector;
 - the isocentre at the labelled vertebrae's mean centre, moved by up to 40 mm left-right and front-back and 60 mm
   along the spine;
-- the patient turned about the isocentre by up to 8 degrees about the long axis and 5 degrees about each of the
-  other two (one rotation for both views, as when a patient stands turned in the system);
+- the patient turned about the isocentre by up to 5 degrees about the left-right axis, 5 about the front-back axis
+  and 8 about the long axis (``--rotation_deg``; one rotation for both views, as when a patient stands turned in the
+  system). ``--rotation_deg "(30, 5, 8)"`` also tilts the spine forward and back by up to 30 degrees, as a lordotic
+  lumbar spine or a patient leaning stands in a lateral radiograph;
 - the tube's spectrum (60, 90 or 120 kV) and 10^4-10^6 photons per pixel (Poisson noise).
 
 The vertebrae and their levels come from the patient's label map (the raw ``<patient>_seg.nii.gz`` of
@@ -67,6 +69,8 @@ DETECTOR_MM = 430.0
 PIXEL_MM = 2.0
 VIEW_NAMES = ("ap", "lateral")
 _ANGLES = np.array([[0.0, 0.0], [90.0, 0.0]])
+#: the default bound of the patient's turn (degrees) about the left-right, front-back and long axes
+ROTATION_DEG = (5.0, 5.0, 8.0)
 
 
 def label_source(patient: str, labels_dir: str | os.PathLike) -> tuple[str, str, str | None]:
@@ -188,14 +192,18 @@ def rotation_matrix(degrees_xyz: Any) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def draw_pair(rng: np.random.Generator) -> dict[str, Any]:
-    """One pair's random draw (see the module docstring)."""
+def draw_pair(rng: np.random.Generator, rotation_deg: Any = ROTATION_DEG) -> dict[str, Any]:
+    """One pair's random draw (see the module docstring); ``rotation_deg`` bounds the patient's turn about the
+    left-right, front-back and long axes (degrees)."""
+    rotation = np.broadcast_to(np.asarray(rotation_deg, dtype=np.float64), (3,))
+    if np.any(rotation < 0) or np.any(rotation > 90):
+        raise ValueError(f"rotation_deg must be three angles in [0, 90] degrees, got {rotation_deg!r}.")
     sdd = float(rng.uniform(1000.0, 1500.0))
     return {
         "sdd": round(sdd, 1),
         "sod": round(sdd - float(rng.uniform(200.0, 500.0)), 1),
         "isocentre_offset_mm": [round(float(v), 2) for v in rng.uniform(-1, 1, 3) * np.array([40.0, 40.0, 60.0])],
-        "rotation_deg": [round(float(v), 2) for v in rng.uniform(-1, 1, 3) * np.array([5.0, 5.0, 8.0])],
+        "rotation_deg": [round(float(v), 2) for v in rng.uniform(-1, 1, 3) * rotation],
         "spectrum": str(rng.choice(["60kV", "90kV", "120kV"])),
         "photon_count": float(10 ** rng.uniform(4.0, 6.0)),
     }
@@ -334,6 +342,7 @@ def finder_data(
     seed: int = 0,
     splits: tuple[str, ...] = ("training", "validation"),
     bowel_gas: float = 0.0,
+    rotation_deg: tuple[float, float, float] = ROTATION_DEG,
 ) -> dict[str, Any]:
     """Simulate the finder's training and validation radiograph pairs (see the module docstring).
 
@@ -347,6 +356,8 @@ def finder_data(
         splits: the splits of ``data`` simulated.
         bowel_gas: the share of pairs whose scan gets pockets of bowel gas (:func:`add_bowel_gas`), training and
             validation alike.
+        rotation_deg: the largest turn of the patient about the left-right, front-back and long axes (degrees),
+            training and validation alike.
 
     Returns:
         a summary (also printed as JSON).
@@ -375,7 +386,7 @@ def finder_data(
         for k in todo:
             s = zlib.crc32(f"{seed}/{patient}/{k}".encode()) & 0x7FFFFFFF
             rng = np.random.default_rng(s)
-            draw = draw_pair(rng)
+            draw = draw_pair(rng, rotation_deg)
             scan, pockets = hu, []
             if bowel_gas > 0 and rng.random() < bowel_gas:
                 scan, pockets = add_bowel_gas(hu, affine, vertebrae, rng)

@@ -24,6 +24,9 @@ Usage::
    draws a bone density factor ``f`` per window, uniform in that range, and adds ``(f - 1) * 0.2`` times the
    spine-only X-ray to the body X-ray (:data:`BONE_EXCESS_SHARE`): the vertebrae's attenuation above water's
    scaled by ``f``, as between an osteoporotic spine and a dense one (the target views are left as they are).
+   ``--pose_deg "(35, 15, 15)"`` bounds the pose draw about the left-right, front-back and long axes in place of
+   the configs' ``rotation_deg`` (15 degrees about each): a wider forward and backward tilt, as of lordotic lumbar
+   vertebrae.
    Every 200 steps it is scored on the validation patient's body windows (normalised cross-correlation with
    their true target views), the best is kept (``<out>/stage2d.pt``) and the whole state is saved
    (``<out>/last.pt``): a second call resumes and trains ``--minutes`` more.
@@ -47,13 +50,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BONE_EXCESS_SHARE", "scale_bone_density", "train", "combine"]
+__all__ = ["BONE_EXCESS_SHARE", "scale_bone_density", "stage_parser", "train", "combine"]
 
 ROOT = Path(__file__).resolve().parents[2]
 _VIEWS = [[0.0, 0.0], [90.0, 0.0]]
 #: the share of a vertebra's attenuation above water's at about 250 HU, near the training patients' mean vertebra
 #: HU (200-310): mu / mu_water = 1 + HU / 1000 = 1.25, so 0.25 / 1.25. What the bone density draw scales.
 BONE_EXCESS_SHARE = 0.2
+#: the configs of the body windows, in order
+_BODY_CONFIGS = ("train.json", "cpu.json", "body.json")
 #: a BasicUNet state dict's convolutions whose output widths are its six ``features``
 _VIEW_FEATURE_KEYS = ("conv_0.conv_0", "down_1.convs.conv_0", "down_2.convs.conv_0", "down_3.convs.conv_0",
                       "down_4.convs.conv_0", "upcat_1.convs.conv_0")  # fmt: skip
@@ -75,6 +80,32 @@ def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a * b).sum((-2, -1)) / (a.norm(dim=(-2, -1)) * b.norm(dim=(-2, -1)) + 1e-8)).mean())
 
 
+def stage_parser(dataset_dir: str, pose_deg: float | tuple[float, float, float] | None = None) -> Any:
+    """The body-window configs (``train.json``, ``cpu.json``, ``body.json``) the view stage draws its windows with.
+
+    Args:
+        dataset_dir: the prepared dataset.
+        pose_deg: the pose draw's bound about x (left-right), y and z (degrees, one value or three), in place of the
+            configs' ``rotation_deg``.
+
+    Returns:
+        a ``monai.bundle.ConfigParser`` with ``probe_training`` and ``probe_validation``, the splits' body items.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / c) for c in _BODY_CONFIGS])
+    parser["dataset_dir"] = dataset_dir
+    parser["probe_training"] = "$@scripts.workflow.load_split(@dataset_dir, 'training', 'body')"
+    parser["probe_validation"] = "$@scripts.workflow.load_split(@dataset_dir, 'validation', 'body')"
+    if pose_deg is not None:
+        bound = np.broadcast_to(np.asarray(pose_deg, dtype=np.float64), (3,))
+        if np.any(bound < 0) or np.any(bound > 180):
+            raise ValueError(f"pose_deg must be one or three angles in [0, 180] degrees, got {pose_deg!r}.")
+        parser["rotation_deg"] = bound.tolist()
+    return parser
+
+
 def train(
     dataset_dir: str = "data/body64",
     model_3d: str = "models/cpu/model.pt",
@@ -84,6 +115,7 @@ def train(
     target: str = "isolated",
     joint_views: bool = True,
     bone_density: tuple[float, float] | None = None,
+    pose_deg: float | tuple[float, float, float] | None = None,
     seed: int = 0,
     out: str = "runs/spine_stage",
 ) -> dict[str, Any]:
@@ -103,12 +135,7 @@ def train(
 
     rng = np.random.RandomState(seed)
     torch.manual_seed(seed)
-    configs = [str(ROOT / "configs" / c) for c in ("train.json", "cpu.json", "body.json")]
-    parser = ConfigParser()
-    parser.read_config(configs)
-    parser["dataset_dir"] = dataset_dir
-    parser["probe_training"] = "$@scripts.workflow.load_split(@dataset_dir, 'training', 'body')"
-    parser["probe_validation"] = "$@scripts.workflow.load_split(@dataset_dir, 'validation', 'body')"
+    parser = stage_parser(dataset_dir, pose_deg)
     if target not in ("spine", "isolated"):
         raise ValueError(f"target must be 'spine' or 'isolated', got {target!r}.")
     if bone_density is not None:
@@ -220,7 +247,7 @@ def train(
     net.load_state_dict(torch.load(weights, weights_only=True))
     net.eval()
     p3 = ConfigParser()
-    p3.read_config(configs + [str(ROOT / "configs" / "lab" / "recipes" / "spine_only.json")])
+    p3.read_config([str(ROOT / "configs" / c) for c in (*_BODY_CONFIGS, "lab/recipes/spine_only.json")])
     p3["dataset_dir"] = dataset_dir
     model = p3.get_parsed_content("network")
     model.load_state_dict(load_state_dict_file(model_3d))
@@ -249,7 +276,7 @@ def train(
     means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("true_target", "stage_own", "stage_swapped")}
     report = {
         "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
-        "bone_density": bone_density,
+        "bone_density": bone_density, "pose_deg": parser["rotation_deg"],
         "joint_views": joint_views, "pool": len(pool), "pool_seconds": round(pool_s, 1), "steps": step,
         "minutes": minutes,
         "val_ncc_best": round(best, 4), "val_ncc_mean_target_baseline": round(baseline, 4), "curve": curve,
