@@ -291,3 +291,14 @@ def test_localise_epipolar_with_a_stub_finder():
     assert [v.level_index for v in found] == list(range(3, 8))
     with pytest.raises(BundleInputError, match="matching='closest'"):
         localise_vertebrae(images, VIEWS, net, matching="closest")
+
+
+def test_segment_tilts_of_a_straight_and_a_leaning_chain():
+    """scripts.tools.finder_data.segment_tilts: centres 30 mm apart down z, leaning 30 degrees toward +y, then 20
+    degrees toward -x."""
+    from scripts.tools.finder_data import segment_tilts
+
+    t30, t20 = np.tan(np.radians(30.0)), np.tan(np.radians(20.0))
+    centres = [[0.0, 0.0, 0.0], [0.0, 0.0, -30.0], [0.0, 30.0 * t30, -60.0], [-30.0 * t20, 30.0 * t30, -90.0]]
+    np.testing.assert_allclose(segment_tilts(centres), [[0.0, 0.0], [30.0, 0.0], [0.0, -20.0]], atol=1e-9)
+    assert segment_tilts([[1.0, 2.0, 3.0]]).shape == (0, 2)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ __all__ = [
     "PIXEL_MM",
     "label_source",
     "patient_vertebrae",
+    "segment_tilts",
+    "spine_tilts",
     "resample_labels",
     "labels_on_grid",
     "match_centres",
@@ -106,6 +109,44 @@ def patient_vertebrae(label_path: str, convention: str = "verse", class_map: str
     cmap = read_class_map(class_map) if class_map else None
     found = vertebra_centres(np.asarray(lab[0]).astype(np.int64), np.asarray(lab.affine), convention, cmap)
     return [c for c in found if c["level"] in LEVELS]
+
+
+def segment_tilts(centres_mm: Any) -> np.ndarray:
+    """The tilt of the spine between consecutive vertebra centres (top to bottom, world mm): per segment, its angle
+    from the long (z) axis in the sagittal plane (toward y, front-back) and in the coronal plane (toward x), degrees,
+    ``(N - 1, 2)``. The sign follows the world axes."""
+    c = np.asarray(centres_mm, dtype=np.float64).reshape(-1, 3)
+    d = np.diff(c, axis=0)
+    return np.degrees(np.stack([np.arctan2(d[:, 1], np.abs(d[:, 2])), np.arctan2(d[:, 0], np.abs(d[:, 2]))], axis=1))
+
+
+def spine_tilts(data: str = "data/body64", labels_dir: str = "../shared/data/spine-ct") -> dict[str, dict]:
+    """Per patient of a prepared dataset, the sagittal and coronal tilt of each segment between two vertebrae it holds
+    complete (:func:`segment_tilts`); printed as JSON lines.
+
+    Usage: ``python -m scripts.tools.finder_data spine_tilts --data data/body64``.
+    """
+    dl = json.loads((Path(data) / "datalist.json").read_text())
+    complete: dict[str, tuple[str, set]] = {}
+    for split in ("training", "validation", "test"):
+        for item in dl.get(split, []):
+            complete.setdefault(item["patient"], (split, set()))[1].add(item["level"])
+    out = {}
+    for patient, (split, levels) in complete.items():
+        vertebrae = patient_vertebrae(*label_source(patient, labels_dir))
+        kept = [v for v in vertebrae if v["level"] in levels]
+        names = [v["level"] for v in kept]
+        tilts = segment_tilts([v["centre_mm_world"] for v in kept]) if len(kept) > 1 else np.zeros((0, 2))
+        segments = [f"{a}-{b}" for a, b in zip(names, names[1:])]
+        out[patient] = {
+            "split": split,
+            "segments": segments,
+            "sagittal_deg": [round(float(t), 1) for t in tilts[:, 0]],
+            "coronal_deg": [round(float(t), 1) for t in tilts[:, 1]],
+            "max_abs_sagittal_deg": round(float(np.abs(tilts[:, 0]).max()), 1) if len(tilts) else None,
+        }
+        print(json.dumps({"patient": patient, **out[patient]}))
+    return out
 
 
 def resample_labels(label_path: str, dst_affine: np.ndarray, shape: Any) -> np.ndarray:
@@ -420,4 +461,7 @@ if __name__ == "__main__":
     import fire
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    fire.Fire(finder_data, serialize=lambda result: None)
+    if sys.argv[1:2] == ["spine_tilts"]:
+        fire.Fire(spine_tilts, command=sys.argv[2:], serialize=lambda result: None)
+    else:
+        fire.Fire(finder_data, serialize=lambda result: None)
