@@ -99,7 +99,6 @@ def confidence_features(
     from scripts.networks.model_info import load_state_dict_file
     from scripts.tools.confidence_study import CONDITIONS, _scores
     from scripts.utils import atomic_path
-    from scripts.workflow import zscore_of_hu
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rows: list[dict[str, Any]] = []
@@ -114,7 +113,7 @@ def confidence_features(
             net.load_state_dict(load_state_dict_file(Path(ckpt_dir) / "model.pt"))
             net.eval()
             stats = parser.get_parsed_content("stats")
-            bone = zscore_of_hu(-500.0, stats)
+            bone = (-500.0 - float(stats["gt_mean"])) / float(stats["gt_std"])  # -500 HU, as the Dice metric
             dataset = parser.get_parsed_content("validate#dataset")
             for i in range(len(dataset)):
                 item = dataset[i]
