@@ -15,7 +15,11 @@ from scripts.networks.model_info import load_state_dict_file, read_model_info
 from tests.conftest import BUNDLE_ROOT
 
 #: (folder under models/, config files that define its network_def)
-MODELS = [("models", ["configs/inference.json"]), ("models/cpu", ["configs/inference.json", "configs/cpu.json"])]
+MODELS = [
+    ("models", ["configs/inference.json"]),
+    ("models/cpu", ["configs/inference.json", "configs/cpu.json"]),
+    ("models/body", ["configs/inference.json", "configs/cpu.json", "configs/body_model.json"]),
+]
 
 
 def _export_command(folder: str, configs: list[str]) -> str:

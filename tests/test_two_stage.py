@@ -132,7 +132,7 @@ def test_the_lab_overlay_rebuilds_the_network_from_the_model_file(tmp_path):
     torch.save(ear.state_dict(), tmp_path / "ear.pt")
     combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "ckpt" / "model.pt"))
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE_ROOT / "configs" / c) for c in ("inference.json", "lab/two_stage_model.json")])
+    parser.read_config([str(BUNDLE_ROOT / "configs" / c) for c in ("inference.json", "body_model.json")])
     parser["ckpt_dir"] = str(tmp_path / "ckpt")
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, TwoStageEAR) and net.joint_views

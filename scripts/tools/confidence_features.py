@@ -7,7 +7,7 @@ Usage::
         --out docs/results/confidence_features_two_stage_tsx
 
 ``--configs`` defaults to the two-stage body model's evaluation configs (``train``, ``cpu``, ``body``, ``evaluate``
-and ``lab/two_stage_model``).
+and ``body_model``).
 
 Every vertebra of the validation and test splits is simulated under each condition of
 :data:`scripts.tools.confidence_study.CONDITIONS` (clean, window off by 10 and 20 mm, lateral view 10 and 20 degrees
@@ -86,7 +86,7 @@ def confidence_features(
         "configs/cpu.json",
         "configs/body.json",
         "configs/evaluate.json",
-        "configs/lab/two_stage_model.json",
+        "configs/body_model.json",
     ),  # fmt: skip
     splits: Sequence[str] = ("validation", "test"),
     low_dice: float = 0.75,

@@ -61,7 +61,7 @@ def input_sensitivity(
     parser.read_config([str(ROOT / c) for c in configs])
     parser["dataset_dir"] = dataset_dir
     parser["validate_perturbed"] = False
-    parser["model_file"] = model  # what a config that rebuilds its network from the file (two_stage_model.json) reads
+    parser["model_file"] = model  # what a config that rebuilds its network from the file (body_model.json) reads
     for key, value in (overrides or {}).items():
         parser[key] = value
     # the config's own split reader (scripts.workflow.load_split), for the chosen split

@@ -10,7 +10,7 @@ Usage::
 For every patient of the split, the default simulated radiograph pair of
 :func:`scripts.tools.finder_data.simulate_patient` (reused from ``--work``) goes through
 :func:`scripts.spine.radiographs` twice, with the same inference config (``--config_file`` and ``--overrides``,
-e.g. ``"{'ckpt_dir': 'runs/two_stage'}"`` with ``configs/lab/two_stage_model.json``):
+e.g. ``"{'ckpt_dir': 'runs/two_stage'}"`` with ``configs/body_model.json``):
 
 - ``found``: the finder finds and names the vertebrae, one level pinned as ``finder_eval`` pins it (the lowest
   complete vertebra at its true centre in the AP file);
