@@ -83,6 +83,8 @@ __all__ = [
     "run_inference",
     "reconstruct",
     "radiographs",
+    "RADIOGRAPH_MODELS",
+    "radiograph_configs",
     "find_vertebrae",
     "file_px",
     "check_output_names",
@@ -609,6 +611,28 @@ def spine(
 #: the bundle root: the folder above ``scripts/``
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
+#: the reconstruction models of full radiographs (``--reconstruction_model``): their inference config files.
+#: ``body`` (default) is the only shipped model trained on X-rays through the whole body, which is what a radiograph
+#: shows; ``cpu`` and ``paper`` were trained on X-rays of the isolated vertebra (docs/body-xrays.md).
+RADIOGRAPH_MODELS: dict[str, tuple[str, ...]] = {
+    "body": ("configs/inference.json", "configs/cpu.json", "configs/body_model.json"),
+    "cpu": ("configs/inference.json", "configs/cpu.json"),
+    "paper": ("configs/inference.json",),
+}
+
+
+def radiograph_configs(model: str = "body", bundle_root: str | os.PathLike = BUNDLE_ROOT) -> list[str]:
+    """The inference config files (absolute paths) of a reconstruction model of :data:`RADIOGRAPH_MODELS`.
+
+    Raises:
+        DataError: an unknown model name.
+    """
+    if model not in RADIOGRAPH_MODELS:
+        raise DataError(
+            None, f"unknown reconstruction model {model!r}", f"use one of {', '.join(sorted(RADIOGRAPH_MODELS))}"
+        )
+    return [str(Path(bundle_root) / c) for c in RADIOGRAPH_MODELS[model]]
+
 
 def _check_overrides(files: Sequence[str], overrides: Mapping[str, Any]) -> None:
     """Refuse overrides that none of the config files defines (the workflow would add them and go on)."""
@@ -1015,6 +1039,7 @@ def radiographs(
     tolerance_mm: float | None = None,
     threshold: float | None = None,
     matching: str | None = None,
+    reconstruction_model: str = "body",
     config_file: str | Sequence[str] | None = None,
     batch_size: int = 8,
     bone_level: float = BONE_LEVEL_HU,
@@ -1029,17 +1054,18 @@ def radiographs(
 
     ``python -m scripts.spine radiographs --ap ap.dcm --lateral lateral.dcm --out spine``
 
-    The vertebra finder (:func:`find_vertebrae`, docs/spine-radiographs.md) finds the vertebrae in
-    both files and names them (``--level "L5=ap:ROW,COL"`` pins one level, in the file's pixels); ``--centres``
-    gives the centres instead (a JSON list of ``{"level", "centre_mm"}`` in the system frame, or the
-    ``centres.json`` of ``python -m scripts.simulate radiographs``). Each vertebra is then reconstructed from the
-    two files, cut around its centre (radiograph cases of ``configs/inference.json``, batched, with the
-    confidence), and the spine is assembled as by :func:`reconstruct`, in the X-ray system's frame (origin at the
-    isocentre, RAS axes). Besides the files of :func:`spine`, ``<out>/<patient>/`` gets
-    ``<patient>_radiographs.png`` (both radiographs with each vertebra's centre, name and projected outline), and
-    the report ``<patient>_spine.json`` gains per level the finder's centre (system mm, and the scan's world mm when
-    the files record ``world_to_system``), the ray miss, the reprojection errors, the scores and how the level was
-    named, plus the files and their geometry under ``"radiographs"``.
+    The vertebra finder (:func:`find_vertebrae`, docs/spine-radiographs.md) finds the vertebrae in both files and names
+    them (``--level "L5=ap:ROW,COL"`` pins one level, in the file's pixels); ``--centres`` gives the centres instead (a
+    JSON list of ``{"level", "centre_mm"}`` in the system frame, or the ``centres.json`` of ``python -m scripts.simulate
+    radiographs``). Each vertebra is then reconstructed from the two files, cut around its centre (radiograph cases of
+    ``configs/inference.json``, batched, with the confidence) by the body model (``models/body``, trained on X-rays
+    through the whole body; ``--reconstruction_model`` chooses another of :data:`RADIOGRAPH_MODELS`), and the spine is
+    assembled as by :func:`reconstruct`, in the X-ray system's frame (origin at the isocentre, RAS axes). Besides the
+    files of :func:`spine`, ``<out>/<patient>/`` gets ``<patient>_radiographs.png`` (both radiographs with each
+    vertebra's centre, name and projected outline), and the report ``<patient>_spine.json`` gains per level the finder's
+    centre (system mm, and the scan's world mm when the files record ``world_to_system``), the ray miss, the
+    reprojection errors, the scores and how the level was named, plus the files and their geometry under
+    ``"radiographs"``.
 
     Args:
         ap: the AP (or PA) radiograph (DICOM, or PNG / TIFF with a sidecar JSON).
@@ -1055,7 +1081,8 @@ def radiographs(
         threshold: the smallest heatmap peak the finder keeps (default the finder's).
         matching: how the finder pairs the views (``"epipolar"``, ``"assignment"`` or ``"chain"``; default the
             finder's, docs/spine-radiographs.md).
-        config_file: inference config files (default ``configs/inference.json``; add ``configs/cpu.json``).
+        reconstruction_model: ``body`` (default), ``cpu`` or ``paper`` (:data:`RADIOGRAPH_MODELS`).
+        config_file: inference config files, in place of ``reconstruction_model``'s.
         batch_size: vertebrae per network call.
         bone_level: bone iso-level in HU for label map and meshes.
         spacing: grid spacing of the label map in mm.
@@ -1078,6 +1105,8 @@ def radiographs(
             None, f"two radiographs are needed, an AP and a lateral; got {given}", "give --ap and --lateral"
         )
     check_case_names([patient], what="patient")
+    if config_file is None:
+        config_file = radiograph_configs(reconstruction_model)
     watch = _Stopwatch(timings)
     with watch("find"):
         rads = [read_radiograph(ap), read_radiograph(lateral)]

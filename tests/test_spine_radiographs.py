@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -74,17 +75,36 @@ def test_the_command_line_ends_a_bad_input_in_one_line(pair, tmp_path):
 
 
 def test_the_bundle_config_runs_the_same_job(pair, tmp_path):
-    """configs/spine_radiographs.json, run by python -m monai.bundle run, writes the patient's files."""
+    """configs/spine_radiographs.json, run by python -m monai.bundle run, writes the patient's files with the default
+    reconstruction model, the body model."""
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "configs" / "spine_radiographs.json"),
         "--ap", str(pair / "ap.dcm"), "--lateral", str(pair / "lateral.dcm"), "--centres", str(pair / "centres.json"),
-        "--output_dir", str(tmp_path / "out"), "--patient", "P2", "--cpu_model", "True", "--confidence", "False",
+        "--output_dir", str(tmp_path / "out"), "--patient", "P2", "--confidence", "False",
         "--device", "cpu",
     ]  # fmt: skip
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "P2" / "P2_spine.json").read_text())
     assert set(report["vertebrae"]) == {"T10", "T11", "T12"}
+    assert "models/body/model.pt" in res.stderr + res.stdout, "the body model reconstructs full radiographs"
+
+
+def test_reconstruction_models_of_full_radiographs():
+    """--reconstruction_model names the inference configs; the spine config resolves them; a wrong name is refused."""
+    from monai.bundle import ConfigParser
+    from scripts.spine import radiograph_configs
+
+    assert [Path(c).name for c in radiograph_configs()] == ["inference.json", "cpu.json", "body_model.json"]
+    assert [Path(c).name for c in radiograph_configs("paper")] == ["inference.json"]
+    assert all(Path(c).is_file() for m in ("body", "cpu", "paper") for c in radiograph_configs(m))
+    with pytest.raises(DataError, match="unknown reconstruction model 'iso'"):
+        radiograph_configs("iso")
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "spine_radiographs.json"))
+    parser["bundle_root"] = str(ROOT)
+    parser["reconstruction_model"] = "cpu"
+    assert parser.get_parsed_content("inference_configs") == radiograph_configs("cpu", ROOT)
 
 
 def test_a_found_vertebra_outside_one_image_is_left_out(caplog):

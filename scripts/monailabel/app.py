@@ -7,10 +7,11 @@ MONAI Label loads it from the ``main.py`` that :func:`scripts.monailabel.write_a
     monailabel start_server --app /tmp/ear-app --studies /path/to/xrays --conf configs \
         configs/inference.json,configs/cpu.json
 
-App settings (``--conf KEY VALUE``): ``configs`` (bundle config files, comma-separated, relative to the
-bundle; default ``configs/inference.json``), ``work_root`` (parent of the per-request work folders;
-default the system's temporary folder), ``keep_outputs`` (``true``: keep each request's outputs there).
-Needs ``monailabel`` (see docs/monailabel.md).
+App settings (``--conf KEY VALUE``): ``configs`` (bundle config files of the ``ear`` task, comma-separated, relative to
+the bundle; default ``configs/inference.json``), ``spine_configs`` (the ``spine`` task's reconstruction configs; default
+the body model's, ``configs/inference.json,configs/cpu.json,configs/body_model.json``), ``work_root`` (parent of the
+per-request work folders; default the system's temporary folder), ``keep_outputs`` (``true``: keep each request's
+outputs there). Needs ``monailabel`` (see docs/monailabel.md).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class EARApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         conf = dict(conf or {})
         self.bundle_configs = conf.get("configs") or ",".join(DEFAULT_CONFIGS)
+        self.spine_configs = conf.get("spine_configs") or None
         self.work_root = conf.get("work_root") or None
         self.keep_outputs = _true(conf.get("keep_outputs", "false"))
         meta = BUNDLE_ROOT / "configs" / "metadata.json"
@@ -97,7 +99,7 @@ class EARApp(MONAILabelApp):
             ),
             SPINE_TASK: SpineInferTask(
                 bundle_root=BUNDLE_ROOT,
-                configs=self.bundle_configs,
+                configs=self.spine_configs,
                 work_root=self.work_root,
                 keep_outputs=self.keep_outputs,
             ),

@@ -260,15 +260,15 @@ def run_spine(
     case_id: str,
     work_dir: str | os.PathLike,
     bundle_root: str | os.PathLike = BUNDLE_ROOT,
-    configs: str | list[str] | tuple[str, ...] = DEFAULT_CONFIGS,
+    configs: str | list[str] | tuple[str, ...] | None = None,
     level: str | None = None,
     centres: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """The whole spine of two full radiographs with the bundle's ``configs/spine_radiographs.json``.
 
-    Every vertebra is found (or taken from ``centres``), reconstructed with ``configs`` (the inference configs)
-    and assembled; the outputs go to ``work_dir/<case_id>/`` (``docs/reference.md``, whole spine from two full
-    radiographs).
+    Every vertebra is found (or taken from ``centres``), reconstructed with ``configs`` (the inference configs; default
+    the body model's, :data:`scripts.spine.RADIOGRAPH_MODELS`) and assembled; the outputs go to ``work_dir/<case_id>/``
+    (``docs/reference.md``, whole spine from two full radiographs).
 
     Returns:
         the spine report (``<case_id>_spine.json``).
@@ -286,8 +286,9 @@ def run_spine(
         "output_dir": str(work),
         "level": level,
         "centres": None if centres is None else str(centres),
-        "inference_configs": config_files(configs, root),
     }
+    if configs:
+        settings["inference_configs"] = config_files(configs, root)
     _run_workflow(str(root / "configs" / "spine_radiographs.json"), root, settings)
     report = work / case_id / f"{case_id}_spine.json"
     if not report.is_file():

@@ -146,7 +146,7 @@ def _ap_first(pair: XRayPair) -> tuple[str, str]:
 def spine_request(
     request: dict[str, Any],
     bundle_root: str | os.PathLike = BUNDLE_ROOT,
-    configs: str | list[str] | tuple[str, ...] = DEFAULT_CONFIGS,
+    configs: str | list[str] | tuple[str, ...] | None = None,
     work_root: str | os.PathLike | None = None,
     keep_outputs: bool = False,
 ) -> tuple[str, dict[str, Any]]:
@@ -162,7 +162,9 @@ def spine_request(
             | "volume" (HU) | "mesh" | "mesh_ply" (the whole spine's surface), "level": optional pin such as
             "L5=ap:812,640" (the file's pixels), "centres": optional path of a JSON of known centres, used instead
             of the finder (``--centres`` of ``python -m scripts.spine radiographs``)}``; other keys are ignored.
-        bundle_root, configs, work_root, keep_outputs: as for :func:`infer_request`.
+        bundle_root, work_root, keep_outputs: as for :func:`infer_request`.
+        configs: the inference configs of the reconstruction (default the body model's, as
+            ``configs/spine_radiographs.json`` chooses it).
 
     Returns:
         (path of the returned file, outside the bundle and the work folder; the JSON report: the spine report of

@@ -116,7 +116,9 @@ class SpineInferTask(EARInferTask):
     ``centres`` (a JSON path) gives the centres instead of the finder.
 
     Args:
-        bundle_root, configs, work_root, keep_outputs: as for :class:`EARInferTask`.
+        bundle_root, work_root, keep_outputs: as for :class:`EARInferTask`.
+        configs: the reconstruction's inference configs (default ``None``: the body model's, trained on X-rays
+            through the whole body, :data:`scripts.spine.RADIOGRAPH_MODELS`).
         description: shown by MONAI Label's ``/info``.
     """
 
@@ -125,7 +127,7 @@ class SpineInferTask(EARInferTask):
     def __init__(
         self,
         bundle_root: str | Path = BUNDLE_ROOT,
-        configs: str | list[str] | tuple[str, ...] = DEFAULT_CONFIGS,
+        configs: str | list[str] | tuple[str, ...] | None = None,
         work_root: str | Path | None = None,
         keep_outputs: bool = False,
         description: str = "EAR spine: every vertebra of an AP and a lateral full radiograph (label map, meshes)",
