@@ -118,7 +118,8 @@ def confidence_features(
             for i in range(len(dataset)):
                 item = dataset[i]
                 x = torch.as_tensor(item["image"][None]).float()
-                gt = torch.as_tensor(item["gt"][None]).float()
+                truth_key = "label" if "label" in item else "gt"  # the evaluation names the ground truth "label"
+                gt = torch.as_tensor(item[truth_key][None]).float()
                 with torch.no_grad():
                     preds = tta(x, net)
                     read = net.spine_views(x) if hasattr(net, "spine_views") else zscore_images(stack_views(x))

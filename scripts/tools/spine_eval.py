@@ -4,13 +4,12 @@ true ones (the end-to-end numbers of docs/spine-radiographs.md).
 
 Usage::
 
-    python -m scripts.tools.spine_eval --split test --out docs/results/spine_end_to_end_test.json \\
-        --config_file "['configs/inference.json','configs/cpu.json']"
+    python -m scripts.tools.spine_eval --split test --out docs/results/spine_end_to_end_test.json
 
 For every patient of the split, the default simulated radiograph pair of
 :func:`scripts.tools.finder_data.simulate_patient` (reused from ``--work``) goes through
-:func:`scripts.spine.radiographs` twice, with the same inference config (``--config_file`` and ``--overrides``,
-e.g. ``"{'ckpt_dir': 'runs/two_stage'}"`` with ``configs/body_model.json``):
+:func:`scripts.spine.radiographs` twice, with the same inference config (``--config_file``, default the shipped body
+model's as ``scripts.spine radiographs`` uses it, and ``--overrides``, e.g. ``"{'ckpt_dir': 'runs/two_stage'}"``):
 
 - ``found``: the finder finds and names the vertebrae, one level pinned as ``finder_eval`` pins it (the lowest
   complete vertebra at its true centre in the AP file);
@@ -73,7 +72,7 @@ def spine_eval(
     split: str = "test",
     data: str = "data/body64",
     labels_dir: str = "../shared/data/spine-ct",
-    config_file: str | Sequence[str] = ("configs/inference.json", "configs/cpu.json"),
+    config_file: str | Sequence[str] = ("configs/inference.json", "configs/cpu.json", "configs/body_model.json"),
     overrides: dict[str, Any] | None = None,
     work: str = "runs/spine_eval",
     out: str | None = None,
