@@ -371,7 +371,8 @@ def warn_input_source(cases: Sequence[Mapping[str, Any]], model_file: str | os.P
         return False
     logging.getLogger(__name__).warning(
         f"{model_file} was trained on X-rays of drr_source {source!r}, not on X-rays through the whole body as full "
-        "radiographs are: expect a poor reconstruction (docs/body-xrays.md); use a model trained with configs/body.json"
+        "radiographs are: expect a poor reconstruction (docs/body-xrays.md); add configs/body_model.json to use the "
+        "body model (models/body)"
     )
     return True
 

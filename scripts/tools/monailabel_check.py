@@ -451,7 +451,9 @@ def run_check(
         f"Written by `python -m scripts.tools.monailabel_check` on {started:%Y-%m-%d %H:%M} UTC; machine: "
         f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, no GPU used. Paths: `$BUNDLE` the bundle, `$WORK` the work "
-        f"folder, `$VENV` the MONAI Label environment. Bundle configs: `{configs}`."
+        f"folder, `$VENV` the MONAI Label environment. Bundle configs of the task `ear`: `{configs}`; the task "
+        "`spine` reconstructs with its default, the body model (`configs/inference.json,configs/cpu.json,"
+        "configs/body_model.json`)."
     )
     if skip_setup:
         transcript.add("## 1. Environment\n\nReused as it was (`--skip_setup`).")
