@@ -153,6 +153,7 @@ def test_confidence_feature_signals_on_phantoms():
     from scripts.tools.confidence_features import (
         normalised_cross_correlation,
         row_profile_consistency,
+        view_centring,
         volume_projections,
     )
 
@@ -173,3 +174,8 @@ def test_confidence_feature_signals_on_phantoms():
     other = volume_projections(torch.roll(ball, 10, dims=4))
     mixed = torch.stack([views[:, 0], other[:, 1]], dim=1)
     assert float(row_profile_consistency(mixed)[0]) < 0.0
+    # a ball half a voxel from the grid's centre gives views as near their centres; moved 6 voxels along z, 6.5 rows
+    centred = volume_projections(torch.roll(ball, (4, -2, -4), dims=(2, 3, 4)))  # centre (16, 16, 16) of 0..31: 15.5
+    assert float(view_centring(centred)[0]) == pytest.approx(-0.5 * 2**0.5, abs=1e-4)
+    moved = volume_projections(torch.roll(ball, (4, -2, 2), dims=(2, 3, 4)))
+    assert float(view_centring(moved)[0]) == pytest.approx(-((6.5**2 + 0.5**2) ** 0.5), abs=1e-4)

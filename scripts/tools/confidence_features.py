@@ -22,7 +22,9 @@ copies. Per vertebra and condition:
 - ``view_consistency``: the Pearson correlation of the two views' row profiles (:func:`row_profile_consistency`).
   Both views integrate the same slab of the patient at each height, so for the X-rays of one object in parallel
   beams the profiles are equal; two views that show different things disagree;
-- ``bone_fraction``: the share of the grid above -500 HU in the reconstruction.
+- ``bone_fraction``: the share of the grid above -500 HU in the reconstruction;
+- ``centring``: how far the mass of the views read lies from the window's centre (:func:`view_centring`, pixels,
+  negated): the views of a vertebra in a window centred on it are centred too.
 
 Written: ``<out>_rows.csv`` (one row per split, condition and vertebra, with its Dice) and ``<out>_summary.csv``
 (per split and signal: Spearman's correlation with Dice, the ROC AUC for Dice < 0.75 with low signal as the alarm, as
@@ -41,11 +43,11 @@ import numpy as np
 import torch
 
 __all__ = ["SIGNALS", "volume_projections", "normalised_cross_correlation", "row_profile_consistency",
-           "confidence_features"]  # fmt: skip
+           "view_centring", "confidence_features"]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the signals measured, in the summary's order
-SIGNALS = ("agreement", "reprojection_ap", "reprojection_lateral", "view_consistency", "bone_fraction")
+SIGNALS = ("agreement", "reprojection_ap", "reprojection_lateral", "view_consistency", "bone_fraction", "centring")
 
 
 def volume_projections(mu: torch.Tensor) -> torch.Tensor:
@@ -75,6 +77,19 @@ def row_profile_consistency(views: torch.Tensor) -> torch.Tensor:
     p = p - p.mean(-1, keepdim=True)
     den = p[:, 0].norm(dim=-1) * p[:, 1].norm(dim=-1)
     return torch.where(den > 0, (p[:, 0] * p[:, 1]).sum(-1) / den.clamp_min(1e-12), torch.zeros_like(den))
+
+
+def view_centring(views: torch.Tensor) -> torch.Tensor:
+    """Minus the largest distance (pixels) between a view's centre of mass (each view less its minimum) and the
+    image centre, over the two views ``(B, 2, H, W)``; ``(B,)``. 0 for views centred on what they show."""
+    w = views - views.amin(dim=(-2, -1), keepdim=True)
+    h, wd = views.shape[-2:]
+    rows = torch.arange(h, dtype=views.dtype, device=views.device).view(-1, 1) - (h - 1) / 2.0
+    cols = torch.arange(wd, dtype=views.dtype, device=views.device).view(1, -1) - (wd - 1) / 2.0
+    mass = w.sum((-2, -1)).clamp_min(1e-12)
+    r = (w * rows).sum((-2, -1)) / mass
+    c = (w * cols).sum((-2, -1)) / mass
+    return -torch.sqrt(r**2 + c**2).amax(dim=1)
 
 
 def confidence_features(
@@ -136,6 +151,7 @@ def confidence_features(
                     "reprojection_lateral": round(float(reproj[1]), 4),
                     "view_consistency": round(float(row_profile_consistency(read)[0]), 4),
                     "bone_fraction": round(float(mask.float().mean()), 5),
+                    "centring": round(float(view_centring(read)[0]), 3),
                 })  # fmt: skip
             print(f"[confidence features] {split} / {name}: {len(dataset)} vertebrae", flush=True)
     summary = []
