@@ -3,10 +3,10 @@
 
 Usage::
 
-    python -m scripts.tools.confidence_features --ckpt_dir runs/two_stage_tsx --dataset_dir data/body64 \\
-        --out docs/results/confidence_features_two_stage_tsx
+    python -m scripts.tools.confidence_features --ckpt_dir models/body --dataset_dir data/body64 \\
+        --out docs/results/confidence_features_body
 
-``--configs`` defaults to the two-stage body model's evaluation configs (``train``, ``cpu``, ``body``, ``evaluate``
+``--configs`` defaults to the body model's evaluation configs (``train``, ``cpu``, ``body``, ``evaluate``
 and ``body_model``).
 
 Every vertebra of the validation and test splits is simulated under each condition of
@@ -93,7 +93,7 @@ def view_centring(views: torch.Tensor) -> torch.Tensor:
 
 
 def confidence_features(
-    ckpt_dir: str = "runs/two_stage_tsx",
+    ckpt_dir: str = "models/body",
     dataset_dir: str = "data/body64",
     out: str = "runs/confidence/features",
     configs: Sequence[str] = (
@@ -108,6 +108,7 @@ def confidence_features(
 ) -> list[dict[str, Any]]:
     """Measure the signals (module docstring); returns the summary rows."""
     from monai.bundle import ConfigParser
+    from monai.metrics import compute_dice
     from scripts.confidence import TTAInferer, mask_agreement
     from scripts.functional import zscore_images
     from scripts.networks import stack_views
@@ -140,7 +141,7 @@ def confidence_features(
                     read = net.spine_views(x) if hasattr(net, "spine_views") else zscore_images(stack_views(x))
                 pred = preds[:, :1]
                 mask, truth = pred > bone, gt > bone
-                dice = float(2 * (mask & truth).sum() / (mask.sum() + truth.sum()).clamp_min(1))
+                dice = float(compute_dice(mask.float(), truth.float(), include_background=True, ignore_empty=False))
                 hu = pred * float(stats["gt_std"]) + float(stats["gt_mean"])
                 reproj = normalised_cross_correlation(volume_projections((hu + 1000.0).clamp_min(0.0)), read)[0]
                 rows.append({
