@@ -152,8 +152,9 @@ def test_bone_density_draw_scales_the_vertebra_above_water():
         torch.testing.assert_close(scale_bone_density(body, spine_of(250.0), f), rest + spine_of(f * 250.0))
 
 
-def test_stage_parser_widens_the_pose_draw_of_the_body_windows():
-    """``--pose_deg`` reaches the body windows' pose draw (RandPosed) in place of the configs' 15 degrees."""
+def test_stage_parser_widens_the_pose_and_window_draws_of_the_body_windows():
+    """``--pose_deg`` reaches the body windows' pose draw (RandPosed) in place of the configs' 15 degrees, and
+    ``--window_shift_mm`` their window shift (RandWindowShiftd) in place of 7 mm."""
     from scripts.tools.spine_stage import stage_parser
     from scripts.transforms import RandPosed
 
@@ -167,6 +168,16 @@ def test_stage_parser_widens_the_pose_draw_of_the_body_windows():
     assert pose_bound(stage_parser("data/none", 20)) == [20.0, 20.0, 20.0]
     with pytest.raises(ValueError, match="pose_deg"):
         stage_parser("data/none", (-5, 15, 15))
+    from scripts.transforms import RandWindowShiftd
+
+    def shift_bound(parser) -> list[float]:
+        (shift,) = [t for t in parser.get_parsed_content("window_transforms") if isinstance(t, RandWindowShiftd)]
+        return shift.max_shift.tolist()
+
+    assert shift_bound(stage_parser("data/none")) == [7.0, 7.0, 7.0]
+    assert shift_bound(stage_parser("data/none", window_shift_mm=15)) == [15.0, 15.0, 15.0]
+    with pytest.raises(ValueError, match="window_shift_mm"):
+        stage_parser("data/none", window_shift_mm=-1)
 
 
 def test_the_shipped_body_model_reads_body_windows_where_the_isolated_model_fails(example64, tmp_path):

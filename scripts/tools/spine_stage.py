@@ -26,7 +26,7 @@ Usage::
    scaled by ``f``, as between an osteoporotic spine and a dense one (the target views are left as they are).
    ``--pose_deg "(35, 15, 15)"`` bounds the pose draw about the left-right, front-back and long axes in place of
    the configs' ``rotation_deg`` (15 degrees about each): a wider forward and backward tilt, as of lordotic lumbar
-   vertebrae.
+   vertebrae. ``--window_shift_mm 15`` moves the windows farther off their vertebra (the configs': 7 mm).
    Every 200 steps it is scored on the validation patient's body windows (normalised cross-correlation with
    their true target views), the best is kept (``<out>/stage2d.pt``) and the whole state is saved
    (``<out>/last.pt``): a second call resumes and trains ``--minutes`` more.
@@ -80,13 +80,17 @@ def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a * b).sum((-2, -1)) / (a.norm(dim=(-2, -1)) * b.norm(dim=(-2, -1)) + 1e-8)).mean())
 
 
-def stage_parser(dataset_dir: str, pose_deg: float | tuple[float, float, float] | None = None) -> Any:
+def stage_parser(
+    dataset_dir: str, pose_deg: float | tuple[float, float, float] | None = None, window_shift_mm: float | None = None
+) -> Any:
     """The body-window configs (``train.json``, ``cpu.json``, ``body.json``) the view stage draws its windows with.
 
     Args:
         dataset_dir: the prepared dataset.
         pose_deg: the pose draw's bound about x (left-right), y and z (degrees, one value or three), in place of the
             configs' ``rotation_deg``.
+        window_shift_mm: the largest move of the window off the vertebra's centre (mm), in place of the configs'
+            ``window_shift_mm`` (7 mm in ``body.json``).
 
     Returns:
         a ``monai.bundle.ConfigParser`` with ``probe_training`` and ``probe_validation``, the splits' body items.
@@ -103,6 +107,10 @@ def stage_parser(dataset_dir: str, pose_deg: float | tuple[float, float, float] 
         if np.any(bound < 0) or np.any(bound > 180):
             raise ValueError(f"pose_deg must be one or three angles in [0, 180] degrees, got {pose_deg!r}.")
         parser["rotation_deg"] = bound.tolist()
+    if window_shift_mm is not None:
+        if not 0 <= float(window_shift_mm) <= 40:
+            raise ValueError(f"window_shift_mm must be in [0, 40] mm, got {window_shift_mm!r}.")
+        parser["window_shift_mm"] = float(window_shift_mm)
     return parser
 
 
@@ -116,6 +124,7 @@ def train(
     joint_views: bool = True,
     bone_density: tuple[float, float] | None = None,
     pose_deg: float | tuple[float, float, float] | None = None,
+    window_shift_mm: float | None = None,
     seed: int = 0,
     out: str = "runs/spine_stage",
 ) -> dict[str, Any]:
@@ -135,7 +144,7 @@ def train(
 
     rng = np.random.RandomState(seed)
     torch.manual_seed(seed)
-    parser = stage_parser(dataset_dir, pose_deg)
+    parser = stage_parser(dataset_dir, pose_deg, window_shift_mm)
     if target not in ("spine", "isolated"):
         raise ValueError(f"target must be 'spine' or 'isolated', got {target!r}.")
     if bone_density is not None:
@@ -276,7 +285,7 @@ def train(
     means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("true_target", "stage_own", "stage_swapped")}
     report = {
         "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
-        "bone_density": bone_density, "pose_deg": parser["rotation_deg"],
+        "bone_density": bone_density, "pose_deg": parser["rotation_deg"], "window_shift_mm": parser["window_shift_mm"],
         "joint_views": joint_views, "pool": len(pool), "pool_seconds": round(pool_s, 1), "steps": step,
         "minutes": minutes,
         "val_ncc_best": round(best, 4), "val_ncc_mean_target_baseline": round(baseline, 4), "curve": curve,
