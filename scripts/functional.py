@@ -31,6 +31,7 @@ __all__ = [
     "hu_to_zscore",
     "zscore_to_hu",
     "zscore_images",
+    "normalised_cross_correlation",
     "real_imag_spectrum",
     "spectral_distance",
     "boundary_map",
@@ -140,6 +141,14 @@ def zscore_images(img: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     mean = x.mean(dim=(-2, -1), keepdim=True)
     std = x.std(dim=(-2, -1), keepdim=True).clamp(min=eps)
     return (x - mean) / std
+
+
+def normalised_cross_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per image of two ``(..., H, W)`` tensors: the normalised cross-correlation in [-1, 1] (0 where one is flat)."""
+    a = a - a.mean((-2, -1), keepdim=True)
+    b = b - b.mean((-2, -1), keepdim=True)
+    den = a.norm(dim=(-2, -1)) * b.norm(dim=(-2, -1))
+    return torch.where(den > 0, (a * b).sum((-2, -1)) / den.clamp_min(1e-12), torch.zeros_like(den))
 
 
 def zscore_to_hu(img: NdarrayOrTensor, mean: float, std: float) -> NdarrayOrTensor:

@@ -1039,7 +1039,7 @@ def radiographs(
     tolerance_mm: float | None = None,
     threshold: float | None = None,
     matching: str | None = None,
-    reconstruction_model: str = "body",
+    reconstruction_model: str | None = None,
     config_file: str | Sequence[str] | None = None,
     batch_size: int = 8,
     bone_level: float = BONE_LEVEL_HU,
@@ -1058,7 +1058,7 @@ def radiographs(
     them (``--level "L5=ap:ROW,COL"`` pins one level, in the file's pixels); ``--centres`` gives the centres instead (a
     JSON list of ``{"level", "centre_mm"}`` in the system frame, or the ``centres.json`` of ``python -m scripts.simulate
     radiographs``). Each vertebra is then reconstructed from the two files, cut around its centre (radiograph cases of
-    ``configs/inference.json``, batched, with the confidence) by the body model (``models/body``, trained on X-rays
+    the inference configs, batched, with the confidence) by the body model (``models/body``, trained on X-rays
     through the whole body; ``--reconstruction_model`` chooses another of :data:`RADIOGRAPH_MODELS`), and the spine is
     assembled as by :func:`reconstruct`, in the X-ray system's frame (origin at the isocentre, RAS axes). Besides the
     files of :func:`spine`, ``<out>/<patient>/`` gets ``<patient>_radiographs.png`` (both radiographs with each
@@ -1081,8 +1081,8 @@ def radiographs(
         threshold: the smallest heatmap peak the finder keeps (default the finder's).
         matching: how the finder pairs the views (``"epipolar"``, ``"assignment"`` or ``"chain"``; default the
             finder's, docs/spine-radiographs.md).
-        reconstruction_model: ``body`` (default), ``cpu`` or ``paper`` (:data:`RADIOGRAPH_MODELS`).
-        config_file: inference config files, in place of ``reconstruction_model``'s.
+        reconstruction_model: ``body`` (the default), ``cpu`` or ``paper`` (:data:`RADIOGRAPH_MODELS`).
+        config_file: inference config files, in place of a reconstruction model's (not with ``reconstruction_model``).
         batch_size: vertebrae per network call.
         bone_level: bone iso-level in HU for label map and meshes.
         spacing: grid spacing of the label map in mm.
@@ -1105,8 +1105,12 @@ def radiographs(
             None, f"two radiographs are needed, an AP and a lateral; got {given}", "give --ap and --lateral"
         )
     check_case_names([patient], what="patient")
+    if config_file is not None and reconstruction_model is not None:
+        raise DataError(
+            None, "both --reconstruction_model and --config_file name the reconstruction's configs", "give one of them"
+        )
     if config_file is None:
-        config_file = radiograph_configs(reconstruction_model)
+        config_file = radiograph_configs(reconstruction_model or "body")
     watch = _Stopwatch(timings)
     with watch("find"):
         rads = [read_radiograph(ap), read_radiograph(lateral)]

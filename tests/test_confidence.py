@@ -149,13 +149,9 @@ def test_a_window_far_off_the_vertebra_lowers_the_shipped_models_confidence(exam
 
 def test_confidence_feature_signals_on_phantoms():
     """scripts.tools.confidence_features: a ball's projections against its expanded views, NCC and row profiles."""
+    from scripts.functional import normalised_cross_correlation
     from scripts.networks import stack_views, volume_from_views
-    from scripts.tools.confidence_features import (
-        normalised_cross_correlation,
-        row_profile_consistency,
-        view_centring,
-        volume_projections,
-    )
+    from scripts.tools.confidence_features import row_profile_consistency, view_centring, volume_projections
 
     n = 32
     g = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32)] * 3, indexing="ij"))

@@ -57,9 +57,9 @@ def test_reference_mask_is_the_ground_truth_the_crops_hold():
 
 
 def test_resample_hu_onto_a_shifted_grid(tmp_path):
-    """resample_hu: a linear ramp in HU read back on a grid moved by half a voxel, -1024 outside the scan."""
+    """finder_data.resample_hu: a linear ramp in HU read back half a voxel along, -1024 outside the scan."""
     import nibabel as nib
-    from scripts.tools.spine_eval import resample_hu
+    from scripts.tools.finder_data import resample_hu
 
     x = np.arange(10, dtype=np.float32)
     ramp = np.broadcast_to((100.0 * x)[:, None, None], (10, 10, 10)).copy()

@@ -100,6 +100,8 @@ def test_reconstruction_models_of_full_radiographs():
     assert all(Path(c).is_file() for m in ("body", "cpu", "paper") for c in radiograph_configs(m))
     with pytest.raises(DataError, match="unknown reconstruction model 'iso'"):
         radiograph_configs("iso")
+    with pytest.raises(DataError, match="both --reconstruction_model and --config_file"):
+        radiographs("ap.dcm", "lateral.dcm", reconstruction_model="cpu", config_file=CPU)
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs" / "spine_radiographs.json"))
     parser["bundle_root"] = str(ROOT)

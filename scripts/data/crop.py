@@ -34,6 +34,7 @@ __all__ = [
     "bounding_boxes",
     "cube_start",
     "crop_cube",
+    "grow_mask",
     "crop_vertebra",
     "gt_statistics",
 ]
@@ -151,6 +152,12 @@ def crop_cube(img: MetaTensor, start: tuple[int, int, int], roi: int, pad_value:
     return out
 
 
+def grow_mask(own: np.ndarray) -> np.ndarray:
+    """A vertebra's own mask grown by one voxel in the 26-neighbourhood (a 3x3x3 cube): where its ground truth holds
+    the CT, so that the ground truth keeps the bone's edge."""
+    return ndimage.binary_dilation(np.asarray(own, bool), structure=np.ones((3, 3, 3), dtype=bool))
+
+
 def crop_vertebra(
     ct: MetaTensor, labels: MetaTensor, value: int, box: tuple[slice, slice, slice], roi: int
 ) -> VertebraCrop:
@@ -167,8 +174,7 @@ def crop_vertebra(
     ct_c = crop_cube(ct, start, roi, AIR_HU)
     lab_c = crop_cube(labels, start, roi, 0.0)
     own = np.asarray(lab_c[0]) == value
-    # 1-voxel dilation in the 26-neighbourhood (a 3x3x3 cube), so the ground truth keeps the bone's edge
-    grown = ndimage.binary_dilation(own, structure=np.ones((3, 3, 3), dtype=bool))
+    grown = grow_mask(own)
     ct_np = np.asarray(ct_c[0], dtype=np.float32)
     gt = np.where(grown, ct_np, np.float32(AIR_HU)).astype(np.float32)
     return VertebraCrop(

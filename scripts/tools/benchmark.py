@@ -410,6 +410,7 @@ def radiographs_benchmark(
         "input": f"the example's chest CT projected onto a {detector_mm:g} mm detector (AP and lateral DICOM, 2 mm "
         f"pixels): {len(truth)} labelled vertebrae inside both images; given centres: the lowest {vertebrae}",
         "repeat": repeat,
+        "configs": [str(c) for c in configs],
     }
     for name in modes:
         result[name] = {
@@ -442,6 +443,7 @@ def everyday(
     paper: Any = True,
     paper_repeat: int = 1,
     parts: Any = EVERYDAY_PARTS,
+    radiograph_configs: Any = "configs/inference.json,configs/cpu.json,configs/body_model.json",
     out: str | None = None,
 ) -> dict:
     """The everyday path, each figure against a peer of the same run (see scripts/tools/everyday_speed.py): one
@@ -451,6 +453,9 @@ def everyday(
     the goals met or missed.
 
     ``--model none --channels 4,8,16,32,64 --size 32`` runs tiny random-weight networks (for tests).
+
+    ``--radiograph_configs`` are the inference configs of the ``radiographs`` part (default the body model's, as
+    ``python -m scripts.spine radiographs`` uses them); ``--configs`` those of every other part.
 
     Example: ``python -m scripts.tools.benchmark all --out docs/benchmarks/all.json``.
     """
@@ -478,7 +483,12 @@ def everyday(
         elif part == "spine":
             report[part] = spine_benchmark(files, model, size, chans, spine_vertebrae, batch_size, spine_repeat)
         elif part == "radiographs":
-            report[part] = radiographs_benchmark(files, model, size, chans, spine_vertebrae, batch_size, spine_repeat)
+            # the body model by default, as scripts.spine radiographs reconstructs full radiographs
+            rad = radiograph_configs
+            rad_files = [f for f in rad.split(",") if f] if isinstance(rad, str) else list(rad)
+            report[part] = radiographs_benchmark(
+                rad_files, model, size, chans, spine_vertebrae, batch_size, spine_repeat
+            )
         elif part == "train_step":
             from scripts.tools.network_speed import train_step_benchmark
 

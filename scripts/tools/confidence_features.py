@@ -16,7 +16,7 @@ copies. Per vertebra and condition:
 
 - ``agreement``: the TTA agreement, the bundle's confidence before calibration (:mod:`scripts.confidence`);
 - ``reprojection_ap`` / ``reprojection_lateral``: the normalised cross-correlation of the reconstruction's
-  projections (the attenuation above air summed along each beam axis, :func:`volume_projections`) with the views the
+  projections (the mean attenuation above air along each beam axis, :func:`volume_projections`) with the views the
   reconstruction was made from (for :class:`scripts.networks.TwoStageEAR`, its view stage's output; else the input
   views): does the volume explain the X-rays it was given?
 - ``view_consistency``: the Pearson correlation of the two views' row profiles (:func:`row_profile_consistency`).
@@ -42,8 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SIGNALS", "volume_projections", "normalised_cross_correlation", "row_profile_consistency",
-           "view_centring", "confidence_features"]  # fmt: skip
+__all__ = ["SIGNALS", "volume_projections", "row_profile_consistency", "view_centring", "confidence_features"]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the signals measured, in the summary's order
@@ -57,14 +56,6 @@ def volume_projections(mu: torch.Tensor) -> torch.Tensor:
     from scripts.networks import stack_views
 
     return stack_views(torch.cat([mu, mu], dim=1))
-
-
-def normalised_cross_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per image of ``(..., H, W)`` tensors: the normalised cross-correlation in [-1, 1] (0 where one is flat)."""
-    a = a - a.mean((-2, -1), keepdim=True)
-    b = b - b.mean((-2, -1), keepdim=True)
-    den = a.norm(dim=(-2, -1)) * b.norm(dim=(-2, -1))
-    return torch.where(den > 0, (a * b).sum((-2, -1)) / den.clamp_min(1e-12), torch.zeros_like(den))
 
 
 def row_profile_consistency(views: torch.Tensor) -> torch.Tensor:
@@ -110,7 +101,7 @@ def confidence_features(
     from monai.bundle import ConfigParser
     from monai.metrics import compute_dice
     from scripts.confidence import TTAInferer, mask_agreement
-    from scripts.functional import zscore_images
+    from scripts.functional import normalised_cross_correlation, zscore_images
     from scripts.networks import stack_views
     from scripts.networks.model_info import load_state_dict_file
     from scripts.tools.confidence_study import CONDITIONS, _scores
@@ -119,15 +110,17 @@ def confidence_features(
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rows: list[dict[str, Any]] = []
     tta = TTAInferer()
+    net = None
     for split in splits:
         for name, (kind, overrides) in CONDITIONS.items():
             parser = ConfigParser()
             parser.read_config([str(ROOT / c) for c in configs])
             parser.update({"dataset_dir": dataset_dir, "ckpt_dir": ckpt_dir, "split": split})
             parser.update({k: float(v) for k, v in overrides.items()})
-            net = parser.get_parsed_content("network")
-            net.load_state_dict(load_state_dict_file(Path(ckpt_dir) / "model.pt"))
-            net.eval()
+            if net is None:  # the same network and weights under every condition
+                net = parser.get_parsed_content("network")
+                net.load_state_dict(load_state_dict_file(Path(ckpt_dir) / "model.pt"))
+                net.eval()
             stats = parser.get_parsed_content("stats")
             bone = (-500.0 - float(stats["gt_mean"])) / float(stats["gt_std"])  # -500 HU, as the Dice metric
             dataset = parser.get_parsed_content("validate#dataset")

@@ -55,6 +55,7 @@ __all__ = [
     "segment_tilts",
     "spine_tilts",
     "resample_labels",
+    "resample_hu",
     "labels_on_grid",
     "match_centres",
     "simulate_patient",
@@ -149,16 +150,27 @@ def spine_tilts(data: str = "data/body64", labels_dir: str = "../shared/data/spi
     return out
 
 
-def resample_labels(label_path: str, dst_affine: np.ndarray, shape: Any) -> np.ndarray:
-    """A label map resampled (nearest) onto a grid given by its voxel-to-world affine and shape; int16 array."""
+def _resample(path: str, what: str, dst_affine: np.ndarray, shape: Any, mode: str, fill: float) -> np.ndarray:
+    """A volume file resampled (MONAI ``SpatialResample``, ``mode``) onto a grid given by its voxel-to-world affine and
+    shape, ``fill`` outside it."""
     from monai.transforms import SpatialResample
     from scripts.data.io import load_volume
 
-    lab = load_volume(label_path, "labels")
-    out = SpatialResample(mode="nearest", padding_mode="zeros")(
-        lab, dst_affine=torch.as_tensor(np.asarray(dst_affine), dtype=torch.float64), spatial_size=tuple(shape)
+    img = load_volume(path, what) - float(fill)  # zero padding outside reads back as ``fill``
+    out = SpatialResample(mode=mode, padding_mode="zeros")(
+        img, dst_affine=torch.as_tensor(np.asarray(dst_affine), dtype=torch.float64), spatial_size=tuple(shape)
     )
-    return np.asarray(out[0]).round().astype(np.int16)
+    return np.asarray(out[0], dtype=np.float32) + float(fill)
+
+
+def resample_labels(label_path: str, dst_affine: np.ndarray, shape: Any) -> np.ndarray:
+    """A label map resampled (nearest) onto a grid given by its voxel-to-world affine and shape; int16 array."""
+    return _resample(label_path, "labels", dst_affine, shape, "nearest", 0.0).round().astype(np.int16)
+
+
+def resample_hu(path: str, dst_affine: np.ndarray, shape: Any) -> np.ndarray:
+    """A scan in HU resampled (linear) onto a grid given by its voxel-to-world affine and shape; -1024 outside."""
+    return _resample(path, "CT", dst_affine, shape, "bilinear", -1024.0)
 
 
 def labels_on_grid(label_path: str, reference: str, out_path: str | os.PathLike) -> Path:

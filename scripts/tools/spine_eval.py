@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["score_reconstruction", "reference_mask", "resample_hu", "spine_eval"]
+__all__ = ["score_reconstruction", "reference_mask", "spine_eval"]
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ("found", "true")
@@ -62,27 +62,12 @@ def score_reconstruction(
 
 
 def reference_mask(own: np.ndarray, hu: np.ndarray, bone_hu: float = -500.0) -> np.ndarray:
-    """The bundle's ground truth of one vertebra on a grid, as a mask: its own label mask dilated by one voxel (the
-    3x3x3 neighbourhood, as :func:`scripts.data.crop.crop_vertebra` makes the ground truth) where the scan is above
-    ``bone_hu`` (the threshold of the Dice metric)."""
-    from scipy import ndimage
+    """The bundle's ground truth of one vertebra on a grid, as a mask: its own label mask grown by one voxel
+    (:func:`scripts.data.crop.grow_mask`, as :func:`scripts.data.crop.crop_vertebra` makes the ground truth) where the
+    scan is above ``bone_hu`` (the threshold of the Dice metric)."""
+    from scripts.data.crop import grow_mask
 
-    grown = ndimage.binary_dilation(np.asarray(own, bool), structure=np.ones((3, 3, 3), dtype=bool))
-    return grown & (np.asarray(hu) > bone_hu)
-
-
-def resample_hu(path: str, dst_affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """A scan in HU resampled (linear) onto a grid given by its voxel-to-world affine and shape; -1024 outside."""
-    import torch
-    from monai.transforms import SpatialResample
-    from scripts.data.io import load_volume
-
-    img = load_volume(path, "ct")
-    shifted = img + 1024.0  # zero padding outside the scan reads back as -1024 HU
-    out = SpatialResample(mode="bilinear", padding_mode="zeros")(
-        shifted, dst_affine=torch.as_tensor(np.asarray(dst_affine), dtype=torch.float64), spatial_size=tuple(shape)
-    )
-    return np.asarray(out[0], dtype=np.float32) - 1024.0
+    return grow_mask(own) & (np.asarray(hu) > bone_hu)
 
 
 def _match(reported: list[dict], truth: list[dict], hit_mm: float) -> dict[str, dict]:
@@ -107,9 +92,11 @@ def spine_eval(
 ) -> dict[str, Any]:
     """Run the end-to-end measurement (module docstring); returns the report."""
     import nibabel as nib
+    import torch
+    from monai.metrics import compute_dice
     from scripts.io.radiograph import read_radiograph
     from scripts.spine import file_px, radiographs
-    from scripts.tools.finder_data import label_source, resample_labels, simulate_patient
+    from scripts.tools.finder_data import label_source, resample_hu, resample_labels, simulate_patient
 
     configs = [config_file] if isinstance(config_file, str) else list(config_file)
     dl = json.loads((Path(data) / "datalist.json").read_text())
@@ -150,7 +137,9 @@ def spine_eval(
                     got = matched[v["level"]]
                     mine = pred == got["label"]
                     dice, hd95 = score_reconstruction(mine, reference_mask(gt == v["label"], hu), spacing)
-                    dice_label, _ = score_reconstruction(mine, gt == v["label"], spacing)
+                    bare = torch.as_tensor(gt == v["label"], dtype=torch.float32)[None, None]
+                    dice_label = float(compute_dice(torch.as_tensor(mine, dtype=torch.float32)[None, None], bare,
+                                                    include_background=True, ignore_empty=False))  # fmt: skip
                     named = got["level"]
                     error = float(np.linalg.norm(np.subtract(got["centre_world_mm"], v["centre_mm_world"])))
                     row.update(dice=dice, dice_label=dice_label, hd95_mm=hd95, named=named,

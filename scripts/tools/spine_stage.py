@@ -75,9 +75,10 @@ def scale_bone_density(body: torch.Tensor, spine: torch.Tensor, factor: float) -
 
 
 def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = a - a.mean((-2, -1), keepdim=True)
-    b = b - b.mean((-2, -1), keepdim=True)
-    return float(((a * b).sum((-2, -1)) / (a.norm(dim=(-2, -1)) * b.norm(dim=(-2, -1)) + 1e-8)).mean())
+    """The mean normalised cross-correlation of the views of ``a`` and ``b``."""
+    from scripts.functional import normalised_cross_correlation
+
+    return float(normalised_cross_correlation(a, b).mean())
 
 
 def stage_parser(
