@@ -302,3 +302,19 @@ def test_segment_tilts_of_a_straight_and_a_leaning_chain():
     centres = [[0.0, 0.0, 0.0], [0.0, 0.0, -30.0], [0.0, 30.0 * t30, -60.0], [-30.0 * t20, 30.0 * t30, -90.0]]
     np.testing.assert_allclose(segment_tilts(centres), [[0.0, 0.0], [30.0, 0.0], [0.0, -20.0]], atol=1e-9)
     assert segment_tilts([[1.0, 2.0, 3.0]]).shape == (0, 2)
+
+
+def test_label_fit_tells_labels_on_the_bone_from_labels_beside_it():
+    """scripts.tools.finder_data.label_fit: a label on a bone block holds bone only and has none next to it; the same
+    label moved by half the block holds as little bone as its surroundings."""
+    from scripts.tools.finder_data import label_fit
+
+    hu = np.full((30, 30, 30), 40.0, np.float32)
+    hu[10:20, 10:20, 10:20] = 400.0
+    on = np.zeros((30, 30, 30), np.int16)
+    on[10:20, 10:20, 10:20] = 20
+    fit = label_fit(hu, on, shell_voxels=2)
+    assert fit == {"median_hu_inside": 400.0, "bone_share_inside": 1.0, "bone_share_shell": 0.0}
+    off = np.roll(on, 5, axis=1)
+    fit = label_fit(hu, off, shell_voxels=2)
+    assert fit["bone_share_inside"] == 0.5 and 0.1 < fit["bone_share_shell"] < 0.5

@@ -54,6 +54,8 @@ __all__ = [
     "patient_vertebrae",
     "segment_tilts",
     "spine_tilts",
+    "label_fit",
+    "label_fits",
     "resample_labels",
     "resample_hu",
     "labels_on_grid",
@@ -161,6 +163,45 @@ def _resample(path: str, what: str, dst_affine: np.ndarray, shape: Any, mode: st
         img, dst_affine=torch.as_tensor(np.asarray(dst_affine), dtype=torch.float64), spatial_size=tuple(shape)
     )
     return np.asarray(out[0], dtype=np.float32) + float(fill)
+
+
+def label_fit(hu: np.ndarray, labels: np.ndarray, bone_hu: float = 150.0, shell_voxels: int = 5) -> dict[str, float]:
+    """How well a label map lies on the bone of its scan (one grid): the median HU inside the labels, and the share of
+    voxels above ``bone_hu`` inside the labels and in a shell of ``shell_voxels`` voxels around them. Labels on bone
+    hold mostly bone and little lies next to them; labels off the bone hold as little as their surroundings."""
+    from scipy import ndimage
+
+    inside = np.asarray(labels) > 0
+    shell = ndimage.binary_dilation(inside, iterations=int(shell_voxels)) & ~inside
+    v = np.asarray(hu, dtype=np.float32)
+    return {
+        "median_hu_inside": round(float(np.median(v[inside])), 1) if inside.any() else float("nan"),
+        "bone_share_inside": round(float((v[inside] > bone_hu).mean()), 3) if inside.any() else float("nan"),
+        "bone_share_shell": round(float((v[shell] > bone_hu).mean()), 3) if shell.any() else float("nan"),
+    }
+
+
+def label_fits(data: str = "data/body64", labels_dir: str = "../shared/data/spine-ct") -> dict[str, dict]:
+    """:func:`label_fit` of every patient of a prepared dataset, on its body scan's grid (its label map resampled
+    nearest; a 5-voxel shell); printed as JSON lines.
+
+    Usage: ``python -m scripts.tools.finder_data label_fits --data data/body64``.
+    """
+    dl = json.loads((Path(data) / "datalist.json").read_text())
+    bodies: dict[str, tuple[str, str]] = {}
+    for split in ("training", "validation", "test"):
+        for item in dl.get(split, []):
+            bodies.setdefault(item["patient"], (split, str(Path(data) / item["body"])))
+    out = {}
+    for patient, (split, body) in bodies.items():
+        import nibabel as nib
+
+        img = nib.load(body)
+        hu = np.asarray(img.dataobj, dtype=np.float32)
+        labels = resample_labels(label_source(patient, labels_dir)[0], img.affine, hu.shape)
+        out[patient] = {"split": split, **label_fit(hu, labels)}
+        print(json.dumps({"patient": patient, **out[patient]}))
+    return out
 
 
 def resample_labels(label_path: str, dst_affine: np.ndarray, shape: Any) -> np.ndarray:
@@ -473,7 +514,8 @@ if __name__ == "__main__":
     import fire
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    if sys.argv[1:2] == ["spine_tilts"]:
-        fire.Fire(spine_tilts, command=sys.argv[2:], serialize=lambda result: None)
+    if sys.argv[1:2] in (["spine_tilts"], ["label_fits"]):
+        command = {"spine_tilts": spine_tilts, "label_fits": label_fits}[sys.argv[1]]
+        fire.Fire(command, command=sys.argv[2:], serialize=lambda result: None)
     else:
         fire.Fire(finder_data, serialize=lambda result: None)
