@@ -443,7 +443,7 @@ def everyday(
     paper: Any = True,
     paper_repeat: int = 1,
     parts: Any = EVERYDAY_PARTS,
-    radiograph_configs: Any = "configs/inference.json,configs/cpu.json,configs/body_model.json",
+    radiograph_configs: Any = None,
     out: str | None = None,
 ) -> dict:
     """The everyday path, each figure against a peer of the same run (see scripts/tools/everyday_speed.py): one
@@ -484,7 +484,9 @@ def everyday(
             report[part] = spine_benchmark(files, model, size, chans, spine_vertebrae, batch_size, spine_repeat)
         elif part == "radiographs":
             # the body model by default, as scripts.spine radiographs reconstructs full radiographs
-            rad = radiograph_configs
+            from scripts.spine import RADIOGRAPH_MODELS
+
+            rad = RADIOGRAPH_MODELS["body"] if radiograph_configs is None else radiograph_configs
             rad_files = [f for f in rad.split(",") if f] if isinstance(rad, str) else list(rad)
             report[part] = radiographs_benchmark(
                 rad_files, model, size, chans, spine_vertebrae, batch_size, spine_repeat

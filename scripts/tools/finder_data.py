@@ -187,6 +187,8 @@ def label_fits(data: str = "data/body64", labels_dir: str = "../shared/data/spin
 
     Usage: ``python -m scripts.tools.finder_data label_fits --data data/body64``.
     """
+    import nibabel as nib
+
     dl = json.loads((Path(data) / "datalist.json").read_text())
     bodies: dict[str, tuple[str, str]] = {}
     for split in ("training", "validation", "test"):
@@ -194,8 +196,6 @@ def label_fits(data: str = "data/body64", labels_dir: str = "../shared/data/spin
             bodies.setdefault(item["patient"], (split, str(Path(data) / item["body"])))
     out = {}
     for patient, (split, body) in bodies.items():
-        import nibabel as nib
-
         img = nib.load(body)
         hu = np.asarray(img.dataobj, dtype=np.float32)
         labels = resample_labels(label_source(patient, labels_dir)[0], img.affine, hu.shape)

@@ -84,7 +84,7 @@ def spine_eval(
     split: str = "test",
     data: str = "data/body64",
     labels_dir: str = "../shared/data/spine-ct",
-    config_file: str | Sequence[str] = ("configs/inference.json", "configs/cpu.json", "configs/body_model.json"),
+    config_file: str | Sequence[str] | None = None,
     overrides: dict[str, Any] | None = None,
     work: str = "runs/spine_eval",
     out: str | None = None,
@@ -95,10 +95,16 @@ def spine_eval(
     import torch
     from monai.metrics import compute_dice
     from scripts.io.radiograph import read_radiograph
-    from scripts.spine import file_px, radiographs
+    from scripts.spine import file_px, radiograph_configs, radiographs
     from scripts.tools.finder_data import label_source, resample_hu, resample_labels, simulate_patient
 
-    configs = [config_file] if isinstance(config_file, str) else list(config_file)
+    configs = (
+        radiograph_configs()
+        if config_file is None
+        else [config_file]
+        if isinstance(config_file, str)
+        else list(config_file)
+    )
     dl = json.loads((Path(data) / "datalist.json").read_text())
     patients: dict[str, dict] = {}
     for item in dl[split]:
