@@ -11,9 +11,13 @@ moved back onto the case's grid. Then:
   predictions are HU);
 - the **agreement** is the mean Dice between the bone mask of each perturbed prediction and that of the
   prediction as given (bone: above the threshold, -500 HU as the Dice metric);
-- the **confidence** is the agreement mapped to an estimate of the vertebra's Dice by a monotone (isotonic)
-  calibration fitted on the validation patient's vertebrae under degradations
-  (:class:`ConfidenceCalibration`, stored in the model's contract).
+- the **window centring** (for models whose calibration uses it, e.g. the body model) is the vertebra finder's
+  evidence of a vertebra at the window's centre, read from the network's input
+  (:class:`scripts.localise.WindowCentring`): the TTA copies of a window placed off its vertebra agree on a
+  vertebra drawn at the window's centre, so the agreement cannot see that error, and the finder can;
+- the **confidence** is the agreement (plus the weighted window centring) mapped to an estimate of the
+  vertebra's Dice by a monotone (isotonic) calibration fitted on the validation patient's vertebrae under
+  degradations (:class:`ConfidenceCalibration`, stored in the model's contract).
 
 The output reconstruction is the prediction as given: the confidence never changes it.
 
@@ -26,7 +30,7 @@ volume, which has an exact inverse on the output for whole voxels; that is what 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +48,7 @@ __all__ = [
     "TTAInferer",
     "TTAConfidenced",
     "ConfidenceCalibration",
+    "calibration_uses_centring",
     "shift_volume",
     "perturb_input",
     "mask_agreement",
@@ -195,69 +200,141 @@ def mask_agreement(masks: torch.Tensor) -> torch.Tensor:
 
 
 class ConfidenceCalibration:
-    """A monotone map from the TTA agreement to an estimate of the vertebra's Dice, fitted by isotonic regression.
+    """A monotone map from the TTA agreement (with, optionally, the window centring) to an estimate of the
+    vertebra's Dice, fitted by isotonic regression.
 
-    Fitted with scipy's ``isotonic_regression`` (pool adjacent violators) on (agreement, true Dice) pairs of the
-    validation patient's vertebrae under degradations; applied by linear interpolation between the fitted steps'
-    centres, flat above the last, and linear down to (0, 0) below the first: an agreement below anything seen in
+    The score is the agreement, or ``agreement + centring_weight * centring`` when the calibration uses the
+    finder's window centring (:class:`scripts.localise.WindowCentring`), the weight being the ratio of the two
+    features' coefficients in a least-squares fit of Dice on both (:meth:`fit` with ``centring``). The score is
+    mapped to Dice by scipy's ``isotonic_regression`` (pool adjacent violators) fitted on (score, true Dice) pairs
+    of the validation patient's vertebrae under degradations, applied by linear interpolation between the fitted
+    steps' centres, flat above the last, and linear down to (0, 0) below the first: a score below anything seen in
     calibration (perturbed predictions that disagree more than any calibration case did) must not inherit the
-    lowest calibrated Dice, and an agreement of 0 (no overlap at all) means no evidence of any. Clipped to [0, 1].
-    Serialised as ``{"x": [...], "y": [...], "n": N, "fitted_on": ...}`` in the model's contract.
+    lowest calibrated Dice, and a score of 0 (no overlap at all) means no evidence of any. Clipped to [0, 1].
+    Serialised as ``{"x": [...], "y": [...], "n": N, "fitted_on": ...}`` (plus ``"centring_weight"``) in the
+    model's contract.
 
     Args:
-        x: increasing agreement values of the knots.
+        x: increasing score values of the knots.
         y: non-decreasing Dice estimates at the knots.
         n: number of pairs it was fitted on.
         fitted_on: a description of the fitting data.
+        centring_weight: the window centring's weight in the score; ``None``: the score is the agreement alone.
     """
 
-    def __init__(self, x: Sequence[float], y: Sequence[float], n: int = 0, fitted_on: str = "") -> None:
+    def __init__(
+        self,
+        x: Sequence[float],
+        y: Sequence[float],
+        n: int = 0,
+        fitted_on: str = "",
+        centring_weight: float | None = None,
+    ) -> None:
         self.x = np.asarray(x, dtype=np.float64)
         self.y = np.asarray(y, dtype=np.float64)
         if self.x.ndim != 1 or self.x.shape != self.y.shape or len(self.x) == 0:
             raise ValueError("a calibration needs matching, non-empty 1-D knots x and y.")
         if np.any(np.diff(self.x) <= 0) or np.any(np.diff(self.y) < -1e-9):
             raise ValueError("calibration knots must have increasing x and non-decreasing y.")
+        if centring_weight is not None and not (math.isfinite(float(centring_weight)) and centring_weight >= 0):
+            raise ValueError(f"the centring weight must be finite and >= 0, got {centring_weight}.")
         self.n = int(n)
         self.fitted_on = str(fitted_on)
+        self.centring_weight = None if centring_weight is None else float(centring_weight)
+
+    @property
+    def uses_centring(self) -> bool:
+        """Whether the score needs the window centring."""
+        return self.centring_weight is not None
+
+    @staticmethod
+    def centring_weight_of(agreement: Sequence[float], centring: Sequence[float], dice: Sequence[float]) -> float:
+        """The centring's weight relative to the agreement's: the ratio of their coefficients in the least-squares
+        fit ``dice ~ a * agreement + c * centring + b`` (``c`` below 0 counts as 0: a centring that falls as Dice
+        rises is no evidence).
+
+        Raises:
+            ValueError: the agreement's coefficient is not positive (the agreement does not rise with Dice).
+        """
+        design = np.stack([np.asarray(agreement, float), np.asarray(centring, float), np.ones(len(agreement))], 1)
+        (a, c, _), *_ = np.linalg.lstsq(design, np.asarray(dice, dtype=np.float64), rcond=None)
+        if not a > 0:
+            raise ValueError(f"the agreement does not rise with Dice in the calibration data (coefficient {a:.3g}).")
+        return float(max(c, 0.0) / a)
+
+    def score(self, agreement: float | np.ndarray, centring: float | np.ndarray | None = None) -> np.ndarray:
+        """The calibrated quantity: the agreement, plus the weighted centring when the calibration uses it."""
+        a = np.asarray(agreement, dtype=np.float64)
+        if self.centring_weight is None:
+            return a
+        if centring is None:
+            raise BundleInputError(
+                "this confidence calibration uses the finder's window centring; fix: give it (configs: "
+                "window_centring, scripts.localise.WindowCentring), or turn confidence off with --confidence False."
+            )
+        return a + self.centring_weight * np.asarray(centring, dtype=np.float64)
 
     @classmethod
-    def fit(cls, agreement: Sequence[float], dice: Sequence[float], fitted_on: str = "") -> ConfidenceCalibration:
-        """Isotonic regression of ``dice`` on ``agreement``; one knot per pooled block (at its mean agreement)."""
+    def fit(
+        cls,
+        agreement: Sequence[float],
+        dice: Sequence[float],
+        fitted_on: str = "",
+        centring: Sequence[float] | None = None,
+    ) -> ConfidenceCalibration:
+        """Isotonic regression of ``dice`` on the score; one knot per pooled block (at its mean score). With
+        ``centring``, the score is ``agreement + w * centring`` with ``w`` from :meth:`centring_weight_of`."""
         from scipy.optimize import isotonic_regression
 
         a = np.asarray(agreement, dtype=np.float64)
         d = np.asarray(dice, dtype=np.float64)
-        ok = np.isfinite(a) & np.isfinite(d)
+        c = None if centring is None else np.asarray(centring, dtype=np.float64)
+        ok = np.isfinite(a) & np.isfinite(d) & (np.isfinite(c) if c is not None else True)
         a, d = a[ok], d[ok]
         if len(a) < 2:
             raise ValueError(f"a calibration needs at least 2 finite (agreement, Dice) pairs, got {len(a)}.")
+        weight = None
+        if c is not None:
+            c = c[ok]
+            weight = cls.centring_weight_of(a, c, d)
+            a = a + weight * c
         order = np.argsort(a, kind="stable")
         a, d = a[order], d[order]
         fitted = isotonic_regression(d, increasing=True).x
-        # one knot per block of equal fitted value, at the block's mean agreement
+        # one knot per block of equal fitted value, at the block's mean score
         starts = np.flatnonzero(np.r_[True, np.diff(fitted) != 0])
         ends = np.r_[starts[1:], len(fitted)]
         kx = np.array([a[s:e].mean() for s, e in zip(starts, ends)])
         ky = np.array([fitted[s] for s in starts])
         keep = np.r_[True, np.diff(kx) > 0]
-        return cls(kx[keep], np.clip(ky[keep], 0.0, 1.0), n=len(a), fitted_on=fitted_on)
+        return cls(kx[keep], np.clip(ky[keep], 0.0, 1.0), n=len(a), fitted_on=fitted_on, centring_weight=weight)
 
-    def __call__(self, agreement: float | np.ndarray) -> np.ndarray:
+    def __call__(self, agreement: float | np.ndarray, centring: float | np.ndarray | None = None) -> np.ndarray:
         x, y = (np.r_[0.0, self.x], np.r_[0.0, self.y]) if self.x[0] > 0 else (self.x, self.y)
-        return np.clip(np.interp(np.asarray(agreement, dtype=np.float64), x, y), 0.0, 1.0)
+        return np.clip(np.interp(self.score(agreement, centring), x, y), 0.0, 1.0)
 
     def to_dict(self, decimals: int = 4) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "x": [round(float(v), decimals) for v in self.x],
             "y": [round(float(v), decimals) for v in self.y],
             "n": self.n,
             "fitted_on": self.fitted_on,
         }
+        if self.centring_weight is not None:
+            out["centring_weight"] = round(self.centring_weight, decimals)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ConfidenceCalibration:
-        return cls(d["x"], d["y"], int(d.get("n", 0)), str(d.get("fitted_on", "")))
+        w = d.get("centring_weight")
+        return cls(d["x"], d["y"], int(d.get("n", 0)), str(d.get("fitted_on", "")), None if w is None else float(w))
+
+
+def calibration_uses_centring(calibration: ConfidenceCalibration | Mapping[str, Any] | None) -> bool:
+    """Whether a calibration (object or contract dict) needs the window centring."""
+    if isinstance(calibration, ConfidenceCalibration):
+        return calibration.uses_centring
+    return isinstance(calibration, Mapping) and calibration.get("centring_weight") is not None
 
 
 class TTAConfidenced(MapTransform):
@@ -266,18 +343,26 @@ class TTAConfidenced(MapTransform):
     For each key (``pred``, ``(1 + K, X, Y, Z)`` after MONAI's decollation): the key becomes channel 0 (the
     prediction of the input as given); ``uncertainty_key`` gets the voxel-wise standard deviation over the
     ``1 + K`` predictions ``(1, X, Y, Z)``, same units as the prediction; ``agreement_key`` the mean Dice of the
-    perturbed bone masks against the given one; ``confidence_key`` the calibrated estimate of the Dice (the
-    agreement itself when no calibration is given, marked so by ``calibrated_key`` False); and ``flag_key``
-    ``"low confidence"`` when the confidence is below ``threshold`` (else ``""``). A single-channel prediction (TTA
-    off) passes through with no confidence entries.
+    perturbed bone masks against the given one; with ``centring``, ``centring_key`` the window centring of the
+    network's input (``image_key``, :class:`scripts.localise.WindowCentring`); ``confidence_key`` the calibrated
+    estimate of the Dice (the agreement itself when no calibration is given, marked so by ``calibrated_key``
+    False); and ``flag_key`` ``"low confidence"`` when the confidence is below ``threshold`` (else ``""``). A
+    single-channel prediction (TTA off) passes through with no confidence entries.
 
     Args:
         keys: the stacked predictions.
         threshold: bone threshold of the masks, in the prediction's units (e.g. -500 for HU).
         calibration: a :class:`ConfidenceCalibration`, its dict, or ``None``.
         flag_below: confidence below which the case is flagged (``None``: never).
-        uncertainty_key, agreement_key, confidence_key, calibrated_key, flag_key: output entries.
+        centring: a callable from the network's input ``(V, X, Y, Z)`` to the window centring in [0, 1]
+            (:class:`scripts.localise.WindowCentring`); needed by a calibration that uses it, recorded otherwise.
+        image_key: the network's input, read by ``centring``.
+        uncertainty_key, agreement_key, centring_key, confidence_key, calibrated_key, flag_key: output entries.
         allow_missing_keys: skip missing keys.
+
+    Raises:
+        BundleInputError: TTA predictions to reduce, a calibration that uses the window centring, and no
+            ``centring``.
     """
 
     def __init__(
@@ -286,8 +371,11 @@ class TTAConfidenced(MapTransform):
         threshold: float,
         calibration: ConfidenceCalibration | Mapping[str, Any] | None = None,
         flag_below: float | None = None,
+        centring: Callable[[torch.Tensor], float] | None = None,
+        image_key: str = "image",
         uncertainty_key: str = "uncertainty",
         agreement_key: str = "tta_agreement",
+        centring_key: str = "window_centring",
         confidence_key: str = "confidence",
         calibrated_key: str = "confidence_calibrated",
         flag_key: str = "flag",
@@ -301,14 +389,19 @@ class TTAConfidenced(MapTransform):
         if flag_below is not None and not 0.0 <= float(flag_below) <= 1.0:
             raise BundleInputError(f"--flag_below is a confidence in [0, 1], got {flag_below}.")
         self.flag_below = None if flag_below is None else float(flag_below)
+        self.centring = centring
+        self.image_key = image_key
         self.uncertainty_key = uncertainty_key
         self.agreement_key = agreement_key
+        self.centring_key = centring_key
         self.confidence_key = confidence_key
         self.calibrated_key = calibrated_key
         self.flag_key = flag_key
 
-    def confidence(self, agreement: float) -> float:
-        return float(self.calibration(agreement)) if self.calibration is not None else float(agreement)
+    def confidence(self, agreement: float, centring: float | None = None) -> float:
+        if self.calibration is None:
+            return float(agreement)
+        return float(self.calibration(agreement, centring))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -323,7 +416,18 @@ class TTAConfidenced(MapTransform):
             d[self.uncertainty_key] = (
                 MetaTensor(spread, meta=dict(stack.meta)) if isinstance(stack, MetaTensor) else spread
             )
-            conf = self.confidence(agreement)
+            centring = None
+            if self.centring is None and self.calibration is not None and self.calibration.uses_centring:
+                raise BundleInputError(
+                    "the model's confidence calibration uses the finder's window centring, and none is set; fix: "
+                    "leave --window_centring at its default, or run with --confidence False."
+                )
+            if self.centring is not None:
+                if self.image_key not in d:
+                    raise BundleInputError(f"window centring reads the network's input {self.image_key!r}; not found.")
+                centring = float(self.centring(d[self.image_key]))
+                d[self.centring_key] = centring
+            conf = self.confidence(agreement, centring)
             d[self.agreement_key] = agreement
             d[self.confidence_key] = conf
             d[self.calibrated_key] = self.calibration is not None

@@ -50,7 +50,15 @@ import torch
 import torch.nn.functional as F
 from scripts.drr.windows import RadiographView, beam_line_difference, closest_point_of_rays
 from scripts.errors import BundleInputError, XRayInputError
-from scripts.networks.finder import FINDER_PIXEL_MM, LEVELS, VertebraFinder, heatmap_peaks, level_index, level_name
+from scripts.networks.finder import (
+    FINDER_MAGNIFICATION,
+    FINDER_PIXEL_MM,
+    LEVELS,
+    VertebraFinder,
+    heatmap_peaks,
+    level_index,
+    level_name,
+)
 
 __all__ = [
     "DEFAULT_FINDER_MODEL",
@@ -87,6 +95,8 @@ __all__ = [
     "CROWD_RATIO",
     "name_levels",
     "localise_vertebrae",
+    "WindowCentring",
+    "CENTRING_RADIUS_MM",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +134,9 @@ DEPTH_WEIGHT = 0.05
 CROWD_RATIO = 0.55
 #: the farthest (mm) a pinned position may lie from the vertebra it names (on the detector or in 3-D).
 PIN_RADIUS_MM = 15.0
+#: the radius (mm at the isocentre) about a window's centre in which :class:`WindowCentring` reads the heatmap:
+#: 1.5 times the heatmap Gaussian's spread at the finder's scale (2 px of 2 mm on the detector, 1.33 mm inside).
+CENTRING_RADIUS_MM = 4.0
 _VIEWS = ("ap", "lateral")
 
 
@@ -827,3 +840,64 @@ def localise_vertebrae(
             )  # fmt: skip
         )
     return out
+
+
+class WindowCentring:
+    """Does the finder see a vertebra at the centre of a model's window? The confidence signal of window placement.
+
+    A reconstruction model reads a window that should be centred on its vertebra; a window placed off the vertebra
+    (a centre clicked or found 10-20 mm away) still gives a plausible, confident-looking vertebra at the grid's
+    centre, and the TTA agreement cannot tell (docs/confidence.md). This reads the two views out of the model's
+    expanded input (:func:`scripts.networks.stack_views`), runs the finder on each at its own scale (pixels of
+    ``spacing_mm`` at the isocentre read as detector pixels of ``spacing_mm *``
+    :data:`~scripts.networks.finder.FINDER_MAGNIFICATION`) with its view flag (AP, lateral), and returns the mean
+    over the two views of the heatmap's highest value within ``radius_mm`` of the window's centre: about 0.2 for a
+    centred window of a training-like body X-ray, near 0 for a window 20 mm off.
+
+    Args:
+        spacing_mm: the grid's voxel size (mm), i.e. the views' pixel size at the isocentre.
+        finder: the finder (a module or a ``model.pt``; default the shipped one, :func:`load_finder`).
+        radius_mm: the radius about the centre, mm at the isocentre.
+        device: where the finder runs.
+    """
+
+    def __init__(
+        self,
+        spacing_mm: float,
+        finder: str | os.PathLike | torch.nn.Module | None = None,
+        radius_mm: float = CENTRING_RADIUS_MM,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if not float(spacing_mm) > 0 or not float(radius_mm) > 0:
+            raise BundleInputError(
+                f"window centring needs a positive spacing and radius, got {spacing_mm}, {radius_mm}."
+            )
+        self.spacing_mm = float(spacing_mm)
+        self.radius_mm = float(radius_mm)
+        self.network = load_finder(finder, device)
+
+    def view_scores(self, image: torch.Tensor) -> list[float]:
+        """The heatmap's highest value within the radius of the centre, per view (AP, lateral), of one expanded
+        input ``(V, X, Y, Z)`` (or ``(1, V, X, Y, Z)``) with the two views as channels."""
+        from scripts.networks import stack_views
+
+        x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image).detach().float().cpu()
+        if x.dim() == 4:
+            x = x[None]
+        if x.dim() != 5 or x.shape[:2] != (1, 2):
+            raise BundleInputError(f"window centring reads one expanded pair (2, X, Y, Z); got {list(x.shape)}.")
+        views = stack_views(x)[0]
+        pixel = self.spacing_mm * FINDER_MAGNIFICATION
+        out = []
+        for v in range(2):
+            img = views[v]
+            heat, _, (sr, sc) = finder_maps(self.network, img.numpy(), (pixel, pixel), v)
+            rows = (torch.arange(heat.shape[0], dtype=torch.float32) + 0.5) * sr - 0.5 - (img.shape[0] - 1) / 2.0
+            cols = (torch.arange(heat.shape[1], dtype=torch.float32) + 0.5) * sc - 0.5 - (img.shape[1] - 1) / 2.0
+            dist = torch.sqrt(rows[:, None] ** 2 + cols[None, :] ** 2) * self.spacing_mm
+            out.append(float(heat[dist <= self.radius_mm].max()) if bool((dist <= self.radius_mm).any()) else 0.0)
+        return out
+
+    def __call__(self, image: torch.Tensor) -> float:
+        """The mean over the two views of :meth:`view_scores`, in [0, 1]."""
+        return float(np.mean(self.view_scores(image)))

@@ -65,6 +65,7 @@ from scripts.data.io import save_nifti
 from scripts.data.labels import VERSE_LABELS
 from scripts.errors import XRayInputError
 from scripts.io.mesh import BONE_LEVEL_HU, EmptyMeshError, mesh_report, volume_to_mesh, write_mesh
+from scripts.io.outputs import REPORT_KEYS
 from scripts.utils import atomic_path
 from tqdm import tqdm
 
@@ -647,7 +648,7 @@ def _check_overrides(files: Sequence[str], overrides: Mapping[str, Any]) -> None
 
 
 #: the confidence entries of an inference output (scripts.confidence.TTAConfidenced) kept in the spine report.
-CONFIDENCE_KEYS = ("confidence", "confidence_calibrated", "tta_agreement", "flag")
+CONFIDENCE_KEYS = REPORT_KEYS
 
 
 def _collect_predictions(

@@ -42,6 +42,7 @@ from scripts.transforms.expansion import DimensionExpansion, check_expansion_ang
 from scripts.transforms.intensity import load_intensity_stats
 
 __all__ = [
+    "window_centring",
     "distributed_lr_scale",
     "sync_batchnorm",
     "no_input_message",
@@ -621,6 +622,30 @@ def metric_handlers(
         for n in names
         if n not in exclude
     }
+
+
+def window_centring(
+    option: bool | None, confidence: bool, calibration: Mapping[str, Any] | None, spacing_mm: float, device: Any = "cpu"
+) -> Any:
+    """The configs' ``centring`` item: a :class:`scripts.localise.WindowCentring` for the confidence, or ``None``.
+
+    Args:
+        option: the configs' ``window_centring``: ``None`` (default) computes it when the model's confidence
+            calibration uses it; ``True`` / ``False`` force it on (e.g. to record it while calibrating a model) or
+            off (then a calibration that needs it stops with a one-line error).
+        confidence: the configs' ``confidence`` (no TTA confidence: no centring).
+        calibration: the model contract's confidence calibration (dict) or ``None``.
+        spacing_mm: the model's voxel size.
+        device: where the finder runs.
+    """
+    from scripts.confidence import calibration_uses_centring
+
+    wanted = calibration_uses_centring(calibration) if option is None else bool(option)
+    if not (confidence and wanted):
+        return None
+    from scripts.localise import WindowCentring
+
+    return WindowCentring(float(spacing_mm), device=device)
 
 
 def item_value_handlers(keys: Sequence[str] = ("confidence", "tta_agreement"), prefix: str = "val_") -> dict:

@@ -175,3 +175,112 @@ def test_confidence_feature_signals_on_phantoms():
     assert float(view_centring(centred)[0]) == pytest.approx(-0.5 * 2**0.5, abs=1e-4)
     moved = volume_projections(torch.roll(ball, (4, -2, 2), dims=(2, 3, 4)))
     assert float(view_centring(moved)[0]) == pytest.approx(-((6.5**2 + 0.5**2) ** 0.5), abs=1e-4)
+
+
+def test_calibration_with_the_window_centring_weighs_it_by_least_squares():
+    rng = np.random.default_rng(1)
+    agreement = rng.uniform(0.5, 1.0, 40)
+    centring = rng.uniform(0.0, 0.4, 40)
+    dice = 0.5 * agreement + 0.25 * centring  # the centring weighs half the agreement
+    cal = ConfidenceCalibration.fit(agreement, dice, fitted_on="test", centring=centring)
+    assert cal.uses_centring and cal.centring_weight == pytest.approx(0.5)
+    np.testing.assert_allclose(cal(agreement, centring), dice, atol=0.02)
+    assert cal(0.8, 0.0) < cal(0.8, 0.3), "the same agreement with less evidence of a centred vertebra"
+    again = ConfidenceCalibration.from_dict(cal.to_dict())
+    assert again.centring_weight == pytest.approx(0.5)
+    np.testing.assert_allclose(again(agreement, centring), cal(agreement, centring), atol=1e-3)
+    from scripts.errors import BundleInputError
+
+    with pytest.raises(BundleInputError, match="window centring"):
+        cal(0.8)
+    falling = ConfidenceCalibration.fit(agreement, 0.5 * agreement - 0.25 * centring, centring=centring)
+    assert falling.centring_weight == 0.0, "a centring that falls as Dice rises is no evidence"
+    assert "centring_weight" not in ConfidenceCalibration.fit(agreement, dice).to_dict()
+
+
+def test_tta_confidenced_reads_the_window_centring_of_the_input():
+    from scripts.errors import BundleInputError
+
+    stack = torch.full((3, 8, 8, 8), -1000.0)
+    stack[:, 2:6, 2:6, 2:6] = 300.0
+    cal = {"x": [0.5, 1.5], "y": [0.2, 0.9], "centring_weight": 1.0}
+    without = TTAConfidenced("pred", threshold=-500.0, calibration=cal)
+    assert without({"pred": stack[:1]})["pred"].shape[0] == 1, "TTA off (--confidence False): nothing to reduce"
+    with pytest.raises(BundleInputError, match="window centring"):
+        without({"pred": MetaTensor(stack), "image": torch.zeros(2, 8, 8, 8)})
+    seen = []
+
+    def centring(image):
+        seen.append(tuple(image.shape))
+        return 0.25
+
+    reduce = TTAConfidenced("pred", threshold=-500.0, calibration=cal, centring=centring)
+    out = reduce({"pred": MetaTensor(stack), "image": torch.zeros(2, 8, 8, 8)})
+    assert seen == [(2, 8, 8, 8)] and out["window_centring"] == 0.25 and out["tta_agreement"] == 1.0
+    assert out["confidence"] == pytest.approx(0.2 + 0.7 * (1.25 - 0.5))
+    plain = TTAConfidenced("pred", threshold=-500.0)({"pred": MetaTensor(stack)})
+    assert "window_centring" not in plain
+
+
+class _BlobFinder(torch.nn.Module):
+    """A stand-in for the finder: a heatmap logit of +20 on the finder pixels within 0.75 px of a point ``offset``
+    finder pixels below the image's centre (the four pixels about it on an even grid), -20 elsewhere; records each
+    view flag."""
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.offset = offset
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.flags: list[float] = []
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        self.flags.append(float(x[0, 1, 0, 0]))
+        r = torch.arange(h, dtype=torch.float32)[:, None] - ((h - 1) / 2 + self.offset)
+        c = torch.arange(w, dtype=torch.float32)[None, :] - (w - 1) / 2
+        logit = torch.where(r**2 + c**2 <= 0.5625, 20.0, -20.0)
+        return torch.stack([logit, torch.zeros_like(logit)])[None]
+
+
+def test_window_centring_reads_the_heatmap_within_its_radius_at_the_finders_scale():
+    from scripts.localise import WindowCentring
+    from scripts.networks.finder import FINDER_MAGNIFICATION, FINDER_PIXEL_MM
+
+    image = torch.randn(2, 64, 64, 64)
+    # 2 mm voxels read at the finder's scale: one finder pixel is 2 mm / magnification 1.5 = 1.33 mm inside
+    inside = FINDER_PIXEL_MM / FINDER_MAGNIFICATION
+    near = _BlobFinder(offset=2.0)  # its pixels 2.1-3.4 mm off: within the 4 mm radius
+    centring = WindowCentring(2.0, finder=near, radius_mm=4.0)
+    assert centring.view_scores(image) == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert near.flags == [0.0, 1.0], "the AP view, then the lateral one, each with its view flag"
+    far = WindowCentring(2.0, finder=_BlobFinder(offset=4.0), radius_mm=4.0)  # its nearest pixels 4.7 mm off
+    assert far(image) == pytest.approx(0.0, abs=1e-6)
+    assert np.hypot(3.5, 0.5) * inside > 4.0 > np.hypot(2.5, 0.5) * inside
+    assert WindowCentring(2.0, finder=_BlobFinder(offset=4.0), radius_mm=6.0)(image[None]) == pytest.approx(1.0)
+    from scripts.errors import BundleInputError
+
+    with pytest.raises(BundleInputError, match="expanded pair"):
+        centring(torch.zeros(3, 8, 8, 8))
+
+
+def test_the_finders_magnification_is_that_of_the_radiographs_it_is_trained_on():
+    import inspect
+
+    from scripts.networks.finder import FINDER_MAGNIFICATION
+    from scripts.simulate import simulate_radiographs
+
+    p = inspect.signature(simulate_radiographs).parameters
+    assert p["sdd"].default / p["sod"].default == pytest.approx(FINDER_MAGNIFICATION)
+
+
+def test_configs_compute_the_window_centring_when_the_calibration_uses_it():
+    from scripts.localise import WindowCentring
+    from scripts.workflow import window_centring
+
+    uses = {"x": [0.5, 1.0], "y": [0.2, 0.9], "centring_weight": 0.8}
+    assert window_centring(None, True, {"x": [0.5], "y": [0.5]}, 2.0) is None
+    assert window_centring(None, False, uses, 2.0) is None, "no confidence, no centring"
+    assert window_centring(False, True, uses, 2.0) is None
+    made = window_centring(None, True, uses, 2.0)
+    assert isinstance(made, WindowCentring) and made.spacing_mm == 2.0
+    assert isinstance(window_centring(True, True, None, 1.0), WindowCentring), "forced on, e.g. to calibrate"

@@ -28,6 +28,7 @@ from scripts.errors import BundleInputError
 from scripts.utils import atomic_path
 
 __all__ = [
+    "REPORT_KEYS",
     "CaseNamed",
     "SaveCaseReportd",
     "PublishCaseOutputsd",
@@ -212,12 +213,18 @@ class CaseNamed(MapTransform):
         return d
 
 
+#: the entries of an item that carry its confidence (:class:`scripts.confidence.TTAConfidenced`), copied into the
+#: case and spine reports.
+REPORT_KEYS = ("confidence", "confidence_calibrated", "tta_agreement", "window_centring", "flag")
+
+
 class SaveCaseReportd(MapTransform):
     """Write a case's report, ``<output_dir>/<name>/<name>_report.json``, atomically.
 
     The report holds the case name, the reconstruction's confidence (``confidence``: an estimate of its Dice in
     [0, 1]; ``confidence_calibrated``: whether the model's calibration mapped it, else it is the raw TTA
-    agreement; ``tta_agreement``; ``flag``: ``"low confidence"`` below the threshold, else ``""``), the mesh
+    agreement; ``tta_agreement``; ``window_centring``, for models whose calibration uses it (the finder's evidence of
+    a vertebra at the window's centre); ``flag``: ``"low confidence"`` below the threshold, else ``""``), the mesh
     report of :class:`scripts.io.mesh.SaveMeshd` when present, and ``extra`` entries (e.g. the model's X-ray
     source). A flagged case is also logged as a warning. Entries the item lacks are written as ``null``.
 
@@ -234,7 +241,7 @@ class SaveCaseReportd(MapTransform):
         self,
         keys: KeysCollection,
         output_dir: str | os.PathLike,
-        fields: Iterable[str] = ("confidence", "confidence_calibrated", "tta_agreement", "flag"),
+        fields: Iterable[str] = REPORT_KEYS,
         mesh_key: str | None = None,
         extra: Mapping[str, Any] | None = None,
         allow_missing_keys: bool = False,

@@ -138,7 +138,8 @@ def preview_figure(
             elif kind == "spread":
                 top = float(np.percentile(_np(uncertainty), 99.0)) if uncertainty is not None else 1.0
                 shown = ax.imshow(img, cmap="magma", vmin=0.0, vmax=max(top, 1e-6), aspect=asp)
-                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+                if c == len(panels) - 1:  # one scale for the row: one colour bar (each costs a layout pass)
+                    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
             else:
                 ax.imshow(img, cmap="gray", vmin=window[0], vmax=window[1], aspect=asp)
             ax.set_title(f"{row_name}: {text}", fontsize=9)

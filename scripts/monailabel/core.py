@@ -235,7 +235,7 @@ def run_inference(
         raise RuntimeError(f"the bundle run wrote no volume into {case_dir}; see its log above.")
     report_file = _one(case_dir, "*_mesh.json")
     case_report = _one(case_dir, "*_report.json")
-    keys = ("confidence", "confidence_calibrated", "tta_agreement", "flag")
+    keys = ("confidence", "confidence_calibrated", "tta_agreement", "window_centring", "flag")
     confidence = {}
     if case_report:
         confidence = {k: v for k, v in json.loads(case_report.read_text()).items() if k in keys and v is not None}

@@ -31,6 +31,7 @@ __all__ = [
     "LEVELS",
     "HEATMAP_SIGMA_PX",
     "FINDER_PIXEL_MM",
+    "FINDER_MAGNIFICATION",
     "level_index",
     "level_name",
     "finder_input",
@@ -45,6 +46,10 @@ LEVELS: tuple[str, ...] = tuple(
 HEATMAP_SIGMA_PX = 2.0
 #: the detector pixel size (mm) the finder is trained and run at; radiographs are resampled to it.
 FINDER_PIXEL_MM = 2.0
+#: the magnification (source-detector over source-isocentre distance) of the radiographs the finder is trained on:
+#: ``python -m scripts.simulate radiographs`` defaults, 1200 mm / 800 mm. An image whose pixels are ``s`` mm at
+#: the isocentre shows anatomy at the finder's scale when read as detector pixels of ``s * FINDER_MAGNIFICATION``.
+FINDER_MAGNIFICATION = 1.5
 #: the initial bias of the heatmap logits: ``logit(0.1)``.
 HEATMAP_PRIOR_BIAS = -2.19
 _DIVISOR = 16

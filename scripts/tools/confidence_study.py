@@ -13,7 +13,10 @@ as its own ``python -m monai.bundle run``, seeded, so each vertebra gets the sam
 A rerun skips the evaluations already done. Then:
 
 - the isotonic calibration (:class:`scripts.confidence.ConfidenceCalibration`) is fitted on the validation
-  vertebrae under every condition except the held-out type (``--held_out``, default the view-angle errors);
+  vertebrae under every condition except the held-out type (``--held_out``, default the view-angle errors); with
+  ``--centring True`` every evaluation also records the finder's window centring
+  (:class:`scripts.localise.WindowCentring`) and the calibration's score is the agreement plus the centring
+  weighted by the least-squares ratio of their coefficients on the same validation rows;
 - on the test vertebrae, per condition type, for clean inputs alone, for the held-out type and for all pooled:
   Spearman's correlation between confidence and Dice (scipy), the ROC AUC of ``1 - confidence`` for detecting
   Dice below ``--low_dice`` (MONAI's ``compute_roc_auc``), and the number of vertebrae;
@@ -61,8 +64,10 @@ def run_conditions(
     configs: Sequence[str],
     splits: Sequence[str] = ("validation", "test"),
     conditions: Sequence[str] = tuple(CONDITIONS),
+    centring: bool = False,
 ) -> list[dict[str, Any]]:
-    """Evaluate every split under every condition (skipping finished ones); one row per vertebra."""
+    """Evaluate every split under every condition (skipping finished ones); one row per vertebra. With
+    ``centring``, every evaluation records the finder's window centring (``--window_centring True``) too."""
     rows: list[dict[str, Any]] = []
     for split in splits:
         for name in conditions:
@@ -73,6 +78,8 @@ def run_conditions(
                 cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(list(configs))]
                 cmd += ["--dataset_dir", dataset_dir, "--ckpt_dir", ckpt_dir, "--output_dir", str(out)]
                 cmd += ["--split", split]
+                if centring:
+                    cmd += ["--window_centring", "True"]
                 for k, v in overrides.items():
                     cmd += [f"--{k}", v]
                 print(f"[confidence study] {split} / {name} ...", flush=True)
@@ -82,17 +89,20 @@ def run_conditions(
                     raise RuntimeError(f"evaluation {split}/{name} failed (exit {res.returncode}):\n{tail}")
             with open(table, newline="") as f:
                 for r in csv.DictReader(f):
-                    rows.append(
-                        {
-                            "split": split,
-                            "condition": name,
-                            "type": kind,
-                            "id": r["id"],
-                            "dice": float(r["val_dice"]),
-                            "hd95": float(r["val_hd95"]),
-                            "agreement": float(r["val_tta_agreement"]),
-                        }
-                    )
+                    row = {
+                        "split": split,
+                        "condition": name,
+                        "type": kind,
+                        "id": r["id"],
+                        "dice": float(r["val_dice"]),
+                        "hd95": float(r["val_hd95"]),
+                        "agreement": float(r["val_tta_agreement"]),
+                    }
+                    if centring:
+                        if "val_window_centring" not in r:
+                            raise RuntimeError(f"{table} has no window centring: delete {out} and run again.")
+                        row["centring"] = float(r["val_window_centring"])
+                    rows.append(row)
     return rows
 
 
@@ -127,13 +137,16 @@ def fit_and_score(
 
     fit_rows = [r for r in rows if r["split"] == "validation" and r["type"] != held_out]
     kinds = sorted({r["condition"] for r in fit_rows})
+    centring = all("centring" in r for r in rows)
     cal = ConfidenceCalibration.fit(
         [r["agreement"] for r in fit_rows],
         [r["dice"] for r in fit_rows],
-        fitted_on=f"validation split, conditions {', '.join(kinds)} ({len(fit_rows)} vertebra-conditions)",
+        fitted_on=f"validation split, conditions {', '.join(kinds)} ({len(fit_rows)} vertebra-conditions)"
+        + (", with the window centring" if centring else ""),
+        centring=[r["centring"] for r in fit_rows] if centring else None,
     )
     for r in rows:
-        r["confidence"] = float(cal(r["agreement"]))
+        r["confidence"] = float(cal(r["agreement"], r.get("centring")))
     test = [r for r in rows if r["split"] == "test"]
     groups: dict[str, list[dict[str, Any]]] = {"all (pooled)": test, "clean": [r for r in test if r["type"] == "clean"]}
     groups[f"held out: {held_out}"] = [r for r in test if r["type"] == held_out]
@@ -216,6 +229,7 @@ def confidence_study(
     held_out: str = "view",
     low_dice: float = 0.75,
     write_calibration: bool = False,
+    centring: bool = False,
 ) -> dict[str, Any]:
     """Run the study (see the module's docstring); returns the summary rows and the calibration."""
     import torch
@@ -226,7 +240,7 @@ def confidence_study(
     out_path = Path(out)
     work = out_path.parent / f"{out_path.name}_runs"
     work.mkdir(parents=True, exist_ok=True)
-    rows = run_conditions(ckpt_dir, dataset_dir, work, configs)
+    rows = run_conditions(ckpt_dir, dataset_dir, work, configs, centring=centring)
     cal, summary, reliability = fit_and_score(rows, held_out, low_dice)
     _write_csv(Path(f"{out}_rows.csv"), rows)
     _write_csv(Path(f"{out}_summary.csv"), summary)
