@@ -43,6 +43,7 @@ from scripts.transforms.intensity import load_intensity_stats
 
 __all__ = [
     "window_centring",
+    "confidence_columns",
     "distributed_lr_scale",
     "sync_batchnorm",
     "no_input_message",
@@ -646,6 +647,14 @@ def window_centring(
     from scripts.localise import WindowCentring
 
     return WindowCentring(float(spacing_mm), device=device)
+
+
+def confidence_columns(confidence: bool, centring: Any = None) -> list[str]:
+    """The per-item confidence entries an evaluation tabulates: ``confidence`` and ``tta_agreement`` with the TTA
+    confidence on, and ``window_centring`` when it is computed (the configs' ``centring`` item is not ``None``)."""
+    if not confidence:
+        return []
+    return ["confidence", "tta_agreement"] + (["window_centring"] if centring is not None else [])
 
 
 def item_value_handlers(keys: Sequence[str] = ("confidence", "tta_agreement"), prefix: str = "val_") -> dict:

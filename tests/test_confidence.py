@@ -284,3 +284,8 @@ def test_configs_compute_the_window_centring_when_the_calibration_uses_it():
     made = window_centring(None, True, uses, 2.0)
     assert isinstance(made, WindowCentring) and made.spacing_mm == 2.0
     assert isinstance(window_centring(True, True, None, 1.0), WindowCentring), "forced on, e.g. to calibrate"
+    from scripts.workflow import confidence_columns
+
+    assert confidence_columns(False, made) == []
+    assert confidence_columns(True, None) == ["confidence", "tta_agreement"]
+    assert confidence_columns(True, made) == ["confidence", "tta_agreement", "window_centring"]

@@ -54,7 +54,8 @@ class InferenceResult:
         mesh_report: the bundle's mesh report (vertices, faces, watertight, ...), ``{}`` if none.
         preview: the bundle's preview PNG, ``None`` if none.
         confidence: the case report's confidence entries (``confidence``, ``confidence_calibrated``,
-            ``tta_agreement``, ``flag``; ``docs/confidence.md``), ``{}`` when inference ran without confidence.
+            ``tta_agreement``, ``window_centring``, ``flag``; ``docs/confidence.md``), ``{}`` when inference ran
+            without confidence.
         uncertainty: the voxel-wise uncertainty (HU, NIfTI), ``None`` without confidence.
         summary: shape, spacing and HU statistics of ``volume`` (:func:`volume_summary`).
         seconds: wall time of the bundle run (config parsing, model loading and inference).
