@@ -17,7 +17,8 @@ two files first):
    ``tolerance_mm`` (default :data:`DEFAULT_MATCH_TOLERANCE_MM`) is not one vertebra. The pairs are chosen one to
    one, fewest millimetres of miss in all (``scipy.optimize.linear_sum_assignment``).
 3. **Order and name** (:func:`name_levels`). The matched vertebrae are sorted top to bottom (system ``z``). Of two
-   neighbours closer than :data:`CROWD_RATIO` times the median step, the weaker is dropped (:func:`drop_crowded`).
+   neighbours closer than :data:`CROWD_RATIO` times the median of the steps nearby, the weaker is dropped
+   (:func:`drop_crowded`).
    A gap in the chain (a vertebra missed in one view) is a step between neighbours longer than :data:`GAP_RATIO`
    times the median of the steps nearby, counted as two levels. The chain's first level is the one that best fits
    the network's level evidence (least absolute difference over the chain), or, with a pinned level
@@ -561,24 +562,45 @@ def chain_steps(centres: np.ndarray, gap_ratio: float = GAP_RATIO) -> np.ndarray
     return steps
 
 
-def drop_crowded(found: list[dict], ratio: float = CROWD_RATIO) -> list[dict]:
-    """Drop the weaker of two neighbours in the chain (top to bottom) that lie closer than ``ratio`` times the median
-    step: two detections of one vertebra, or a detection between two vertebrae.
+def drop_crowded(found: list[dict], ratio: float = CROWD_RATIO, window: int = 3) -> list[dict]:
+    """Drop the weaker of two neighbours in the chain (top to bottom) that lie closer than ``ratio`` times the
+    median of the steps nearby: two detections of one vertebra, or a detection between two vertebrae.
+
+    The reference is local (the steps within ``window`` places on either side, as :func:`chain_steps` counts gaps),
+    because steps grow down the spine (about 15 mm in the upper thoracic spine, 30-35 mm in the lumbar spine) and
+    because several extra detections shorten the chain's overall median until none of them looks crowded. The
+    most crowded pair goes first, and the steps are measured again after each drop.
 
     Args:
         found: the chain, each with ``centre`` (3,) and ``scores`` (per view).
-        ratio: the shortest step kept, as a share of the median step.
+        ratio: the shortest step kept, as a share of the median of the steps nearby.
+        window: how many steps on either side make the reference.
     """
     chain = list(found)
     while len(chain) >= 3:
         centres = np.stack([np.asarray(f["centre"], dtype=np.float64) for f in chain])
         d = np.linalg.norm(np.diff(centres, axis=0), axis=1)
-        i = int(np.argmin(d))
-        if d[i] >= ratio * float(np.median(d)):
+        ref = np.array(
+            [
+                float(np.median(np.concatenate([d[max(0, i - window) : i], d[i + 1 : i + 1 + window]])))
+                for i in range(len(d))
+            ]
+        )
+        share = d / np.maximum(ref, 1e-9)
+        i = int(np.argmin(share))
+        if share[i] >= ratio:
             break
-        weaker = i if np.prod(chain[i]["scores"]) < np.prod(chain[i + 1]["scores"]) else i + 1
+        weaker = i if _pair_score(chain[i]) < _pair_score(chain[i + 1]) else i + 1
         del chain[weaker]
     return chain
+
+
+def _pair_score(vertebra: dict) -> float:
+    """The product of a found vertebra's per-view scores (a list, or a dict with one entry per view and ``pair``)."""
+    scores = vertebra["scores"]
+    if isinstance(scores, dict):
+        scores = [v for k, v in scores.items() if k != "pair"]
+    return float(np.prod(np.asarray(scores, dtype=np.float64)))
 
 
 def name_levels(

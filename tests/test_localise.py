@@ -260,6 +260,24 @@ def test_crowded_neighbours_keep_the_stronger():
     assert len(drop_crowded(chain)) == len(SPINE), "an even chain keeps every vertebra"
 
 
+def test_crowding_is_judged_against_the_steps_nearby():
+    """A whole spine: steps grow from 15 mm (upper thoracic) to 35 mm (lumbar). Extra detections 12 mm below two
+    lumbar vertebrae shorten the chain's overall median to 15 mm, against which 12 mm is not crowded; against the
+    lumbar steps nearby it is, and both extras go, while every real vertebra stays."""
+    from scripts.localise import drop_crowded
+
+    steps = [15.0] * 8 + [20.0, 25.0, 30.0] + [35.0] * 5
+    z = -np.concatenate([[0.0], np.cumsum(steps)])
+    chain = [{"centre": np.array([0.0, 0.0, v]), "scores": [0.8, 0.8]} for v in z]
+    extras = [{"centre": np.array([0.0, 0.0, z[k] - 12.0]), "scores": [0.3, 0.3]} for k in (13, 15)]
+    mixed = chain[:14] + [extras[0]] + chain[14:16] + [extras[1]] + chain[16:]
+    kept = drop_crowded(mixed)
+    assert len(kept) == len(chain) and not any(k is e for k in kept for e in extras)
+    assert len(drop_crowded(chain)) == len(chain), "steps that grow down the spine are not crowding"
+    d = np.abs(np.diff([f["centre"][2] for f in mixed]))
+    assert 12.0 >= 0.55 * np.median(d), "the chain's overall median would keep the extras"
+
+
 def test_epipolar_matching_finds_a_faint_spine_behind_stronger_distractors():
     pa, pl = _projected(SPINE)
     gas = SPINE + np.array([0.0, -75.0, 0.0])  # pockets 75 mm in front of each vertebra (anterior: -y)

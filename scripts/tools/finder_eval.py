@@ -13,7 +13,8 @@ exactly as ``python -m scripts.simulate radiographs --ct <patient>_body.nii.gz -
 with its default settings (430 mm detector of 2 mm pixels, source-detector 1200 mm, source-isocentre 800 mm,
 60 kV, 10^6 photons, seed 0, isocentre at the labelled vertebrae's mean centre). The finder
 (:func:`scripts.spine.find_vertebrae`) then reads ``ap.dcm`` and ``lateral.dcm``, once without and once with a
-pinned level (the lowest vertebra the split holds complete, at its true centre in the AP file, ``"L5=ap:row,col"``).
+pinned level (the lowest vertebra between C1 and L5 the split holds complete, at its true centre in the AP file,
+``"L5=ap:row,col"``).
 
 Counted: every labelled vertebra whose centre lies inside both images (``centres.json``, ``inside_both``),
 including those the scan cuts (their centre is the mean of the voxels the scan holds); ``complete`` rows count only
@@ -194,6 +195,7 @@ def finder_eval(
     from scripts.errors import BundleInputError
     from scripts.io.radiograph import read_radiograph
     from scripts.localise import DEFAULT_MATCH_TOLERANCE_MM, DEFAULT_THRESHOLD, load_finder
+    from scripts.networks.finder import LEVELS
     from scripts.spine import file_px, find_vertebrae
     from scripts.tools.finder_data import label_source
 
@@ -219,7 +221,7 @@ def finder_eval(
         rad = simulate_patient(info["body"], label_path, Path(work) / patient, convention, class_map)
         truth = [v for v in json.loads((rad / "centres.json").read_text())["vertebrae"] if v["inside_both"]]
         complete = set(info["levels"])
-        lowest = [v for v in truth if v["level"] in complete][-1]
+        lowest = [v for v in truth if v["level"] in complete and v["level"] in LEVELS][-1]  # S1 is not a level
         r, c = file_px(read_radiograph(rad / "ap.dcm"), lowest["ap_rc"])
         pin = f"{lowest['level']}=ap:{r:.1f},{c:.1f}"
         entry: dict[str, Any] = {"pin": pin, "true_levels": [v["level"] for v in truth]}
