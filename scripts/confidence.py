@@ -283,7 +283,8 @@ class ConfidenceCalibration:
         centring: Sequence[float] | None = None,
     ) -> ConfidenceCalibration:
         """Isotonic regression of ``dice`` on the score; one knot per pooled block (at its mean score). With
-        ``centring``, the score is ``agreement + w * centring`` with ``w`` from :meth:`centring_weight_of`."""
+        ``centring``, the score is ``agreement + w * centring`` with ``w`` from :meth:`centring_weight_of`; a weight
+        of 0 leaves the centring out (the calibration then does not need it)."""
         from scipy.optimize import isotonic_regression
 
         a = np.asarray(agreement, dtype=np.float64)
@@ -296,8 +297,9 @@ class ConfidenceCalibration:
         weight = None
         if c is not None:
             c = c[ok]
-            weight = cls.centring_weight_of(a, c, d)
-            a = a + weight * c
+            weight = cls.centring_weight_of(a, c, d) or None  # a weight of 0: the calibration does without it
+            if weight is not None:
+                a = a + weight * c
         order = np.argsort(a, kind="stable")
         a, d = a[order], d[order]
         fitted = isotonic_regression(d, increasing=True).x
@@ -399,6 +401,7 @@ class TTAConfidenced(MapTransform):
         self.flag_key = flag_key
 
     def confidence(self, agreement: float, centring: float | None = None) -> float:
+        """The calibrated estimate of the Dice (the agreement itself without a calibration)."""
         if self.calibration is None:
             return float(agreement)
         return float(self.calibration(agreement, centring))

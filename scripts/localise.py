@@ -562,30 +562,41 @@ def chain_steps(centres: np.ndarray, gap_ratio: float = GAP_RATIO) -> np.ndarray
     return steps
 
 
+def _nearest_others(n: int, i: int, count: int) -> np.ndarray:
+    """The indices of the ``count`` places nearest to ``i`` among ``0..n-1`` (``i`` left out; ties: the lower)."""
+    others = np.array([j for j in range(n) if j != i], dtype=np.int64)
+    return others[np.argsort(np.abs(others - i), kind="stable")[:count]]
+
+
 def drop_crowded(found: list[dict], ratio: float = CROWD_RATIO, window: int = 3) -> list[dict]:
     """Drop the weaker of two neighbours in the chain (top to bottom) that lie closer than ``ratio`` times the
-    median of the steps nearby: two detections of one vertebra, or a detection between two vertebrae.
+    step per level nearby: two detections of one vertebra, or a detection between two vertebrae.
 
-    The reference is local (the steps within ``window`` places on either side, as :func:`chain_steps` counts gaps),
-    because steps grow down the spine (about 15 mm in the upper thoracic spine, 30-35 mm in the lumbar spine) and
-    because several extra detections shorten the chain's overall median until none of them looks crowded. The
+    The reference is local, the ``2 * window`` steps nearest to the one judged, because steps grow down the spine
+    (about 15 mm in the upper thoracic spine, 30-35 mm in the lumbar spine) and because several extra detections
+    shorten the chain's overall median until none of them looks crowded. Each step of the reference is first
+    divided by the levels it spans, its length over the median of its own nearest steps, rounded (a missed
+    vertebra makes a step of two levels), so that gaps do not make the steps beside them look crowded. A chain of
+    fewer than three steps cannot tell a gap from a normal step and is judged against the median of its steps. The
     most crowded pair goes first, and the steps are measured again after each drop.
 
     Args:
         found: the chain, each with ``centre`` (3,) and ``scores`` (per view).
-        ratio: the shortest step kept, as a share of the median of the steps nearby.
-        window: how many steps on either side make the reference.
+        ratio: the shortest step kept, as a share of the step per level nearby.
+        window: the reference holds the ``2 * window`` nearest steps.
     """
     chain = list(found)
     while len(chain) >= 3:
         centres = np.stack([np.asarray(f["centre"], dtype=np.float64) for f in chain])
         d = np.linalg.norm(np.diff(centres, axis=0), axis=1)
-        ref = np.array(
-            [
-                float(np.median(np.concatenate([d[max(0, i - window) : i], d[i + 1 : i + 1 + window]])))
-                for i in range(len(d))
-            ]
-        )
+        n = len(d)
+        if n < 3:
+            ref = np.full(n, float(np.median(d)))
+        else:
+            near = [_nearest_others(n, i, 2 * window) for i in range(n)]
+            levels = np.array([max(1, int(round(d[i] / max(float(np.median(d[near[i]])), 1e-9)))) for i in range(n)])
+            per_level = d / levels
+            ref = np.array([float(np.median(per_level[near[i]])) for i in range(n)])
         share = d / np.maximum(ref, 1e-9)
         i = int(np.argmin(share))
         if share[i] >= ratio:
@@ -881,6 +892,10 @@ class WindowCentring:
         finder: the finder (a module or a ``model.pt``; default the shipped one, :func:`load_finder`).
         radius_mm: the radius about the centre, mm at the isocentre.
         device: where the finder runs.
+
+    Raises:
+        BundleInputError: a spacing or radius that is not positive, finder weights that cannot be read, or (on a
+            call) an input that is not one expanded pair of views.
     """
 
     def __init__(

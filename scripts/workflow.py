@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from scripts.metrics import METRIC_NAMES, ItemValueMetric, VertebraMetric
 from scripts.networks.model_info import MODEL_INFO_KEYS, convert_command, load_state_dict_file, read_model_info
 from scripts.transforms.expansion import DimensionExpansion, check_expansion_angles
 from scripts.transforms.intensity import load_intensity_stats
+
+if TYPE_CHECKING:
+    from scripts.localise import WindowCentring
 
 __all__ = [
     "window_centring",
@@ -626,26 +629,62 @@ def metric_handlers(
 
 
 def window_centring(
-    option: bool | None, confidence: bool, calibration: Mapping[str, Any] | None, spacing_mm: float, device: Any = "cpu"
-) -> Any:
+    option: bool | None,
+    confidence: bool,
+    calibration: Mapping[str, Any] | None,
+    spacing_mm: float,
+    device: Any = "cpu",
+    views: Sequence[Sequence[float]] = ((0.0, 0.0), (90.0, 0.0)),
+    expansion_mode: str = "replicate",
+) -> WindowCentring | None:
     """The configs' ``centring`` item: a :class:`scripts.localise.WindowCentring` for the confidence, or ``None``.
 
     Args:
         option: the configs' ``window_centring``: ``None`` (default) computes it when the model's confidence
             calibration uses it; ``True`` / ``False`` force it on (e.g. to record it while calibrating a model) or
-            off (then a calibration that needs it stops with a one-line error).
+            off.
         confidence: the configs' ``confidence`` (no TTA confidence: no centring).
         calibration: the model contract's confidence calibration (dict) or ``None``.
         spacing_mm: the model's voxel size.
         device: where the finder runs.
+        views: the model's two views ``[[alpha, beta], ...]``; the centring reads an AP and a lateral view (each
+            within 15 degrees of its beam line).
+        expansion_mode: the model's dimension expansion; the centring reads the views back from a ``replicate``
+            expansion.
+
+    Returns:
+        the window centring, or ``None`` when it is not computed.
+
+    Raises:
+        BundleInputError: ``option`` is not ``True``, ``False`` or ``None``; the centring is turned off while the
+            model's calibration needs it; or it is wanted for a model whose views are not an AP and a lateral one of
+            a ``replicate`` expansion.
     """
     from scripts.confidence import calibration_uses_centring
 
-    wanted = calibration_uses_centring(calibration) if option is None else bool(option)
-    if not (confidence and wanted):
+    if option is not None and not isinstance(option, bool):
+        raise BundleInputError(
+            f"--window_centring is True, False or null (as the model's calibration says), got {option!r}."
+        )
+    needed = calibration_uses_centring(calibration)
+    if not confidence:
         return None
+    if option is False and needed:
+        raise BundleInputError(
+            "--window_centring False: this model's confidence calibration uses the window centring; fix: leave "
+            "--window_centring at its default, or turn the confidence off with --confidence False."
+        )
+    if not (needed if option is None else option):
+        return None
+    from scripts.drr.windows import beam_line_difference
     from scripts.localise import WindowCentring
 
+    off = [beam_line_difference(tuple(float(a) for a in v), ref)[0] for v, ref in zip(views, ((0, 0), (90, 0)))]
+    if expansion_mode != "replicate" or len(views) != 2 or max(off) > 15.0:
+        raise BundleInputError(
+            f"the window centring reads an AP and a lateral view of a 'replicate' expansion; this model has views "
+            f"{[list(v) for v in views]} and expansion {expansion_mode!r}; fix: --window_centring False."
+        )
     return WindowCentring(float(spacing_mm), device=device)
 
 

@@ -194,7 +194,7 @@ def test_calibration_with_the_window_centring_weighs_it_by_least_squares():
     with pytest.raises(BundleInputError, match="window centring"):
         cal(0.8)
     falling = ConfidenceCalibration.fit(agreement, 0.5 * agreement - 0.25 * centring, centring=centring)
-    assert falling.centring_weight == 0.0, "a centring that falls as Dice rises is no evidence"
+    assert falling.centring_weight is None and not falling.uses_centring, "a centring that falls is no evidence"
     assert "centring_weight" not in ConfidenceCalibration.fit(agreement, dice).to_dict()
 
 
@@ -223,54 +223,60 @@ def test_tta_confidenced_reads_the_window_centring_of_the_input():
 
 
 class _BlobFinder(torch.nn.Module):
-    """A stand-in for the finder: a heatmap logit of +20 on the finder pixels within 0.75 px of a point ``offset``
-    finder pixels below the image's centre (the four pixels about it on an even grid), -20 elsewhere; records each
-    view flag."""
+    """A stand-in for the finder: a heatmap logit of +20 on the finder pixels within 0.75 px of a point
+    ``offsets[view flag]`` = (rows, cols) finder pixels from the image's centre (the four pixels about it on an even
+    grid), -20 elsewhere; records each view flag."""
 
-    def __init__(self, offset: float) -> None:
+    def __init__(self, offsets: dict[int, tuple[float, float]]) -> None:
         super().__init__()
-        self.offset = offset
+        self.offsets = offsets
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.flags: list[float] = []
+        self.flags: list[int] = []
 
     def forward(self, x):
         h, w = x.shape[-2:]
-        self.flags.append(float(x[0, 1, 0, 0]))
-        r = torch.arange(h, dtype=torch.float32)[:, None] - ((h - 1) / 2 + self.offset)
-        c = torch.arange(w, dtype=torch.float32)[None, :] - (w - 1) / 2
+        flag = int(x[0, 1, 0, 0])
+        self.flags.append(flag)
+        dr, dc = self.offsets[flag]
+        r = torch.arange(h, dtype=torch.float32)[:, None] - ((h - 1) / 2 + dr)
+        c = torch.arange(w, dtype=torch.float32)[None, :] - ((w - 1) / 2 + dc)
         logit = torch.where(r**2 + c**2 <= 0.5625, 20.0, -20.0)
         return torch.stack([logit, torch.zeros_like(logit)])[None]
 
 
 def test_window_centring_reads_the_heatmap_within_its_radius_at_the_finders_scale():
+    from scripts.errors import BundleInputError
     from scripts.localise import WindowCentring
     from scripts.networks.finder import FINDER_MAGNIFICATION, FINDER_PIXEL_MM
 
     image = torch.randn(2, 64, 64, 64)
     # 2 mm voxels read at the finder's scale: one finder pixel is 2 mm / magnification 1.5 = 1.33 mm inside
     inside = FINDER_PIXEL_MM / FINDER_MAGNIFICATION
-    near = _BlobFinder(offset=2.0)  # its pixels 2.1-3.4 mm off: within the 4 mm radius
-    centring = WindowCentring(2.0, finder=near, radius_mm=4.0)
-    assert centring.view_scores(image) == pytest.approx([1.0, 1.0], abs=1e-6)
-    assert near.flags == [0.0, 1.0], "the AP view, then the lateral one, each with its view flag"
-    far = WindowCentring(2.0, finder=_BlobFinder(offset=4.0), radius_mm=4.0)  # its nearest pixels 4.7 mm off
-    assert far(image) == pytest.approx(0.0, abs=1e-6)
     assert np.hypot(3.5, 0.5) * inside > 4.0 > np.hypot(2.5, 0.5) * inside
-    assert WindowCentring(2.0, finder=_BlobFinder(offset=4.0), radius_mm=6.0)(image[None]) == pytest.approx(1.0)
-    from scripts.errors import BundleInputError
-
+    # AP: its pixels 2.1-3.4 mm below the centre (within 4 mm); lateral: 4.7 mm or more to the side (beyond)
+    finder = _BlobFinder({0: (2.0, 0.0), 1: (0.0, 4.0)})
+    centring = WindowCentring(2.0, finder=finder, radius_mm=4.0)
+    assert centring.view_scores(image) == pytest.approx([1.0, 0.0], abs=1e-6), "AP first, lateral second"
+    assert finder.flags == [0, 1], "each view with its view flag"
+    assert centring(image[None]) == pytest.approx(0.5, abs=1e-6), "the mean of the two views; a batch of one"
+    wide = WindowCentring(2.0, finder=_BlobFinder({0: (4.0, 0.0), 1: (0.0, 4.0)}), radius_mm=6.0)
+    assert wide(image) == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(BundleInputError, match="expanded pair"):
         centring(torch.zeros(3, 8, 8, 8))
 
 
-def test_the_finders_magnification_is_that_of_the_radiographs_it_is_trained_on():
+def test_the_finders_magnification_is_that_of_the_simulated_radiographs_and_inside_its_training_range():
     import inspect
 
     from scripts.networks.finder import FINDER_MAGNIFICATION
     from scripts.simulate import simulate_radiographs
+    from scripts.tools.finder_data import draw_pair
 
     p = inspect.signature(simulate_radiographs).parameters
     assert p["sdd"].default / p["sod"].default == pytest.approx(FINDER_MAGNIFICATION)
+    rng = np.random.default_rng(0)
+    drawn = [d["sdd"] / d["sod"] for d in (draw_pair(rng) for _ in range(500))]
+    assert min(drawn) < FINDER_MAGNIFICATION < max(drawn)
 
 
 def test_configs_compute_the_window_centring_when_the_calibration_uses_it():
@@ -280,10 +286,21 @@ def test_configs_compute_the_window_centring_when_the_calibration_uses_it():
     uses = {"x": [0.5, 1.0], "y": [0.2, 0.9], "centring_weight": 0.8}
     assert window_centring(None, True, {"x": [0.5], "y": [0.5]}, 2.0) is None
     assert window_centring(None, False, uses, 2.0) is None, "no confidence, no centring"
-    assert window_centring(False, True, uses, 2.0) is None
+    assert window_centring(False, True, {"x": [0.5], "y": [0.5]}, 2.0) is None
     made = window_centring(None, True, uses, 2.0)
     assert isinstance(made, WindowCentring) and made.spacing_mm == 2.0
     assert isinstance(window_centring(True, True, None, 1.0), WindowCentring), "forced on, e.g. to calibrate"
+    from scripts.errors import BundleInputError
+
+    with pytest.raises(BundleInputError, match="True, False or null"):
+        window_centring("no", True, uses, 2.0)
+    with pytest.raises(BundleInputError, match="--confidence False"):
+        window_centring(False, True, uses, 2.0)
+    with pytest.raises(BundleInputError, match="an AP and a lateral view"):
+        window_centring(True, True, None, 2.0, views=[[0, 0], [60, 0]])
+    with pytest.raises(BundleInputError, match="'replicate'"):
+        window_centring(True, True, None, 2.0, expansion_mode="backproject")
+    assert window_centring(None, True, uses, 2.0, views=[[180, 0], [270, 0]]) is not None, "PA and the other lateral"
     from scripts.workflow import confidence_columns
 
     assert confidence_columns(False, made) == []

@@ -274,8 +274,29 @@ def test_crowding_is_judged_against_the_steps_nearby():
     kept = drop_crowded(mixed)
     assert len(kept) == len(chain) and not any(k is e for k in kept for e in extras)
     assert len(drop_crowded(chain)) == len(chain), "steps that grow down the spine are not crowding"
-    d = np.abs(np.diff([f["centre"][2] for f in mixed]))
-    assert 12.0 >= 0.55 * np.median(d), "the chain's overall median would keep the extras"
+
+
+@pytest.mark.parametrize(
+    "steps", [[30, 60], [30, 60, 60, 30], [25, 25, 50, 50, 25], [35, 70, 35, 70], [15, 15, 15, 30, 15, 15, 30, 15]]
+)
+def test_missed_vertebrae_do_not_make_their_neighbours_look_crowded(steps):
+    """Steps of two levels (a vertebra missed between) beside steps of one: every detection is a vertebra."""
+    from scripts.localise import drop_crowded
+
+    z = -np.concatenate([[0.0], np.cumsum(steps)])
+    chain = [{"centre": np.array([0.0, 0.0, v]), "scores": [0.8, 0.8]} for v in z]
+    assert len(drop_crowded(chain)) == len(chain)
+
+
+def test_a_detection_between_two_vertebrae_is_dropped_beside_a_gap():
+    from scripts.localise import drop_crowded
+
+    steps = [30.0, 30.0, 12.0, 18.0, 30.0, 60.0, 30.0]  # 12 + 18: one extra inside a 30 mm step; 60: a missed one
+    z = -np.concatenate([[0.0], np.cumsum(steps)])
+    chain = [{"centre": np.array([0.0, 0.0, v]), "scores": [0.8, 0.8]} for v in z]
+    chain[3]["scores"] = [0.3, 0.3]
+    kept = drop_crowded(chain)
+    assert len(kept) == len(chain) - 1 and all(k is not chain[3] for k in kept)
 
 
 def test_epipolar_matching_finds_a_faint_spine_behind_stronger_distractors():

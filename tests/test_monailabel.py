@@ -363,3 +363,10 @@ def test_bad_spine_requests_are_refused_before_any_work(tmp_path, request_, mess
     with pytest.raises(BundleInputError, match=message):
         spine_request(request_, work_root=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_adapter_returns_every_confidence_entry_of_the_case_report():
+    from scripts.io.outputs import REPORT_KEYS
+    from scripts.monailabel.core import CONFIDENCE_KEYS
+
+    assert CONFIDENCE_KEYS == REPORT_KEYS

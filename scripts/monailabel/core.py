@@ -34,6 +34,9 @@ __all__ = [
 
 #: the bundle's root folder (the one holding ``configs/`` and ``scripts/``)
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
+#: the case report's confidence entries returned with a result (``scripts.io.outputs.REPORT_KEYS``, repeated here
+#: because this module imports nothing of the bundle's internals; a test keeps the two equal).
+CONFIDENCE_KEYS = ("confidence", "confidence_calibrated", "tta_agreement", "window_centring", "flag")
 
 #: configs run by default, relative to the bundle root
 DEFAULT_CONFIGS: tuple[str, ...] = ("configs/inference.json",)
@@ -236,10 +239,10 @@ def run_inference(
         raise RuntimeError(f"the bundle run wrote no volume into {case_dir}; see its log above.")
     report_file = _one(case_dir, "*_mesh.json")
     case_report = _one(case_dir, "*_report.json")
-    keys = ("confidence", "confidence_calibrated", "tta_agreement", "window_centring", "flag")
     confidence = {}
     if case_report:
-        confidence = {k: v for k, v in json.loads(case_report.read_text()).items() if k in keys and v is not None}
+        report = json.loads(case_report.read_text())
+        confidence = {k: v for k, v in report.items() if k in CONFIDENCE_KEYS and v is not None}
     return InferenceResult(
         case_id=pair.case_id,
         volume=volume,

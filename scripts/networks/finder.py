@@ -46,9 +46,11 @@ LEVELS: tuple[str, ...] = tuple(
 HEATMAP_SIGMA_PX = 2.0
 #: the detector pixel size (mm) the finder is trained and run at; radiographs are resampled to it.
 FINDER_PIXEL_MM = 2.0
-#: the magnification (source-detector over source-isocentre distance) of the radiographs the finder is trained on:
-#: ``python -m scripts.simulate radiographs`` defaults, 1200 mm / 800 mm. An image whose pixels are ``s`` mm at
-#: the isocentre shows anatomy at the finder's scale when read as detector pixels of ``s * FINDER_MAGNIFICATION``.
+#: the magnification (source-detector over source-isocentre distance) at which the finder reads an image whose
+#: pixel size is given at the isocentre (:class:`scripts.localise.WindowCentring`): that of ``python -m
+#: scripts.simulate radiographs`` (1200 mm / 800 mm), inside the range of the finder's training pairs (1.15-2.0,
+#: ``scripts.tools.finder_data.draw_pair``), and the best of 1, 1.5 and 2 on the validation patient. An image of
+#: ``s`` mm pixels at the isocentre is read as detector pixels of ``s * FINDER_MAGNIFICATION``.
 FINDER_MAGNIFICATION = 1.5
 #: the initial bias of the heatmap logits: ``logit(0.1)``.
 HEATMAP_PRIOR_BIAS = -2.19

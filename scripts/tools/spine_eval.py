@@ -80,6 +80,15 @@ def _match(reported: list[dict], truth: list[dict], hit_mm: float) -> dict[str, 
     return {truth[i]["level"]: reported[j] for i, (j, _) in match.items()}
 
 
+def _bundle_relative(path: str) -> str:
+    """``path`` relative to the bundle root when it lies inside it (reports name bundle files portably)."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(ROOT)) if p.is_absolute() else str(path)
+    except ValueError:
+        return str(path)
+
+
 def spine_eval(
     split: str = "test",
     data: str = "data/body64",
@@ -180,7 +189,7 @@ def spine_eval(
         "settings": {
             "split": split,
             "data": data,
-            "config_file": configs,
+            "config_file": [_bundle_relative(c) for c in configs],
             "overrides": overrides or {},
             "hit_mm": hit_mm,
             "command": command,
