@@ -44,6 +44,9 @@ class TwoStageEAR(nn.Module):
         view_features: the six feature widths of the view stage's BasicUNet.
         joint_views: the view stage reads both views at once (two channels in, two out), so that each view's
             output can use the other (they share the long axis: image rows); else one view at a time.
+        view_members: how many view stages of this shape (e.g. trained with different seeds) read the views; their
+            z-scored outputs are averaged, a deep ensemble of the view stage (``view_net`` is the first member,
+            ``more_view_nets`` the others, so a one-member file loads as before).
         use_abs, use_fem, use_eam: EAR's module switches.
 
     Raises:
@@ -58,6 +61,7 @@ class TwoStageEAR(nn.Module):
         channels: Sequence[int] = (16, 32, 64, 128, 256),
         view_features: Sequence[int] = (32, 32, 64, 128, 256, 32),
         joint_views: bool = False,
+        view_members: int = 1,
         use_abs: bool = True,
         use_fem: bool = True,
         use_eam: bool = True,
@@ -69,23 +73,37 @@ class TwoStageEAR(nn.Module):
         self.divisor = 32
         self.joint_views = bool(joint_views)
         width = 2 if self.joint_views else 1
-        self.view_net = BasicUNet(
-            spatial_dims=2, in_channels=width, out_channels=width, features=tuple(int(f) for f in view_features)
-        )
+        if int(view_members) < 1:
+            raise ValueError(f"TwoStageEAR needs at least one view stage, got view_members={view_members}.")
+        self.view_members = int(view_members)
+
+        def view_stage() -> BasicUNet:
+            return BasicUNet(
+                spatial_dims=2, in_channels=width, out_channels=width, features=tuple(int(f) for f in view_features)
+            )
+
+        self.view_net = view_stage()
+        self.more_view_nets = nn.ModuleList([view_stage() for _ in range(self.view_members - 1)])
         self.volume_net = EAR(2, out_channels, channels, use_abs=use_abs, use_fem=use_fem, use_eam=use_eam)
         # the contract of the whole model (volume_net keeps its own, its pretraining's); its record starts with the
         # view stage's shape, which training keeps, so inference configs can rebuild this network from the file
-        attach_model_info(
-            self, record={"view_features": [int(f) for f in view_features], "joint_views": self.joint_views}
-        )
+        record = {"view_features": [int(f) for f in view_features], "joint_views": self.joint_views}
+        if self.view_members > 1:  # one member: the record of the files written before ensembles
+            record["view_members"] = self.view_members
+        attach_model_info(self, record=record)
 
     def spine_views(self, x: torch.Tensor) -> torch.Tensor:
-        """The view stage's output for an expanded pair ``x``: ``(B, 2, Z, X)`` views, z-scored."""
+        """The view stage's output for an expanded pair ``x``: ``(B, 2, Z, X)`` views, z-scored (with several
+        members, their z-scored outputs averaged and z-scored again)."""
         views = zscore_images(stack_views(x))
-        if self.joint_views:
-            return zscore_images(self.view_net(views))
         b, v, h, w = views.shape
-        return zscore_images(self.view_net(views.reshape(b * v, 1, h, w)).reshape(b, v, h, w))
+        inputs = views if self.joint_views else views.reshape(b * v, 1, h, w)
+        out = zscore_images(self.view_net(inputs).reshape(b, v, h, w))
+        if self.view_members == 1:
+            return out
+        for net in self.more_view_nets:
+            out = out + zscore_images(net(inputs).reshape(b, v, h, w))
+        return zscore_images(out / self.view_members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_volume_input(x, "TwoStageEAR", self.in_channels, self.divisor)

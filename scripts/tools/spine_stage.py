@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -298,8 +299,9 @@ def train(
     return report
 
 
-def combine(view_weights: str, volume_weights: str, out: str, drr_source: str = "body") -> Path:
-    """One :class:`~scripts.networks.TwoStageEAR` model file from a view stage and an EAR model, with its contract.
+def combine(view_weights: str | Sequence[str], volume_weights: str, out: str, drr_source: str = "body") -> Path:
+    """One :class:`~scripts.networks.TwoStageEAR` model file from a view stage (or several, an ensemble of the view
+    stage: e.g. the same recipe trained with other seeds) and an EAR model, with its contract.
 
     The whole model's contract is the EAR model's (intensity statistics, spacing, crop size, views, expansion
     mode, record), with the network, the architecture fingerprint, the X-ray source it reads (``drr_source``)
@@ -307,7 +309,8 @@ def combine(view_weights: str, volume_weights: str, out: str, drr_source: str = 
     evaluation with ``configs/lab/recipes/two_stage.json``) and is the ``--pretrained`` of a joint fine-tune.
 
     Args:
-        view_weights: the view stage's ``BasicUNet`` state dict (``train``'s ``stage2d.pt``).
+        view_weights: the view stage's ``BasicUNet`` state dict (``train``'s ``stage2d.pt``), or a list of them of
+            one shape, whose outputs the model averages.
         volume_weights: an EAR ``model.pt`` of this bundle; its own contract stays with it, under ``volume_net``.
         out: the file to write (atomically).
         drr_source: the X-ray source the combined model reads (recorded, e.g. ``body``).
@@ -317,23 +320,39 @@ def combine(view_weights: str, volume_weights: str, out: str, drr_source: str = 
     from scripts.networks import TwoStageEAR, attach_model_info
     from scripts.networks.model_info import load_state_dict_file, read_model_info
 
-    view = torch.load(view_weights, map_location="cpu", weights_only=True)
+    files = [view_weights] if isinstance(view_weights, (str, os.PathLike)) else list(view_weights)
+    if not files:
+        raise ValueError("combine needs at least one view stage (--view_weights).")
+    views = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
     volume = load_state_dict_file(volume_weights)
     info = read_model_info(volume)
     record = dict(info["record"])
-    features = [int(view[f"{k}.conv.weight"].shape[0]) for k in _VIEW_FEATURE_KEYS]  # BasicUNet's six widths
-    joint = int(view["conv_0.conv_0.conv.weight"].shape[1]) == 2  # both views as channels
+    shapes = []
+    for view in views:
+        features = [int(view[f"{k}.conv.weight"].shape[0]) for k in _VIEW_FEATURE_KEYS]  # BasicUNet's six widths
+        joint = int(view["conv_0.conv_0.conv.weight"].shape[1]) == 2  # both views as channels
+        shapes.append((tuple(features), joint))
+    if len(set(shapes)) != 1:
+        raise ValueError(f"the view stages of one model must share one shape; got {sorted(set(shapes))}.")
+    features, joint = list(shapes[0][0]), shapes[0][1]
     record.update({"view_features": features, "joint_views": joint})
+    if len(views) > 1:
+        record["view_members"] = len(views)
     net = TwoStageEAR(
-        channels=record.get("channels", (16, 32, 64, 128, 256)), view_features=features, joint_views=joint
+        channels=record.get("channels", (16, 32, 64, 128, 256)),
+        view_features=features,
+        joint_views=joint,
+        view_members=len(views),
     )
-    net.view_net.load_state_dict(view)
+    for member, view in zip([net.view_net, *net.more_view_nets], views):
+        member.load_state_dict(view)
     net.volume_net.load_state_dict(volume)
-    sha = hashlib.sha256(Path(view_weights).read_bytes()).hexdigest()
+    stages = [{"file": Path(f).name, "sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest()} for f in files]
     version = json.loads((ROOT / "configs" / "metadata.json").read_text())["version"]
     record.update(
-        {"drr_source": drr_source, "bundle_version": version, "view_stage": {"file": Path(view_weights).name,
-         "sha256": sha}, "volume_stage": {"file": Path(volume_weights).name, **{k: info["record"][k] for k in
+        {"drr_source": drr_source, "bundle_version": version,
+         "view_stage": stages[0] if len(stages) == 1 else stages,
+         "volume_stage": {"file": Path(volume_weights).name, **{k: info["record"][k] for k in
          ("bundle_version", "drr_source") if k in info["record"]}}}
     )  # fmt: skip
     record.pop("network", None)
