@@ -122,7 +122,9 @@ def preview_figure(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9.0, 3.0 * len(rows) + 0.4), dpi=100)
+    lines = title.count("\n") + 1 if title else 0
+    height = 3.0 * len(rows) + 0.2 + 0.2 * lines  # inches: the panels, then room for the title's lines
+    fig = Figure(figsize=(9.0, height), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), 3, squeeze=False)
     for r, (row_name, panels) in enumerate(rows):
@@ -145,7 +147,8 @@ def preview_figure(
             ax.set_title(f"{row_name}: {text}", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # keep the panels below the (possibly two-line) title: tight_layout alone lets the first row's titles run into it
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - (0.1 + 0.2 * lines) / height))
     return fig
 
 
