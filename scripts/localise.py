@@ -602,17 +602,9 @@ def drop_crowded(found: list[dict], ratio: float = CROWD_RATIO, window: int = 3)
         i = int(np.argmin(share))
         if share[i] >= ratio:
             break
-        weaker = i if _pair_score(chain[i]) < _pair_score(chain[i + 1]) else i + 1
+        weaker = i if np.prod(chain[i]["scores"]) < np.prod(chain[i + 1]["scores"]) else i + 1
         del chain[weaker]
     return chain
-
-
-def _pair_score(vertebra: dict) -> float:
-    """The product of a found vertebra's per-view scores (a list, or a dict with one entry per view and ``pair``)."""
-    scores = vertebra["scores"]
-    if isinstance(scores, dict):
-        scores = [v for k, v in scores.items() if k != "pair"]
-    return float(np.prod(np.asarray(scores, dtype=np.float64)))
 
 
 def name_levels(
