@@ -17,7 +17,12 @@ moved back onto the case's grid. Then:
   vertebra drawn at the window's centre, so the agreement cannot see that error, and the finder can;
 - the **confidence** is the agreement (plus the weighted window centring) mapped to an estimate of the
   vertebra's Dice by a monotone (isotonic) calibration fitted on the validation patient's vertebrae under
-  degradations (:class:`ConfidenceCalibration`, stored in the model's contract).
+  degradations (:class:`ConfidenceCalibration`, stored in the model's contract);
+- the **input type check** compares the views with the X-rays the model was trained on: X-rays of an isolated
+  vertebra (``drr_source`` ``gt``) are mostly empty detector around the vertebra, while X-rays through a body or
+  a CT crop (``body``, ``ct``) and every real radiograph are covered (:func:`view_background_share`). A model
+  trained on one type reconstructs the other badly, and its TTA copies agree on the wrong shape, so its
+  calibration does not hold: such a case gets the confidence 0 and a flag that names both types.
 
 The output reconstruction is the prediction as given: the confidence never changes it.
 
@@ -49,6 +54,10 @@ __all__ = [
     "TTAConfidenced",
     "ConfidenceCalibration",
     "calibration_uses_centring",
+    "INPUT_TYPES",
+    "ISOLATED_BACKGROUND_SHARE",
+    "view_background_share",
+    "input_type_of",
     "shift_volume",
     "perturb_input",
     "mask_agreement",
@@ -56,6 +65,20 @@ __all__ = [
 
 #: the default perturbations: window shifts in voxels (x, y, z), in-plane turns of the views (degrees, one per
 #: view) and a gamma of each view's contrast curve. Four extra passes cost about four forward passes (batched).
+#: the type of X-ray each training source gives (the model contract's ``drr_source``): an isolated vertebra on an
+#: empty detector, or a vertebra surrounded by what the rays cross besides it.
+INPUT_TYPES: dict[str, str] = {"gt": "isolated", "ct": "surrounded", "body": "surrounded"}
+
+#: the smallest share of empty detector (:func:`view_background_share`, mean of the views) read as X-rays of an
+#: isolated vertebra. Measured on every vertebra of the training, validation and test patients on the CPU model's
+#: grid (64^3 at 2 mm; docs/confidence.md): 0.74-0.92 for isolated vertebrae (at 10^3 to 10^6 photons), 0.02-0.40
+#: for body windows and CT crops (the highest where the scan ends just above the vertebra).
+ISOLATED_BACKGROUND_SHARE = 0.55
+
+#: a pixel within this fraction of the view's range (1st to 99th percentile) above its 1st percentile is empty
+#: detector (:func:`view_background_share`).
+BACKGROUND_LEVEL = 0.05
+
 DEFAULT_PERTURBATIONS: tuple[dict[str, Any], ...] = (
     {"shift": (2, 0, 2)},
     {"shift": (0, -2, -2)},
@@ -339,6 +362,41 @@ def calibration_uses_centring(calibration: ConfidenceCalibration | Mapping[str, 
     return isinstance(calibration, Mapping) and calibration.get("centring_weight") is not None
 
 
+def view_background_share(image: torch.Tensor, level: float = BACKGROUND_LEVEL, smooth: int = 5) -> list[float]:
+    """Per view, the share of the view that is empty detector: after a ``smooth``-wide box filter (photon noise
+    would otherwise spread the background's values), the values within ``level`` times the view's range (its 1st
+    to its 99th percentile) above its 1st percentile.
+
+    Args:
+        image: the views ``(V, ...)``, one per channel: 2-D images, or the network's input expanded by replication
+            (each view repeated along its beam, so each voxel holds one of its view's pixels).
+        level: the background's width as a share of the range.
+        smooth: the box filter's width in pixels (voxels); 1 turns it off.
+
+    Returns:
+        one share in [0, 1] per view: about 0.8 for the X-rays of an isolated vertebra in the bundle's windows,
+        near 0 for X-rays through a body.
+    """
+    x = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+    x = x.detach().float()
+    if int(smooth) > 1 and x.dim() in (3, 4):
+        pool = F.avg_pool2d if x.dim() == 3 else F.avg_pool3d
+        x = pool(x[None], int(smooth), stride=1, padding=int(smooth) // 2, count_include_pad=False)[0]
+    shares = []
+    for view in x.flatten(1):
+        sample = view[:: max(1, view.numel() // 1_000_000)]  # quantile takes fewer than 16 M values
+        lo, hi = torch.quantile(sample, torch.tensor([0.01, 0.99]))
+        shares.append(float((view <= lo + level * (hi - lo).clamp_min(0.0)).float().mean()))
+    return shares
+
+
+def input_type_of(image: torch.Tensor) -> tuple[str, float]:
+    """``("isolated" | "surrounded", share)``: the type of X-rays of views ``(V, ...)`` from the mean of their
+    :func:`view_background_share` (isolated from :data:`ISOLATED_BACKGROUND_SHARE` up)."""
+    share = float(np.mean(view_background_share(image)))
+    return ("isolated" if share >= ISOLATED_BACKGROUND_SHARE else "surrounded"), share
+
+
 class TTAConfidenced(MapTransform):
     """Reduce the stacked TTA predictions of :class:`TTAInferer` to the prediction, an uncertainty and a confidence.
 
@@ -351,6 +409,11 @@ class TTAConfidenced(MapTransform):
     False); and ``flag_key`` ``"low confidence"`` when the confidence is below ``threshold`` (else ``""``). A
     single-channel prediction (TTA off) passes through with no confidence entries.
 
+    With ``expected_input`` (the type of X-rays the model was trained on, :data:`INPUT_TYPES`), the network's
+    input is checked first (:func:`input_type_of`, with TTA on or off): ``input_type_key`` gets the views' type and
+    ``background_key`` their share of empty detector. Views of the other type set the confidence to 0 (the
+    calibration does not hold for them) and the flag to ``"input unlike the model's X-rays: ..."``, naming both.
+
     Args:
         keys: the stacked predictions.
         threshold: bone threshold of the masks, in the prediction's units (e.g. -500 for HU).
@@ -358,7 +421,10 @@ class TTAConfidenced(MapTransform):
         flag_below: confidence below which the case is flagged (``None``: never).
         centring: a callable from the network's input ``(V, X, Y, Z)`` to the window centring in [0, 1]
             (:class:`scripts.localise.WindowCentring`); needed by a calibration that uses it, recorded otherwise.
-        image_key: the network's input, read by ``centring``.
+        image_key: the network's input, read by ``centring`` and the input type check (a replicate expansion, one
+            view per channel).
+        expected_input: ``"isolated"`` or ``"surrounded"``, the X-rays the model was trained on; ``None``: no check.
+        input_type_key, background_key: output entries of the input type check.
         uncertainty_key, agreement_key, centring_key, confidence_key, calibrated_key, flag_key: output entries.
         allow_missing_keys: skip missing keys.
 
@@ -381,9 +447,19 @@ class TTAConfidenced(MapTransform):
         confidence_key: str = "confidence",
         calibrated_key: str = "confidence_calibrated",
         flag_key: str = "flag",
+        expected_input: str | None = None,
+        input_type_key: str = "input_type",
+        background_key: str = "input_background_share",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if expected_input is not None and expected_input not in set(INPUT_TYPES.values()):
+            raise BundleInputError(
+                f"expected_input {expected_input!r}: use one of {sorted(set(INPUT_TYPES.values()))} or None."
+            )
+        self.expected_input = expected_input
+        self.input_type_key = input_type_key
+        self.background_key = background_key
         self.threshold = float(threshold)
         if isinstance(calibration, Mapping):
             calibration = ConfidenceCalibration.from_dict(calibration)
@@ -406,11 +482,42 @@ class TTAConfidenced(MapTransform):
             return float(agreement)
         return float(self.calibration(agreement, centring))
 
+    def _input_mismatch(self, d: dict) -> str:
+        """Check the network's input against ``expected_input``; the flag text of a mismatch, else ``""``."""
+        if self.expected_input is None:
+            return ""
+        if self.image_key not in d:
+            raise BundleInputError(f"the input type check reads the network's input {self.image_key!r}; not found.")
+        kind, share = input_type_of(d[self.image_key])
+        d[self.input_type_key] = kind
+        d[self.background_key] = round(share, 4)
+        if kind == self.expected_input:
+            return ""
+        if kind == "surrounded":
+            seen, trained, fix = (
+                "X-rays through a body",
+                "isolated vertebrae",
+                "the body model (configs/body_model.json)",
+            )
+        else:
+            seen, trained, fix = (
+                "X-rays of an isolated vertebra",
+                "X-rays through a body",
+                "the CPU or paper-sized model",
+            )
+        return (
+            f"input unlike the model's X-rays: the views look like {seen} ({share:.0%} empty detector) and the model "
+            f"was trained on {trained}; use {fix}"
+        )
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             stack = d[key]
+            mismatch = self._input_mismatch(d)
             if stack.shape[0] < 2:
+                if mismatch:
+                    d[self.flag_key] = mismatch
                 continue
             plain = stack.as_tensor() if isinstance(stack, MetaTensor) else torch.as_tensor(stack)
             agreement = float(mask_agreement((plain > self.threshold)[None])[0])
@@ -430,9 +537,10 @@ class TTAConfidenced(MapTransform):
                     raise BundleInputError(f"window centring reads the network's input {self.image_key!r}; not found.")
                 centring = float(self.centring(d[self.image_key]))
                 d[self.centring_key] = centring
-            conf = self.confidence(agreement, centring)
+            conf = 0.0 if mismatch else self.confidence(agreement, centring)
             d[self.agreement_key] = agreement
             d[self.confidence_key] = conf
             d[self.calibrated_key] = self.calibration is not None
-            d[self.flag_key] = "low confidence" if self.flag_below is not None and conf < self.flag_below else ""
+            low = self.flag_below is not None and conf < self.flag_below
+            d[self.flag_key] = mismatch or ("low confidence" if low else "")
         return d

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "window_centring",
     "confidence_columns",
+    "expected_input",
     "distributed_lr_scale",
     "sync_batchnorm",
     "no_input_message",
@@ -688,12 +689,34 @@ def window_centring(
     return WindowCentring(float(spacing_mm), device=device)
 
 
-def confidence_columns(confidence: bool, centring: Any = None) -> list[str]:
+def confidence_columns(confidence: bool, centring: Any = None, expected_input: str | None = None) -> list[str]:
     """The per-item confidence entries an evaluation tabulates: ``confidence`` and ``tta_agreement`` with the TTA
-    confidence on, and ``window_centring`` when it is computed (the configs' ``centring`` item is not ``None``)."""
+    confidence on, ``window_centring`` when it is computed (the configs' ``centring`` item is not ``None``), and
+    ``input_background_share`` when the input type is checked (the configs' ``expected_input`` is not ``None``)."""
+    checked = ["input_background_share"] if expected_input is not None else []
     if not confidence:
-        return []
-    return ["confidence", "tta_agreement"] + (["window_centring"] if centring is not None else [])
+        return checked
+    return ["confidence", "tta_agreement"] + (["window_centring"] if centring is not None else []) + checked
+
+
+def expected_input(option: bool, model_file: str | os.PathLike, expansion_mode: str = "replicate") -> str | None:
+    """The configs' ``expected_input`` item: the type of X-rays the model was trained on (``"isolated"`` or
+    ``"surrounded"``, :data:`scripts.confidence.INPUT_TYPES` of its contract's ``drr_source``), which
+    :class:`scripts.confidence.TTAConfidenced` checks each case's views against; ``None`` (no check) when the
+    configs' ``input_check`` is False, the model file records no X-ray source, or its expansion is not
+    ``replicate`` (the check reads the views from the replicated input).
+
+    Raises:
+        BundleInputError: ``option`` is not ``True`` or ``False``.
+    """
+    from scripts.confidence import INPUT_TYPES
+
+    if not isinstance(option, bool):
+        raise BundleInputError(f"--input_check is True or False, got {option!r}.")
+    if not option or expansion_mode != "replicate":
+        return None
+    source = model_setting(model_file, "record", {}).get("drr_source")
+    return INPUT_TYPES.get(str(source)) if source is not None else None
 
 
 def item_value_handlers(keys: Sequence[str] = ("confidence", "tta_agreement"), prefix: str = "val_") -> dict:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -306,3 +308,99 @@ def test_configs_compute_the_window_centring_when_the_calibration_uses_it():
     assert confidence_columns(False, made) == []
     assert confidence_columns(True, None) == ["confidence", "tta_agreement"]
     assert confidence_columns(True, made) == ["confidence", "tta_agreement", "window_centring"]
+
+
+def _disc_views(background: str, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """Two 64 x 64 views of a disc of radius 16 (value 1): on an empty detector, or on a body's ramp (2 to 3)."""
+    r, c = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    disc = (((r - 31.5) ** 2 + (c - 31.5) ** 2) <= 16.0**2).float()
+    base = torch.zeros(64, 64) if background == "empty" else 2.0 + c / 63.0
+    views = torch.stack([base + disc, base + disc.T])
+    return views + noise * torch.randn(views.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_background_share_of_an_isolated_and_a_surrounded_phantom():
+    from scripts.confidence import ISOLATED_BACKGROUND_SHARE, input_type_of, view_background_share
+    from scripts.networks.views import volume_from_views
+
+    # the share outside the disc, between the disc as drawn (0.804) and the disc grown by the 5-wide box filter's
+    # half-diagonal (radius 16 + 2 sqrt 2: 0.728)
+    grown = 1.0 - math.pi * (16.0 + 2.0 * math.sqrt(2.0)) ** 2 / 64**2
+    outside = 1.0 - math.pi * 16.0**2 / 64**2
+    isolated = view_background_share(_disc_views("empty"))
+    assert all(grown <= v <= outside for v in isolated)
+    assert view_background_share(_disc_views("empty"), smooth=1) == pytest.approx([outside, outside], abs=0.005)
+    # photon noise (3 % of the disc's value) leaves the background a background: the views are smoothed first
+    assert min(view_background_share(_disc_views("empty", noise=0.03))) > grown - 0.03
+    assert view_background_share(_disc_views("empty", noise=0.03), smooth=1)[0] < 0.5, "unsmoothed, noise spreads it"
+    # on the ramp only the columns within 5 % of the range above the lowest are "empty"
+    assert max(view_background_share(_disc_views("ramp"))) < 0.15
+    # the network's input: each view replicated along its beam reads as its view
+    ap, lateral = _disc_views("empty")
+    volume = volume_from_views(ap[None], lateral[None], 64, 64)[0]
+    kind, share = input_type_of(volume)
+    assert kind == "isolated" and share >= grown and share >= ISOLATED_BACKGROUND_SHARE
+    ap, lateral = _disc_views("ramp")
+    assert input_type_of(volume_from_views(ap[None], lateral[None], 64, 64)[0])[0] == "surrounded"
+
+
+def test_tta_confidenced_zeroes_the_confidence_of_views_unlike_the_models():
+    from scripts.errors import BundleInputError
+    from scripts.networks.views import volume_from_views
+
+    stack = torch.full((5, 8, 8, 8), -1000.0)
+    stack[:, 2:6, 2:6, 2:6] = 500.0
+    cal = ConfidenceCalibration([0.5, 1.0], [0.5, 0.9])
+    views = {k: volume_from_views(*[v[None] for v in _disc_views(k)], 64, 64)[0] for k in ("empty", "ramp")}
+    reduce = TTAConfidenced("pred", threshold=-500.0, calibration=cal, flag_below=0.3, expected_input="isolated")
+    same = reduce({"pred": MetaTensor(stack), "image": views["empty"]})
+    assert same["confidence"] == pytest.approx(0.9) and same["flag"] == "" and same["input_type"] == "isolated"
+    other = reduce({"pred": MetaTensor(stack), "image": views["ramp"]})
+    assert other["confidence"] == 0.0 and other["tta_agreement"] == pytest.approx(1.0)
+    assert other["input_type"] == "surrounded" and other["input_background_share"] < 0.15
+    assert other["flag"].startswith("input unlike the model's X-rays") and "configs/body_model.json" in other["flag"]
+    body = TTAConfidenced("pred", threshold=-500.0, calibration=cal, expected_input="surrounded")
+    flagged = body({"pred": MetaTensor(stack), "image": views["empty"]})
+    assert flagged["confidence"] == 0.0 and "isolated vertebra" in flagged["flag"]
+    # TTA off: no confidence, but the check still flags the case
+    single = reduce({"pred": MetaTensor(stack[:1]), "image": views["ramp"]})
+    assert "confidence" not in single and single["flag"].startswith("input unlike")
+    # no check without an expected type; a wrong type or a missing input is named
+    plain = TTAConfidenced("pred", threshold=-500.0, calibration=cal)(
+        {"pred": MetaTensor(stack), "image": views["ramp"]}
+    )
+    assert plain["confidence"] == pytest.approx(0.9) and "input_type" not in plain
+    with pytest.raises(BundleInputError, match="expected_input 'body'"):
+        TTAConfidenced("pred", threshold=-500.0, expected_input="body")
+    with pytest.raises(BundleInputError, match="input type check reads"):
+        reduce({"pred": MetaTensor(stack)})
+
+
+def test_configs_check_the_input_type_the_model_records(tmp_path):
+    from scripts import workflow
+    from scripts.errors import BundleInputError
+    from scripts.networks import EAR, attach_model_info
+
+    def model(source):
+        net = attach_model_info(
+            EAR(channels=(4, 8, 16, 32, 64)),
+            {"gt_mean": 0.0, "gt_std": 1.0},
+            2.0,
+            32,
+            [[0.0, 0.0], [90.0, 0.0]],
+            "replicate",
+            {"drr_source": source} if source else {},
+        )
+        path = tmp_path / f"{source}.pt"
+        torch.save(net.state_dict(), path)
+        return path
+
+    assert workflow.expected_input(True, model("gt")) == "isolated"
+    assert workflow.expected_input(True, model("body")) == workflow.expected_input(True, model("ct")) == "surrounded"
+    assert workflow.expected_input(False, model("gt")) is None
+    assert workflow.expected_input(True, model("gt"), expansion_mode="backproject") is None
+    assert workflow.expected_input(True, model(None)) is None
+    with pytest.raises(BundleInputError, match="--input_check is True or False"):
+        workflow.expected_input("yes", model("gt"))
+    assert workflow.confidence_columns(True, None, "isolated")[-1] == "input_background_share"
+    assert workflow.confidence_columns(False, None, "isolated") == ["input_background_share"]

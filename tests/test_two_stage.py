@@ -184,7 +184,8 @@ def test_the_shipped_body_model_reads_body_windows_where_the_isolated_model_fail
     """The example's T7 (a training vertebra of both) from X-rays through the whole scan: the body model,
     ``configs/body_model.json`` on its default ``models/body``, against the CPU model of isolated vertebrae on the same
     seeded body windows (measured: Dice 0.833 against 0.211), with its calibrated confidence, which falls when the
-    window is 20 mm off the vertebra (measured: Dice 0.511, window centring 0.36 -> 0.07, confidence 0.72 -> 0.53)."""
+    window is 20 mm off the vertebra (measured: Dice 0.511, window centring 0.36 -> 0.07, confidence 0.72 -> 0.53).
+    The isolated model's confidence is 0: the input type check finds views unlike its training X-rays."""
     import csv
 
     from tests.conftest import ROOT, bundle_workflow
@@ -212,6 +213,9 @@ def test_the_shipped_body_model_reads_body_windows_where_the_isolated_model_fail
     assert float(off["val_window_centring"]) < float(body["val_window_centring"]) - 0.05
     assert float(off["val_confidence"]) < float(body["val_confidence"]) - 0.05
     assert "val_window_centring" not in isolated, "the isolated model's calibration does not use it"
+    # the views are X-rays through a body: the body model expects them; the isolated model's confidence is void
+    assert float(body["val_input_background_share"]) < 0.55 and float(body["val_confidence"]) > 0.0
+    assert float(isolated["val_input_background_share"]) < 0.55 and float(isolated["val_confidence"]) == 0.0
 
 
 def test_an_ensemble_of_view_stages_averages_their_views(tmp_path):

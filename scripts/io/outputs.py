@@ -215,7 +215,15 @@ class CaseNamed(MapTransform):
 
 #: the entries of an item that carry its confidence (:class:`scripts.confidence.TTAConfidenced`), copied into the
 #: case and spine reports.
-REPORT_KEYS = ("confidence", "confidence_calibrated", "tta_agreement", "window_centring", "flag")
+REPORT_KEYS = (
+    "confidence",
+    "confidence_calibrated",
+    "tta_agreement",
+    "window_centring",
+    "flag",
+    "input_type",
+    "input_background_share",
+)
 
 
 class SaveCaseReportd(MapTransform):
@@ -224,9 +232,11 @@ class SaveCaseReportd(MapTransform):
     The report holds the case name, the reconstruction's confidence (``confidence``: an estimate of its Dice in
     [0, 1]; ``confidence_calibrated``: whether the model's calibration mapped it, else it is the raw TTA
     agreement; ``tta_agreement``; ``window_centring``, for models whose calibration uses it (the finder's evidence of
-    a vertebra at the window's centre); ``flag``: ``"low confidence"`` below the threshold, else ``""``), the mesh
-    report of :class:`scripts.io.mesh.SaveMeshd` when present, and ``extra`` entries (e.g. the model's X-ray
-    source). A flagged case is also logged as a warning. Entries the item lacks are written as ``null``.
+    a vertebra at the window's centre); ``flag``: ``"low confidence"`` below the threshold, the input type mismatch
+    when the views are not of the type the model was trained on, else ``""``; ``input_type`` and
+    ``input_background_share``: the views' type and share of empty detector), the mesh report of
+    :class:`scripts.io.mesh.SaveMeshd` when present, and ``extra`` entries (e.g. the model's X-ray source). A flagged
+    case is also logged as a warning. Entries the item lacks are written as ``null``.
 
     Args:
         keys: the predicted volume (names the case by its ``filename_or_obj``).

@@ -36,7 +36,15 @@ __all__ = [
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 #: the case report's confidence entries returned with a result (``scripts.io.outputs.REPORT_KEYS``, repeated here
 #: because this module imports nothing of the bundle's internals; a test keeps the two equal).
-CONFIDENCE_KEYS = ("confidence", "confidence_calibrated", "tta_agreement", "window_centring", "flag")
+CONFIDENCE_KEYS = (
+    "confidence",
+    "confidence_calibrated",
+    "tta_agreement",
+    "window_centring",
+    "flag",
+    "input_type",
+    "input_background_share",
+)
 
 #: configs run by default, relative to the bundle root
 DEFAULT_CONFIGS: tuple[str, ...] = ("configs/inference.json",)
