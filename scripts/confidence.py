@@ -362,16 +362,24 @@ def calibration_uses_centring(calibration: ConfidenceCalibration | Mapping[str, 
     return isinstance(calibration, Mapping) and calibration.get("centring_weight") is not None
 
 
+def _beam_image(volume: torch.Tensor) -> torch.Tensor:
+    """The 2-D image of one expanded view ``(X, Y, Z)``: the volume averaged along the grid axis it varies least
+    along (its beam, along which the replicate expansion repeats the view)."""
+    variation = [float(volume.diff(dim=a).abs().mean()) for a in range(3)]
+    return volume.mean(dim=int(np.argmin(variation)))
+
+
 def view_background_share(image: torch.Tensor, level: float = BACKGROUND_LEVEL, smooth: int = 5) -> list[float]:
     """Per view, the share of the view that is empty detector: after a ``smooth``-wide box filter (photon noise
-    would otherwise spread the background's values), the values within ``level`` times the view's range (its 1st
+    would otherwise spread the background's values), the pixels within ``level`` times the view's range (its 1st
     to its 99th percentile) above its 1st percentile.
 
     Args:
-        image: the views ``(V, ...)``, one per channel: 2-D images, or the network's input expanded by replication
-            (each view repeated along its beam, so each voxel holds one of its view's pixels).
+        image: the views, one per channel: 2-D images ``(V, H, W)``, or the network's input expanded by
+            replication ``(V, X, Y, Z)`` (each view repeated along its beam; it is averaged along the grid axis it
+            varies least along, which gives the view back at the grid's scale).
         level: the background's width as a share of the range.
-        smooth: the box filter's width in pixels (voxels); 1 turns it off.
+        smooth: the box filter's width in pixels; 1 turns it off.
 
     Returns:
         one share in [0, 1] per view: about 0.8 for the X-rays of an isolated vertebra in the bundle's windows,
@@ -379,14 +387,16 @@ def view_background_share(image: torch.Tensor, level: float = BACKGROUND_LEVEL, 
     """
     x = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
     x = x.detach().float()
-    if int(smooth) > 1 and x.dim() in (3, 4):
-        pool = F.avg_pool2d if x.dim() == 3 else F.avg_pool3d
-        x = pool(x[None], int(smooth), stride=1, padding=int(smooth) // 2, count_include_pad=False)[0]
+    if x.dim() not in (3, 4):
+        raise ValueError(f"views (V, H, W) or expanded views (V, X, Y, Z) expected, got shape {tuple(x.shape)}.")
     shares = []
-    for view in x.flatten(1):
-        sample = view[:: max(1, view.numel() // 1_000_000)]  # quantile takes fewer than 16 M values
-        lo, hi = torch.quantile(sample, torch.tensor([0.01, 0.99]))
-        shares.append(float((view <= lo + level * (hi - lo).clamp_min(0.0)).float().mean()))
+    for view in x:
+        view = _beam_image(view) if view.dim() == 3 else view
+        if int(smooth) > 1:
+            view = F.avg_pool2d(view[None], int(smooth), stride=1, padding=int(smooth) // 2, count_include_pad=False)[0]
+        values = view.flatten()
+        lo, hi = torch.quantile(values, torch.tensor([0.01, 0.99]))
+        shares.append(float((values <= lo + level * (hi - lo).clamp_min(0.0)).float().mean()))
     return shares
 
 

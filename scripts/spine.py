@@ -723,7 +723,8 @@ def run_inference(
             its weights), ``load``, ``network``, ``hu``.
         progress: show a progress bar over the batches.
         confidences: if given, each case's confidence entries (``confidence``, ``confidence_calibrated``,
-            ``tta_agreement``, ``window_centring``, ``flag``; docs/confidence.md) are put in it by case id.
+            ``tta_agreement``, ``window_centring``, ``flag``, ``input_type``, ``input_background_share``;
+            docs/confidence.md) are put in it by case id.
         overrides: values of the inference config (``ckpt_dir``, ``invert``, ``sdd``, ``device``, ...).
 
     Returns:
