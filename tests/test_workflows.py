@@ -60,12 +60,13 @@ def test_evaluate_writes_every_metric(dataset, trained, tmp_path):
     with open(tmp_path / "metrics_per_vertebra.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["id"] for r in rows] == ["P3_T4"], "one row per test vertebra, named by its id"
-    assert set(rows[0]) == {"id", "val_confidence", "val_tta_agreement"} | {f"val_{n}" for n in METRIC_NAMES}
+    confidence = {"val_confidence", "val_tta_agreement", "val_input_background_share"}
+    assert set(rows[0]) == {"id"} | confidence | {f"val_{n}" for n in METRIC_NAMES}
     assert 0.0 <= float(rows[0]["val_confidence"]) <= 1.0
     assert 0.0 <= float(rows[0]["val_dice"]) <= 1.0
     with open(tmp_path / "metrics_summary.csv") as f:
         summary = {r["metric"]: r for r in csv.DictReader(f)}
-    assert set(summary) == {"val_confidence", "val_tta_agreement"} | {f"val_{n}" for n in METRIC_NAMES}
+    assert set(summary) == confidence | {f"val_{n}" for n in METRIC_NAMES}
     assert (tmp_path / "val_dice_raw.csv").is_file(), "MetricsSaver's per-metric files"
 
 
