@@ -369,10 +369,41 @@ def _beam_image(volume: torch.Tensor) -> torch.Tensor:
     return volume.mean(dim=int(np.argmin(variation)))
 
 
+def _view_values(image: torch.Tensor, smooth: int) -> list[torch.Tensor]:
+    """Per view, its finite pixel values after a ``smooth``-wide box filter (see :func:`view_background_share`)."""
+    x = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+    x = x.detach().float()
+    if x.dim() not in (3, 4):
+        raise ValueError(f"views (V, H, W) or expanded views (V, X, Y, Z) expected, got shape {tuple(x.shape)}.")
+    out = []
+    for view in x:
+        view = _beam_image(view) if view.dim() == 3 else view
+        if int(smooth) > 1:
+            view = F.avg_pool2d(view[None], int(smooth), stride=1, padding=int(smooth) // 2, count_include_pad=False)[0]
+        values = view.flatten()
+        out.append(values[torch.isfinite(values)])
+    return out
+
+
+def _ends(values: torch.Tensor, level: float) -> tuple[float, float, bool]:
+    """The shares of ``values`` at the low and at the high end of their range (1st to 99th percentile), each
+    ``level`` times the range wide, and whether the range is empty (a blank view)."""
+    if values.numel() == 0:
+        return 0.0, 0.0, True
+    lo, hi = torch.quantile(values, torch.tensor([0.01, 0.99], device=values.device, dtype=values.dtype))
+    width = float(hi - lo)
+    if not width > 1e-6 * max(float(hi.abs()), float(lo.abs()), 1e-6):
+        return 1.0, 1.0, True
+    low = float((values <= lo + level * width).float().mean())
+    high = float((values >= hi - level * width).float().mean())
+    return low, high, False
+
+
 def view_background_share(image: torch.Tensor, level: float = BACKGROUND_LEVEL, smooth: int = 5) -> list[float]:
     """Per view, the share of the view that is empty detector: after a ``smooth``-wide box filter (photon noise
     would otherwise spread the background's values), the pixels within ``level`` times the view's range (its 1st
-    to its 99th percentile) above its 1st percentile.
+    to its 99th percentile) above its 1st percentile. Non-finite pixels are left out; a view without contrast has
+    the share 1.
 
     Args:
         image: the views, one per channel: 2-D images ``(V, H, W)``, or the network's input expanded by
@@ -385,26 +416,28 @@ def view_background_share(image: torch.Tensor, level: float = BACKGROUND_LEVEL, 
         one share in [0, 1] per view: about 0.8 for the X-rays of an isolated vertebra in the bundle's windows,
         near 0 for X-rays through a body.
     """
-    x = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
-    x = x.detach().float()
-    if x.dim() not in (3, 4):
-        raise ValueError(f"views (V, H, W) or expanded views (V, X, Y, Z) expected, got shape {tuple(x.shape)}.")
-    shares = []
-    for view in x:
-        view = _beam_image(view) if view.dim() == 3 else view
-        if int(smooth) > 1:
-            view = F.avg_pool2d(view[None], int(smooth), stride=1, padding=int(smooth) // 2, count_include_pad=False)[0]
-        values = view.flatten()
-        lo, hi = torch.quantile(values, torch.tensor([0.01, 0.99]))
-        shares.append(float((values <= lo + level * (hi - lo).clamp_min(0.0)).float().mean()))
-    return shares
+    return [_ends(values, level)[0] for values in _view_values(image, smooth)]
 
 
 def input_type_of(image: torch.Tensor) -> tuple[str, float]:
-    """``("isolated" | "surrounded", share)``: the type of X-rays of views ``(V, ...)`` from the mean of their
-    :func:`view_background_share` (isolated from :data:`ISOLATED_BACKGROUND_SHARE` up)."""
-    share = float(np.mean(view_background_share(image)))
-    return ("isolated" if share >= ISOLATED_BACKGROUND_SHARE else "surrounded"), share
+    """The type of X-rays of views ``(V, ...)`` and their mean share of empty detector
+    (:func:`view_background_share`):
+
+    - ``"blank"``: a view without contrast;
+    - ``"isolated"``: a share from :data:`ISOLATED_BACKGROUND_SHARE` up (an isolated vertebra's X-rays);
+    - ``"inverted"``: as much of the views at the bright end of their range instead (an isolated vertebra's X-rays
+      with bone dark, as a transmission image or a negative shows it; ``--invert True`` reads them);
+    - ``"surrounded"``: else (X-rays through a body or a CT crop, as every radiograph).
+    """
+    ends = [_ends(values, BACKGROUND_LEVEL) for values in _view_values(image, 5)]
+    share = float(np.mean([e[0] for e in ends]))
+    if any(e[2] for e in ends):
+        return "blank", share
+    if share >= ISOLATED_BACKGROUND_SHARE:
+        return "isolated", share
+    if float(np.mean([e[1] for e in ends])) >= ISOLATED_BACKGROUND_SHARE:
+        return "inverted", share
+    return "surrounded", share
 
 
 class TTAConfidenced(MapTransform):
@@ -421,8 +454,9 @@ class TTAConfidenced(MapTransform):
 
     With ``expected_input`` (the type of X-rays the model was trained on, :data:`INPUT_TYPES`), the network's
     input is checked first (:func:`input_type_of`, with TTA on or off): ``input_type_key`` gets the views' type and
-    ``background_key`` their share of empty detector. Views of the other type set the confidence to 0 (the
-    calibration does not hold for them) and the flag to ``"input unlike the model's X-rays: ..."``, naming both.
+    ``background_key`` their share of empty detector. Views of another type (or blank, or inverted views) set the
+    confidence to 0 (the calibration does not hold for them; ``calibrated_key`` False) and the flag to ``"input
+    unlike the model's X-rays: ..."``, which says what the views look like and what to do.
 
     Args:
         keys: the stacked predictions.
@@ -503,21 +537,21 @@ class TTAConfidenced(MapTransform):
         d[self.background_key] = round(share, 4)
         if kind == self.expected_input:
             return ""
-        if kind == "surrounded":
-            seen, trained, fix = (
-                "X-rays through a body",
-                "isolated vertebrae",
-                "the body model (configs/body_model.json)",
+        head = "input unlike the model's X-rays: "
+        if kind == "blank":
+            return head + "a view has no contrast; check the X-ray files or the window"
+        if kind == "inverted":
+            return head + (
+                "the views look like an isolated vertebra's X-rays with bone dark; read them with --invert True"
             )
-        else:
-            seen, trained, fix = (
-                "X-rays of an isolated vertebra",
-                "X-rays through a body",
-                "the CPU or paper-sized model",
+        if kind == "surrounded":
+            return (
+                head + f"the views look like X-rays through a body ({share:.0%} empty detector) and the model was "
+                "trained on isolated vertebrae; use the body model (add configs/body_model.json)"
             )
         return (
-            f"input unlike the model's X-rays: the views look like {seen} ({share:.0%} empty detector) and the model "
-            f"was trained on {trained}; use {fix}"
+            head + f"the views look like X-rays of an isolated vertebra ({share:.0%} empty detector) and the model was "
+            "trained on X-rays through a body; use a model of isolated vertebrae (run without configs/body_model.json)"
         )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -550,7 +584,7 @@ class TTAConfidenced(MapTransform):
             conf = 0.0 if mismatch else self.confidence(agreement, centring)
             d[self.agreement_key] = agreement
             d[self.confidence_key] = conf
-            d[self.calibrated_key] = self.calibration is not None
+            d[self.calibrated_key] = self.calibration is not None and not mismatch
             low = self.flag_below is not None and conf < self.flag_below
             d[self.flag_key] = mismatch or ("low confidence" if low else "")
         return d

@@ -351,10 +351,19 @@ def check_model(
                 "--override_contract True to run anyway."
             )
         log.warning(f"{text}; running anyway (--override_contract True): the output may be wrong.")
+    from scripts.confidence import INPUT_TYPES
+
     for k, v in (record or {}).items():
         trained = info["record"].get(k)
         if v is not None and trained is not None and trained != v:
-            log.warning(f"{p} was trained with {k} {trained!r}; this run uses {v!r} (recorded, not enforced).")
+            note = ""
+            if k == "drr_source" and INPUT_TYPES.get(str(trained)) != INPUT_TYPES.get(str(v)):
+                note = (
+                    f": {INPUT_TYPES.get(str(v), v)} X-rays for a model of {INPUT_TYPES.get(str(trained), trained)} "
+                    "ones, which it reconstructs badly; the input type check (--input_check) gives each such case "
+                    "the confidence 0 and a flag"
+                )
+            log.warning(f"{p} was trained with {k} {trained!r}; this run uses {v!r} (recorded, not enforced){note}.")
     return p
 
 
@@ -844,8 +853,8 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
                 switches.append(f"--{key} {value}")
     if switches:
         raise BundleInputError(
-            f"{', '.join(switches)}: a switch takes True or False (or one per view, e.g. [True, False]), and any "
-            "other text would count as true; write True or False."
+            f"{', '.join(switches)}: a switch takes True or False (--invert and the flips also take one per view, "
+            "e.g. [True, False]), and any other text would count as true; write True or False."
         )
 
 

@@ -342,6 +342,15 @@ def test_background_share_of_an_isolated_and_a_surrounded_phantom():
     assert kind == "isolated" and share >= grown and share >= ISOLATED_BACKGROUND_SHARE
     ap, lateral = _disc_views("ramp")
     assert input_type_of(volume_from_views(ap[None], lateral[None], 64, 64)[0])[0] == "surrounded"
+    # bone dark on a bright empty detector (a forgotten --invert), a view without contrast, a NaN pixel
+    assert input_type_of(-_disc_views("empty"))[0] == "inverted"
+    assert input_type_of(torch.stack([_disc_views("empty")[0], torch.full((64, 64), 3.0)]))[0] == "blank"
+    with_nan = _disc_views("empty")
+    with_nan[0, 5, 5] = float("nan")
+    assert input_type_of(with_nan) == (
+        "isolated",
+        pytest.approx(view_background_share(_disc_views("empty"))[0], abs=0.01),
+    )
 
 
 def test_tta_confidenced_zeroes_the_confidence_of_views_unlike_the_models():
@@ -358,10 +367,15 @@ def test_tta_confidenced_zeroes_the_confidence_of_views_unlike_the_models():
     other = reduce({"pred": MetaTensor(stack), "image": views["ramp"]})
     assert other["confidence"] == 0.0 and other["tta_agreement"] == pytest.approx(1.0)
     assert other["input_type"] == "surrounded" and other["input_background_share"] < 0.15
-    assert other["flag"].startswith("input unlike the model's X-rays") and "configs/body_model.json" in other["flag"]
+    assert (
+        other["flag"].startswith("input unlike the model's X-rays") and "add configs/body_model.json" in other["flag"]
+    )
+    assert other["confidence_calibrated"] is False and same["confidence_calibrated"] is True
     body = TTAConfidenced("pred", threshold=-500.0, calibration=cal, expected_input="surrounded")
     flagged = body({"pred": MetaTensor(stack), "image": views["empty"]})
-    assert flagged["confidence"] == 0.0 and "isolated vertebra" in flagged["flag"]
+    assert flagged["confidence"] == 0.0 and "run without configs/body_model.json" in flagged["flag"]
+    inverted = volume_from_views(*[-v[None] for v in _disc_views("empty")], 64, 64)[0]
+    assert "--invert True" in reduce({"pred": MetaTensor(stack), "image": inverted})["flag"]
     # TTA off: no confidence, but the check still flags the case
     single = reduce({"pred": MetaTensor(stack[:1]), "image": views["ramp"]})
     assert "confidence" not in single and single["flag"].startswith("input unlike")

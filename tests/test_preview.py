@@ -55,3 +55,21 @@ def test_save_previewd_writes_png(tmp_path, with_label):
 def test_bad_xray_shape():
     with pytest.raises(ValueError, match=r"\(2, H, W\)"):
         SavePreviewd("pred", output_dir="unused")({"pred": _volume("a"), "xray": torch.zeros(3, 4, 4)})
+
+
+@pytest.mark.parametrize("confidence", [None, 0.0])
+def test_the_title_wraps_a_long_flag_with_or_without_a_confidence(tmp_path, monkeypatch, confidence):
+    import scripts.io.preview as preview
+
+    titles = []
+    real = preview.preview_figure
+    monkeypatch.setattr(preview, "preview_figure", lambda *a, **k: titles.append(a[4]) or real(*a, **k))
+    flag = "input unlike the model's X-rays: " + "the views look like X-rays through a body " * 4 + "; use the body model"
+    data = {"pred": _volume("/in/P1_T12.nii.gz"), "flag": flag}
+    if confidence is not None:
+        data["confidence"] = confidence
+    SavePreviewd("pred", output_dir=str(tmp_path))(data)
+    lines = titles[0].split("\n")[1:]
+    assert len(lines) >= 2 and all(len(line) <= preview.TITLE_WIDTH for line in lines)
+    assert " ".join(lines).endswith("use the body model")
+    assert lines[0].startswith("confidence 0.00: input unlike" if confidence is not None else "input unlike")

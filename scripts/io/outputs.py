@@ -283,11 +283,12 @@ class SaveCaseReportd(MapTransform):
                 report["mesh"] = {k: v for k, v in mesh.items() if k != "files"}
             report.update(self.extra)
             if report.get("flag"):
+                conf = report.get("confidence")
                 self.logger.warning(
-                    "%s: %s (%.2f): check this reconstruction before use",
+                    "%s: %s%s; check this reconstruction before use",
                     report["case"],
                     report["flag"],
-                    float(report.get("confidence") or 0.0),
+                    "" if conf is None else f" (confidence {float(conf):.2f})",
                 )
             path = os.fspath(self.layout.filename(subject=name))
             Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ like the sagittal slice; axial MIP = along inferior-superior, like the axial sli
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -77,8 +78,14 @@ def _spacing(volume: Any) -> np.ndarray:
     return np.ones(3)
 
 
+#: the most characters per line of a preview's title (a 9-inch figure at font size 10)
+TITLE_WIDTH = 110
+
+
 # The figure is drawn on an explicit Agg canvas (no pyplot): no window, no global backend switch, and
 # safe in worker threads.
+
+
 def preview_figure(
     volume: Any,
     xrays: Any = None,
@@ -164,7 +171,8 @@ class SavePreviewd(MapTransform):
         xray_key: key of the two input images ``(2, H, W)``; skipped when absent.
         label_key: key of the ground truth in HU; skipped when ``None`` or absent.
         uncertainty_key: key of the voxel-wise uncertainty (:class:`scripts.confidence.TTAConfidenced`); skipped
-            when absent. The title then gives the confidence (``confidence_key``) and any flag (``flag_key``).
+            when absent. The title gives the confidence (``confidence_key``) when there is one and any flag
+            (``flag_key``), wrapped.
         output_dir: output folder.
         output_postfix: name postfix.
         window: display window in HU.
@@ -211,10 +219,11 @@ class SavePreviewd(MapTransform):
             if angles is not None:
                 a = _np(angles).reshape(2, 2)
                 title += f"  (views: alpha/beta {a[0, 0]:g}/{a[0, 1]:g} and {a[1, 0]:g}/{a[1, 1]:g} deg)"
-            if self.confidence_key in d:
-                title += f"\nconfidence {float(d[self.confidence_key]):.2f}"
-                if d.get(self.flag_key):
-                    title += f" ({d[self.flag_key]})"
+            status = [f"confidence {float(d[self.confidence_key]):.2f}"] if self.confidence_key in d else []
+            if d.get(self.flag_key):
+                status.append(str(d[self.flag_key]))
+            if status:  # a long flag (the input type check's names what to do) wraps onto more lines
+                title += "\n" + textwrap.fill(": ".join(status), width=TITLE_WIDTH)
             fig = preview_figure(vol, xrays, label, self.window, title, uncertainty=spread)
             path = os.fspath(self.layout.filename(subject=str(name)))
             with atomic_path(path) as tmp:
