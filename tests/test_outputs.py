@@ -217,3 +217,19 @@ def test_missing_staged_outputs(tmp_path):
 def test_case_named_needs_the_id():
     with pytest.raises(KeyError, match="'id'"):
         CaseNamed("pred")({"pred": _item()["pred"]})
+
+
+def test_the_case_report_logs_a_flag_with_its_confidence_only_when_there_is_one(tmp_path, caplog):
+    import logging
+
+    from scripts.io.outputs import SaveCaseReportd
+
+    save = SaveCaseReportd("pred", output_dir=str(tmp_path))
+    pred = MetaTensor(torch.zeros(1, 4, 4, 4), meta={"filename_or_obj": "P1_T7"})
+    with caplog.at_level(logging.WARNING, logger="scripts"):
+        save({"pred": pred, "confidence": 0.0, "flag": "input unlike the model's X-rays: ...", "input_type": "blank"})
+        save({"pred": pred, "flag": "input unlike the model's X-rays: ..."})
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert logged[0].startswith("P1_T7 (confidence 0.00): input unlike") and logged[1].startswith("P1_T7: input unlike")
+    report = json.loads((tmp_path / "P1_T7" / "P1_T7_report.json").read_text())
+    assert report["flag"].startswith("input unlike") and report["confidence"] is None and report["input_type"] is None

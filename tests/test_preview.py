@@ -64,7 +64,8 @@ def test_the_title_wraps_a_long_flag_with_or_without_a_confidence(tmp_path, monk
     titles = []
     real = preview.preview_figure
     monkeypatch.setattr(preview, "preview_figure", lambda *a, **k: titles.append(a[4]) or real(*a, **k))
-    flag = "input unlike the model's X-rays: " + "the views look like X-rays through a body " * 4 + "; use the body model"
+    flag = "input unlike the model's X-rays: " + "the views look like X-rays through a body " * 4
+    flag += "; use the body model"
     data = {"pred": _volume("/in/P1_T12.nii.gz"), "flag": flag}
     if confidence is not None:
         data["confidence"] = confidence

@@ -285,10 +285,10 @@ class SaveCaseReportd(MapTransform):
             if report.get("flag"):
                 conf = report.get("confidence")
                 self.logger.warning(
-                    "%s: %s%s; check this reconstruction before use",
+                    "%s%s: %s; check this reconstruction before use",
                     report["case"],
-                    report["flag"],
                     "" if conf is None else f" (confidence {float(conf):.2f})",
+                    report["flag"],
                 )
             path = os.fspath(self.layout.filename(subject=name))
             Path(path).parent.mkdir(parents=True, exist_ok=True)
