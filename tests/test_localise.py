@@ -141,7 +141,7 @@ class _StubFinder(torch.nn.Module):
         return torch.stack([logits, torch.full_like(logits, self.evidence)])[None]
 
 
-def test_localise_with_a_stub_finder_names_the_pinned_spine():
+def test_localise_with_a_stub_finder_names_the_pinned_spine(caplog):
     pa, pl = _projected(SPINE)
     net = _StubFinder({0: pa, 1: pl}, evidence=5.0)  # pixels of 2 mm: the finder's own size
     images = [np.random.default_rng(0).random(SHAPE) for _ in VIEWS]
@@ -150,8 +150,10 @@ def test_localise_with_a_stub_finder_names_the_pinned_spine():
     np.testing.assert_allclose([v.centre_mm for v in found], SPINE, atol=1.0)
     assert all(v.ray_gap_mm < 1.0 and max(v.reprojection_mm.values()) < 1.0 for v in found)
     assert found[0].named_by == "pin" and 0.5 < found[0].scores["pair"] <= 1.0
+    assert "levels named without a pin" not in caplog.text
     unpinned = localise_vertebrae(images, VIEWS, net)
     assert [v.level_index for v in unpinned] == list(range(3, 8)), "named from the evidence alone"
+    assert "levels named without a pin" in caplog.text and "--level" in caplog.text, "unpinned names are warned of"
     with pytest.raises(BundleInputError, match="beyond the vertebrae found"):
         localise_vertebrae(images, VIEWS, net, pin="L4=ap:5,5")
     missed = _StubFinder({0: np.delete(pa, 2, axis=0), 1: np.delete(pl, 2, axis=0)})
