@@ -223,7 +223,9 @@ class LevelPin:
     centre_mm: tuple[float, float, float] | None = None
 
 
-_PIN = re.compile(r"^\s*([A-Za-z]\d{1,2})\s*(?:=\s*(ap|lat|lateral)\s*:\s*([-+\d.eE]+)\s*,\s*([-+\d.eE]+)\s*)?$")
+_PIN = re.compile(
+    r"^\s*([A-Za-z]\d{1,2})\s*(?:=\s*(ap|lat|lateral)\s*:\s*([-+\d.eE]+)\s*,\s*([-+\d.eE]+)\s*)?$", re.IGNORECASE
+)
 
 
 def parse_level_pin(text: str | LevelPin | None, centre_mm: Sequence[float] | None = None) -> LevelPin | None:
@@ -648,6 +650,24 @@ def name_levels(
     return offsets + best
 
 
+def _distance_to_chain(coords: np.ndarray, target: np.ndarray) -> float:
+    """How far ``target`` lies beside a chain of points ``(N, D)``: its distance to the polyline through them, and
+    beyond either end, to the line of the end's step carried on."""
+    if len(coords) == 1:
+        return float(np.linalg.norm(target - coords[0]))
+    best = math.inf
+    for a, b in zip(coords[:-1], coords[1:]):
+        ab = b - a
+        t = float(np.clip(np.dot(target - a, ab) / max(float(np.dot(ab, ab)), 1e-12), 0.0, 1.0))
+        best = min(best, float(np.linalg.norm(target - (a + t * ab))))
+    for a, b in ((coords[0], coords[1]), (coords[-1], coords[-2])):
+        ab = b - a
+        t = float(np.dot(target - a, ab) / max(float(np.dot(ab, ab)), 1e-12))
+        if t < 0:  # beyond this end: the distance across the chain's direction there
+            best = min(best, float(np.linalg.norm(target - (a + t * ab))))
+    return best
+
+
 def _pinned_levels(
     pin: LevelPin, views: Sequence[RadiographView], found: list[dict], names: Sequence[str], steps: np.ndarray
 ) -> np.ndarray:
@@ -656,7 +676,7 @@ def _pinned_levels(
     The pin names the vertebra found within :data:`PIN_RADIUS_MM` of it (on the detector, or in 3-D). When none was
     found there (the pinned vertebra was missed), the pin takes its place in the chain by height, the steps are
     counted again with it (:func:`chain_steps`), and the chain is named from its place; a pin farther than three
-    steps beyond either end of the chain names nothing.
+    steps beyond either end of the chain, or farther than that radius beside it, names nothing (an input error).
     """
     if pin.centre_mm is not None:
         coords = np.stack([np.asarray(f["centre"], dtype=np.float64) for f in found])
@@ -674,6 +694,13 @@ def _pinned_levels(
     best = int(np.argmin(dist))
     if dist[best] <= limit:
         return offsets + (level_index(pin.level) - offsets[best])
+    side = _distance_to_chain(coords, target)
+    if side > limit:
+        raise BundleInputError(
+            f"level pin {pin.level} at {where}: it lies {side:.0f} mm beside the spine found (the nearest vertebra "
+            f"{dist[best]:.0f} mm away{'' if height == 2 else ', on the detector'}); fix: give the pinned vertebra's "
+            "centre, row first, in the file's pixels."
+        )
     sign = -1.0 if height == 2 else 1.0  # z falls down the chain; image rows grow
     place = int(np.searchsorted(sign * coords[:, height], sign * target[height]))
     chain = np.insert(coords, place, target, axis=0)

@@ -63,7 +63,7 @@ import torch
 from scripts.data.errors import DataError
 from scripts.data.io import save_nifti
 from scripts.data.labels import VERSE_LABELS
-from scripts.errors import XRayInputError
+from scripts.errors import BundleInputError, XRayInputError
 from scripts.io.mesh import BONE_LEVEL_HU, EmptyMeshError, mesh_report, volume_to_mesh, write_mesh
 from scripts.io.outputs import REPORT_KEYS
 from scripts.utils import atomic_path
@@ -924,8 +924,22 @@ def find_vertebrae(
             f"the finder needs two radiographs, an AP and a lateral; got {given}; fix: give both (--ap and --lateral)."
         )
     rads = [read_radiograph(ap), read_radiograph(lateral)]
+    _check_view_order(rads)
     views = radiograph_views(rads, sod)
     return _find_in(rads, views, model, level, level_centre_mm, tolerance_mm, threshold, matching)
+
+
+def _check_view_order(rads: Sequence[Any]) -> None:
+    """Refuse an AP and a lateral file given the other way round, as their view tags (or sidecars) say."""
+    sideways = [abs(math.sin(math.radians(float(r.angles[0])))) > math.sin(math.radians(45.0)) for r in rads]
+    if sideways[0] and not sideways[1]:
+        a, b = (Path(r.path).name for r in rads)
+        raise DataError(
+            None,
+            f"--ap {a} is a lateral view by its view tags or sidecar (alpha {rads[0].angles[0]:g} degrees) and "
+            f"--lateral {b} a frontal one (alpha {rads[1].angles[0]:g})",
+            f"give them the other way round: --ap {b} --lateral {a}",
+        )
 
 
 def _find_in(
@@ -953,7 +967,15 @@ def _find_in(
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     pin = parse_level_pin(level, level_centre_mm)
     if pin is not None and pin.rc is not None:  # file pixels -> the image as oriented
-        pin = LevelPin(pin.level, pin.view, rads[_VIEWS.index(str(pin.view))].to_image_px(pin.rc))
+        rad = rads[_VIEWS.index(str(pin.view))]
+        rows, cols = rad.file_shape
+        if not (0 <= pin.rc[0] <= rows - 1 and 0 <= pin.rc[1] <= cols - 1):
+            raise BundleInputError(
+                f"level pin {pin.level} at {pin.view} (row {pin.rc[0]:g}, col {pin.rc[1]:g}) lies outside "
+                f"{Path(rad.path).name} ({rows} rows x {cols} columns); fix: give the pinned vertebra's centre, row "
+                "first, in the file's pixels."
+            )
+        pin = LevelPin(pin.level, pin.view, rad.to_image_px(pin.rc))
     matching = scripts.localise.DEFAULT_MATCHING if matching is None else str(matching)
     found = localise_vertebrae([r.image for r in rads], views, model, pin, tolerance_mm, threshold, _VIEWS, matching)
     for v in found:
@@ -1116,6 +1138,7 @@ def radiographs(
     watch = _Stopwatch(timings)
     with watch("find"):
         rads = [read_radiograph(ap), read_radiograph(lateral)]
+        _check_view_order(rads)
         views = radiograph_views(rads, sod)
         if centres is not None:
             found = _given_centres(centres)

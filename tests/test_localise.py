@@ -154,8 +154,14 @@ def test_localise_with_a_stub_finder_names_the_pinned_spine(caplog):
     unpinned = localise_vertebrae(images, VIEWS, net)
     assert [v.level_index for v in unpinned] == list(range(3, 8)), "named from the evidence alone"
     assert "levels named without a pin" in caplog.text and "--level" in caplog.text, "unpinned names are warned of"
-    with pytest.raises(BundleInputError, match="beyond the vertebrae found"):
+    with pytest.raises(BundleInputError, match="beside the spine found"):
         localise_vertebrae(images, VIEWS, net, pin="L4=ap:5,5")
+    beyond = pa[0] + 5.0 * (pa[0] - pa[1])  # on the spine's line, five steps above its top
+    with pytest.raises(BundleInputError, match="beyond the vertebrae found"):
+        localise_vertebrae(images, VIEWS, net, pin=f"T7=ap:{beyond[0]:.2f},{beyond[1]:.2f}")
+    beside = (pa[1] + pa[2]) / 2 + np.array([0.0, 30.0])  # between L1 and L2, 60 mm to the side on the detector
+    with pytest.raises(BundleInputError, match="beside the spine found"):
+        localise_vertebrae(images, VIEWS, net, pin=f"L1=AP:{beside[0]:.2f},{beside[1]:.2f}")
     missed = _StubFinder({0: np.delete(pa, 2, axis=0), 1: np.delete(pl, 2, axis=0)})
     found = localise_vertebrae(images, VIEWS, missed, pin=f"L2=ap:{pa[2, 0]:.2f},{pa[2, 1]:.2f}")
     assert [v.level for v in found] == ["T12", "L1", "L3", "L4"], "a pinned vertebra that was missed still names"

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scripts.data.errors import DataError
+from scripts.errors import BundleInputError
 from scripts.simulate import simulate_radiographs
 from scripts.spine import LEVEL_LABELS, radiographs
 from tests.conftest import ROOT, block_phantom
@@ -63,6 +64,16 @@ def test_bad_inputs_stop_before_anything_is_written(pair, tmp_path):
     bad.write_text(json.dumps([{"centre_mm": [0, 0, 0]}]))
     with pytest.raises(DataError, match="entry 0 has no level"):
         radiographs(str(pair / "ap.dcm"), str(pair / "lateral.dcm"), out=str(out), centres=str(bad), config_file=CPU)
+    # the files the other way round, by their view tags
+    with pytest.raises(DataError, match="--ap lateral.dcm is a lateral view.*--ap ap.dcm --lateral lateral.dcm"):
+        radiographs(str(pair / "lateral.dcm"), str(pair / "ap.dcm"), out=str(out), config_file=CPU)
+    # a pin outside the file's pixels
+    with pytest.raises(
+        BundleInputError, match=r"level pin T11 at ap \(row -3, col 40\) lies outside ap.dcm \(100 rows"
+    ):
+        radiographs(
+            str(pair / "ap.dcm"), str(pair / "lateral.dcm"), out=str(out), level="T11=ap:-3,40", config_file=CPU
+        )
     assert not out.exists()
 
 
