@@ -1140,14 +1140,16 @@ def radiographs(
         rads = [read_radiograph(ap), read_radiograph(lateral)]
         _check_view_order(rads)
         views = radiograph_views(rads, sod)
+        finder_settings = None
         if centres is not None:
             found = _given_centres(centres)
             for v in found:
                 v["rc"] = {n: view.project(torch.as_tensor(v["centre_mm"]))[0][0].tolist() for n, view in
                            zip(("ap", "lateral"), views)}  # fmt: skip
         else:
-            found = _find_in(rads, views, finder, level, level_centre_mm, tolerance_mm, threshold, matching)
-            found = _inside_both(found["vertebrae"], views)
+            result = _find_in(rads, views, finder, level, level_centre_mm, tolerance_mm, threshold, matching)
+            finder_settings = result["settings"]
+            found = _inside_both(result["vertebrae"], views)
     unnamed = [v for v in found if v.get("level") not in LEVEL_LABELS]
     if unnamed:
         logger.warning("%d vertebrae found beyond C1-L5 are not reconstructed", len(unnamed))
@@ -1167,9 +1169,17 @@ def radiographs(
     extra = {} if sod is None else {"sod_mm": float(sod)}
     inputs = [{"radiographs": files, "centre_mm": list(c.centre_mm), "id": c.id, **extra} for c in cases]
     confidences: dict[str, dict] = {}
+    earlier = _earlier_outputs(Path(out) / patient, patient)
     volumes = run_inference(
         inputs, config_file, batch_size, output_dir=out, timings=timings, confidences=confidences, **overrides
     )
+    flagged: dict[str, list[str]] = {}
+    for case in cases:
+        flag = (confidences.get(case.id) or {}).get("flag")
+        if flag:
+            flagged.setdefault(str(flag), []).append(case.level)
+    for flag, levels in flagged.items():
+        logger.warning("%d of %d vertebrae (%s): %s", len(levels), len(cases), ", ".join(levels), flag)
     if save_vertebrae:
         _save_vertebrae(cases, volumes, Path(out), timings)
     report = _write_patient(
@@ -1197,18 +1207,66 @@ def radiographs(
         "frame": "X-ray system: origin at the isocentre, RAS axes (x patient's right, y anterior, z superior), mm",
         "world_to_system": None if w2s is None else np.asarray(w2s).tolist(),
         "found_by": "given centres" if centres is not None else "vertebra finder",
+        "finder_settings": finder_settings,
     }
+    report["reconstruction_configs"] = [
+        os.path.relpath(c, BUNDLE_ROOT) if str(c).startswith(str(BUNDLE_ROOT)) else str(c)
+        for c in ([config_file] if isinstance(config_file, (str, os.PathLike)) else config_file)
+    ]
+    unpinned = any(v.get("named_by") == "chain" for v in found)
     folder = Path(out) / patient
     with watch("render"):
-        fig = radiograph_figure(
-            [r.image for r in rads], ("ap", "lateral"), marks, title=f"{patient}: {len(cases)} vertebrae"
-        )
+        title = f"{patient}: {len(cases)} vertebrae" + ("; levels named without a pin: check them" if unpinned else "")
+        fig = radiograph_figure([r.image for r in rads], ("ap", "lateral"), marks, title=title)
         with atomic_path(folder / f"{patient}_radiographs.png") as tmp:
             fig.savefig(tmp, format="png")
     with watch("write"), atomic_path(folder / f"{patient}_spine.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))
-    print(f"{patient}: {len(cases)} vertebrae found and reconstructed -> {folder}", file=sys.stderr)
+    _remove_earlier_outputs(earlier, folder)
+    n_flagged = sum(len(v) for v in flagged.values())
+    print(
+        f"{patient}: {len(cases)} vertebrae found and reconstructed ({cases[0].level} to {cases[-1].level}"
+        f"{', named without a pin' if unpinned else ''}; {n_flagged} flagged) -> {folder / f'{patient}_spine.json'}",
+        file=sys.stderr,
+    )
     return report
+
+
+def _earlier_outputs(folder: Path, patient: str) -> dict[Path, tuple[int, int]]:
+    """The files an earlier run left in a patient's output folder (names starting with the patient's), each with
+    its inode and modification time: a file this run writes again gets new ones (atomic replacement)."""
+    if not folder.is_dir():
+        return {}
+    out = {}
+    for p in folder.rglob(f"{patient}_*"):
+        if p.is_file():
+            st = p.stat()
+            out[p] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def _remove_earlier_outputs(earlier: dict[Path, tuple[int, int]], folder: Path) -> None:
+    """Remove the files of an earlier run that this run did not write again (e.g. the meshes of vertebrae not found
+    this time), then the folders they leave empty, with one warning."""
+    stale = []
+    for p, (ino, mtime) in earlier.items():
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        if (st.st_ino, st.st_mtime_ns) == (ino, mtime):
+            p.unlink()
+            stale.append(p)
+    for p in sorted({q.parent for q in stale}, key=lambda q: -len(q.parts)):
+        if p != folder and p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+    if stale:
+        logger.warning(
+            "removed %d files of an earlier run in %s that this run did not write (e.g. %s)",
+            len(stale),
+            folder,
+            ", ".join(sorted(p.name for p in stale)[:3]),
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

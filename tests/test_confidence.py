@@ -367,13 +367,12 @@ def test_tta_confidenced_zeroes_the_confidence_of_views_unlike_the_models():
     other = reduce({"pred": MetaTensor(stack), "image": views["ramp"]})
     assert other["confidence"] == 0.0 and other["tta_agreement"] == pytest.approx(1.0)
     assert other["input_type"] == "surrounded" and other["input_background_share"] < 0.15
-    assert (
-        other["flag"].startswith("input unlike the model's X-rays") and "add configs/body_model.json" in other["flag"]
-    )
+    assert other["flag"].startswith("input unlike the model's X-rays")
+    assert "(configs/body_model.json, --reconstruction_model body)" in other["flag"]
     assert other["confidence_calibrated"] is False and same["confidence_calibrated"] is True
     body = TTAConfidenced("pred", threshold=-500.0, calibration=cal, expected_input="surrounded")
     flagged = body({"pred": MetaTensor(stack), "image": views["empty"]})
-    assert flagged["confidence"] == 0.0 and "run without configs/body_model.json" in flagged["flag"]
+    assert flagged["confidence"] == 0.0 and "without configs/body_model.json" in flagged["flag"]
     inverted = volume_from_views(*[-v[None] for v in _disc_views("empty")], 64, 64)[0]
     assert "--invert True" in reduce({"pred": MetaTensor(stack), "image": inverted})["flag"]
     # TTA off: no confidence, but the check still flags the case

@@ -131,3 +131,35 @@ def test_a_found_vertebra_outside_one_image_is_left_out(caplog):
     with caplog.at_level("WARNING"):
         assert _inside_both([above, inside], views) == [inside]
     assert "T12 found at the edge of an image" in caplog.text
+
+
+def test_a_rerun_removes_the_files_it_does_not_write_again_and_flagged_vertebrae_are_logged(pair, tmp_path):
+    """A second run into the same folder that finds fewer vertebrae leaves none of the first run's files behind; the
+    CPU model (isolated vertebrae) on full radiographs: every vertebra flagged in the log and the report."""
+    out = tmp_path / "spine"
+    common = dict(out=str(out), patient="P1", config_file=CPU, batch_size=3)
+    radiographs(str(pair / "ap.dcm"), str(pair / "lateral.dcm"), centres=str(pair / "centres.json"), **common)
+    assert (out / "P1" / "P1_T10.stl").is_file() and (out / "P1" / "vertebrae" / "P1_T10_hu.nii.gz").is_file()
+    fewer = tmp_path / "fewer.json"
+    entries = json.loads((pair / "centres.json").read_text())["vertebrae"]
+    fewer.write_text(json.dumps([e for e in entries if e["level"] != "T10"]))
+    # the bundle's logging config replaces the root logger's handlers (pytest's too): listen on the bundle's logger
+    import logging
+
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("scripts").addHandler(handler)
+    try:
+        report = radiographs(str(pair / "ap.dcm"), str(pair / "lateral.dcm"), centres=str(fewer), **common)
+    finally:
+        logging.getLogger("scripts").removeHandler(handler)
+    logged = "\n".join(records)
+    assert set(report["vertebrae"]) == {"T11", "T12"}
+    assert not list((out / "P1").rglob("P1_T10*")), "the first run's T10 files are gone"
+    assert (out / "P1" / "P1_T11.stl").is_file() and (out / "P1" / "P1_spine.json").is_file()
+    assert "removed" in logged and "earlier run" in logged
+    assert "2 of 2 vertebrae (T11, T12): input unlike the model's X-rays" in logged
+    assert all(v["input_type"] == "surrounded" and v["confidence"] == 0.0 for v in report["vertebrae"].values())
+    assert report["reconstruction_configs"] == ["configs/inference.json", "configs/cpu.json"]
+    assert report["radiographs"]["finder_settings"] is None, "given centres: no finder"
