@@ -639,11 +639,12 @@ def cut_radiograph_windows(
         win, info = cut_window(radiographs[i].image, real_views[i], geometry, model_views[k], centre)
         windows.append(win)
         outside.append(info["outside_fraction"])
-        if info["outside_fraction"] > 0:
-            log.warning(
-                f"{names[i]}: {100 * info['outside_fraction']:.0f}% of the model's window lies outside the image; "
-                "it is filled with the nearest edge pixels."
-            )
+    if max(outside) > 0:  # one line per case, naming it
+        parts = [f"{names[i]} {100 * outside[k]:.0f}%" for k, i in enumerate(order) if outside[k] > 0]
+        log.warning(
+            f"{name + ': ' if name else ''}the model's window lies partly outside the image ({', '.join(parts)}); "
+            "filled with the nearest edge pixels."
+        )
     for k, i in enumerate(order):
         check_not_blank(windows[k].numpy(), f"{names[i]} (window around the vertebra)")
     w2s = [r.world_to_system for r in radiographs]
