@@ -63,8 +63,6 @@ __all__ = [
     "mask_agreement",
 ]
 
-#: the default perturbations: window shifts in voxels (x, y, z), in-plane turns of the views (degrees, one per
-#: view) and a gamma of each view's contrast curve. Four extra passes cost about four forward passes (batched).
 #: the type of X-ray each training source gives (the model contract's ``drr_source``): an isolated vertebra on an
 #: empty detector, or a vertebra surrounded by what the rays cross besides it.
 INPUT_TYPES: dict[str, str] = {"gt": "isolated", "ct": "surrounded", "body": "surrounded"}
@@ -79,6 +77,8 @@ ISOLATED_BACKGROUND_SHARE = 0.55
 #: detector (:func:`view_background_share`).
 BACKGROUND_LEVEL = 0.05
 
+#: the default perturbations: window shifts in voxels (x, y, z), in-plane turns of the views (degrees, one per
+#: view) and a gamma of each view's contrast curve. Four extra passes cost about four forward passes (batched).
 DEFAULT_PERTURBATIONS: tuple[dict[str, Any], ...] = (
     {"shift": (2, 0, 2)},
     {"shift": (0, -2, -2)},

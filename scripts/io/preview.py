@@ -222,7 +222,7 @@ class SavePreviewd(MapTransform):
             status = [f"confidence {float(d[self.confidence_key]):.2f}"] if self.confidence_key in d else []
             if d.get(self.flag_key):
                 status.append(str(d[self.flag_key]))
-            if status:  # a long flag (the input type check's names what to do) wraps onto more lines
+            if status:  # a long flag (the input type check's flag says what to do) wraps onto more lines
                 title += "\n" + textwrap.fill(": ".join(status), width=TITLE_WIDTH)
             fig = preview_figure(vol, xrays, label, self.window, title, uncertainty=spread)
             path = os.fspath(self.layout.filename(subject=str(name)))
