@@ -391,3 +391,16 @@ def test_inference_config_reconstructs_from_radiograph_files(files, tmp_path):
     centre = img.affine @ np.asarray([(ROI - 1) / 2] * 3 + [1.0])
     np.testing.assert_allclose(centre[:3], TARGET, atol=1e-3, err_msg="the volume sits on the vertebra (system frame)")
     assert (tmp_path / "out" / "P1_L1" / "P1_L1_preview.png").is_file()
+
+
+def test_a_clipped_radiograph_is_refused(tmp_path):
+    """A 16-bit radiograph cast to 8 bits without scaling: nearly every pixel at 255."""
+    img = np.full((64, 64), 255.0)
+    img[30:34, 30:34] = np.random.default_rng(0).random((4, 4)) * 200
+    png, _ = write_radiograph_image(img, tmp_path / "clipped.png", 1200, 800, 1.0, view="AP")
+    with pytest.raises(XRayInputError, match=r"clipped.png: 99.\d\d% of the pixels are at the image's highest value"):
+        read_radiograph(png)
+    ok = np.random.default_rng(1).random((64, 64))
+    ok[:, :24] = 0.0  # an unexposed border over a third of the image is kept
+    png, _ = write_radiograph_image(ok, tmp_path / "border.png", 1200, 800, 1.0, view="AP")
+    assert read_radiograph(png).image.shape == (64, 64)

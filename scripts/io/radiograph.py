@@ -464,6 +464,7 @@ def read_radiograph(path: str | os.PathLike, sidecar: str | os.PathLike | None =
     if values.get("invert"):
         arr = arr.max() + arr.min() - arr
     check_not_blank(arr, p)
+    _check_not_clipped(arr, p)
     angles = tuple(float(a) for a in values["angles"])
     file_shape = (int(arr.shape[0]), int(arr.shape[1]))
     orientation = (False, False, False)
@@ -533,6 +534,24 @@ def radiograph_views(radiographs: Sequence[Radiograph], sod: float | None = None
             )
         views.append(r.view(value))
     return views
+
+
+#: a full radiograph with at least this share of its pixels at its highest (or lowest) value is clipped: what is left
+#: is too little of the X-ray to read (a collimated or unexposed border rarely covers half of a radiograph).
+SATURATED_FRACTION = 0.9
+
+
+def _check_not_clipped(arr: np.ndarray, path: str | os.PathLike) -> None:
+    """Refuse a full radiograph whose pixels mostly share its highest or lowest value (e.g. a 16-bit image converted
+    to 8 bits without scaling)."""
+    for end, value in (("highest", float(arr.max())), ("lowest", float(arr.min()))):
+        share = float((arr == value).mean())
+        if share >= SATURATED_FRACTION:
+            raise XRayInputError(
+                f"{path}: {100 * share:.2f}% of the pixels are at the image's {end} value ({value:g}): it is clipped; "
+                "fix: convert the radiograph with its range scaled (a 16-bit image cast to 8 bits without scaling "
+                "clips), or give the original file."
+            )
 
 
 # -- windows ----------------------------------------------------------------------------------------------------
