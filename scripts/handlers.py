@@ -202,6 +202,15 @@ class ResumableCheckpoint:
                 problem = _state_dict_misfit(state[k], target.state_dict())
                 if problem:
                     raise self._misfit(k, problem)
+                changed = _contract_change(state[k], target.state_dict())
+                if changed:
+                    raise BundleInputError(
+                        f"checkpoint {self.path} was trained on other data than this run's ({changed}): the dataset "
+                        "changed since it was saved. Resume with the same --dataset_dir as prepared then, or start "
+                        "afresh in another --output_dir (or with --resume False)."
+                    )
+            if isinstance(target, torch.optim.Optimizer):
+                _warn_changed_learning_rate(state[k], target, self.path, self.logger)
             try:
                 target.load_state_dict(state[k])
             except (RuntimeError, ValueError, KeyError) as e:
@@ -210,13 +219,46 @@ class ResumableCheckpoint:
                 raise self._misfit(k, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
         if max_epochs is not None and "trainer" in self.save_dict:
             if engine.state.epoch > max_epochs:
-                raise ValueError(
+                raise BundleInputError(
                     f"checkpoint {self.path} is at epoch {engine.state.epoch}, beyond max_epochs={max_epochs}; "
                     "raise the epochs setting or delete the checkpoint."
                 )
             engine.state.max_epochs = max_epochs
         self._last_read = None  # the restored objects hold the state now
         self.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")
+
+
+#: the contract buffers of :func:`scripts.networks.attach_model_info` that training sets from its dataset
+_DATA_BUFFERS = {"hu_mean": "HU mean", "hu_std": "HU standard deviation", "spacing_mm": "spacing", "roi_size": "crop"}
+
+
+def _contract_change(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """How the data-derived contract of a saved network differs from this run's, in words, or ``None``."""
+    changes = []
+    for name, words in _DATA_BUFFERS.items():
+        a, b = saved.get(name), current.get(name)
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.numel() == b.numel() == 1):
+            continue
+        x, y = float(a), float(b)
+        if math.isfinite(x) and math.isfinite(y) and not math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-3):
+            changes.append(f"{words} {x:g} then, {y:g} now")
+    return "; ".join(changes) or None
+
+
+def _warn_changed_learning_rate(saved: Mapping[str, Any], optimizer: Any, path: Any, logger: Any) -> None:
+    """Warn when a resumed optimizer's learning rate differs from the one this run was given (the saved one wins)."""
+    try:
+        old = saved["param_groups"][0]
+        new = optimizer.param_groups[0]
+        before = float(old.get("initial_lr", old["lr"]))
+        now = float(new.get("initial_lr", new["lr"]))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return
+    if not math.isclose(before, now, rel_tol=1e-6):
+        logger.warning(
+            f"resuming {path}: the optimiser and its schedule go on as saved (learning rate {before:g}); this run's "
+            f"learning rate {now:g} is not applied. Start afresh in another --output_dir to change it."
+        )
 
 
 def _state_dict_misfit(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:

@@ -55,6 +55,8 @@ __all__ = [
     "bundle_package",
     "check_xray_cases",
     "check_dataset",
+    "epoch_count",
+    "confidence_calibration",
     "load_split",
     "dataset_statistics",
     "distributed_backend",
@@ -124,6 +126,34 @@ def bundle_package(bundle_root: str | os.PathLike) -> ModuleType:
 
 
 @reports_input_errors
+def confidence_calibration(model_file: str | os.PathLike, confidence: bool = True) -> dict | None:
+    """The configs' ``confidence_calibration``: the model contract's calibration (``None`` without one), with a
+    warning when the confidence is on and the model holds none, since its confidence is then the raw TTA agreement
+    (docs/confidence.md says how to calibrate a model)."""
+    calibration = model_setting(model_file, "confidence", None)
+    if calibration is None and confidence and _model_file_key(model_file) is not None:
+        logging.getLogger(__name__).warning(
+            f"{model_file} holds no confidence calibration: its confidence is the raw TTA agreement, not an estimate "
+            "of the Dice; calibrate it with python -m scripts.tools.confidence_study ... --write_calibration True."
+        )
+    return calibration
+
+
+def epoch_count(value: Any, name: str = "epochs") -> int:
+    """A number of epochs from the configs (``--epochs``), checked: a whole number, 1 or more.
+
+    Raises:
+        BundleInputError: anything else, in one line.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number >= 1 and number == int(number)):
+        raise BundleInputError(f"--{name} {value!r}: give a whole number of epochs, 1 or more.")
+    return int(number)
+
+
 def check_dataset(dataset_dir: str | os.PathLike) -> Path:
     """Return the path of ``datalist.json`` in a prepared dataset, or raise an error saying how to make it."""
     d = Path(dataset_dir)
@@ -152,6 +182,11 @@ def load_split(dataset_dir: str | os.PathLike, split: str, source: str | None = 
     datalist = check_dataset(dataset_dir)
     base = datalist.parent
     content = json.loads(datalist.read_text())
+    if split not in content:
+        splits = [k for k, v in content.items() if isinstance(v, list)]
+        raise BundleInputError(
+            f"{datalist} has no split {split!r}; it has {', '.join(repr(k) for k in splits) or 'none'}: check --split."
+        )
     if not content.get(split):
         raise BundleInputError(
             f"{datalist} has no items in {split!r}: prepare the dataset with at least one patient in that split "
@@ -171,7 +206,17 @@ def load_split(dataset_dir: str | os.PathLike, split: str, source: str | None = 
                 f"{len(lacking)} item(s) of {datalist} ({split}) have no {source!r} entry to project (e.g. "
                 f"{lacking[0]}); {fix}."
             )
-    return [_absolute(item, base) for item in content[split]]
+    items = [_absolute(item, base) for item in content[split]]
+    missing = [
+        f for it in items for k in FILE_KEYS if k in it for f in (it[k] if isinstance(it[k], list) else [it[k]])
+        if isinstance(f, str) and not os.path.exists(f)
+    ]  # fmt: skip
+    if missing:
+        raise BundleInputError(
+            f"{len(missing)} file(s) that {datalist} lists for {split!r} are missing (e.g. {missing[0]}); prepare the "
+            f"dataset again (python -m scripts.prepare --out {base}) or restore the files."
+        )
+    return items
 
 
 def _absolute(item: dict, base: Path) -> dict:

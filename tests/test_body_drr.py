@@ -165,6 +165,8 @@ def test_a_dataset_without_whole_scans_stops_a_body_run_before_any_work(tmp_path
     from scripts.errors import BundleInputError
 
     (tmp_path / "datalist.json").write_text(json.dumps({"test": [{"id": "P1_T7", "gt": "P1/P1_T7_gt.nii.gz"}]}))
+    (tmp_path / "P1").mkdir()
+    (tmp_path / "P1" / "P1_T7_gt.nii.gz").write_bytes(b"")
     assert workflow.load_split(tmp_path, "test", "gt")[0]["id"] == "P1_T7"
     with pytest.raises(BundleInputError, match=r"have no 'body' entry .* python -m scripts.prepare --out"):
         workflow.load_split(tmp_path, "test", "body")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
+from scripts.errors import BundleInputError
 from scripts.handlers import ResumableCheckpoint
 
 
@@ -56,7 +57,7 @@ def test_checkpoint_beyond_max_epochs_is_reported(tmp_path):
     trainer, _ = _trainer(3, tmp_path, [])
     trainer.run()
     trainer2, _ = _trainer(2, tmp_path, [])
-    with pytest.raises(ValueError, match="beyond max_epochs"):
+    with pytest.raises(BundleInputError, match="beyond max_epochs"):
         trainer2.run()
 
 
@@ -88,3 +89,28 @@ def test_pretrained_weights_start_training_and_keep_this_runs_model_info(tmp_pat
     torch.save(other.state_dict(), tmp_path / "other.pt")
     with pytest.raises(RuntimeError, match="size mismatch"):
         PretrainedWeights(net, tmp_path / "other.pt")(Engine(lambda e, b: None))
+
+
+def test_resuming_on_other_data_is_refused_and_another_learning_rate_is_warned_of(tmp_path, caplog):
+    """The checkpoint's network holds the HU statistics of the data it was trained on: a run whose dataset gives other
+    ones would train against one target scale and save the other; a changed learning rate is not applied."""
+    from scripts.networks.model_info import attach_model_info
+
+    def run(mean: float, lr: float, epochs: int) -> SupervisedTrainer:
+        torch.manual_seed(0)
+        net = attach_model_info(torch.nn.Linear(3, 1), {"gt_mean": mean, "gt_std": 200.0}, 2.0, 64)
+        opt = torch.optim.SGD(net.parameters(), lr=lr)
+        data = [{"image": torch.randn(4, 3), "label": torch.randn(4, 1)}]
+        trainer = SupervisedTrainer(
+            device=torch.device("cpu"), max_epochs=epochs, train_data_loader=data, network=net, optimizer=opt,
+            loss_function=torch.nn.MSELoss(),
+        )  # fmt: skip
+        ResumableCheckpoint(tmp_path, {"model": net, "optimizer": opt}).attach(trainer)
+        return trainer
+
+    run(-994.0, 0.1, 1).run()
+    with pytest.raises(BundleInputError, match="trained on other data than this run's .HU mean -994 then, -900 now"):
+        run(-900.0, 0.1, 2).run()
+    with caplog.at_level("WARNING"):
+        run(-994.0, 0.01, 2).run()
+    assert "learning rate 0.1); this run's learning rate 0.01 is not applied" in caplog.text

@@ -25,11 +25,36 @@ def _datalist(tmp_path, **extra):
 
 def test_load_split_joins_only_file_entries(tmp_path):
     _datalist(tmp_path)
+    for name in ("a_ct.nii.gz", "a_gt.nii.gz"):
+        (tmp_path / "P1" / name).write_bytes(b"")
     (item,) = workflow.load_split(tmp_path, "training")
     assert item["ct"] == str(tmp_path / "P1" / "a_ct.nii.gz")
     assert item["patient"] == "P1" and item["id"] == "P1_T1"
     with pytest.raises(BundleInputError, match="no items in 'validation'"):
         workflow.load_split(tmp_path, "validation")  # no silent fall-back to the training split
+    with pytest.raises(BundleInputError, match="no split 'tset'; it has 'training', 'validation': check --split"):
+        workflow.load_split(tmp_path, "tset")
+    (tmp_path / "P1" / "a_gt.nii.gz").unlink()
+    with pytest.raises(BundleInputError, match=r"1 file\(s\) that .* lists for 'training' are missing \(e.g. .*a_gt"):
+        workflow.load_split(tmp_path, "training")
+
+
+def test_epoch_counts_and_the_warning_of_an_uncalibrated_confidence(tmp_path, caplog):
+    assert workflow.epoch_count(3) == 3 and workflow.epoch_count("5") == 5
+    for bad in (0, -1, 2.5, "many", None):
+        with pytest.raises(BundleInputError, match="give a whole number of epochs, 1 or more"):
+            workflow.epoch_count(bad)
+    from scripts.networks import EAR
+
+    net = attach_model_info(
+        EAR(channels=(4, 8, 16, 32, 64)), {"gt_mean": 0.0, "gt_std": 1.0}, 2.0, 32, [[0, 0], [90, 0]], "replicate", {}
+    )
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    with caplog.at_level("WARNING"):
+        assert workflow.confidence_calibration(tmp_path / "model.pt", True) is None
+        assert workflow.confidence_calibration(tmp_path / "model.pt", False) is None
+    warned = [r.getMessage() for r in caplog.records if "holds no confidence calibration" in r.getMessage()]
+    assert len(warned) == 1, "warned only with the confidence on"
 
 
 def test_missing_dataset_names_the_command(tmp_path):
