@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -489,6 +490,10 @@ class BestModelSaver:
             self._engine.state.best_metric_epoch = self.best_epoch
 
 
+#: what an evaluation's folder says about the run that wrote its tables (:class:`VertebraMetricsTable`)
+EVALUATION_RECORD = "evaluation.json"
+
+
 class VertebraMetricsTable:
     """Writes every per-vertebra metric into one table, and a summary with mean ± std, after an evaluation.
 
@@ -500,12 +505,18 @@ class VertebraMetricsTable:
     per metric, and writes ``metrics_summary.csv`` (metric, mean, std, median, n, n_nan). Both files are
     written atomically; the summary is also logged.
 
+    With ``record``, when the run starts (its data loaded, so a bad option has already stopped it) the tables of an
+    earlier evaluation in ``save_dir`` are removed (this table and summary, ``MetricsSaver``'s ``metrics.csv``,
+    ``val_*_raw.csv`` and ``val_*_summary.csv``) and ``evaluation.json`` records what this run evaluates
+    (``record``: the model, dataset, split, ...): tables of two models never mix in one folder.
+
     Args:
         save_dir: output folder.
         metric_names: metrics to include, in column order (default: all in ``metric_details``).
         id_key: key of the batch holding each item's identifier.
         filename: name of the per-vertebra table.
         summary_filename: name of the summary table.
+        record: what the run evaluates, written to ``evaluation.json``; ``None`` leaves the folder as it is.
     """
 
     def __init__(
@@ -515,16 +526,38 @@ class VertebraMetricsTable:
         id_key: str = "id",
         filename: str = "metrics_per_vertebra.csv",
         summary_filename: str = "metrics_summary.csv",
+        record: Mapping[str, Any] | None = None,
     ) -> None:
         self.save_dir = Path(save_dir)
         self.metric_names = list(metric_names) if metric_names is not None else None
         self.id_key = id_key
         self.filename = filename
         self.summary_filename = summary_filename
+        self.record = None if record is None else dict(record)
         self.logger = logging.getLogger(__name__)
         self._ids: list[str] = []
 
+    def _start(self, engine: Engine) -> None:
+        """Remove the tables of an earlier evaluation in ``save_dir`` and record this one (``evaluation.json``)."""
+        if self.record is None:
+            return
+        earlier = []
+        if self.save_dir.is_dir():
+            names = {self.filename, self.summary_filename, "metrics.csv", EVALUATION_RECORD}
+            for p in self.save_dir.iterdir():
+                metric_file = p.name.startswith("val_") and p.name.endswith(("_raw.csv", "_summary.csv"))
+                if p.is_file() and (p.name in names or metric_file):
+                    p.unlink()
+                    earlier.append(p.name)
+        if earlier:
+            self.logger.info(f"removed {len(earlier)} tables of an earlier evaluation in {self.save_dir}")
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        record = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.record.items()}
+        with atomic_path(self.save_dir / EVALUATION_RECORD) as tmp:
+            Path(tmp).write_text(json.dumps({**record, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, indent=2))
+
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect_ids)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)

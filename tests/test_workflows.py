@@ -68,6 +68,19 @@ def test_evaluate_writes_every_metric(dataset, trained, tmp_path):
         summary = {r["metric"]: r for r in csv.DictReader(f)}
     assert set(summary) == confidence | {f"val_{n}" for n in METRIC_NAMES}
     assert (tmp_path / "val_dice_raw.csv").is_file(), "MetricsSaver's per-metric files"
+    record = json.loads((tmp_path / "evaluation.json").read_text())
+    assert record["split"] == "test" and record["model_file"].endswith("model.pt")
+    # a second evaluation into the same folder, without the confidence: no table of the first one stays
+    (tmp_path / "notes_summary.csv").write_text("mine")
+    wf = _workflow(
+        ["train.json", "evaluate.json"], "eval", dataset_dir=str(dataset), ckpt_dir=str(trained),
+        output_dir=str(tmp_path), confidence=False, input_check=False, **SMALL,
+    )  # fmt: skip
+    wf.initialize()
+    wf.run()
+    assert not list(tmp_path.glob("val_confidence*")) and not list(tmp_path.glob("val_input_background*"))
+    assert (tmp_path / "notes_summary.csv").read_text() == "mine", "files of others stay"
+    assert json.loads((tmp_path / "evaluation.json").read_text())["confidence"] is False
 
 
 def _write_xrays(tmp_path: Path, dataset: Path, size: tuple[int, int] = (ROI, ROI)) -> list[str]:
