@@ -655,12 +655,13 @@ def _collect_predictions(
     engine: Any, volumes: dict[str, tuple[np.ndarray, np.ndarray]], confidences: dict[str, dict] | None = None
 ) -> None:
     """After each iteration: every item's HU volume (X, Y, Z) and the affine of its expanded input, by case id, and
-    (into ``confidences``) its confidence entries when inference computed them."""
+    (into ``confidences``) its confidence entries when inference computed them (the input type check's with the
+    confidence off)."""
     for item, output in zip(engine.state.batch, engine.state.output):
         image = item["image"]
         affine = np.asarray(torch.as_tensor(getattr(image, "affine", torch.eye(4))).cpu(), dtype=np.float64)
         volumes[str(item["id"])] = (np.asarray(torch.as_tensor(output["pred"])[0].float().cpu()), affine)
-        if confidences is not None and "confidence" in output:
+        if confidences is not None and any(k in output for k in CONFIDENCE_KEYS):
             confidences[str(item["id"])] = {
                 k: (v.item() if hasattr(v, "item") else v) for k, v in output.items() if k in CONFIDENCE_KEYS
             }
