@@ -119,10 +119,32 @@ def _debug() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def _interrupted(error: BaseException | None) -> bool:
+    """Whether ``error`` or an error in the chain of its causes and contexts is a ``KeyboardInterrupt``."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        todo += [e.__cause__, e.__context__]
+    return False
+
+
 def _cli_excepthook(
     previous: Callable[[type[BaseException], BaseException, TracebackType | None], Any],
 ) -> Callable[[type[BaseException], BaseException, TracebackType | None], None]:
     def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if not _debug() and _interrupted(value):
+            sys.stderr.write(
+                "ERROR: interrupted (Ctrl-C); a training run resumes from its last saved epoch when the same command "
+                f"runs again ({DEBUG_ENV}=1 shows the traceback)\n"
+            )
+            sys.stderr.flush()
+            return
         cause = None if _debug() else find_input_error(value)
         if cause is None:
             previous(kind, value, tb)
@@ -140,7 +162,8 @@ def install_cli_excepthook(argv: Sequence[str] | None = None) -> bool:
     Installs a ``sys.excepthook`` when this process runs ``python -m monai.bundle`` (:func:`running_bundle_cli`),
     and only then: Python callers of the bundle still get the exception. An uncaught exception with a
     :class:`BundleInputError` in its chain (:func:`find_input_error`) prints ``ERROR: <type>: <message>`` on
-    stderr; Python then exits with status 1. Other exceptions keep their traceback (the hook installed before
+    stderr, and an interruption (Ctrl-C) one line saying that a training run resumes; Python then exits with
+    status 1. Other exceptions keep their traceback (the hook installed before
     prints them), and so do input errors when the environment variable ``EAR_DEBUG`` is set (:data:`DEBUG_ENV`).
     Installing twice changes nothing.
 

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from scripts.errors import BundleInputError, reports_input_errors
+from monai.handlers import StatsHandler
+from scripts.errors import BundleInputError, find_input_error, reports_input_errors
 from scripts.networks.model_info import MODEL_INFO_KEYS, load_state_dict_file
 from scripts.utils import atomic_path, file_sha256, remove_stale_temporaries, unwrap_module
 
-__all__ = ["PretrainedWeights", "ResumableCheckpoint", "BestModelSaver", "VertebraMetricsTable"]
+__all__ = ["PretrainedWeights", "ResumableCheckpoint", "BestModelSaver", "VertebraMetricsTable", "ConciseStatsHandler"]
 
 
 class PretrainedWeights:
@@ -605,3 +606,15 @@ class VertebraMetricsTable:
             writer.writerows(summary)
         text = ", ".join(f"{n} {m:.4g}" + (f" ± {s:.2g}" if math.isfinite(s) else "") for n, m, s, *_ in summary)
         self.logger.info(f"{len(rows)} vertebrae: {text}; tables in {self.save_dir}")
+
+
+class ConciseStatsHandler(StatsHandler):
+    """MONAI's ``StatsHandler``, except that an input error or an interruption (Ctrl-C) stopping the run is not logged
+    with its traceback: the command line ends both in one line (:func:`scripts.errors.install_cli_excepthook`), and
+    programs calling the bundle get the exception as it is. Any other error is logged as ``StatsHandler`` logs it.
+    """
+
+    def exception_raised(self, _engine: Engine, e: Exception) -> None:
+        if isinstance(e, KeyboardInterrupt) or find_input_error(e) is not None:
+            raise e
+        super().exception_raised(_engine, e)

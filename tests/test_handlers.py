@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from ignite.engine import Events
@@ -114,3 +116,22 @@ def test_resuming_on_other_data_is_refused_and_another_learning_rate_is_warned_o
     with caplog.at_level("WARNING"):
         run(-994.0, 0.01, 2).run()
     assert "learning rate 0.1); this run's learning rate 0.01 is not applied" in caplog.text
+
+
+def test_concise_stats_handler_leaves_input_errors_and_interruptions_to_the_command_line(caplog):
+    """An input error or Ctrl-C stopping a run is raised without MONAI's logged traceback; other errors keep it."""
+    from scripts.handlers import ConciseStatsHandler
+
+    handler = ConciseStatsHandler(iteration_log=False, epoch_log=False)
+    handler.logger = logging.getLogger("scripts.tests.stats")  # MONAI's own logger does not propagate to pytest
+    for error in (KeyboardInterrupt(), RuntimeError("failed in a transform")):
+        caplog.clear()
+        with caplog.at_level("ERROR"), pytest.raises(type(error)):
+            handler.exception_raised(None, error)
+        assert ("Exception:" in caplog.text) is isinstance(error, RuntimeError)
+    wrapped = RuntimeError("Failed to evaluate the config")
+    wrapped.__cause__ = BundleInputError("--epochs 0: give a whole number of epochs, 1 or more.")
+    caplog.clear()
+    with caplog.at_level("ERROR"), pytest.raises(RuntimeError):
+        handler.exception_raised(None, wrapped)
+    assert "Exception:" not in caplog.text

@@ -248,6 +248,10 @@ def test_the_hook_prints_input_errors_in_one_line_and_keeps_other_tracebacks(mon
     bug = KeyError("a programming error")
     sys.excepthook(KeyError, bug, None)
     assert seen == [bug], "a programming error goes to the previous handler, with its traceback"
+    stop = KeyboardInterrupt()
+    sys.excepthook(KeyboardInterrupt, stop, None)
+    assert capsys.readouterr().err.startswith("ERROR: interrupted (Ctrl-C); a training run resumes")
+    assert seen == [bug], "Ctrl-C ends in one line"
     monkeypatch.setenv("EAR_DEBUG", "1")
     sys.excepthook(type(error), error, error.__traceback__)
     assert seen == [bug, error], "EAR_DEBUG=1 shows the traceback of input errors too"
