@@ -78,13 +78,8 @@ def reports_input_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def find_input_error(error: BaseException | None) -> BundleInputError | None:
-    """The first :class:`BundleInputError` in ``error`` and the chain of its causes and contexts, or ``None``.
-
-    MONAI re-raises an error of a config expression as ``RuntimeError("Failed to evaluate ...")`` from it, and
-    ignite and the data loaders wrap errors of transforms the same way: the input error is found anywhere in
-    ``__cause__`` / ``__context__``.
-    """
+def _in_chain(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The first error of type ``kind`` in ``error`` and the chain of its causes and contexts, or ``None``."""
     seen: set[int] = set()
     todo = [error]
     while todo:
@@ -92,10 +87,20 @@ def find_input_error(error: BaseException | None) -> BundleInputError | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, BundleInputError):
+        if isinstance(e, kind):
             return e
         todo += [e.__cause__, e.__context__]
     return None
+
+
+def find_input_error(error: BaseException | None) -> BundleInputError | None:
+    """The first :class:`BundleInputError` in ``error`` and the chain of its causes and contexts, or ``None``.
+
+    MONAI re-raises an error of a config expression as ``RuntimeError("Failed to evaluate ...")`` from it, and
+    ignite and the data loaders wrap errors of transforms the same way: the input error is found anywhere in
+    ``__cause__`` / ``__context__``.
+    """
+    return _in_chain(error, BundleInputError)  # type: ignore[return-value]
 
 
 def running_bundle_cli(argv: Sequence[str] | None = None) -> bool:
@@ -121,17 +126,7 @@ def _debug() -> bool:
 
 def _interrupted(error: BaseException | None) -> bool:
     """Whether ``error`` or an error in the chain of its causes and contexts is a ``KeyboardInterrupt``."""
-    seen: set[int] = set()
-    todo = [error]
-    while todo:
-        e = todo.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, KeyboardInterrupt):
-            return True
-        todo += [e.__cause__, e.__context__]
-    return False
+    return _in_chain(error, KeyboardInterrupt) is not None
 
 
 def _cli_excepthook(
