@@ -256,3 +256,47 @@ def test_an_ensemble_of_view_stages_averages_their_views(tmp_path):
     torch.save(wide.state_dict(), tmp_path / "c.pt")
     with pytest.raises(ValueError, match="one shape"):
         combine([str(tmp_path / "a.pt"), str(tmp_path / "c.pt")], str(tmp_path / "ear.pt"), str(tmp_path / "x.pt"))
+
+
+def test_half_turn_keeps_views_and_volume_consistent():
+    """The turned views are the projections of the turned volume (parallel rays: means along the beams)."""
+    from scripts.networks import views_from_volume
+    from scripts.tools.spine_stage import half_turn
+
+    torch.manual_seed(3)
+    volume = torch.rand(2, 1, 8, 8, 6)
+    volume[:, :, :3, 5:, 1:] += 2.0  # asymmetric in X, Y and Z
+
+    def views(v: torch.Tensor) -> torch.Tensor:
+        return torch.stack(views_from_volume(torch.cat([v, v], 1)), 1)
+
+    turned_views, turned = half_turn(views(volume), volume)
+    assert torch.allclose(views(turned), turned_views)
+    assert not torch.allclose(turned_views, views(volume))
+    assert half_turn(turned_views)[1] is None
+    assert torch.equal(half_turn(*half_turn(views(volume), volume))[1], volume)
+
+
+@pytest.mark.slow
+def test_the_volume_loss_trains_the_view_stage_through_the_frozen_3d_stage(example64, tmp_path):
+    """``train --volume_weight``: the starting view stage is scored first, its weights move, the 3-D stage's do not
+    matter (it is only read), and the view stage kept is the one of best validation Dice."""
+    from scripts.networks.model_info import load_state_dict_file
+    from scripts.tools.spine_stage import train
+    from tests.conftest import ROOT
+
+    folder, _ = example64
+    body = load_state_dict_file(ROOT / "models/body/model.pt")
+    init = {k[len("view_net.") :]: v for k, v in body.items() if k.startswith("view_net.")}
+    torch.save(init, tmp_path / "init.pt")
+    report = train(
+        dataset_dir=str(folder), model_3d=str(ROOT / "models/cpu/model.pt"), minutes=0.15, draws=1,
+        volume_weight=1.0, init=str(tmp_path / "init.pt"), lr=1e-3, score_every=1, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    curve = report["curve"]
+    assert curve[0]["step"] == 0 and curve[0]["loss"] is None and len(curve) >= 2
+    assert all("val_dice" in c for c in curve) and all(c["loss"] > 0 for c in curve[1:])
+    assert report["mean_dice"]["stage_own"] == pytest.approx(max(c["val_dice"] for c in curve), abs=1e-3)
+    assert len(torch.load(tmp_path / "run" / "pool_gt_1_0.pt", weights_only=True)) == report["pool"] == 11
+    moved = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["net"]
+    assert any(not torch.equal(moved[k], init[k]) for k in init)

@@ -16,10 +16,12 @@ Usage::
    vertebra (``DRRd`` of ``gt``, noise-free). The pool is kept in ``<out>/pool_raw_<draws>_<seed>.pt`` and reused.
 2. A 2-D MONAI ``BasicUNet`` maps each z-scored body view (or both at once, as two channels, with
    ``--joint_views True``) to the ``--target`` view (``spine``: the spine alone; ``isolated``: the vertebra alone)
-   by an L1 loss (Adam 1e-3, batches of 8 windows, random left-right flips) for
-   ``--minutes`` of wall time. With probability ``--mix`` a window's body X-ray is replaced by its spine-only X-ray
-   plus the rest of the body (body minus spine) of another window of the pool: line integrals add, so this is a
-   body X-ray of the same spine in other surroundings, and 4 training patients give the stage many more. The
+   by an L1 loss (Adam, ``--lr`` 1e-3, batches of 8 windows, random half turns about the long axis,
+   :func:`half_turn`) for ``--minutes`` of wall time; ``--volume_weight`` adds a loss on ``--model_3d``'s
+   reconstruction from the stage's output (``train``'s arguments). With probability ``--mix`` a window's body
+   X-ray is replaced by its spine-only X-ray plus the rest of the body (body minus spine) of another window of the
+   pool: line integrals add, so this is a body X-ray of the same spine in other surroundings, and 4 training
+   patients give the stage many more. The
    realism draws of ``configs/body.json`` follow, drawn anew at every step. ``--bone_density "(0.3, 1.5)"``
    draws a bone density factor ``f`` per window, uniform in that range, and adds ``(f - 1) * 0.2`` times the
    spine-only X-ray to the body X-ray (:data:`BONE_EXCESS_SHARE`): the vertebrae's attenuation above water's
@@ -27,8 +29,9 @@ Usage::
    ``--pose_deg "(35, 15, 15)"`` bounds the pose draw about the left-right, front-back and long axes in place of
    the configs' ``rotation_deg`` (15 degrees about each): a wider forward and backward tilt, as of lordotic lumbar
    vertebrae. ``--window_shift_mm 15`` moves the windows farther off their vertebra (the configs': 7 mm).
-   Every 200 steps it is scored on the validation patient's body windows (normalised cross-correlation with
-   their true target views), the best is kept (``<out>/stage2d.pt``) and the whole state is saved
+   Every ``--score_every`` steps (200) it is scored on the validation patient's body windows (normalised
+   cross-correlation with their true target views; with ``--volume_weight``, the Dice through ``--model_3d``), the
+   best is kept (``<out>/stage2d.pt``) and the whole state is saved
    (``<out>/last.pt``): a second call resumes and trains ``--minutes`` more.
 3. ``--model_3d``, an EAR trained on the target's X-rays (``configs/lab/recipes/spine_only.json`` for ``spine``,
    the shipped ``models/cpu/model.pt`` for ``isolated``), reconstructs each validation vertebra from its true
@@ -51,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BONE_EXCESS_SHARE", "scale_bone_density", "stage_parser", "train", "combine"]
+__all__ = ["BONE_EXCESS_SHARE", "scale_bone_density", "half_turn", "stage_parser", "train", "combine"]
 
 ROOT = Path(__file__).resolve().parents[2]
 _VIEWS = [[0.0, 0.0], [90.0, 0.0]]
@@ -73,6 +76,16 @@ def scale_bone_density(body: torch.Tensor, spine: torch.Tensor, factor: float) -
     share is scaled. Exact for vertebrae of 250 HU, approximate for others (and for a polychromatic beam).
     """
     return body + (float(factor) - 1.0) * BONE_EXCESS_SHARE * spine
+
+
+def half_turn(views: torch.Tensor, volume: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A window's views ``(B, 2, H, W)`` and its volume ``(B, C, X, Y, Z)`` with the patient turned by 180 degrees
+    about its long axis (seen from behind): both views' columns flipped (the AP's run along X, the lateral's along
+    Y), the volume flipped along X and Y. Exact for parallel rays; in a cone beam a point's magnification also
+    changes with its depth, which the turn reverses: by up to 4 % within 25 mm of the window's centre (a vertebra)
+    at the configs' source-isocentre distance of 700 mm.
+    """
+    return views.flip(-1), None if volume is None else volume.flip([2, 3])
 
 
 def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -128,11 +141,25 @@ def train(
     pose_deg: float | tuple[float, float, float] | None = None,
     window_shift_mm: float | None = None,
     seed: int = 0,
+    volume_weight: float = 0.0,
+    init: str | None = None,
+    lr: float = 1e-3,
+    score_every: int = 200,
     out: str = "runs/spine_stage",
 ) -> dict[str, Any]:
     """Train the view stage and score it with ``model_3d`` (module docstring); returns the report.
 
     The defaults are the settings of the view stage chosen on the validation patient (docs/body-xrays.md).
+
+    Args (beyond the module docstring's):
+        volume_weight: with a value above 0, each step also passes the view stage's output through ``model_3d``
+            (frozen, eval mode: only the view stage learns) and adds ``volume_weight`` times
+            :class:`scripts.losses.EARLoss` between the reconstruction and the window's ground truth (z-scored
+            with ``model_3d``'s contract): the view stage learns what the 3-D stage needs, not only the X-ray.
+            The checkpoint kept is then the one of best validation Dice through ``model_3d`` (else best NCC).
+        init: a view stage (``stage2d.pt``) to start from, e.g. to fine-tune a trained one with the volume loss.
+        lr: Adam's learning rate.
+        score_every: steps between two validation scores and checkpoints.
     """
     import torch.nn.functional as F
     from monai.bundle import ConfigParser
@@ -140,8 +167,9 @@ def train(
     from monai.metrics import compute_dice
     from monai.transforms import Compose
     from scripts.functional import item_seed, zscore_images
+    from scripts.losses import EARLoss
     from scripts.networks import TwoStageEAR, stack_views, volume_from_views
-    from scripts.networks.model_info import load_state_dict_file
+    from scripts.networks.model_info import load_state_dict_file, read_model_info
     from scripts.transforms import DimensionExpansiond, DRRd, SeededDRRd, SpineDRRd
 
     rng = np.random.RandomState(seed)
@@ -149,6 +177,8 @@ def train(
     parser = stage_parser(dataset_dir, pose_deg, window_shift_mm)
     if target not in ("spine", "isolated"):
         raise ValueError(f"target must be 'spine' or 'isolated', got {target!r}.")
+    if volume_weight < 0 or score_every < 1:
+        raise ValueError(f"volume_weight must be >= 0 and score_every >= 1, got {volume_weight!r}, {score_every!r}.")
     if bone_density is not None:
         bone_density = tuple(float(f) for f in bone_density)
         if len(bone_density) != 2 or not 0 <= bone_density[0] <= bone_density[1]:
@@ -184,6 +214,28 @@ def train(
             pool.append((*views, spacing.reshape(-1)[:2]))
     if not pool_file.exists():
         torch.save(pool, pool_file)
+    model_state = load_state_dict_file(model_3d)
+    contract = read_model_info(model_state)
+    gt_mean, gt_std = float(contract["gt_mean"]), float(contract["gt_std"])
+    gt_pool: list[torch.Tensor] = []
+    if volume_weight > 0:  # each pool window's ground truth: the same seeded window draws, without projecting
+        gt_file = Path(out) / f"pool_gt_{draws}_{seed}.pt"
+        gt_pool = torch.load(gt_file, weights_only=True) if gt_file.exists() else []
+        for k in range(0 if gt_pool else int(draws)):
+            for item in parser.get_parsed_content("probe_training"):
+                draw.set_random_state(seed=item_seed(item["id"], 1000 * seed + k))
+                gt = torch.as_tensor(draw(dict(item))["gt"]).as_subclass(torch.Tensor)  # no meta in the file
+                gt_pool.append(((gt.float() - gt_mean) / gt_std).half())
+        if len(gt_pool) != len(pool):
+            raise ValueError(f"{gt_file} holds {len(gt_pool)} windows, the pool {len(pool)}: remove one of them.")
+        if not gt_file.exists():  # the first window's isolated X-ray, projected again, must be the pool's
+            item = parser.get_parsed_content("probe_training")[0]
+            draw.set_random_state(seed=item_seed(item["id"], 1000 * seed))
+            body.set_random_state(seed=item_seed(item["id"], 1000 * seed + 1))
+            first = isolated(spine(body(draw(dict(item)))))
+            if not torch.allclose(grid_views(first, first["p_v"]), pool[0][2], atol=1e-4):
+                raise RuntimeError("the regenerated windows differ from the pool's; remove the pool to draw both anew.")
+            torch.save(gt_pool, gt_file)
     pool_s = time.perf_counter() - t0
     load = Compose(parser.get_parsed_content("load_transforms"))
     seeded = SeededDRRd("body", ref_key="gt", output_keys="p_b", angles=_VIEWS, photon_count=1e6)
@@ -191,13 +243,40 @@ def train(
     vx = torch.stack([grid_views(v, v["p_b"]) for v in val])
     vy = torch.stack([grid_views(v, v["drr" if target == "spine" else "p_v"]) for v in val])
     net = TwoStageEAR(joint_views=joint_views).view_net  # the view stage exactly as TwoStageEAR builds it
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    if init:
+        net.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    opt = torch.optim.Adam(net.parameters(), lr=float(lr))
+    p3 = ConfigParser()
+    p3.read_config([str(ROOT / "configs" / c) for c in (*_BODY_CONFIGS, "lab/recipes/spine_only.json")])
+    p3["dataset_dir"] = dataset_dir
+    model = p3.get_parsed_content("network")
+    model.load_state_dict(model_state)
+    model.eval()
+    for q in model.parameters():
+        q.requires_grad_(False)
+    volume_loss = EARLoss(edge_weight=0.0)
+    threshold = (-500.0 - gt_mean) / gt_std
+    val_gt = [((v["gt"][0].float() - gt_mean) / gt_std) for v in val]
 
     def stage(x: torch.Tensor) -> torch.Tensor:
         if joint_views:
             return net(zscore_images(x))
         b, v, h, w = x.shape
         return net(zscore_images(x).reshape(b * v, 1, h, w)).reshape(b, v, h, w)
+
+    def dice(a: torch.Tensor, b: torch.Tensor) -> float:
+        ma, mb = ((v > threshold).float()[None, None] for v in (a, b))
+        return float(compute_dice(ma, mb, include_background=True, ignore_empty=False))
+
+    def volume(views: torch.Tensor) -> torch.Tensor:  # (B, 2, H, W) -> EAR's expanded input
+        z = zscore_images(views)
+        return volume_from_views(z[:, 0], z[:, 1], z.shape[-1], z.shape[-1])
+
+    def val_dice() -> float:
+        """Mean validation Dice through ``model_3d`` from the view stage's views."""
+        with torch.no_grad():
+            rec = torch.cat([model(volume(stage(vx[i : i + 4])))[:, 0] for i in range(0, len(vx), 4)])
+        return float(np.mean([dice(r, g) for r, g in zip(rec, val_gt)]))
 
     weights, last = Path(out) / "stage2d.pt", Path(out) / "last.pt"
     baseline = _ncc(torch.stack([q[k_target] for q in pool]).mean(0).expand_as(vy), vy)
@@ -209,7 +288,7 @@ def train(
         curve, best, step = state["curve"], state["best"], state["step"]
         rng.set_state(state["rng"])
 
-    def sample(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Window ``i``'s target views and a body X-ray of them: its own, or (``mix``) its spine in the rest of
         the body of another window (line integrals add), then the realism draws."""
         body_i, spine_i, spacing = pool[i][0], pool[i][1], pool[i][3]
@@ -221,16 +300,19 @@ def train(
             x = scale_bone_density(x, spine_i, rng.uniform(*bone_density))
         x = MetaTensor(x.clone(), meta={"pixel_spacing": spacing.tolist()})
         x = realism.set_random_state(seed=int(rng.randint(2**31)))({"drr": x})["drr"]
-        return torch.as_tensor(x).float(), pool[i][k_target]
+        return torch.as_tensor(x).float(), pool[i][k_target], i
 
     def checkpoint(loss: float) -> None:
         """Score on the validation windows, keep the best, save the whole state (atomically)."""
         nonlocal best
         net.eval()
         with torch.no_grad():
-            score = _ncc(stage(vx), vy)
+            ncc = _ncc(stage(vx), vy)
+        curve.append({"step": step, "loss": None if np.isnan(loss) else round(loss, 4), "val_ncc": round(ncc, 4)})
+        score = ncc
+        if volume_weight > 0:
+            score = curve[-1]["val_dice"] = round(val_dice(), 4)
         net.train()
-        curve.append({"step": step, "loss": round(loss, 4), "val_ncc": round(score, 4)})
         print(json.dumps(curve[-1]), flush=True)
         if score > best:
             best = score
@@ -241,46 +323,35 @@ def train(
         os.replace(last.with_suffix(".tmp"), last)
 
     loss = torch.zeros(())
+    if init and not curve:  # the starting view stage's score: what the run must beat to change it
+        checkpoint(float("nan"))
     while time.perf_counter() - start < minutes * 60:
         batch = [sample(int(i)) for i in rng.randint(len(pool), size=8)]
         x, y = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+        g = torch.stack([gt_pool[b[2]].float() for b in batch]) if volume_weight > 0 else None  # (B, 1, X, Y, Z)
         if rng.rand() < 0.5:
-            x, y = x.flip(-1), y.flip(-1)
-        loss = F.l1_loss(stage(x), y)
+            (x, g), y = half_turn(x, g), half_turn(y)[0]
+        out_views = stage(x)
+        loss = F.l1_loss(out_views, y)
+        if g is not None:
+            loss = loss + volume_weight * volume_loss(model(volume(out_views)), g)
         opt.zero_grad()
         loss.backward()
         opt.step()
         step += 1
-        if step % 200 == 0:
+        if step % score_every == 0:
             checkpoint(float(loss.detach()))
     if not curve or curve[-1]["step"] != step:
         checkpoint(float(loss.detach()))
     net.load_state_dict(torch.load(weights, weights_only=True))
     net.eval()
-    p3 = ConfigParser()
-    p3.read_config([str(ROOT / "configs" / c) for c in (*_BODY_CONFIGS, "lab/recipes/spine_only.json")])
-    p3["dataset_dir"] = dataset_dir
-    model = p3.get_parsed_content("network")
-    model.load_state_dict(load_state_dict_file(model_3d))
-    model.eval()
-    stats = p3.get_parsed_content("stats")
-    threshold = (-500.0 - stats["gt_mean"]) / stats["gt_std"]
-
-    def dice(a: torch.Tensor, b: torch.Tensor) -> float:
-        ma, mb = ((v > threshold).float()[None, None] for v in (a, b))
-        return float(compute_dice(ma, mb, include_background=True, ignore_empty=False))
-
-    def volume(views: torch.Tensor) -> torch.Tensor:  # (B, 2, H, W) -> EAR's expanded input
-        z = zscore_images(views)
-        return volume_from_views(z[:, 0], z[:, 1], z.shape[-1], z.shape[-1])
-
     rows = []
     with torch.no_grad():
         predicted = stage(vx)
         for i, v in enumerate(val):
             other = (i + 7) % len(val)
             rec = model(volume(torch.stack([vy[i], predicted[i], predicted[other]])))[:, 0]
-            gt = (v["gt"][0] - stats["gt_mean"]) / stats["gt_std"]
+            gt = val_gt[i]
             rows.append(
                 {"id": v["id"], **{k: dice(r, gt) for k, r in zip(("true_target", "stage_own", "stage_swapped"), rec)}}
             )
@@ -288,7 +359,8 @@ def train(
     report = {
         "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
         "bone_density": bone_density, "pose_deg": parser["rotation_deg"], "window_shift_mm": parser["window_shift_mm"],
-        "joint_views": joint_views, "pool": len(pool), "pool_seconds": round(pool_s, 1), "steps": step,
+        "joint_views": joint_views, "volume_weight": volume_weight, "init": init, "lr": lr,
+        "pool": len(pool), "pool_seconds": round(pool_s, 1), "steps": step,
         "minutes": minutes,
         "val_ncc_best": round(best, 4), "val_ncc_mean_target_baseline": round(baseline, 4), "curve": curve,
         "mean_dice": means, "vertebrae": rows,
