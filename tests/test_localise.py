@@ -365,3 +365,45 @@ def test_label_fit_tells_labels_on_the_bone_from_labels_beside_it():
     off = np.roll(on, 5, axis=1)
     fit = label_fit(hu, off, shell_voxels=2)
     assert fit["bone_share_inside"] == 0.5 and 0.1 < fit["bone_share_shell"] < 0.5
+
+
+def test_a_prepared_datasets_manifest_gives_the_label_map_and_levels_of_any_convention(tmp_path):
+    """finder_data.label_source: a patient with no ``<patient>_seg.nii.gz`` (VerSe ids) takes the label map and the
+    level of each value that the prepared dataset's manifest records, whatever the map's numbering; its centres are
+    the blocks' centroids, and simulated radiographs name them (simulate_patient)."""
+    import csv
+    import json
+
+    import nibabel as nib
+    from scripts.tools.finder_data import label_source, manifest_levels, patient_vertebrae, simulate_patient
+
+    hu = np.full((60, 56, 80), -1000.0, dtype=np.float32)
+    hu[8:52, 6:50, :] = 20.0
+    labels = np.zeros(hu.shape, dtype=np.int16)
+    for value, (x, y, z) in ((201, (30, 26, 55)), (202, (30, 28, 25))):  # values of no known convention
+        labels[x - 5 : x + 6, y - 4 : y + 5, z - 3 : z + 4] = value
+        hu[x - 5 : x + 6, y - 4 : y + 5, z - 3 : z + 4] = 1200.0
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-60.0, -40.0, -80.0]
+    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "p1_labels.nii.gz")
+    nib.save(nib.Nifti1Image(hu, affine), tmp_path / "p1_body.nii.gz")
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(data / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["patient", "level", "label", "status", "source_mask"])
+        w.writeheader()
+        for level, value in (("T12", 201), ("L1", 202), ("L2", 203)):  # L2: recorded, not in this map
+            w.writerow({"patient": "p1", "level": level, "label": value, "status": "ok",
+                        "source_mask": str(tmp_path / "p1_labels.nii.gz")})  # fmt: skip
+    assert manifest_levels(data, "p1")[1] == {201: "T12", 202: "L1", 203: "L2"}
+    assert manifest_levels(data, "p2") is None and manifest_levels(tmp_path / "none", "p1") is None
+    source = label_source("p1", tmp_path / "no_verse_maps", data)
+    assert source[0] == str(tmp_path / "p1_labels.nii.gz") and source[3][201] == "T12"
+    found = patient_vertebrae(*source)
+    assert [v["level"] for v in found] == ["T12", "L1"]
+    np.testing.assert_allclose(found[0]["centre_mm_world"], affine[:3, :3] @ [30, 26, 55] + affine[:3, 3])
+    with pytest.raises(FileNotFoundError, match="no label map .*p2_seg.nii.gz for p2"):
+        label_source("p2", tmp_path / "no_verse_maps", data)
+    rad = simulate_patient(str(tmp_path / "p1_body.nii.gz"), source[0], tmp_path / "work", *source[1:])
+    named = json.loads((rad / "centres.json").read_text())["vertebrae"]
+    assert [v["level"] for v in named] == ["T12", "L1"]

@@ -50,6 +50,7 @@ import torch
 __all__ = [
     "DETECTOR_MM",
     "PIXEL_MM",
+    "manifest_levels",
     "label_source",
     "patient_vertebrae",
     "segment_tilts",
@@ -79,12 +80,35 @@ _ANGLES = np.array([[0.0, 0.0], [90.0, 0.0]])
 ROTATION_DEG = (5.0, 5.0, 8.0)
 
 
-def label_source(patient: str, labels_dir: str | os.PathLike) -> tuple[str, str, str | None]:
-    """Where a patient's vertebra label map is: ``(path, convention, class_map)``.
+def manifest_levels(data: str | os.PathLike, patient: str) -> tuple[str, dict[int, str]] | None:
+    """A patient's label map and its vertebrae as a prepared dataset records them: ``(source_mask, {label:
+    level})`` from ``<data>/manifest.csv`` (every labelled vertebra, the ones the scan cuts included), or None when
+    the manifest does not name the patient's label map (datasets prepared before it did)."""
+    import csv
 
-    The public scans of :data:`scripts.data.sources.PUBLIC_SCANS` (LIDC-IDRI-0001, TotalSegmentator-example)
-    come with their TotalSegmentator maps (fetched by :func:`scripts.data.sources.fetch_public_scan`); the others
-    are ``<labels_dir>/<patient>_seg.nii.gz`` with VerSe ids.
+    path = Path(data) / "manifest.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("patient") == patient and r.get("source_mask")]
+    if not rows:
+        return None
+    masks = {r["source_mask"] for r in rows}
+    if len(masks) != 1:
+        raise ValueError(f"{path} names {len(masks)} label maps for {patient}; one per patient is expected.")
+    return masks.pop(), {int(float(r["label"])): r["level"] for r in rows if r.get("label") and r.get("level")}
+
+
+def label_source(
+    patient: str, labels_dir: str | os.PathLike, data: str | os.PathLike | None = None
+) -> tuple[str, str, str | None, dict[int, str] | None]:
+    """Where a patient's vertebra label map is: ``(path, convention, class_map, levels)``.
+
+    In this order: the public scans of :data:`scripts.data.sources.PUBLIC_SCANS` (LIDC-IDRI-0001,
+    TotalSegmentator-example) with their TotalSegmentator maps (fetched by
+    :func:`scripts.data.sources.fetch_public_scan`); ``<labels_dir>/<patient>_seg.nii.gz`` with VerSe ids; the label
+    map the prepared dataset ``data`` was made from, with the level of each label value from its ``manifest.csv``
+    (:func:`manifest_levels`; any convention ``scripts.prepare`` reads, e.g. TotalSegmentator outputs).
 
     Raises:
         FileNotFoundError: no label map for the patient.
@@ -94,23 +118,32 @@ def label_source(patient: str, labels_dir: str | os.PathLike) -> tuple[str, str,
     public = {spec["patient"]: name for name, spec in PUBLIC_SCANS.items()}
     if patient in public:
         case = fetch_public_scan(public[patient])
-        return case.mask, case.convention, case.class_map
+        return case.mask, case.convention, case.class_map, None
     path = Path(labels_dir) / f"{patient}_seg.nii.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"no label map {path} for {patient}: give --labels_dir (the raw spine-ct folder).")
-    return str(path), "verse", None
+    if path.is_file():
+        return str(path), "verse", None, None
+    recorded = manifest_levels(data, patient) if data is not None else None
+    if recorded is not None and Path(recorded[0]).is_file():
+        return recorded[0], "auto", None, recorded[1]
+    where = f" nor the label map {recorded[0]} that {data}/manifest.csv names" if recorded else ""
+    raise FileNotFoundError(
+        f"no label map {path} for {patient}{where}: give --labels_dir (a folder of <patient>_seg.nii.gz with VerSe "
+        "ids), or prepare the dataset again where its label maps are."
+    )
 
 
-def patient_vertebrae(label_path: str, convention: str = "verse", class_map: str | None = None) -> list[dict]:
+def patient_vertebrae(
+    label_path: str, convention: str = "verse", class_map: str | None = None, levels: dict[int, str] | None = None
+) -> list[dict]:
     """Every labelled vertebra of a label map: ``{"level", "label", "centre_mm_world"}``, top to bottom, the levels
-    the finder names only (C1-L5)."""
+    the finder names only (C1-L5). ``levels`` (label value -> level) replaces the convention and class map."""
     from scripts.data.io import load_volume
     from scripts.data.labels import read_class_map, vertebra_centres
     from scripts.networks.finder import LEVELS
 
     lab = load_volume(label_path, "labels")
     cmap = read_class_map(class_map) if class_map else None
-    found = vertebra_centres(np.asarray(lab[0]).astype(np.int64), np.asarray(lab.affine), convention, cmap)
+    found = vertebra_centres(np.asarray(lab[0]).astype(np.int64), np.asarray(lab.affine), convention, cmap, levels)
     return [c for c in found if c["level"] in LEVELS]
 
 
@@ -136,7 +169,7 @@ def spine_tilts(data: str = "data/body64", labels_dir: str = "../shared/data/spi
             complete.setdefault(item["patient"], (split, set()))[1].add(item["level"])
     out = {}
     for patient, (split, levels) in complete.items():
-        vertebrae = patient_vertebrae(*label_source(patient, labels_dir))
+        vertebrae = patient_vertebrae(*label_source(patient, labels_dir, data))
         kept = [v for v in vertebrae if v["level"] in levels]
         names = [v["level"] for v in kept]
         tilts = segment_tilts([v["centre_mm_world"] for v in kept]) if len(kept) > 1 else np.zeros((0, 2))
@@ -198,7 +231,7 @@ def label_fits(data: str = "data/body64", labels_dir: str = "../shared/data/spin
     for patient, (split, body) in bodies.items():
         img = nib.load(body)
         hu = np.asarray(img.dataobj, dtype=np.float32)
-        labels = resample_labels(label_source(patient, labels_dir)[0], img.affine, hu.shape)
+        labels = resample_labels(label_source(patient, labels_dir, data)[0], img.affine, hu.shape)
         out[patient] = {"split": split, **label_fit(hu, labels)}
         print(json.dumps({"patient": patient, **out[patient]}))
     return out
@@ -245,7 +278,12 @@ def match_centres(true_mm: Any, found_mm: Any, hit_mm: float) -> dict[int, tuple
 
 
 def simulate_patient(
-    body: str, label_path: str, work: Path, convention: str = "verse", class_map: str | None = None
+    body: str,
+    label_path: str,
+    work: Path,
+    convention: str = "verse",
+    class_map: str | None = None,
+    levels: dict[int, str] | None = None,
 ) -> Path:
     """The default simulated radiograph pair of a patient's body scan (reused when ``work/rad`` holds it).
 
@@ -254,10 +292,10 @@ def simulate_patient(
         label_path: the patient's vertebra label map (:func:`label_source`).
         work: the patient's work folder.
         convention: the label map's ids, ``verse`` or ``totalseg`` (:func:`label_source`).
-        class_map: the label map's class map, if any (copied beside the resampled labels, where
-            ``scripts.simulate`` looks for it).
+        class_map: the label map's class map, if any.
+        levels: label value -> level, in place of ``convention`` and ``class_map`` (:func:`label_source`; written
+            as a class map of ``vertebrae_<level>`` names for ``scripts.simulate``).
     """
-    import shutil
     import subprocess
     import sys
 
@@ -265,11 +303,14 @@ def simulate_patient(
     if (rad / "centres.json").is_file() and (rad / "ap.dcm").is_file() and (rad / "lateral.dcm").is_file():
         return rad
     labels = labels_on_grid(label_path, body, work / "labels.nii.gz")
-    if class_map:
-        shutil.copyfile(class_map, work / Path(class_map).name)
+    if levels:
+        class_map, convention = str(work / "levels_class_map.json"), "totalseg"
+        Path(class_map).write_text(json.dumps({str(v): f"vertebrae_{level}" for v, level in levels.items()}))
     # the command itself (importing scripts.simulate here would pass the six floors of tests/test_import_graph.py)
     cmd = [sys.executable, "-m", "scripts.simulate", "radiographs", "--ct", str(body), "--labels", str(labels),
            "--label_convention", convention, "--out", str(rad), "--overwrite", "True"]  # fmt: skip
+    if class_map:
+        cmd += ["--class_map", str(class_map)]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr[-2000:]}")
@@ -443,7 +484,8 @@ def finder_data(
     Args:
         data: the prepared dataset (its ``datalist.json`` names each patient's split and body scan).
         out: the output folder.
-        labels_dir: the raw label maps ``<patient>_seg.nii.gz``.
+        labels_dir: the raw label maps ``<patient>_seg.nii.gz`` (VerSe ids); a patient without one there takes the
+            label map and levels that ``data``'s ``manifest.csv`` records (:func:`label_source`).
         pairs: pairs per training patient.
         val_pairs: pairs per validation patient.
         seed: base seed of the draws and the noise.
@@ -475,7 +517,7 @@ def finder_data(
         skipped += count - len(todo)
         if not todo:
             continue
-        vertebrae = patient_vertebrae(*label_source(patient, labels_dir))
+        vertebrae = patient_vertebrae(*label_source(patient, labels_dir, root))
         hu, affine, _ = load_body_scan(bodies[patient])
         for k in todo:
             s = zlib.crc32(f"{seed}/{patient}/{k}".encode()) & 0x7FFFFFFF

@@ -217,8 +217,8 @@ def finder_eval(
     reported = {"unpinned": 0, "pinned": 0}
     seconds = []
     for k, (patient, info) in enumerate(patients.items()):
-        label_path, convention, class_map = label_source(patient, labels_dir)
-        rad = simulate_patient(info["body"], label_path, Path(work) / patient, convention, class_map)
+        label_path, convention, class_map, levels = label_source(patient, labels_dir, data)
+        rad = simulate_patient(info["body"], label_path, Path(work) / patient, convention, class_map, levels)
         truth = [v for v in json.loads((rad / "centres.json").read_text())["vertebrae"] if v["inside_both"]]
         complete = set(info["levels"])
         lowest = [v for v in truth if v["level"] in complete and v["level"] in LEVELS][-1]  # S1 is not a level

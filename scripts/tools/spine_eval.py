@@ -121,8 +121,8 @@ def spine_eval(
         p["levels"].append(item["level"])
     rows: list[dict] = []
     for patient, info in patients.items():
-        label_path, convention, class_map = label_source(patient, labels_dir)
-        rad = simulate_patient(info["body"], label_path, Path(work) / patient, convention, class_map)
+        label_path, convention, class_map, levels = label_source(patient, labels_dir, data)
+        rad = simulate_patient(info["body"], label_path, Path(work) / patient, convention, class_map, levels)
         centres = json.loads((rad / "centres.json").read_text())["vertebrae"]
         truth = [v for v in centres if v["level"] in info["levels"] and v["inside_both"]]
         lowest = truth[-1]
