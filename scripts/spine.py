@@ -81,6 +81,7 @@ __all__ = [
     "reassemble",
     "render_spine",
     "spine",
+    "file_record",
     "run_inference",
     "reconstruct",
     "radiographs",
@@ -697,6 +698,15 @@ def _read_timers(timers: Mapping[str, Any], timings: dict[str, float] | None) ->
             timings[stage] = timings.get(stage, 0.0) + float(timer.value())
 
 
+def file_record(path: str | os.PathLike) -> dict[str, str]:
+    """``{"file", "sha256"}`` of a model file, for reports: the path relative to the bundle root when inside it."""
+    import hashlib
+
+    p = Path(path).resolve()
+    name = os.path.relpath(p, BUNDLE_ROOT) if p.is_relative_to(BUNDLE_ROOT.resolve()) else str(p)
+    return {"file": name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+
+
 def run_inference(
     cases: Sequence[Mapping[str, Any]],
     config_file: str | Sequence[str] | None = None,
@@ -705,6 +715,7 @@ def run_inference(
     timings: dict[str, float] | None = None,
     progress: bool = True,
     confidences: dict[str, dict] | None = None,
+    model: dict[str, str] | None = None,
     **overrides: Any,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Reconstruct inference cases with the bundle's inference workflow, ``batch_size`` cases per network call.
@@ -726,6 +737,8 @@ def run_inference(
         confidences: if given, each case's confidence entries (``confidence``, ``confidence_calibrated``,
             ``tta_agreement``, ``window_centring``, ``flag``, ``input_type``, ``input_background_share``;
             docs/confidence.md) are put in it by case id.
+        model: if given, the model file the workflow loaded is put in it (:func:`file_record`: ``file``,
+            ``sha256``).
         overrides: values of the inference config (``ckpt_dir``, ``invert``, ``sdd``, ``device``, ...).
 
     Returns:
@@ -755,6 +768,8 @@ def run_inference(
             settings["output_dir"] = str(output_dir)
         with watch("workflow"):
             workflow = create_workflow(config_file=files, workflow_type="infer", **{**overrides, **settings})
+        if model is not None:
+            model.update(file_record(workflow.parser.get_parsed_content("model_file")))
         evaluator = workflow.evaluator
         timers = _time_stages(evaluator)
         evaluator.add_event_handler(Events.ITERATION_COMPLETED, _collect_predictions, volumes, confidences)
@@ -862,9 +877,11 @@ def reconstruct(
         overrides["device"] = f"$torch.device({str(device)!r})"
     inputs = [{"xray": c.xray, "id": c.id, **({} if c.angles is None else {"angles": c.angles})} for c in pairs]
     confidences: dict[str, dict] = {}
+    reconstruction: dict[str, str] = {}
     volumes = run_inference(
-        inputs, config_file, batch_size, output_dir=out, timings=timings, confidences=confidences, **overrides
-    )
+        inputs, config_file, batch_size, output_dir=out, timings=timings, confidences=confidences,
+        model=reconstruction, **overrides,
+    )  # fmt: skip
     if save_vertebrae:
         _save_vertebrae(pairs, volumes, Path(out), timings)
     by_patient: dict[str, list[Vertebra]] = {}
@@ -1171,9 +1188,11 @@ def radiographs(
     inputs = [{"radiographs": files, "centre_mm": list(c.centre_mm), "id": c.id, **extra} for c in cases]
     confidences: dict[str, dict] = {}
     earlier = _earlier_outputs(Path(out) / patient, patient)
+    reconstruction: dict[str, str] = {}
     volumes = run_inference(
-        inputs, config_file, batch_size, output_dir=out, timings=timings, confidences=confidences, **overrides
-    )
+        inputs, config_file, batch_size, output_dir=out, timings=timings, confidences=confidences,
+        model=reconstruction, **overrides,
+    )  # fmt: skip
     flagged: dict[str, list[str]] = {}
     for case in cases:
         flag = (confidences.get(case.id) or {}).get("flag")
@@ -1209,6 +1228,12 @@ def radiographs(
         "world_to_system": None if w2s is None else np.asarray(w2s).tolist(),
         "found_by": "given centres" if centres is not None else "vertebra finder",
         "finder_settings": finder_settings,
+    }
+    from scripts.localise import DEFAULT_FINDER_MODEL
+
+    report["models"] = {
+        "finder": None if centres is not None else file_record(finder or DEFAULT_FINDER_MODEL),
+        "reconstruction": reconstruction,
     }
     report["reconstruction_configs"] = [
         os.path.relpath(c, BUNDLE_ROOT) if str(c).startswith(str(BUNDLE_ROOT)) else str(c)

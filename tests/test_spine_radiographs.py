@@ -34,11 +34,22 @@ def pair(tmp_path_factory):
 
 
 def test_given_centres_give_every_output_placed_in_the_system_and_world_frames(pair, tmp_path):
+    import hashlib
+    import shutil
+
     out = tmp_path / "spine"
+    mine = tmp_path / "my_model"  # a model of one's own (--ckpt_dir): the report names the file that ran
+    mine.mkdir()
+    shutil.copyfile(ROOT / "models" / "cpu" / "model.pt", mine / "model.pt")
     report = radiographs(
         str(pair / "ap.dcm"), str(pair / "lateral.dcm"), out=str(out), patient="P1",
-        centres=str(pair / "centres.json"), config_file=CPU, batch_size=3, confidence=False,
+        centres=str(pair / "centres.json"), config_file=CPU, batch_size=3, confidence=False, ckpt_dir=str(mine),
     )  # fmt: skip
+    sha = hashlib.sha256((mine / "model.pt").read_bytes()).hexdigest()
+    assert report["models"] == {
+        "finder": None,
+        "reconstruction": {"file": str((mine / "model.pt").resolve()), "sha256": sha},
+    }
     folder = out / "P1"
     for name in ("labels.nii.gz", "hu.nii.gz", "spine.json", "spine.png", "radiographs.png", "spine.stl"):
         assert (folder / f"P1_{name}").is_file(), name
