@@ -121,3 +121,14 @@ def test_training_writes_into_its_run_folder_and_inference_reads_the_bundle_mode
     assert Path(infer.get_parsed_content("ckpt_dir")).resolve() == shipped.resolve()
     evaluate = _parser("train.json", "evaluate.json", *size)
     assert Path(evaluate.get_parsed_content("ckpt_dir")).resolve() == shipped.resolve()
+
+
+@pytest.mark.parametrize("config", ["train.json", "finder_train.json"])
+def test_a_run_shorter_than_the_validation_interval_still_validates(config):
+    """``--epochs`` below ``val_interval`` validates every epoch, so the run keeps a model.pt."""
+    for epochs, interval in ((2, 2), (100, 3)):
+        parser = _parser(config)
+        parser["epochs"], parser["val_interval"] = epochs, 3
+        handler = next(h for h in parser["train"]["handlers"] if h["_target_"] == "ValidationHandler")
+        parser["probe"] = handler["interval"]
+        assert parser.get_parsed_content("probe") == interval
