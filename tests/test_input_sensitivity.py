@@ -34,3 +34,11 @@ def test_a_model_blind_to_its_inputs_scores_the_same_with_swapped_views(trained,
     torch.save(state, blind)
     means = _run(blind, dataset, tmp_path)["mean_dice"]
     assert means["own"] == pytest.approx(means["both_swapped"]) == pytest.approx(means["ap_swapped"])
+
+
+def test_an_offset_that_swaps_a_vertebra_with_itself_is_refused(trained, dataset, tmp_path):
+    with pytest.raises(ValueError, match="--offset 2 swaps each of the 2 vertebrae .* with itself"):
+        input_sensitivity(
+            model=str(trained / "model.pt"), dataset_dir=str(dataset), configs=["configs/train.json"],
+            split="training", offset=2, overrides=dict(SMALL),
+        )  # fmt: skip

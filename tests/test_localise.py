@@ -397,13 +397,23 @@ def test_a_prepared_datasets_manifest_gives_the_label_map_and_levels_of_any_conv
                         "source_mask": str(tmp_path / "p1_labels.nii.gz")})  # fmt: skip
     assert manifest_levels(data, "p1")[1] == {201: "T12", 202: "L1", 203: "L2"}
     assert manifest_levels(data, "p2") is None and manifest_levels(tmp_path / "none", "p1") is None
-    source = label_source("p1", tmp_path / "no_verse_maps", data)
+    other = tmp_path / "verse_maps"  # a VerSe map of the same name elsewhere: the dataset's own map wins
+    other.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros_like(labels), affine), other / "p1_seg.nii.gz")
+    source = label_source("p1", other, data)
     assert source[0] == str(tmp_path / "p1_labels.nii.gz") and source[3][201] == "T12"
     found = patient_vertebrae(*source)
     assert [v["level"] for v in found] == ["T12", "L1"]
     np.testing.assert_allclose(found[0]["centre_mm_world"], affine[:3, :3] @ [30, 26, 55] + affine[:3, 3])
     with pytest.raises(FileNotFoundError, match="no label map .*p2_seg.nii.gz for p2"):
         label_source("p2", tmp_path / "no_verse_maps", data)
+    nib.save(nib.Nifti1Image(labels, affine), other / "p2_seg.nii.gz")  # not in the manifest: the VerSe map
+    assert label_source("p2", other, data) == (str(other / "p2_seg.nii.gz"), "verse", None, None)
+    with open(data / "manifest.csv", "a", newline="") as f:  # per-structure masks: a folder, not a label map
+        csv.writer(f).writerow(["p3", "L1", 1, "ok", str(tmp_path / "segmentations")])
+    (tmp_path / "segmentations").mkdir()
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        label_source("p3", other, data)
     rad = simulate_patient(str(tmp_path / "p1_body.nii.gz"), source[0], tmp_path / "work", *source[1:])
     named = json.loads((rad / "centres.json").read_text())["vertebrae"]
     assert [v["level"] for v in named] == ["T12", "L1"]

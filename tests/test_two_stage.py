@@ -300,3 +300,5 @@ def test_the_volume_loss_trains_the_view_stage_through_the_frozen_3d_stage(examp
     assert len(torch.load(tmp_path / "run" / "pool_gt_1_0.pt", weights_only=True)) == report["pool"] == 11
     moved = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["net"]
     assert any(not torch.equal(moved[k], init[k]) for k in init)
+    with pytest.raises(ValueError, match="keeps the best val_dice, this one the best val_ncc"):  # another kind of run
+        train(dataset_dir=str(folder), minutes=0.0, draws=1, out=str(tmp_path / "run"))

@@ -262,12 +262,8 @@ def confidence_study(
     return {"summary": summary, "calibration": cal.to_dict()}
 
 
-def _main(**kwargs: Any) -> None:
-    confidence_study(**kwargs)
-
-
 if __name__ == "__main__":
     import fire
 
     os.chdir(ROOT)
-    fire.Fire(_main)
+    fire.Fire(confidence_study, serialize=lambda result: None)

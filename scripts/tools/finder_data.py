@@ -106,9 +106,11 @@ def label_source(
 
     In this order: the public scans of :data:`scripts.data.sources.PUBLIC_SCANS` (LIDC-IDRI-0001,
     TotalSegmentator-example) with their TotalSegmentator maps (fetched by
-    :func:`scripts.data.sources.fetch_public_scan`); ``<labels_dir>/<patient>_seg.nii.gz`` with VerSe ids; the label
-    map the prepared dataset ``data`` was made from, with the level of each label value from its ``manifest.csv``
-    (:func:`manifest_levels`; any convention ``scripts.prepare`` reads, e.g. TotalSegmentator outputs).
+    :func:`scripts.data.sources.fetch_public_scan`); the label map the prepared dataset ``data`` was made from, with
+    the level of each label value from its ``manifest.csv`` (:func:`manifest_levels`: the levels ``scripts.prepare``
+    read, in any convention, e.g. TotalSegmentator outputs; a multilabel map, not a folder of masks); else
+    ``<labels_dir>/<patient>_seg.nii.gz`` with VerSe ids (datasets whose manifest does not name the map). For the
+    shipped patients both give the same vertebrae.
 
     Raises:
         FileNotFoundError: no label map for the patient.
@@ -119,16 +121,19 @@ def label_source(
     if patient in public:
         case = fetch_public_scan(public[patient])
         return case.mask, case.convention, case.class_map, None
-    path = Path(labels_dir) / f"{patient}_seg.nii.gz"
-    if path.is_file():
-        return str(path), "verse", None, None
     recorded = manifest_levels(data, patient) if data is not None else None
     if recorded is not None and Path(recorded[0]).is_file():
         return recorded[0], "auto", None, recorded[1]
-    where = f" nor the label map {recorded[0]} that {data}/manifest.csv names" if recorded else ""
+    path = Path(labels_dir) / f"{patient}_seg.nii.gz"
+    if path.is_file():
+        return str(path), "verse", None, None
+    where = ""
+    if recorded is not None:
+        kind = "a folder (per-structure masks)" if Path(recorded[0]).is_dir() else "missing"
+        where = f"; the label map that {data}/manifest.csv names, {recorded[0]}, is {kind}"
     raise FileNotFoundError(
-        f"no label map {path} for {patient}{where}: give --labels_dir (a folder of <patient>_seg.nii.gz with VerSe "
-        "ids), or prepare the dataset again where its label maps are."
+        f"no label map {path} for {patient}{where}: prepare the dataset from one multilabel map per patient (run "
+        "from the folder it was prepared in), or give --labels_dir (a folder of <patient>_seg.nii.gz, VerSe ids)."
     )
 
 
@@ -484,8 +489,8 @@ def finder_data(
     Args:
         data: the prepared dataset (its ``datalist.json`` names each patient's split and body scan).
         out: the output folder.
-        labels_dir: the raw label maps ``<patient>_seg.nii.gz`` (VerSe ids); a patient without one there takes the
-            label map and levels that ``data``'s ``manifest.csv`` records (:func:`label_source`).
+        labels_dir: the raw label maps ``<patient>_seg.nii.gz`` (VerSe ids), for patients whose label map ``data``'s
+            ``manifest.csv`` does not name (:func:`label_source`).
         pairs: pairs per training patient.
         val_pairs: pairs per validation patient.
         seed: base seed of the draws and the noise.

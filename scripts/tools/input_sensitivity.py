@@ -55,13 +55,16 @@ def input_sensitivity(
 ) -> dict[str, Any]:
     """Run the swap test (see the module's docstring); returns the per-vertebra Dice and their means."""
     from monai.bundle import ConfigParser
-    from scripts.networks.model_info import load_state_dict_file
+    from scripts.networks.model_info import load_state_dict_file, read_model_info
 
     parser = ConfigParser()
     parser.read_config([str(ROOT / c) for c in configs])
     parser["dataset_dir"] = dataset_dir
     parser["validate_perturbed"] = False
     parser["model_file"] = model  # what a config that rebuilds its network from the file (body_model.json) reads
+    info = read_model_info(load_state_dict_file(model))
+    if info.get("gt_mean") is not None:  # the ground truth and the threshold on the model's own intensity scale
+        parser["stats"] = {"gt_mean": float(info["gt_mean"]), "gt_std": float(info["gt_std"])}
     for key, value in (overrides or {}).items():
         parser[key] = value
     # the config's own split reader (scripts.workflow.load_split), for the chosen split
@@ -75,6 +78,11 @@ def input_sensitivity(
     items = [transform(item) for item in parser.get_parsed_content("validate#dataset#data")]
     if len(items) < 2:
         raise ValueError(f"the swap test needs at least 2 vertebrae in the {split!r} split, found {len(items)}.")
+    if offset % len(items) == 0:
+        raise ValueError(
+            f"--offset {offset} swaps each of the {len(items)} vertebrae of the {split!r} split with itself; give an "
+            f"offset that is not a multiple of {len(items)}, e.g. --offset {max(1, len(items) // 2)}."
+        )
     rows = []
     with torch.no_grad():
         for i, item in enumerate(items):
@@ -101,12 +109,8 @@ def input_sensitivity(
     return report
 
 
-def _main(**kwargs: Any) -> None:
-    input_sensitivity(**kwargs)
-
-
 if __name__ == "__main__":
     import fire
 
     os.chdir(ROOT)
-    fire.Fire(_main)
+    fire.Fire(input_sensitivity, serialize=lambda result: None)

@@ -36,7 +36,8 @@ Usage::
 3. ``--model_3d``, an EAR trained on the target's X-rays (``configs/lab/recipes/spine_only.json`` for ``spine``,
    the shipped ``models/cpu/model.pt`` for ``isolated``), reconstructs each validation vertebra from its true
    target views, from the 2-D stage's views, and from the 2-D stage's views of the vertebra seven places further
-   (the swap test); Dice at -500 HU by MONAI's ``compute_dice``. Written to ``<out>/report.json``.
+   (one place with a multiple of 7 validation vertebrae; the swap test); Dice at -500 HU by MONAI's
+   ``compute_dice``. Written to ``<out>/report.json``.
 
 ``combine`` writes the two stages' weights as one :class:`~scripts.networks.TwoStageEAR` state dict, the
 ``--pretrained`` of a joint fine-tune with ``configs/lab/recipes/two_stage.json``.
@@ -281,8 +282,14 @@ def train(
     weights, last = Path(out) / "stage2d.pt", Path(out) / "last.pt"
     baseline = _ncc(torch.stack([q[k_target] for q in pool]).mean(0).expand_as(vy), vy)
     curve, best, step, start = [], -1.0, 0, time.perf_counter()
+    criterion = "val_dice" if volume_weight > 0 else "val_ncc"  # what picks the best checkpoint
     if last.exists():  # resume: the run goes on for --minutes more
         state = torch.load(last, weights_only=False)
+        if state.get("criterion", "val_ncc") != criterion:
+            raise ValueError(
+                f"{last} is a run that keeps the best {state.get('criterion', 'val_ncc')}, this one the best "
+                f"{criterion} (--volume_weight {volume_weight}); give another --out, or the run's own --volume_weight."
+            )
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         curve, best, step = state["curve"], state["best"], state["step"]
@@ -318,7 +325,7 @@ def train(
             best = score
             torch.save(net.state_dict(), weights)
         state = {"net": net.state_dict(), "opt": opt.state_dict(), "curve": curve, "best": best, "step": step,
-                 "rng": rng.get_state()}  # fmt: skip
+                 "rng": rng.get_state(), "criterion": criterion}  # fmt: skip
         torch.save(state, last.with_suffix(".tmp"))
         os.replace(last.with_suffix(".tmp"), last)
 
@@ -348,8 +355,9 @@ def train(
     rows = []
     with torch.no_grad():
         predicted = stage(vx)
+        offset = 7 if len(val) % 7 else 1  # the swap test's other vertebra: never the vertebra itself (n > 1)
         for i, v in enumerate(val):
-            other = (i + 7) % len(val)
+            other = (i + offset) % len(val)
             rec = model(volume(torch.stack([vy[i], predicted[i], predicted[other]])))[:, 0]
             gt = val_gt[i]
             rows.append(
