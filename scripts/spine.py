@@ -481,12 +481,13 @@ def _write_patient(
     volumes: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     timings: dict[str, float] | None = None,
     confidences: Mapping[str, Mapping[str, Any]] | None = None,
+    models: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Meshes, label map, HU volume, rendering and report of one patient's vertebrae.
 
     ``volumes`` (``{case id: (HU volume (X, Y, Z), its own affine)}``) gives the predictions in memory;
     without it they are read from ``case.pred``. ``timings`` collects seconds per stage. ``confidences`` (by case
-    id) adds each vertebra's confidence entries to the report.
+    id) adds each vertebra's confidence entries to the report, ``models`` the model files that ran (``"models"``).
     """
     import trimesh
 
@@ -545,6 +546,8 @@ def _write_patient(
         "vertebrae": summary,
         "combined_mesh": combined,
     }
+    if models is not None:
+        report["models"] = dict(models)
     with watch("write"), atomic_path(folder / f"{patient}_spine.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))
     return report
@@ -891,7 +894,7 @@ def reconstruct(
     for pid, group in sorted(by_patient.items()):
         reports[pid] = _write_patient(
             pid, group, Path(out), float(level), spacing, "auto", formats, volumes=volumes, timings=timings,
-            confidences=confidences,
+            confidences=confidences, models={"reconstruction": reconstruction},
         )  # fmt: skip
         print(f"{pid}: {len(group)} vertebrae reconstructed -> {Path(out) / pid}", file=sys.stderr)
     return reports

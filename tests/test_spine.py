@@ -172,6 +172,9 @@ def test_reconstruct_in_batches_places_and_assembles_every_vertebra(xray_spine, 
         assert entry["flag"] in ("", "low confidence")
     for name in ("bench_labels.nii.gz", "bench_hu.nii.gz", "bench_spine.png", "bench_spine.json"):
         assert (folder / name).is_file()
+    model = report["models"]["reconstruction"]  # the model file that ran, in the report and its file
+    assert model["file"] == "models/cpu/model.pt" and len(model["sha256"]) == 64
+    assert json.loads((folder / "bench_spine.json").read_text())["models"] == report["models"]
     for crop in crops:  # each reconstruction is written where its crop lies in patient space
         img = nib.load(folder / "vertebrae" / f"{crop['id']}_hu.nii.gz")
         assert img.shape == (64, 64, 64)
