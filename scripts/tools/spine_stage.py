@@ -172,6 +172,8 @@ def train(
     from scripts.networks import TwoStageEAR, stack_views, volume_from_views
     from scripts.networks.model_info import load_state_dict_file, read_model_info
     from scripts.transforms import DimensionExpansiond, DRRd, SeededDRRd, SpineDRRd
+    from scripts.utils import atomic_path
+    from tqdm import tqdm
 
     rng = np.random.RandomState(seed)
     torch.manual_seed(seed)
@@ -205,7 +207,7 @@ def train(
     Path(out).mkdir(parents=True, exist_ok=True)
     pool_file = Path(out) / f"pool_raw_{draws}_{seed}.pt"
     pool = torch.load(pool_file, weights_only=True) if pool_file.exists() else []
-    for k in range(0 if pool else int(draws)):
+    for k in tqdm(range(0 if pool else int(draws)), desc="pool of windows, draws", disable=bool(pool)):
         for item in parser.get_parsed_content("probe_training"):
             draw.set_random_state(seed=item_seed(item["id"], 1000 * seed + k))
             body.set_random_state(seed=item_seed(item["id"], 1000 * seed + k + 1))
@@ -214,7 +216,8 @@ def train(
             views = [grid_views(d, d[key]) for key in ("p_b", "drr", "p_v")]
             pool.append((*views, spacing.reshape(-1)[:2]))
     if not pool_file.exists():
-        torch.save(pool, pool_file)
+        with atomic_path(pool_file) as tmp:  # a killed run leaves no half-written pool to resume from
+            torch.save(pool, tmp)
     model_state = load_state_dict_file(model_3d)
     contract = read_model_info(model_state)
     gt_mean, gt_std = float(contract["gt_mean"]), float(contract["gt_std"])
@@ -222,7 +225,7 @@ def train(
     if volume_weight > 0:  # each pool window's ground truth: the same seeded window draws, without projecting
         gt_file = Path(out) / f"pool_gt_{draws}_{seed}.pt"
         gt_pool = torch.load(gt_file, weights_only=True) if gt_file.exists() else []
-        for k in range(0 if gt_pool else int(draws)):
+        for k in tqdm(range(0 if gt_pool else int(draws)), desc="ground truths, draws", disable=bool(gt_pool)):
             for item in parser.get_parsed_content("probe_training"):
                 draw.set_random_state(seed=item_seed(item["id"], 1000 * seed + k))
                 gt = torch.as_tensor(draw(dict(item))["gt"]).as_subclass(torch.Tensor)  # no meta in the file
@@ -236,7 +239,8 @@ def train(
             first = isolated(spine(body(draw(dict(item)))))
             if not torch.allclose(grid_views(first, first["p_v"]), pool[0][2], atol=1e-4):
                 raise RuntimeError("the regenerated windows differ from the pool's; remove the pool to draw both anew.")
-            torch.save(gt_pool, gt_file)
+            with atomic_path(gt_file) as tmp:
+                torch.save(gt_pool, tmp)
     pool_s = time.perf_counter() - t0
     load = Compose(parser.get_parsed_content("load_transforms"))
     seeded = SeededDRRd("body", ref_key="gt", output_keys="p_b", angles=_VIEWS, photon_count=1e6)
@@ -323,7 +327,8 @@ def train(
         print(json.dumps(curve[-1]), flush=True)
         if score > best:
             best = score
-            torch.save(net.state_dict(), weights)
+            with atomic_path(weights) as tmp:
+                torch.save(net.state_dict(), tmp)
         state = {"net": net.state_dict(), "opt": opt.state_dict(), "curve": curve, "best": best, "step": step,
                  "rng": rng.get_state(), "criterion": criterion}  # fmt: skip
         torch.save(state, last.with_suffix(".tmp"))
