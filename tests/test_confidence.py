@@ -417,3 +417,14 @@ def test_configs_check_the_input_type_the_model_records(tmp_path):
         workflow.expected_input("yes", model("gt"))
     assert workflow.confidence_columns(True, None, "isolated")[-1] == "input_background_share"
     assert workflow.confidence_columns(False, None, "isolated") == ["input_background_share"]
+
+
+def test_the_study_needs_a_validation_and_a_test_split_before_it_runs(tmp_path):
+    import json
+
+    from scripts.tools.confidence_study import confidence_study
+
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"id": "a"}], "validation": [{"id": "b"}]}))
+    with pytest.raises(ValueError, match="has no test vertebrae"):
+        confidence_study(dataset_dir=str(tmp_path), out=str(tmp_path / "study"))
+    assert not list(tmp_path.glob("study*")), "nothing is written"
