@@ -66,7 +66,7 @@ from scripts.data.labels import VERSE_LABELS
 from scripts.errors import BundleInputError, XRayInputError
 from scripts.io.mesh import BONE_LEVEL_HU, EmptyMeshError, mesh_report, volume_to_mesh, write_mesh
 from scripts.io.outputs import REPORT_KEYS
-from scripts.utils import atomic_path
+from scripts.utils import atomic_path, file_sha256
 from tqdm import tqdm
 
 if TYPE_CHECKING:  # matplotlib and trimesh are imported where a rendering or mesh is made
@@ -703,11 +703,9 @@ def _read_timers(timers: Mapping[str, Any], timings: dict[str, float] | None) ->
 
 def file_record(path: str | os.PathLike) -> dict[str, str]:
     """``{"file", "sha256"}`` of a model file, for reports: the path relative to the bundle root when inside it."""
-    import hashlib
-
     p = Path(path).resolve()
     name = os.path.relpath(p, BUNDLE_ROOT) if p.is_relative_to(BUNDLE_ROOT.resolve()) else str(p)
-    return {"file": name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    return {"file": name, "sha256": file_sha256(p)}
 
 
 def run_inference(
@@ -771,7 +769,7 @@ def run_inference(
             settings["output_dir"] = str(output_dir)
         with watch("workflow"):
             workflow = create_workflow(config_file=files, workflow_type="infer", **{**overrides, **settings})
-        if model is not None:
+        if model is not None and workflow.parser.get_parsed_content("load_pretrain"):
             model.update(file_record(workflow.parser.get_parsed_content("model_file")))
         evaluator = workflow.evaluator
         timers = _time_stages(evaluator)

@@ -425,6 +425,6 @@ def test_the_study_needs_a_validation_and_a_test_split_before_it_runs(tmp_path):
     from scripts.tools.confidence_study import confidence_study
 
     (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"id": "a"}], "validation": [{"id": "b"}]}))
-    with pytest.raises(ValueError, match="has no test vertebrae"):
+    with pytest.raises(ValueError, match="has no split 'test'"):
         confidence_study(dataset_dir=str(tmp_path), out=str(tmp_path / "study"))
     assert not list(tmp_path.glob("study*")), "nothing is written"

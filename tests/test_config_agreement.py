@@ -125,10 +125,11 @@ def test_training_writes_into_its_run_folder_and_inference_reads_the_bundle_mode
 
 @pytest.mark.parametrize("config", ["train.json", "finder_train.json"])
 def test_a_run_shorter_than_the_validation_interval_still_validates(config):
-    """``--epochs`` below ``val_interval`` validates every epoch, so the run keeps a model.pt."""
-    for epochs, interval in ((2, 2), (100, 3)):
+    """``--epochs`` below ``val_interval`` validates every epoch, so the run keeps a model.pt; ``--val_interval 0``
+    never validates (the epoch benchmark's timing runs)."""
+    for epochs, val_interval, interval in ((2, 3, 2), (100, 3, 3), (4, 0, 5)):
         parser = _parser(config)
-        parser["epochs"], parser["val_interval"] = epochs, 3
+        parser["epochs"], parser["val_interval"] = epochs, val_interval
         handler = next(h for h in parser["train"]["handlers"] if h["_target_"] == "ValidationHandler")
         parser["probe"] = handler["interval"]
         assert parser.get_parsed_content("probe") == interval

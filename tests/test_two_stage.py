@@ -279,8 +279,8 @@ def test_half_turn_keeps_views_and_volume_consistent():
 
 @pytest.mark.slow
 def test_the_volume_loss_trains_the_view_stage_through_the_frozen_3d_stage(example64, tmp_path):
-    """``train --volume_weight``: the starting view stage is scored first, its weights move, the 3-D stage's do not
-    matter (it is only read), and the view stage kept is the one of best validation Dice."""
+    """``train --volume_weight``: the starting view stage is scored first, its weights move, the view stage kept is
+    the one of best validation Dice, and the run folder resumes only its own kind of run."""
     from scripts.networks.model_info import load_state_dict_file
     from scripts.tools.spine_stage import train
     from tests.conftest import ROOT
@@ -297,6 +297,8 @@ def test_the_volume_loss_trains_the_view_stage_through_the_frozen_3d_stage(examp
     assert curve[0]["step"] == 0 and curve[0]["loss"] is None and len(curve) >= 2
     assert all("val_dice" in c for c in curve) and all(c["loss"] > 0 for c in curve[1:])
     assert report["mean_dice"]["stage_own"] == pytest.approx(max(c["val_dice"] for c in curve), abs=1e-3)
+    assert report["val_dice_best"] == pytest.approx(max(c["val_dice"] for c in curve), abs=1e-4)
+    assert report["mean_dice"]["stage_swapped"] is None, "one validation vertebra: no swap test"
     assert len(torch.load(tmp_path / "run" / "pool_gt_1_0.pt", weights_only=True)) == report["pool"] == 11
     moved = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["net"]
     assert any(not torch.equal(moved[k], init[k]) for k in init)

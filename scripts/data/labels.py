@@ -212,11 +212,7 @@ def parse_levels(spec: str | Iterable[str] | None) -> set[str] | None:
 
 
 def vertebra_centres(
-    labels: np.ndarray,
-    affine: np.ndarray,
-    convention: str = "auto",
-    class_map: dict[int, str] | None = None,
-    levels: dict[int, str] | None = None,
+    labels: np.ndarray, affine: np.ndarray, convention: str = "auto", class_map: dict[int, str] | None = None
 ) -> list[dict[str, Any]]:
     """The centre (world mm, the mean of its voxels) of every vertebra of a label map, top to bottom.
 
@@ -225,17 +221,11 @@ def vertebra_centres(
         affine: its voxel-to-world matrix.
         convention: the label values' convention (see :func:`vertebra_labels`).
         class_map: value -> structure name, for label maps with their own numbering.
-        levels: value -> level (e.g. ``{20: "L1"}``), in place of ``convention`` and ``class_map``: the vertebrae
-            of a prepared dataset's ``manifest.csv``; values absent from the map are left out.
 
     Returns:
         ``{"level", "label", "centre_mm_world"}`` per vertebra, the highest first.
     """
-    if levels is None:
-        levels = vertebra_labels(np.unique(labels), convention, class_map)
-    else:
-        present = set(np.unique(labels).tolist())
-        levels = {int(v): str(level) for v, level in levels.items() if int(v) in present}
+    levels = vertebra_labels(np.unique(labels), convention, class_map)
     aff = np.asarray(affine, dtype=np.float64)
     out = []
     for value, level in levels.items():

@@ -147,7 +147,7 @@ def epoch(
             if procs > 1:
                 cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "-m"] + cmd[2:]
                 cmd[-1] = str(files + ["configs/multi_gpu_train.json"])
-            cmd += ["--epochs", str(epochs), "--val_interval", str(epochs + 1), "--resume", "false"]
+            cmd += ["--epochs", str(epochs), "--val_interval", "0", "--resume", "False"]  # 0: no validation
             cmd += ["--ckpt_dir", f"{tmp}/models", "--output_dir", f"{tmp}/runs"] + extra
             if dataset_dir:
                 cmd += ["--dataset_dir", str(dataset_dir)]

@@ -237,14 +237,10 @@ def confidence_study(
 
     if held_out not in {kind for kind, _ in CONDITIONS.values()} - {"clean"}:
         raise ValueError(f"--held_out must be a degradation type among {sorted({k for k, _ in CONDITIONS.values()})}.")
-    datalist = Path(dataset_dir) / "datalist.json"
-    held = json.loads(datalist.read_text()) if datalist.is_file() else {}
-    missing = [s for s in ("validation", "test") if not held.get(s)]
-    if missing:  # before any of the twelve evaluations
-        raise ValueError(
-            f"{datalist} has no {' and no '.join(missing)} vertebrae: the study fits the calibration on the validation "
-            "split and scores it on the test split; prepare the dataset with both (a split column or --split)."
-        )
+    from scripts.workflow import load_split
+
+    for split in ("validation", "test"):  # the calibration is fitted on one and scored on the other: both, first
+        load_split(dataset_dir, split)
     out_path = Path(out)
     work = out_path.parent / f"{out_path.name}_runs"
     work.mkdir(parents=True, exist_ok=True)

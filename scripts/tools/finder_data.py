@@ -53,6 +53,7 @@ __all__ = [
     "manifest_levels",
     "label_source",
     "patient_vertebrae",
+    "levels_class_map",
     "segment_tilts",
     "spine_tilts",
     "label_fit",
@@ -148,8 +149,15 @@ def patient_vertebrae(
 
     lab = load_volume(label_path, "labels")
     cmap = read_class_map(class_map) if class_map else None
-    found = vertebra_centres(np.asarray(lab[0]).astype(np.int64), np.asarray(lab.affine), convention, cmap, levels)
+    if levels:
+        cmap, convention = levels_class_map(levels), "totalseg"
+    found = vertebra_centres(np.asarray(lab[0]).astype(np.int64), np.asarray(lab.affine), convention, cmap)
     return [c for c in found if c["level"] in LEVELS]
+
+
+def levels_class_map(levels: dict[int, str]) -> dict[int, str]:
+    """Label value -> level as a TotalSegmentator-style class map (``vertebrae_<level>`` names)."""
+    return {int(v): f"vertebrae_{level}" for v, level in levels.items()}
 
 
 def segment_tilts(centres_mm: Any) -> np.ndarray:
@@ -310,7 +318,7 @@ def simulate_patient(
     labels = labels_on_grid(label_path, body, work / "labels.nii.gz")
     if levels:
         class_map, convention = str(work / "levels_class_map.json"), "totalseg"
-        Path(class_map).write_text(json.dumps({str(v): f"vertebrae_{level}" for v, level in levels.items()}))
+        Path(class_map).write_text(json.dumps({str(v): name for v, name in levels_class_map(levels).items()}))
     # the command itself (importing scripts.simulate here would pass the six floors of tests/test_import_graph.py)
     cmd = [sys.executable, "-m", "scripts.simulate", "radiographs", "--ct", str(body), "--labels", str(labels),
            "--label_convention", convention, "--out", str(rad), "--overwrite", "True"]  # fmt: skip

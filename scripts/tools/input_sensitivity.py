@@ -55,16 +55,14 @@ def input_sensitivity(
 ) -> dict[str, Any]:
     """Run the swap test (see the module's docstring); returns the per-vertebra Dice and their means."""
     from monai.bundle import ConfigParser
-    from scripts.networks.model_info import load_state_dict_file, read_model_info
+    from scripts.networks.model_info import load_state_dict_file
 
     parser = ConfigParser()
     parser.read_config([str(ROOT / c) for c in configs])
     parser["dataset_dir"] = dataset_dir
     parser["validate_perturbed"] = False
     parser["model_file"] = model  # what a config that rebuilds its network from the file (body_model.json) reads
-    info = read_model_info(load_state_dict_file(model))
-    if info.get("gt_mean") is not None:  # the ground truth and the threshold on the model's own intensity scale
-        parser["stats"] = {"gt_mean": float(info["gt_mean"]), "gt_std": float(info["gt_std"])}
+    parser["stats"] = "$@scripts.workflow.model_statistics(@model_file)"  # the ground truth on the model's scale
     for key, value in (overrides or {}).items():
         parser[key] = value
     # the config's own split reader (scripts.workflow.load_split), for the chosen split

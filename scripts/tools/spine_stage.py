@@ -203,6 +203,14 @@ def train(
         geo = {"drr_geometry": d["drr_geometry"], "gt": d["gt"]}
         return stack_views(expand({"drr": image, **geo})["image"][None].as_tensor())[0].float()
 
+    weights, last = Path(out) / "stage2d.pt", Path(out) / "last.pt"
+    criterion = "val_dice" if volume_weight > 0 else "val_ncc"  # what picks the best checkpoint
+    state = torch.load(last, weights_only=False) if last.exists() else None  # resume: --minutes more
+    if state is not None and state.get("criterion", "val_ncc") != criterion:
+        raise ValueError(
+            f"{last} is a run that keeps the best {state.get('criterion', 'val_ncc')}, this one the best "
+            f"{criterion} (--volume_weight {volume_weight}); give another --out, or the run's own --volume_weight."
+        )
     t0 = time.perf_counter()
     Path(out).mkdir(parents=True, exist_ok=True)
     pool_file = Path(out) / f"pool_raw_{draws}_{seed}.pt"
@@ -232,13 +240,22 @@ def train(
                 gt_pool.append(((gt.float() - gt_mean) / gt_std).half())
         if len(gt_pool) != len(pool):
             raise ValueError(f"{gt_file} holds {len(gt_pool)} windows, the pool {len(pool)}: remove one of them.")
-        if not gt_file.exists():  # the first window's isolated X-ray, projected again, must be the pool's
-            item = parser.get_parsed_content("probe_training")[0]
-            draw.set_random_state(seed=item_seed(item["id"], 1000 * seed))
-            body.set_random_state(seed=item_seed(item["id"], 1000 * seed + 1))
-            first = isolated(spine(body(draw(dict(item)))))
-            if not torch.allclose(grid_views(first, first["p_v"]), pool[0][2], atol=1e-4):
-                raise RuntimeError("the regenerated windows differ from the pool's; remove the pool to draw both anew.")
+        # both files must hold this dataset's seeded draws: the first window drawn again, its isolated X-ray and
+        # its ground truth compared with theirs (a pool or a dataset made again since would pair other windows)
+        item = parser.get_parsed_content("probe_training")[0]
+        draw.set_random_state(seed=item_seed(item["id"], 1000 * seed))
+        body.set_random_state(seed=item_seed(item["id"], 1000 * seed + 1))
+        first = isolated(spine(body(draw(dict(item)))))
+        gt = ((torch.as_tensor(first["gt"]).as_subclass(torch.Tensor).float() - gt_mean) / gt_std).half().float()
+        if not (
+            torch.allclose(grid_views(first, first["p_v"]), pool[0][2], atol=1e-4)
+            and torch.allclose(gt, gt_pool[0].float(), atol=1e-3)
+        ):
+            raise RuntimeError(
+                f"{pool_file.name} or {gt_file.name} in {out} holds other windows than this dataset's draws; remove "
+                "both to draw them anew."
+            )
+        if not gt_file.exists():
             with atomic_path(gt_file) as tmp:
                 torch.save(gt_pool, tmp)
     pool_s = time.perf_counter() - t0
@@ -283,17 +300,9 @@ def train(
             rec = torch.cat([model(volume(stage(vx[i : i + 4])))[:, 0] for i in range(0, len(vx), 4)])
         return float(np.mean([dice(r, g) for r, g in zip(rec, val_gt)]))
 
-    weights, last = Path(out) / "stage2d.pt", Path(out) / "last.pt"
     baseline = _ncc(torch.stack([q[k_target] for q in pool]).mean(0).expand_as(vy), vy)
     curve, best, step, start = [], -1.0, 0, time.perf_counter()
-    criterion = "val_dice" if volume_weight > 0 else "val_ncc"  # what picks the best checkpoint
-    if last.exists():  # resume: the run goes on for --minutes more
-        state = torch.load(last, weights_only=False)
-        if state.get("criterion", "val_ncc") != criterion:
-            raise ValueError(
-                f"{last} is a run that keeps the best {state.get('criterion', 'val_ncc')}, this one the best "
-                f"{criterion} (--volume_weight {volume_weight}); give another --out, or the run's own --volume_weight."
-            )
+    if state is not None:
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         curve, best, step = state["curve"], state["best"], state["step"]
@@ -331,8 +340,8 @@ def train(
                 torch.save(net.state_dict(), tmp)
         state = {"net": net.state_dict(), "opt": opt.state_dict(), "curve": curve, "best": best, "step": step,
                  "rng": rng.get_state(), "criterion": criterion}  # fmt: skip
-        torch.save(state, last.with_suffix(".tmp"))
-        os.replace(last.with_suffix(".tmp"), last)
+        with atomic_path(last) as tmp:
+            torch.save(state, tmp)
 
     loss = torch.zeros(())
     if init and not curve:  # the starting view stage's score: what the run must beat to change it
@@ -360,27 +369,30 @@ def train(
     rows = []
     with torch.no_grad():
         predicted = stage(vx)
-        offset = 7 if len(val) % 7 else 1  # the swap test's other vertebra: never the vertebra itself (n > 1)
+        offset = 7 if 7 % len(val) else 1  # the swap test's other vertebra, never the vertebra itself (n > 1)
         for i, v in enumerate(val):
             other = (i + offset) % len(val)
             rec = model(volume(torch.stack([vy[i], predicted[i], predicted[other]])))[:, 0]
-            gt = val_gt[i]
-            rows.append(
-                {"id": v["id"], **{k: dice(r, gt) for k, r in zip(("true_target", "stage_own", "stage_swapped"), rec)}}
-            )
-    means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("true_target", "stage_own", "stage_swapped")}
+            row = {"id": v["id"], **{k: dice(r, val_gt[i]) for k, r in zip(("true_target", "stage_own"), rec)}}
+            row["stage_swapped"] = dice(rec[2], val_gt[i]) if len(val) > 1 else None  # one vertebra: no swap test
+            rows.append(row)
+    means = {
+        k: None if rows[0][k] is None else round(float(np.mean([r[k] for r in rows])), 4)
+        for k in ("true_target", "stage_own", "stage_swapped")
+    }
     report = {
         "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
         "bone_density": bone_density, "pose_deg": parser["rotation_deg"], "window_shift_mm": parser["window_shift_mm"],
         "joint_views": joint_views, "volume_weight": volume_weight, "init": init, "lr": lr,
         "pool": len(pool), "pool_seconds": round(pool_s, 1), "steps": step,
         "minutes": minutes,
-        "val_ncc_best": round(best, 4), "val_ncc_mean_target_baseline": round(baseline, 4), "curve": curve,
+        f"{criterion}_best": round(best, 4), "val_ncc_mean_target_baseline": round(baseline, 4), "curve": curve,
         "mean_dice": means, "vertebrae": rows,
     }  # fmt: skip
-    (Path(out) / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps({"val_ncc_best": report["val_ncc_best"], "baseline": report["val_ncc_mean_target_baseline"],
-                      "mean_dice": means}))  # fmt: skip
+    with atomic_path(Path(out) / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    kept = {f"{criterion}_best": round(best, 4), "baseline": report["val_ncc_mean_target_baseline"]}
+    print(json.dumps({**kept, "mean_dice": means}))
     return report
 
 
