@@ -237,10 +237,18 @@ def confidence_study(
 
     if held_out not in {kind for kind, _ in CONDITIONS.values()} - {"clean"}:
         raise ValueError(f"--held_out must be a degradation type among {sorted({k for k, _ in CONDITIONS.values()})}.")
-    from scripts.workflow import load_split
-
-    for split in ("validation", "test"):  # the calibration is fitted on one and scored on the other: both, first
-        load_split(dataset_dir, split)
+    # the calibration is fitted on the validation split and scored on the test split: both, before any evaluation
+    # (read here: scripts.workflow.load_split would add its import floors to this tool's)
+    datalist = Path(dataset_dir) / "datalist.json"
+    if not datalist.is_file():
+        raise ValueError(f"{datalist} not found: prepare the dataset (python -m scripts.prepare) or fix --dataset_dir.")
+    held = json.loads(datalist.read_text())
+    for split in ("validation", "test"):
+        if not held.get(split):
+            raise ValueError(
+                f"{datalist} has no split {split!r} with vertebrae: the study fits the calibration on the validation "
+                "split and scores it on the test split; prepare the dataset with both (a split column or --split)."
+            )
     out_path = Path(out)
     work = out_path.parent / f"{out_path.name}_runs"
     work.mkdir(parents=True, exist_ok=True)
