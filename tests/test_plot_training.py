@@ -34,3 +34,14 @@ def test_missing_logs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(str(tmp_path / "none"))
     assert "no TensorBoard event files" in capsys.readouterr().err
+
+
+def test_plot_scalars_draws_one_panel_per_series(tmp_path):
+    from scripts.io.plot_training import plot_scalars
+
+    one = plot_scalars({"loss": ([200], [0.5]), "val_dice": ([0, 200], [0.7, 0.71])}, tmp_path / "a.png", "loss")
+    three = plot_scalars(
+        {"loss": ([200, 400], [0.5, 0.4]), "val_dice": ([0, 200], [0.7, 0.71]), "val_ncc": ([0, 200], [0.9, 0.8])},
+        tmp_path / "b.png", "loss", loss_x="step", metric_x="step",
+    )  # fmt: skip
+    assert Image.open(three).size[0] > Image.open(one).size[0], "a third panel widens the figure"

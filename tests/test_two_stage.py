@@ -299,6 +299,7 @@ def test_the_volume_loss_trains_the_view_stage_through_the_frozen_3d_stage(examp
     assert report["mean_dice"]["stage_own"] == pytest.approx(max(c["val_dice"] for c in curve), abs=1e-3)
     assert report["val_dice_best"] == pytest.approx(max(c["val_dice"] for c in curve), abs=1e-4)
     assert report["mean_dice"]["stage_swapped"] is None, "one validation vertebra: no swap test"
+    assert (tmp_path / "run" / "curve.png").is_file()
     assert len(torch.load(tmp_path / "run" / "pool_gt_1_0.pt", weights_only=True)) == report["pool"] == 11
     moved = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["net"]
     assert any(not torch.equal(moved[k], init[k]) for k in init)

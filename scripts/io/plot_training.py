@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from scripts.utils import atomic_path  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-__all__ = ["read_scalars", "plot_training", "main"]
+__all__ = ["read_scalars", "plot_training", "plot_scalars", "main"]
 
 
 def read_scalars(log_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -43,7 +43,19 @@ def read_scalars(log_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]
 
 def plot_training(log_dir: str | Path, out: str | Path, loss_tag: str = "train_loss") -> Path:
     """Write the curves of ``log_dir`` to the PNG ``out``."""
-    scalars = read_scalars(log_dir)
+    return plot_scalars(read_scalars(log_dir), out, loss_tag)
+
+
+def plot_scalars(
+    scalars: dict[str, tuple[np.ndarray, np.ndarray]],
+    out: str | Path,
+    loss_tag: str = "train_loss",
+    loss_x: str = "iteration",
+    metric_x: str = "epoch",
+) -> Path:
+    """Write series ``{tag: (steps, values)}`` to the PNG ``out``: the loss (``loss_tag``, with a running mean)
+    first, then one panel per other tag; ``loss_x`` and ``metric_x`` label their horizontal axes."""
+    scalars = {k: (np.asarray(v[0]), np.asarray(v[1], dtype=float)) for k, v in scalars.items()}
     metrics = sorted(t for t in scalars if t != loss_tag)
     n = 1 + len(metrics)
     cols = min(n, 3)
@@ -52,19 +64,19 @@ def plot_training(log_dir: str | Path, out: str | Path, loss_tag: str = "train_l
     ax = axes.flat[0]
     if loss_tag in scalars:
         steps, values = scalars[loss_tag]
-        ax.plot(steps, values, lw=0.6, alpha=0.4, label="iteration")
+        ax.plot(steps, values, lw=0.6, alpha=0.4, label=loss_x)
         k = max(1, len(values) // 50)
-        if len(values) > k:
+        if k > 1 and len(values) > k:
             smooth = np.convolve(values, np.ones(k) / k, mode="valid")
             ax.plot(steps[k - 1 :], smooth, lw=1.5, label=f"mean of {k}")
-        ax.set_xlabel("iteration")
+        ax.set_xlabel(loss_x)
         ax.legend(fontsize=8)
     ax.set_title(loss_tag)
     for ax, tag in zip(list(axes.flat)[1:], metrics):
         steps, values = scalars[tag]
         ax.plot(steps, values, marker=".", lw=1)
         ax.set_title(tag)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(metric_x)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()

@@ -31,7 +31,7 @@ Usage::
    vertebrae. ``--window_shift_mm 15`` moves the windows farther off their vertebra (the configs': 7 mm).
    Every ``--score_every`` steps (200) it is scored on the validation patient's body windows (normalised
    cross-correlation with their true target views; with ``--volume_weight``, the Dice through ``--model_3d``), the
-   best is kept (``<out>/stage2d.pt``) and the whole state is saved
+   best is kept (``<out>/stage2d.pt``), the curve drawn (``<out>/curve.png``) and the whole state saved
    (``<out>/last.pt``): a second call resumes and trains ``--minutes`` more.
 3. ``--model_3d``, an EAR trained on the target's X-rays (``configs/lab/recipes/spine_only.json`` for ``spine``,
    the shipped ``models/cpu/model.pt`` for ``isolated``), reconstructs each validation vertebra from its true
@@ -168,6 +168,7 @@ def train(
     from monai.metrics import compute_dice
     from monai.transforms import Compose
     from scripts.functional import item_seed, zscore_images
+    from scripts.io.plot_training import plot_scalars
     from scripts.losses import EARLoss
     from scripts.networks import TwoStageEAR, stack_views, volume_from_views
     from scripts.networks.model_info import load_state_dict_file, read_model_info
@@ -342,6 +343,15 @@ def train(
                  "rng": rng.get_state(), "criterion": criterion}  # fmt: skip
         with atomic_path(last) as tmp:
             torch.save(state, tmp)
+        draw_curve()
+
+    def draw_curve() -> None:
+        """``<out>/curve.png``: the validation scores and the loss of the batch before each, against the step."""
+        loss_tag = "loss (the batch before each score)"
+        names = {"val_ncc": "val_ncc", "val_dice": "val_dice", "loss": loss_tag}
+        series = {names[k]: [(c["step"], c[k]) for c in curve if c.get(k) is not None] for k in names}
+        scalars = {k: tuple(zip(*v)) for k, v in series.items() if v}
+        plot_scalars(scalars, Path(out) / "curve.png", loss_tag, loss_x="step", metric_x="step")
 
     loss = torch.zeros(())
     if init and not curve:  # the starting view stage's score: what the run must beat to change it
@@ -391,6 +401,7 @@ def train(
     }  # fmt: skip
     with atomic_path(Path(out) / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
+
     kept = {f"{criterion}_best": round(best, 4), "baseline": report["val_ncc_mean_target_baseline"]}
     print(json.dumps({**kept, "mean_dice": means}))
     return report
