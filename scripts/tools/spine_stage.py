@@ -206,7 +206,7 @@ def train(
 
     weights, last = Path(out) / "stage2d.pt", Path(out) / "last.pt"
     criterion = "val_dice" if volume_weight > 0 else "val_ncc"  # what picks the best checkpoint
-    state = torch.load(last, weights_only=False) if last.exists() else None  # resume: --minutes more
+    state = torch.load(last, map_location="cpu", weights_only=False) if last.exists() else None  # resume
     if state is not None and state.get("criterion", "val_ncc") != criterion:
         raise ValueError(
             f"{last} is a run that keeps the best {state.get('criterion', 'val_ncc')}, this one the best "
@@ -263,23 +263,24 @@ def train(
     load = Compose(parser.get_parsed_content("load_transforms"))
     seeded = SeededDRRd("body", ref_key="gt", output_keys="p_b", angles=_VIEWS, photon_count=1e6)
     val = [isolated(spine(seeded(load(dict(it))))) for it in parser.get_parsed_content("probe_validation")]
-    vx = torch.stack([grid_views(v, v["p_b"]) for v in val])
-    vy = torch.stack([grid_views(v, v["drr" if target == "spine" else "p_v"]) for v in val])
-    net = TwoStageEAR(joint_views=joint_views).view_net  # the view stage exactly as TwoStageEAR builds it
-    if init:
-        net.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
-    opt = torch.optim.Adam(net.parameters(), lr=float(lr))
     p3 = ConfigParser()
     p3.read_config([str(ROOT / "configs" / c) for c in (*_BODY_CONFIGS, "lab/recipes/spine_only.json")])
     p3["dataset_dir"] = dataset_dir
-    model = p3.get_parsed_content("network")
+    model = p3.get_parsed_content("network")  # on the configs' device: CUDA where present
     model.load_state_dict(model_state)
     model.eval()
     for q in model.parameters():
         q.requires_grad_(False)
+    dev = next(model.parameters()).device  # both networks and every batch there; the pools stay in memory
+    vx = torch.stack([grid_views(v, v["p_b"]) for v in val]).to(dev)
+    vy = torch.stack([grid_views(v, v["drr" if target == "spine" else "p_v"]) for v in val]).to(dev)
+    net = TwoStageEAR(joint_views=joint_views).view_net.to(dev)  # the view stage exactly as TwoStageEAR builds it
+    if init:
+        net.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    opt = torch.optim.Adam(net.parameters(), lr=float(lr))
     volume_loss = EARLoss(edge_weight=0.0)
     threshold = (-500.0 - gt_mean) / gt_std
-    val_gt = [((v["gt"][0].float() - gt_mean) / gt_std) for v in val]
+    val_gt = [((v["gt"][0].float() - gt_mean) / gt_std).to(dev) for v in val]
 
     def stage(x: torch.Tensor) -> torch.Tensor:
         if joint_views:
@@ -301,7 +302,7 @@ def train(
             rec = torch.cat([model(volume(stage(vx[i : i + 4])))[:, 0] for i in range(0, len(vx), 4)])
         return float(np.mean([dice(r, g) for r, g in zip(rec, val_gt)]))
 
-    baseline = _ncc(torch.stack([q[k_target] for q in pool]).mean(0).expand_as(vy), vy)
+    baseline = _ncc(torch.stack([q[k_target] for q in pool]).mean(0).to(dev).expand_as(vy), vy)
     curve, best, step, start = [], -1.0, 0, time.perf_counter()
     if state is not None:
         net.load_state_dict(state["net"])
@@ -358,8 +359,8 @@ def train(
         checkpoint(float("nan"))
     while time.perf_counter() - start < minutes * 60:
         batch = [sample(int(i)) for i in rng.randint(len(pool), size=8)]
-        x, y = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-        g = torch.stack([gt_pool[b[2]].float() for b in batch]) if volume_weight > 0 else None  # (B, 1, X, Y, Z)
+        x, y = torch.stack([b[0] for b in batch]).to(dev), torch.stack([b[1] for b in batch]).to(dev)
+        g = torch.stack([gt_pool[b[2]].float() for b in batch]).to(dev) if volume_weight > 0 else None  # (B,1,X,Y,Z)
         if rng.rand() < 0.5:
             (x, g), y = half_turn(x, g), half_turn(y)[0]
         out_views = stage(x)
@@ -374,7 +375,7 @@ def train(
             checkpoint(float(loss.detach()))
     if not curve or curve[-1]["step"] != step:
         checkpoint(float(loss.detach()))
-    net.load_state_dict(torch.load(weights, weights_only=True))
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     net.eval()
     rows = []
     with torch.no_grad():
