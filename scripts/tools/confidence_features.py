@@ -126,12 +126,13 @@ def confidence_features(
             dataset = parser.get_parsed_content("validate#dataset")
             for i in range(len(dataset)):
                 item = dataset[i]
-                x = torch.as_tensor(item["image"][None]).float()
+                dev = next(net.parameters()).device  # the configs' device: CUDA where present
+                x = torch.as_tensor(item["image"][None]).float().to(dev)
                 truth_key = "label" if "label" in item else "gt"  # the evaluation names the ground truth "label"
                 gt = torch.as_tensor(item[truth_key][None]).float()
                 with torch.no_grad():
-                    preds = tta(x, net)
-                    read = net.spine_views(x) if hasattr(net, "spine_views") else zscore_images(stack_views(x))
+                    preds = tta(x, net).cpu()
+                    read = (net.spine_views(x) if hasattr(net, "spine_views") else zscore_images(stack_views(x))).cpu()
                 pred = preds[:, :1]
                 mask, truth = pred > bone, gt > bone
                 dice = float(compute_dice(mask.float(), truth.float(), include_background=True, ignore_empty=False))

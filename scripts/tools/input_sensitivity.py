@@ -92,7 +92,8 @@ def input_sensitivity(
                 "lateral_swapped": torch.stack([own[0], other[1]]),
                 "both_swapped": other,
             }
-            preds = net(torch.stack(list(inputs.values())))[:, 0]
+            dev = next(net.parameters()).device  # the configs' device: CUDA where present
+            preds = net(torch.stack(list(inputs.values())).to(dev))[:, 0].cpu()
             rows.append({"id": item["id"], **{k: _dice(p, gt, threshold) for k, p in zip(inputs, preds)}})
     keys = ("own", "ap_swapped", "lateral_swapped", "both_swapped")
     means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}
