@@ -305,3 +305,39 @@ def test_the_volume_loss_trains_the_view_stage_through_the_frozen_3d_stage(examp
     assert any(not torch.equal(moved[k], init[k]) for k in init)
     with pytest.raises(ValueError, match="keeps the best val_dice, this one the best val_ncc"):  # another kind of run
         train(dataset_dir=str(folder), minutes=0.0, draws=1, out=str(tmp_path / "run"))
+
+
+def test_view_scale_runs_a_coarser_view_stage_before_a_finer_ear(tmp_path):
+    """``view_scale=2``: the views averaged over 2 x 2 pixels, the stage's output upsampled back; the same as the
+    stage at its own pixel size on the coarser pair, upsampled."""
+    torch.manual_seed(3)
+    coarse = TwoStageEAR(channels=SMALL, view_features=VIEW, joint_views=True).eval()
+    fine = TwoStageEAR(channels=SMALL, view_features=VIEW, joint_views=True, view_scale=2).eval()
+    fine.view_net.load_state_dict(coarse.view_net.state_dict())
+    x = _expanded(1, size=64)
+    views = stack_views(x)
+    pooled = torch.nn.functional.avg_pool2d(views, 2)
+    assert torch.allclose(pooled[0, 0, 0, 0], views[0, 0, :2, :2].mean())
+    with torch.no_grad():
+        small = coarse.spine_views(volume_from_views(pooled[:, 0], pooled[:, 1], 32, 32))
+        up = zscore_images(torch.nn.functional.interpolate(small, scale_factor=2.0, mode="bilinear"))
+        out = fine.spine_views(x)
+        assert out.shape == views.shape and torch.allclose(out, up, atol=1e-5)
+        assert fine(x).shape == (1, 1, 64, 64, 64)
+        assert torch.allclose(torch.jit.script(fine)(x), fine(x), atol=1e-5)
+    with pytest.raises(ValueError, match="view_scale"):
+        TwoStageEAR(view_scale=3)
+    # combine records it, and the configs' record rebuilds the network
+    torch.save(coarse.view_net.state_dict(), tmp_path / "a.pt")
+    ear = attach_model_info(
+        EAR(channels=SMALL), {"gt_mean": -900.0, "gt_std": 200.0}, 1.0, 64, [[0, 0], [90, 0]], "replicate",
+        {"channels": list(SMALL), "drr_source": "gt"},
+    )  # fmt: skip
+    torch.save(ear.state_dict(), tmp_path / "ear.pt")
+    path = combine(str(tmp_path / "a.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "m.pt"), view_scale=2)
+    info = read_model_info(str(path))
+    assert info["record"]["view_scale"] == 2 and info["spacing"] == 1.0 and info["roi_size"] == 64
+    loaded = TwoStageEAR(channels=SMALL, view_features=VIEW, joint_views=True, view_scale=2).eval()
+    loaded.load_state_dict(torch.load(path, weights_only=True))
+    with torch.no_grad():
+        assert torch.allclose(loaded.spine_views(x), fine.spine_views(x), atol=1e-5)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import BasicUNet
 from scripts.functional import zscore_images
 from scripts.networks.ear import EAR
@@ -47,6 +48,9 @@ class TwoStageEAR(nn.Module):
         view_members: how many view stages of this shape (e.g. trained with different seeds) read the views; their
             z-scored outputs are averaged, a deep ensemble of the view stage (``view_net`` is the first member,
             ``more_view_nets`` the others, so a one-member file loads as before).
+        view_scale: the view stage reads the views averaged over ``view_scale`` x ``view_scale`` pixels and its
+            output is upsampled back (bilinear), so a view stage trained at 2 mm per pixel serves an EAR at 1 mm
+            over the same window (e.g. the CPU body model's view stage before the paper-sized EAR: ``2``).
         use_abs, use_fem, use_eam: EAR's module switches.
 
     Raises:
@@ -62,6 +66,7 @@ class TwoStageEAR(nn.Module):
         view_features: Sequence[int] = (32, 32, 64, 128, 256, 32),
         joint_views: bool = False,
         view_members: int = 1,
+        view_scale: int = 1,
         use_abs: bool = True,
         use_fem: bool = True,
         use_eam: bool = True,
@@ -76,6 +81,9 @@ class TwoStageEAR(nn.Module):
         if int(view_members) < 1:
             raise ValueError(f"TwoStageEAR needs at least one view stage, got view_members={view_members}.")
         self.view_members = int(view_members)
+        if int(view_scale) < 1 or self.divisor % int(view_scale):
+            raise ValueError(f"TwoStageEAR's view_scale must divide {self.divisor} (1, 2, 4, ...), got {view_scale}.")
+        self.view_scale = int(view_scale)
 
         def view_stage() -> BasicUNet:
             return BasicUNet(
@@ -90,20 +98,27 @@ class TwoStageEAR(nn.Module):
         record = {"view_features": [int(f) for f in view_features], "joint_views": self.joint_views}
         if self.view_members > 1:  # one member: the record of the files written before ensembles
             record["view_members"] = self.view_members
+        if self.view_scale > 1:
+            record["view_scale"] = self.view_scale
         attach_model_info(self, record=record)
 
     def spine_views(self, x: torch.Tensor) -> torch.Tensor:
         """The view stage's output for an expanded pair ``x``: ``(B, 2, Z, X)`` views, z-scored (with several
-        members, their z-scored outputs averaged and z-scored again)."""
-        views = zscore_images(stack_views(x))
+        members, their z-scored outputs averaged and z-scored again), at the input's pixel size."""
+        views = stack_views(x)
+        if self.view_scale > 1:  # the view stage's pixel size (a mean over each block, as a coarser detector)
+            views = F.avg_pool2d(views, self.view_scale)
+        views = zscore_images(views)
         b, v, h, w = views.shape
         inputs = views if self.joint_views else views.reshape(b * v, 1, h, w)
         out = zscore_images(self.view_net(inputs).reshape(b, v, h, w))
-        if self.view_members == 1:
-            return out
         for net in self.more_view_nets:
             out = out + zscore_images(net(inputs).reshape(b, v, h, w))
-        return zscore_images(out / self.view_members)
+        if self.view_members > 1:
+            out = zscore_images(out / self.view_members)
+        if self.view_scale > 1:
+            out = zscore_images(F.interpolate(out, scale_factor=float(self.view_scale), mode="bilinear"))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_volume_input(x, "TwoStageEAR", self.in_channels, self.divisor)

@@ -408,7 +408,9 @@ def train(
     return report
 
 
-def combine(view_weights: str | Sequence[str], volume_weights: str, out: str, drr_source: str = "body") -> Path:
+def combine(
+    view_weights: str | Sequence[str], volume_weights: str, out: str, drr_source: str = "body", view_scale: int = 1
+) -> Path:
     """One :class:`~scripts.networks.TwoStageEAR` model file from a view stage (or several, an ensemble of the view
     stage: e.g. the same recipe trained with other seeds) and an EAR model, with its contract.
 
@@ -423,6 +425,10 @@ def combine(view_weights: str | Sequence[str], volume_weights: str, out: str, dr
         volume_weights: an EAR ``model.pt`` of this bundle; its own contract stays with it, under ``volume_net``.
         out: the file to write (atomically).
         drr_source: the X-ray source the combined model reads (recorded, e.g. ``body``).
+        view_scale: the EAR model's pixels per view-stage pixel along each side: ``2`` for a view stage trained on
+            the CPU windows (2 mm, ``train``'s default dataset) before the paper-sized EAR (1 mm, ``models/model.pt``),
+            over the same 128 mm window (:class:`~scripts.networks.TwoStageEAR`'s ``view_scale``); ``1`` when
+            both stages share a pixel size.
     """
     import hashlib
 
@@ -447,11 +453,14 @@ def combine(view_weights: str | Sequence[str], volume_weights: str, out: str, dr
     record.update({"view_features": features, "joint_views": joint})
     if len(views) > 1:
         record["view_members"] = len(views)
+    if int(view_scale) > 1:
+        record["view_scale"] = int(view_scale)
     net = TwoStageEAR(
         channels=record.get("channels", (16, 32, 64, 128, 256)),
         view_features=features,
         joint_views=joint,
         view_members=len(views),
+        view_scale=int(view_scale),
     )
     for member, view in zip([net.view_net, *net.more_view_nets], views):
         member.load_state_dict(view)
