@@ -1,0 +1,81 @@
+# Copyright (c) EAR bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Two more test patients, from the public repository the shared spine CTs come from.
+
+Usage::
+
+    git clone https://github.com/liukuan5625/Swin-X2S && git -C Swin-X2S checkout 9f45808c6
+    python -m scripts.tools.extra_cases --repo Swin-X2S --out data/extra-ct
+    python -m scripts.prepare --source docs/spine-ct-sources-extended.csv --out data/body64_x --spacing 2 --roi 64 \\
+        --split "verse081=training,ts_s0308=validation"
+
+Each case of :data:`CASES` (a CT and its ground-truth label map, VerSe ids, as the repository's figure folders hold
+them) is written as ``<out>/<patient>_ct.nii.gz`` and ``<out>/<patient>_seg.nii.gz``, turned as the shared copies
+are: the source stores every volume mirrored front to back, so the array's second axis is flipped with the affine
+kept. The label map takes the CT's affine: the source's two differ by float rounding (up to 0.004 mm), which
+``scripts.prepare`` would refuse. A label map whose grid differs more is refused here.
+
+Both are CT colonography scans of CTSpine1K (CC BY-NC-SA 4.0): test patients only, never training data for weights
+that the bundle ships (``docs/data.md``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CASES", "write_case", "extra_cases"]
+
+#: patient -> (CT, label map), paths inside the repository at commit 9f45808c60983002af677cc8341c8050d731e092
+CASES: dict[str, tuple[str, str]] = {
+    "colonog0646": (
+        "visualization/vis_result/models/CTSpine1K/1.3.6.1.4.1.9328.50.4.0646.nii.gz",
+        "visualization/vis_result/models/CTSpine1K/unet/1.3.6.1.4.1.9328.50.4.0646_label.nii.gz",
+    ),
+    "colonog0510": (
+        "visualization/vis_result/subsets/FIG3/1.3.6.1.4.1.9328.50.4.0510.nii.gz",
+        "visualization/vis_result/subsets/FIG3/CTSpine1K/1.3.6.1.4.1.9328.50.4.0510_label.nii.gz",
+    ),
+}
+
+
+def write_case(ct: str | Path, labels: str | Path, out: str | Path, patient: str, tolerance_mm: float = 0.01) -> None:
+    """Write one case's CT and label map under ``out``, the array's second axis flipped, the CT's affine on both.
+
+    Raises:
+        ValueError: the two grids differ in shape, or their affines by more than ``tolerance_mm``.
+    """
+    import nibabel as nib
+    from scripts.utils import atomic_path
+
+    ct_img, lab_img = nib.load(str(ct)), nib.load(str(labels))
+    gap = float(np.abs(ct_img.affine - lab_img.affine).max())
+    if ct_img.shape != lab_img.shape or gap > tolerance_mm:
+        raise ValueError(
+            f"{labels} does not lie on {ct}'s grid (shapes {lab_img.shape} and {ct_img.shape}, affines up to "
+            f"{gap:.4g} mm apart, tolerance {tolerance_mm} mm); check the repository's commit."
+        )
+    volume = np.asarray(ct_img.dataobj)[:, ::-1].copy()
+    label_map = np.asarray(lab_img.dataobj)[:, ::-1].astype(np.uint8)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for data, name in ((volume, "ct"), (label_map, "seg")):
+        with atomic_path(Path(out) / f"{patient}_{name}.nii.gz") as tmp:
+            nib.save(nib.Nifti1Image(data, ct_img.affine, ct_img.header if name == "ct" else None), str(tmp))
+
+
+def extra_cases(repo: str, out: str = "data/extra-ct") -> list[str]:
+    """Write every case of :data:`CASES` from a clone ``repo`` of liukuan5625/Swin-X2S; returns the patients."""
+    missing = [p for pair in CASES.values() for p in pair if not (Path(repo) / p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{repo} lacks {missing[0]} ({len(missing)} files missing): clone the repository "
+                                "and check out commit 9f45808c6.")  # fmt: skip
+    for patient, (ct, labels) in CASES.items():
+        write_case(Path(repo) / ct, Path(repo) / labels, out, patient)
+        print(f"{patient}: {out}/{patient}_ct.nii.gz, {out}/{patient}_seg.nii.gz")
+    return list(CASES)
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(extra_cases, serialize=lambda result: None)
