@@ -23,8 +23,9 @@ percentile, mm) against the bundle's ground truth on the output grid (:func:`ref
 resampled nearest through the files' ``world_to_system``, the vertebra's own mask dilated by one voxel, where the
 prepared scan (resampled linearly) is above -500 HU, as ``scripts.data.crop`` makes the ground truth that the models
 learn and that every evaluation of the bundle scores. ``dice_label`` scores against the own mask alone, undilated.
-A missed vertebra counts as Dice 0 and has no HD95. Written: the JSON report with per-vertebra rows and per-mode
-means.
+A missed vertebra counts as Dice 0 and has no HD95; a ``found`` run that stops with an input error (e.g. a pin far
+from the spine found) counts as nothing found, its rows holding the error, as in ``finder_eval``. Written: the JSON
+report with per-vertebra rows and per-mode means.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def spine_eval(
     import nibabel as nib
     import torch
     from monai.metrics import compute_dice
+    from scripts.errors import BundleInputError
     from scripts.io.radiograph import read_radiograph
     from scripts.spine import file_px, radiograph_configs, radiographs
     from scripts.tools.finder_data import label_source, resample_hu, resample_labels, simulate_patient
@@ -135,8 +137,17 @@ def spine_eval(
             dest = Path(work) / patient / f"spine_{mode}"
             given = {"centres": str(given_centres)} if mode == "true" else {"level": pin}
             files = {"ap": str(rad / "ap.dcm"), "lateral": str(rad / "lateral.dcm")}
-            radiographs(**files, out=str(dest), patient=patient, config_file=configs, formats=(),
-                        save_vertebrae=False, **given, **(overrides or {}))  # fmt: skip
+            try:
+                radiographs(**files, out=str(dest), patient=patient, config_file=configs, formats=(),
+                            save_vertebrae=False, **given, **(overrides or {}))  # fmt: skip
+            except BundleInputError as e:  # as finder_eval counts it: nothing found (true centres must not fail)
+                if mode == "true":
+                    raise
+                rows += [{"patient": patient, "level": v["level"], "mode": mode, "found": False, "dice": 0.0,
+                          "dice_label": 0.0, "hd95_mm": None, "named": None, "centre_error_mm": None,
+                          "confidence": None, "error": str(e)} for v in truth]  # fmt: skip
+                print(json.dumps({"patient": patient, "mode": mode, "reported": 0, "found": 0, "error": str(e)}))
+                continue
             report = json.loads((dest / patient / f"{patient}_spine.json").read_text())
             reported = [{"level": k, **v} for k, v in report["vertebrae"].items()]
             matched = _match(reported, truth, hit_mm)
