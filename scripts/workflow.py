@@ -371,6 +371,13 @@ def check_model(
                     f"but {tuple(own[k].shape)} in the config (other input channels or widths); {fix}."
                 )
     info = read_model_info(state)
+    scale = int((info.get("record") or {}).get("view_scale", 1))
+    net = getattr(network, "module", network)
+    if net is not None and int(getattr(net, "view_scale", scale)) != scale:
+        raise BundleInputError(  # a setting of the forward pass, not a weight: the tensor checks cannot see it
+            f"{p} runs its view stage at view_scale {scale} but the config's network_def sets {net.view_scale}; "
+            "rebuild the network from the model's record (configs/body_model.json)."
+        )
     if info["views"] is None or info["expansion_mode"] is None:
         raise BundleInputError(
             f"{p} does not record the views and expansion mode it was trained with (a model file of bundle 0.3 or "

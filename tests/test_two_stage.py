@@ -341,3 +341,10 @@ def test_view_scale_runs_a_coarser_view_stage_before_a_finer_ear(tmp_path):
     loaded.load_state_dict(torch.load(path, weights_only=True))
     with torch.no_grad():
         assert torch.allclose(loaded.spine_views(x), fine.spine_views(x), atol=1e-5)
+    # the scale is no weight: the contract check names a network built without it
+    from scripts.workflow import check_model
+
+    assert check_model(path, loaded) == path
+    plain = TwoStageEAR(channels=SMALL, view_features=VIEW, joint_views=True)
+    with pytest.raises(BundleInputError, match="view_scale 2 but the config's network_def sets 1"):
+        check_model(path, plain)

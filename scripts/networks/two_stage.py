@@ -54,8 +54,9 @@ class TwoStageEAR(nn.Module):
         use_abs, use_fem, use_eam: EAR's module switches.
 
     Raises:
-        ValueError: in ``forward``, for an input that is not ``(B, 2, X, Y, Z)`` with ``X == Y`` and every size a
-            multiple of 32.
+        ValueError: for ``in_channels`` other than 2, ``view_members`` below 1 or a ``view_scale`` that does not
+            divide 32; in ``forward``, for an input that is not ``(B, 2, X, Y, Z)`` with ``X == Y`` and every size
+            a multiple of 32.
     """
 
     def __init__(

@@ -3,8 +3,8 @@
 
 Usage::
 
-    git clone https://github.com/liukuan5625/Swin-X2S && git -C Swin-X2S checkout 9f45808c6
-    python -m scripts.tools.extra_cases --repo Swin-X2S --out data/extra-ct
+    git clone https://github.com/liukuan5625/Swin-X2S data/Swin-X2S && git -C data/Swin-X2S checkout 9f45808c6
+    python -m scripts.tools.extra_cases --repo data/Swin-X2S --out data/extra-ct
     python -m scripts.prepare --source docs/spine-ct-sources-extended.csv --out data/body64_x --spacing 2 --roi 64 \\
         --split "verse081=training,ts_s0308=validation"
 
@@ -13,6 +13,8 @@ them) is written as ``<out>/<patient>_ct.nii.gz`` and ``<out>/<patient>_seg.nii.
 are: the source stores every volume mirrored front to back, so the array's second axis is flipped with the affine
 kept. The label map takes the CT's affine: the source's two differ by float rounding (up to 0.004 mm), which
 ``scripts.prepare`` would refuse. A label map whose grid differs more is refused here.
+``docs/spine-ct-sources-extended.csv`` finds the files in ``data/extra-ct`` (paths relative to ``docs/``); with
+another ``--out``, edit its last two rows.
 
 Both are CT colonography scans of CTSpine1K (CC BY-NC-SA 4.0): test patients only, never training data for weights
 that the bundle ships (``docs/data.md``).
@@ -39,21 +41,29 @@ CASES: dict[str, tuple[str, str]] = {
 }
 
 
-def write_case(ct: str | Path, labels: str | Path, out: str | Path, patient: str, tolerance_mm: float = 0.01) -> None:
+def write_case(ct: str | Path, labels: str | Path, out: str | Path, patient: str, tolerance: float = 0.01) -> None:
     """Write one case's CT and label map under ``out``, the array's second axis flipped, the CT's affine on both.
 
+    Args:
+        ct: the source CT (NIfTI).
+        labels: its label map (NIfTI, VerSe ids), on the same grid.
+        out: the folder for ``<patient>_ct.nii.gz`` and ``<patient>_seg.nii.gz`` (each written atomically).
+        patient: the patient id of the file names.
+        tolerance: the largest difference allowed between any two entries of the two 4 x 4 affines (mm for the
+            translation; the spacing and direction entries are mm per voxel).
+
     Raises:
-        ValueError: the two grids differ in shape, or their affines by more than ``tolerance_mm``.
+        ValueError: the two grids differ in shape, or their affines by more than ``tolerance``.
     """
     import nibabel as nib
     from scripts.utils import atomic_path
 
     ct_img, lab_img = nib.load(str(ct)), nib.load(str(labels))
     gap = float(np.abs(ct_img.affine - lab_img.affine).max())
-    if ct_img.shape != lab_img.shape or gap > tolerance_mm:
+    if ct_img.shape != lab_img.shape or gap > tolerance:
         raise ValueError(
-            f"{labels} does not lie on {ct}'s grid (shapes {lab_img.shape} and {ct_img.shape}, affines up to "
-            f"{gap:.4g} mm apart, tolerance {tolerance_mm} mm); check the repository's commit."
+            f"{labels} does not lie on {ct}'s grid (shapes {lab_img.shape} and {ct_img.shape}, affine entries up to "
+            f"{gap:.4g} apart, tolerance {tolerance}); check the repository's commit (9f45808c6)."
         )
     volume = np.asarray(ct_img.dataobj)[:, ::-1].copy()
     label_map = np.asarray(lab_img.dataobj)[:, ::-1].astype(np.uint8)
@@ -64,11 +74,24 @@ def write_case(ct: str | Path, labels: str | Path, out: str | Path, patient: str
 
 
 def extra_cases(repo: str, out: str = "data/extra-ct") -> list[str]:
-    """Write every case of :data:`CASES` from a clone ``repo`` of liukuan5625/Swin-X2S; returns the patients."""
+    """Write every case of :data:`CASES` from a clone of liukuan5625/Swin-X2S.
+
+    Args:
+        repo: the clone's folder, checked out at commit 9f45808c6.
+        out: the folder for the cases' files.
+
+    Returns:
+        the patient ids written.
+
+    Raises:
+        FileNotFoundError: a file of :data:`CASES` is not in ``repo``, before anything is written.
+    """
     missing = [p for pair in CASES.values() for p in pair if not (Path(repo) / p).is_file()]
     if missing:
-        raise FileNotFoundError(f"{repo} lacks {missing[0]} ({len(missing)} files missing): clone the repository "
-                                "and check out commit 9f45808c6.")  # fmt: skip
+        raise FileNotFoundError(
+            f"{repo} lacks {missing[0]} ({len(missing)} files missing): git clone "
+            f"https://github.com/liukuan5625/Swin-X2S {repo} and check out commit 9f45808c6."
+        )
     for patient, (ct, labels) in CASES.items():
         write_case(Path(repo) / ct, Path(repo) / labels, out, patient)
         print(f"{patient}: {out}/{patient}_ct.nii.gz, {out}/{patient}_seg.nii.gz")

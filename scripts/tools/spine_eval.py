@@ -24,8 +24,9 @@ resampled nearest through the files' ``world_to_system``, the vertebra's own mas
 prepared scan (resampled linearly) is above -500 HU, as ``scripts.data.crop`` makes the ground truth that the models
 learn and that every evaluation of the bundle scores. ``dice_label`` scores against the own mask alone, undilated.
 A missed vertebra counts as Dice 0 and has no HD95; a ``found`` run that stops with an input error (e.g. a pin far
-from the spine found) counts as nothing found, its rows holding the error, as in ``finder_eval``. Written: the JSON
-report with per-vertebra rows and per-mode means.
+from the spine found) reconstructs nothing, as the user's run would, so all its vertebrae count as missed, their rows
+holding the error (``finder_eval`` instead scores such a finder's unpinned detections). Written: the JSON report with
+per-vertebra rows and per-mode means.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def spine_eval(
             try:
                 radiographs(**files, out=str(dest), patient=patient, config_file=configs, formats=(),
                             save_vertebrae=False, **given, **(overrides or {}))  # fmt: skip
-            except BundleInputError as e:  # as finder_eval counts it: nothing found (true centres must not fail)
+            except BundleInputError as e:  # the user's run stops: nothing reconstructed (true centres must not fail)
                 if mode == "true":
                     raise
                 rows += [{"patient": patient, "level": v["level"], "mode": mode, "found": False, "dice": 0.0,
