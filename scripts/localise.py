@@ -699,7 +699,7 @@ def _pinned_levels(
         raise BundleInputError(
             f"level pin {pin.level} at {where}: it lies {side:.0f} mm beside the spine found (the nearest vertebra "
             f"{dist[best]:.0f} mm away{'' if height == 2 else ', on the detector'}); fix: give the pinned vertebra's "
-            "centre, row first, in the file's pixels."
+            f"centre, row first, in the file's pixels; {_FINDER_MISSED}"
         )
     sign = -1.0 if height == 2 else 1.0  # z falls down the chain; image rows grow
     place = int(np.searchsorted(sign * coords[:, height], sign * target[height]))
@@ -710,9 +710,17 @@ def _pinned_levels(
     if beyond > 3.0 * max(step, limit):
         raise BundleInputError(
             f"level pin {pin.level} at {where}: it lies {beyond:.0f} mm beyond the vertebrae found (nearest "
-            f"{dist[best]:.0f} mm); fix: give the pinned vertebra's centre, row first, in the file's pixels."
+            f"{dist[best]:.0f} mm); fix: give the pinned vertebra's centre, row first, in the file's pixels; "
+            f"{_FINDER_MISSED}"
         )
     return np.delete(aug, place) + (level_index(pin.level) - aug[place])
+
+
+#: the second half of a pin error's fix: the pin can be right and the finder wrong (e.g. bowel gas in the lateral view)
+_FINDER_MISSED = (
+    "if it is right, the finder missed this spine: give the vertebrae's 3-D centres yourself (--centres FILE), or "
+    "reconstruct each vertebra from its centre in both images (docs/reference.md, inference from full radiographs)"
+)
 
 
 def _strong(det: ViewDetections, threshold: float) -> tuple[ViewDetections, np.ndarray]:

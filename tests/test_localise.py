@@ -154,7 +154,7 @@ def test_localise_with_a_stub_finder_names_the_pinned_spine(caplog):
     unpinned = localise_vertebrae(images, VIEWS, net)
     assert [v.level_index for v in unpinned] == list(range(3, 8)), "named from the evidence alone"
     assert "levels named without a pin" in caplog.text and "--level" in caplog.text, "unpinned names are warned of"
-    with pytest.raises(BundleInputError, match="beside the spine found"):
+    with pytest.raises(BundleInputError, match="beside the spine found.*the finder missed this spine.*--centres"):
         localise_vertebrae(images, VIEWS, net, pin="L4=ap:5,5")
     beyond = pa[0] + 5.0 * (pa[0] - pa[1])  # on the spine's line, five steps above its top
     with pytest.raises(BundleInputError, match="beyond the vertebrae found"):
