@@ -252,6 +252,14 @@ def test_an_ensemble_of_view_stages_averages_their_views(tmp_path):
     loaded = TwoStageEAR(channels=SMALL, view_features=VIEW, view_members=2)
     loaded.load_state_dict(torch.load(path, weights_only=True))
     torch.testing.assert_close(loaded.more_view_nets[0].state_dict()["final_conv.weight"], other.final_conv.weight)
+    # a two-stage model file gives all its view stages, in order
+    again = combine(str(path), str(tmp_path / "ear.pt"), str(tmp_path / "m2.pt"))
+    info = read_model_info(str(again))
+    assert info["record"]["view_members"] == 2 and [s.get("member", 0) for s in info["record"]["view_stage"]] == [0, 1]
+    twice = TwoStageEAR(channels=SMALL, view_features=VIEW, view_members=2)
+    twice.load_state_dict(torch.load(again, weights_only=True))
+    weights = {k: v for k, v in twice.state_dict().items() if k != "model_contract"}  # the records name other files
+    torch.testing.assert_close(weights, {k: v for k, v in loaded.state_dict().items() if k != "model_contract"})
     wide = TwoStageEAR(channels=SMALL, view_features=(8, 8, 16, 32, 64, 8)).view_net
     torch.save(wide.state_dict(), tmp_path / "c.pt")
     with pytest.raises(ValueError, match="one shape"):

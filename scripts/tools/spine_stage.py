@@ -408,6 +408,18 @@ def train(
     return report
 
 
+def _view_members(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The view stages in a state dict: the whole dict (``train``'s ``stage2d.pt``), or those of a
+    :class:`~scripts.networks.TwoStageEAR` model file (``view_net`` and each of ``more_view_nets``)."""
+    if not any(k.startswith("view_net.") for k in state):
+        return [state]
+    prefixes = ["view_net."] + sorted(
+        {".".join(k.split(".")[:2]) + "." for k in state if k.startswith("more_view_nets.")},
+        key=lambda q: int(q.split(".")[1]),
+    )
+    return [{k[len(q) :]: v for k, v in state.items() if k.startswith(q)} for q in prefixes]
+
+
 def combine(
     view_weights: str | Sequence[str], volume_weights: str, out: str, drr_source: str = "body", view_scale: int = 1
 ) -> Path:
@@ -421,7 +433,8 @@ def combine(
 
     Args:
         view_weights: the view stage's ``BasicUNet`` state dict (``train``'s ``stage2d.pt``), or a list of them of
-            one shape, whose outputs the model averages.
+            one shape, whose outputs the model averages; a ``TwoStageEAR`` model file (e.g. the shipped
+            ``models/body/model.pt``) gives all its view stages.
         volume_weights: an EAR ``model.pt`` of this bundle; its own contract stays with it, under ``volume_net``.
         out: the file to write (atomically).
         drr_source: the X-ray source the combined model reads (recorded, e.g. ``body``).
@@ -438,7 +451,12 @@ def combine(
     files = [view_weights] if isinstance(view_weights, (str, os.PathLike)) else list(view_weights)
     if not files:
         raise ValueError("combine needs at least one view stage (--view_weights).")
-    views = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+    views, stages = [], []
+    for f in files:
+        digest = hashlib.sha256(Path(f).read_bytes()).hexdigest()
+        for k, member in enumerate(_view_members(torch.load(f, map_location="cpu", weights_only=True))):
+            views.append(member)
+            stages.append({"file": Path(f).name, "sha256": digest, **({"member": k} if k else {})})
     volume = load_state_dict_file(volume_weights)
     info = read_model_info(volume)
     record = dict(info["record"])
@@ -465,7 +483,6 @@ def combine(
     for member, view in zip([net.view_net, *net.more_view_nets], views):
         member.load_state_dict(view)
     net.volume_net.load_state_dict(volume)
-    stages = [{"file": Path(f).name, "sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest()} for f in files]
     version = json.loads((ROOT / "configs" / "metadata.json").read_text())["version"]
     record.update(
         {"drr_source": drr_source, "bundle_version": version,
