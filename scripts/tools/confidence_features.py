@@ -121,12 +121,12 @@ def confidence_features(
                 net = parser.get_parsed_content("network")
                 net.load_state_dict(load_state_dict_file(Path(ckpt_dir) / "model.pt"))
                 net.eval()
+                dev = next(net.parameters()).device  # the configs' device: CUDA where present
             stats = parser.get_parsed_content("stats")
             bone = (-500.0 - float(stats["gt_mean"])) / float(stats["gt_std"])  # -500 HU, as the Dice metric
             dataset = parser.get_parsed_content("validate#dataset")
             for i in range(len(dataset)):
                 item = dataset[i]
-                dev = next(net.parameters()).device  # the configs' device: CUDA where present
                 x = torch.as_tensor(item["image"][None]).float().to(dev)
                 truth_key = "label" if "label" in item else "gt"  # the evaluation names the ground truth "label"
                 gt = torch.as_tensor(item[truth_key][None]).float()

@@ -82,6 +82,7 @@ def input_sensitivity(
             f"offset that is not a multiple of {len(items)}, e.g. --offset {max(1, len(items) // 2)}."
         )
     rows = []
+    dev = next(net.parameters()).device  # the configs' device: CUDA where present
     with torch.no_grad():
         for i, item in enumerate(items):
             own, other = item["image"], items[(i + offset) % len(items)]["image"]
@@ -92,7 +93,6 @@ def input_sensitivity(
                 "lateral_swapped": torch.stack([own[0], other[1]]),
                 "both_swapped": other,
             }
-            dev = next(net.parameters()).device  # the configs' device: CUDA where present
             preds = net(torch.stack(list(inputs.values())).to(dev))[:, 0].cpu()
             rows.append({"id": item["id"], **{k: _dice(p, gt, threshold) for k, p in zip(inputs, preds)}})
     keys = ("own", "ap_swapped", "lateral_swapped", "both_swapped")
