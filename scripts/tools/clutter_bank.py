@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -102,12 +101,8 @@ def clutter_bank(
     return path
 
 
-def _main(**kwargs: Any) -> None:
-    clutter_bank(**kwargs)
-
-
 if __name__ == "__main__":
     import fire
 
     os.chdir(ROOT)
-    fire.Fire(_main)
+    fire.Fire(clutter_bank, serialize=lambda result: None)

@@ -217,11 +217,7 @@ def spine_eval(
     return report
 
 
-def _main(**kwargs: Any) -> None:
-    spine_eval(**kwargs)
-
-
 if __name__ == "__main__":
     import fire
 
-    fire.Fire(_main)
+    fire.Fire(spine_eval, serialize=lambda result: None)
