@@ -266,6 +266,27 @@ def test_an_ensemble_of_view_stages_averages_their_views(tmp_path):
         combine([str(tmp_path / "a.pt"), str(tmp_path / "c.pt")], str(tmp_path / "ear.pt"), str(tmp_path / "x.pt"))
 
 
+def test_train_starts_from_a_view_stage_file_or_a_member_of_a_model_file(tmp_path):
+    """``train --init``: a ``stage2d.pt`` or any view stage of a two-stage model file; a wrong member, shape or path
+    is refused before the pool of windows is drawn."""
+    from scripts.tools.spine_stage import _init_view_stage
+
+    torch.manual_seed(7)
+    pair = TwoStageEAR(channels=SMALL, joint_views=True, view_members=2)
+    torch.save(pair.state_dict(), tmp_path / "model.pt")
+    torch.save(pair.view_net.state_dict(), tmp_path / "stage2d.pt")
+    for path, member, expected in [("model.pt", 1, pair.more_view_nets[0]), ("model.pt", 0, pair.view_net),
+                                   ("stage2d.pt", 0, pair.view_net), ("stage2d.pt", 5, pair.view_net)]:  # fmt: skip
+        state = _init_view_stage(str(tmp_path / path), member, joint_views=True)
+        torch.testing.assert_close(state, expected.state_dict())
+    with pytest.raises(ValueError, match=r"init_member must be in \[0, 1\]"):
+        _init_view_stage(str(tmp_path / "model.pt"), 2, joint_views=True)
+    with pytest.raises(ValueError, match="joint_views=False"):
+        _init_view_stage(str(tmp_path / "model.pt"), 0, joint_views=False)
+    with pytest.raises(ValueError, match="no such file"):
+        _init_view_stage(str(tmp_path / "missing.pt"), 0, joint_views=True)
+
+
 def test_half_turn_keeps_views_and_volume_consistent():
     """The turned views are the projections of the turned volume (parallel rays: means along the beams)."""
     from scripts.networks import views_from_volume
@@ -294,13 +315,14 @@ def test_the_volume_loss_trains_the_view_stage_through_the_frozen_3d_stage(examp
     from tests.conftest import ROOT
 
     folder, _ = example64
-    body = load_state_dict_file(ROOT / "models/body/model.pt")
-    init = {k[len("view_net.") :]: v for k, v in body.items() if k.startswith("view_net.")}
-    torch.save(init, tmp_path / "init.pt")
+    body = load_state_dict_file(ROOT / "models/body/model.pt")  # its second view stage is the one started from
+    init = {k[len("more_view_nets.0.") :]: v for k, v in body.items() if k.startswith("more_view_nets.0.")}
     report = train(
         dataset_dir=str(folder), model_3d=str(ROOT / "models/cpu/model.pt"), minutes=0.15, draws=1,
-        volume_weight=1.0, init=str(tmp_path / "init.pt"), lr=1e-3, score_every=1, out=str(tmp_path / "run"),
+        volume_weight=1.0, init=str(ROOT / "models/body/model.pt"), init_member=1, lr=1e-3, score_every=1,
+        out=str(tmp_path / "run"),
     )  # fmt: skip
+    assert report["init_member"] == 1
     curve = report["curve"]
     assert curve[0]["step"] == 0 and curve[0]["loss"] is None and len(curve) >= 2
     assert all("val_dice" in c for c in curve) and all(c["loss"] > 0 for c in curve[1:])

@@ -144,6 +144,7 @@ def train(
     seed: int = 0,
     volume_weight: float = 0.0,
     init: str | None = None,
+    init_member: int = 0,
     lr: float = 1e-3,
     score_every: int = 200,
     out: str = "runs/spine_stage",
@@ -158,7 +159,11 @@ def train(
             :class:`scripts.losses.EARLoss` between the reconstruction and the window's ground truth (z-scored
             with ``model_3d``'s contract): the view stage learns what the 3-D stage needs, not only the X-ray.
             The checkpoint kept is then the one of best validation Dice through ``model_3d`` (else best NCC).
-        init: a view stage (``stage2d.pt``) to start from, e.g. to fine-tune a trained one with the volume loss.
+        init: a view stage to start from: a ``stage2d.pt`` (e.g. to fine-tune a trained one with the volume loss),
+            or a :class:`~scripts.networks.TwoStageEAR` model file such as the shipped ``models/body/model.pt``
+            (to fine-tune its view stage on your own patients).
+        init_member: which view stage of a model file holding several (``view_members``) to start from (0: the
+            first); ignored for a ``stage2d.pt``.
         lr: Adam's learning rate.
         score_every: steps between two validation scores and checkpoints.
     """
@@ -187,6 +192,7 @@ def train(
         bone_density = tuple(float(f) for f in bone_density)
         if len(bone_density) != 2 or not 0 <= bone_density[0] <= bone_density[1]:
             raise ValueError(f"bone_density must be (low, high) with 0 <= low <= high, got {bone_density!r}.")
+    init_state = _init_view_stage(init, init_member, joint_views) if init else None  # checked before the pool
     spine = SpineDRRd(dataset_dir, angles=_VIEWS)
     body = DRRd("body", ref_key="gt", output_keys="p_b", angles=_VIEWS, photon_count=1e6)
     isolated = DRRd("gt", ref_key="gt", output_keys="p_v", angles=_VIEWS, photon_count=None)
@@ -275,8 +281,8 @@ def train(
     vx = torch.stack([grid_views(v, v["p_b"]) for v in val]).to(dev)
     vy = torch.stack([grid_views(v, v["drr" if target == "spine" else "p_v"]) for v in val]).to(dev)
     net = TwoStageEAR(joint_views=joint_views).view_net.to(dev)  # the view stage exactly as TwoStageEAR builds it
-    if init:
-        net.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    if init_state is not None:
+        net.load_state_dict(init_state)
     opt = torch.optim.Adam(net.parameters(), lr=float(lr))
     volume_loss = EARLoss(edge_weight=0.0)
     threshold = (-500.0 - gt_mean) / gt_std
@@ -394,7 +400,8 @@ def train(
     report = {
         "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
         "bone_density": bone_density, "pose_deg": parser["rotation_deg"], "window_shift_mm": parser["window_shift_mm"],
-        "joint_views": joint_views, "volume_weight": volume_weight, "init": init, "lr": lr,
+        "joint_views": joint_views, "volume_weight": volume_weight, "init": init,
+        "init_member": init_member if init else None, "lr": lr,
         "pool": len(pool), "pool_seconds": round(pool_s, 1), "steps": step,
         "minutes": minutes,
         f"{criterion}_best": round(best, 4), "val_ncc_mean_target_baseline": round(baseline, 4), "curve": curve,
@@ -406,6 +413,26 @@ def train(
     kept = {f"{criterion}_best": round(best, 4), "baseline": report["val_ncc_mean_target_baseline"]}
     print(json.dumps({**kept, "mean_dice": means}))
     return report
+
+
+def _init_view_stage(init: str, member: int, joint_views: bool) -> dict[str, torch.Tensor]:
+    """The view stage ``train`` starts from: ``init``'s (a ``stage2d.pt``) or its view stage ``member`` (a
+    :class:`~scripts.networks.TwoStageEAR` model file), checked against the shape of the view stage trained."""
+    from scripts.networks import TwoStageEAR
+
+    if not Path(init).is_file():
+        raise ValueError(f"init: no such file: {init}")
+    state = torch.load(init, map_location="cpu", weights_only=True)
+    members = _view_members(state)
+    if not any(k.startswith("view_net.") for k in state):  # a stage2d.pt: one view stage, no member to choose
+        member = 0
+    if not 0 <= int(member) < len(members):
+        raise ValueError(f"init_member must be in [0, {len(members) - 1}] for {init}, got {member!r}.")
+    try:
+        TwoStageEAR(joint_views=joint_views).view_net.load_state_dict(members[int(member)])
+    except RuntimeError as e:  # another shape (joint_views, features) than this run's view stage
+        raise ValueError(f"{init} holds no view stage of this run's shape (joint_views={joint_views}): {e}") from e
+    return members[int(member)]
 
 
 def _view_members(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
