@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,12 +28,13 @@ def test_entry_points_found():
 def test_help(module, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [module, "--help"])
     monkeypatch.setenv("PAGER", "cat")
-    cwd = os.getcwd()
+    cwd, threads = os.getcwd(), torch.get_num_threads()
     try:
         with pytest.raises(SystemExit) as stop:
             runpy.run_module(module, run_name="__main__", alter_sys=False)
     finally:
         os.chdir(cwd)  # some tools run from the bundle's root
+        torch.set_num_threads(threads)  # and some set the threads of the process
     # python-fire exits with 2 after the help of a command whose positional arguments are missing
     assert stop.value.code in (0, 2, None), f"{module} --help exited with {stop.value.code}"
     out = capsys.readouterr()

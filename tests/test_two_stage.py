@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from scripts.errors import BundleInputError
@@ -267,24 +268,40 @@ def test_an_ensemble_of_view_stages_averages_their_views(tmp_path):
 
 
 def test_train_starts_from_a_view_stage_file_or_a_member_of_a_model_file(tmp_path):
-    """``train --init``: a ``stage2d.pt`` or any view stage of a two-stage model file; a wrong member, shape or path
-    is refused before the pool of windows is drawn."""
-    from scripts.tools.spine_stage import _init_view_stage
+    """``train --init``: a ``stage2d.pt`` or any view stage of a two-stage model file; a wrong member, shape, file
+    or resumed run is refused before the pool of windows is drawn."""
+    from scripts.tools.spine_stage import _init_view_stage, train
 
     torch.manual_seed(7)
     pair = TwoStageEAR(channels=SMALL, joint_views=True, view_members=2)
     torch.save(pair.state_dict(), tmp_path / "model.pt")
     torch.save(pair.view_net.state_dict(), tmp_path / "stage2d.pt")
     for path, member, expected in [("model.pt", 1, pair.more_view_nets[0]), ("model.pt", 0, pair.view_net),
-                                   ("stage2d.pt", 0, pair.view_net), ("stage2d.pt", 5, pair.view_net)]:  # fmt: skip
-        state = _init_view_stage(str(tmp_path / path), member, joint_views=True)
+                                   ("stage2d.pt", 0, pair.view_net)]:  # fmt: skip
+        state, used = _init_view_stage(str(tmp_path / path), member, joint_views=True)
         torch.testing.assert_close(state, expected.state_dict())
+        assert used == member
     with pytest.raises(ValueError, match=r"init_member must be in \[0, 1\]"):
         _init_view_stage(str(tmp_path / "model.pt"), 2, joint_views=True)
+    with pytest.raises(ValueError, match="holds one view stage"):
+        _init_view_stage(str(tmp_path / "stage2d.pt"), 1, joint_views=True)
     with pytest.raises(ValueError, match="joint_views=False"):
         _init_view_stage(str(tmp_path / "model.pt"), 0, joint_views=False)
     with pytest.raises(ValueError, match="no such file"):
         _init_view_stage(str(tmp_path / "missing.pt"), 0, joint_views=True)
+    torch.save(pair.volume_net.state_dict(), tmp_path / "ear.pt")  # an EAR model: no view stage at all
+    with pytest.raises(ValueError, match="is not a view stage"):
+        _init_view_stage(str(tmp_path / "ear.pt"), 0, joint_views=True)
+    torch.save({"net": pair.view_net.state_dict(), "rng": np.random.RandomState(0).get_state()}, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="is not a view stage"):  # a run's last.pt holds more than weights
+        _init_view_stage(str(tmp_path / "last.pt"), 0, joint_views=True)
+    with pytest.raises(ValueError, match="needs --init"):
+        train(init_member=1, minutes=0.0, out=str(tmp_path / "run"))
+    # a run folder started from scratch does not silently resume instead of starting from --init
+    (tmp_path / "run").mkdir()
+    torch.save({"net": {}, "criterion": "val_ncc", "init": None}, tmp_path / "run" / "last.pt")
+    with pytest.raises(ValueError, match="started from scratch, not from"):
+        train(init=str(tmp_path / "stage2d.pt"), minutes=0.0, out=str(tmp_path / "run"))
 
 
 def test_half_turn_keeps_views_and_volume_consistent():

@@ -192,7 +192,24 @@ def train(
         bone_density = tuple(float(f) for f in bone_density)
         if len(bone_density) != 2 or not 0 <= bone_density[0] <= bone_density[1]:
             raise ValueError(f"bone_density must be (low, high) with 0 <= low <= high, got {bone_density!r}.")
-    init_state = _init_view_stage(init, init_member, joint_views) if init else None  # checked before the pool
+    if init_member and not init:
+        raise ValueError(f"init_member ({init_member}) needs --init, the model file whose view stage to start from.")
+    init_state, init_member = (
+        _init_view_stage(init, init_member, joint_views) if init else (None, None)
+    )  # before the pool
+    weights, last = Path(out) / "stage2d.pt", Path(out) / "last.pt"
+    criterion = "val_dice" if volume_weight > 0 else "val_ncc"  # what picks the best checkpoint
+    state = torch.load(last, map_location="cpu", weights_only=False) if last.exists() else None  # resume
+    if state is not None and state.get("criterion", "val_ncc") != criterion:
+        raise ValueError(
+            f"{last} is a run that keeps the best {state.get('criterion', 'val_ncc')}, this one the best "
+            f"{criterion} (--volume_weight {volume_weight}); give another --out, or the run's own --volume_weight."
+        )
+    if state is not None and init and state.get("init") != [init, init_member]:  # the resumed weights would win
+        raise ValueError(
+            f"{last} is a run started from {state.get('init') or 'scratch'}, not from {init} (member {init_member}); "
+            "it resumes with its own weights: give another --out to start from --init."
+        )
     spine = SpineDRRd(dataset_dir, angles=_VIEWS)
     body = DRRd("body", ref_key="gt", output_keys="p_b", angles=_VIEWS, photon_count=1e6)
     isolated = DRRd("gt", ref_key="gt", output_keys="p_v", angles=_VIEWS, photon_count=None)
@@ -210,14 +227,6 @@ def train(
         geo = {"drr_geometry": d["drr_geometry"], "gt": d["gt"]}
         return stack_views(expand({"drr": image, **geo})["image"][None].as_tensor())[0].float()
 
-    weights, last = Path(out) / "stage2d.pt", Path(out) / "last.pt"
-    criterion = "val_dice" if volume_weight > 0 else "val_ncc"  # what picks the best checkpoint
-    state = torch.load(last, map_location="cpu", weights_only=False) if last.exists() else None  # resume
-    if state is not None and state.get("criterion", "val_ncc") != criterion:
-        raise ValueError(
-            f"{last} is a run that keeps the best {state.get('criterion', 'val_ncc')}, this one the best "
-            f"{criterion} (--volume_weight {volume_weight}); give another --out, or the run's own --volume_weight."
-        )
     t0 = time.perf_counter()
     Path(out).mkdir(parents=True, exist_ok=True)
     pool_file = Path(out) / f"pool_raw_{draws}_{seed}.pt"
@@ -347,7 +356,8 @@ def train(
             with atomic_path(weights) as tmp:
                 torch.save(net.state_dict(), tmp)
         state = {"net": net.state_dict(), "opt": opt.state_dict(), "curve": curve, "best": best, "step": step,
-                 "rng": rng.get_state(), "criterion": criterion}  # fmt: skip
+                 "rng": rng.get_state(), "criterion": criterion,
+                 "init": [init, init_member] if init else None}  # fmt: skip
         with atomic_path(last) as tmp:
             torch.save(state, tmp)
         draw_curve()
@@ -401,7 +411,7 @@ def train(
         "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
         "bone_density": bone_density, "pose_deg": parser["rotation_deg"], "window_shift_mm": parser["window_shift_mm"],
         "joint_views": joint_views, "volume_weight": volume_weight, "init": init,
-        "init_member": init_member if init else None, "lr": lr,
+        "init_member": init_member, "lr": lr,
         "pool": len(pool), "pool_seconds": round(pool_s, 1), "steps": step,
         "minutes": minutes,
         f"{criterion}_best": round(best, 4), "val_ncc_mean_target_baseline": round(baseline, 4), "curve": curve,
@@ -415,24 +425,34 @@ def train(
     return report
 
 
-def _init_view_stage(init: str, member: int, joint_views: bool) -> dict[str, torch.Tensor]:
-    """The view stage ``train`` starts from: ``init``'s (a ``stage2d.pt``) or its view stage ``member`` (a
-    :class:`~scripts.networks.TwoStageEAR` model file), checked against the shape of the view stage trained."""
+def _init_view_stage(init: str, member: int, joint_views: bool) -> tuple[dict[str, torch.Tensor], int]:
+    """The view stage ``train`` starts from, and its member number: ``init``'s (a ``stage2d.pt``, member 0) or its
+    view stage ``member`` (a :class:`~scripts.networks.TwoStageEAR` model file), checked against the shape of the
+    view stage trained."""
+    import pickle
+
     from scripts.networks import TwoStageEAR
 
+    what = "a view stage (a spine_stage train stage2d.pt) or a two-stage model file (e.g. models/body/model.pt)"
     if not Path(init).is_file():
-        raise ValueError(f"init: no such file: {init}")
-    state = torch.load(init, map_location="cpu", weights_only=True)
+        raise ValueError(f"init: no such file: {init}; give {what}.")
+    try:
+        state = torch.load(init, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as e:  # e.g. a run's last.pt, which holds more than weights
+        raise ValueError(f"init: {init} is not {what}: {e}") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"init: {init} is not {what}.")
     members = _view_members(state)
-    if not any(k.startswith("view_net.") for k in state):  # a stage2d.pt: one view stage, no member to choose
-        member = 0
-    if not 0 <= int(member) < len(members):
+    if len(members) == 1 and member not in (0, None) and not any(k.startswith("view_net.") for k in state):
+        raise ValueError(f"init_member: {init} holds one view stage (a stage2d.pt); give --init_member 0.")
+    member = int(member or 0)
+    if not 0 <= member < len(members):
         raise ValueError(f"init_member must be in [0, {len(members) - 1}] for {init}, got {member!r}.")
     try:
-        TwoStageEAR(joint_views=joint_views).view_net.load_state_dict(members[int(member)])
-    except RuntimeError as e:  # another shape (joint_views, features) than this run's view stage
-        raise ValueError(f"{init} holds no view stage of this run's shape (joint_views={joint_views}): {e}") from e
-    return members[int(member)]
+        TwoStageEAR(joint_views=joint_views).view_net.load_state_dict(members[member])
+    except RuntimeError as e:  # another network, or another shape (joint_views, features) than this run's
+        raise ValueError(f"init: {init} is not {what} of this run's shape (joint_views={joint_views}): {e}") from e
+    return members[member], member
 
 
 def _view_members(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
