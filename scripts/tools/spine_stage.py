@@ -163,7 +163,7 @@ def train(
             or a :class:`~scripts.networks.TwoStageEAR` model file such as the shipped ``models/body/model.pt``
             (to fine-tune its view stage on your own patients).
         init_member: which view stage of a model file holding several (``view_members``) to start from (0: the
-            first); ignored for a ``stage2d.pt``.
+            first); 0 for a ``stage2d.pt``, which holds one. A run folder resumes only the start it was begun from.
         lr: Adam's learning rate.
         score_every: steps between two validation scores and checkpoints.
     """
