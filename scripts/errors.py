@@ -151,7 +151,7 @@ def _cli_excepthook(
     return hook
 
 
-def install_cli_excepthook(argv: Sequence[str] | None = None) -> bool:
+def install_cli_excepthook(argv: Sequence[str] | None = None, always: bool = False) -> bool:
     """On the command line, end an input error with its one line instead of MONAI's traceback.
 
     Installs a ``sys.excepthook`` when this process runs ``python -m monai.bundle`` (:func:`running_bundle_cli`),
@@ -164,13 +164,15 @@ def install_cli_excepthook(argv: Sequence[str] | None = None) -> bool:
 
     Args:
         argv: the command line (default ``sys.argv``), see :func:`running_bundle_cli`.
+        always: install it whatever the command line: for the bundle's own command-line tools
+            (``python -m scripts.tools.<tool>``), which call it under ``if __name__ == "__main__"``.
 
     Returns:
         whether the hook is installed.
     """
     if _hook_installed():
         return True
-    if not running_bundle_cli(argv):
+    if not always and not running_bundle_cli(argv):
         return False
     sys.excepthook = _cli_excepthook(sys.excepthook)
     return True

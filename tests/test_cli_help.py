@@ -28,6 +28,7 @@ def test_entry_points_found():
 def test_help(module, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [module, "--help"])
     monkeypatch.setenv("PAGER", "cat")
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after: the tools install their own
     cwd, threads = os.getcwd(), torch.get_num_threads()
     try:
         with pytest.raises(SystemExit) as stop:

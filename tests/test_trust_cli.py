@@ -257,6 +257,23 @@ def test_the_hook_prints_input_errors_in_one_line_and_keeps_other_tracebacks(mon
     assert seen == [bug, error], "EAR_DEBUG=1 shows the traceback of input errors too"
 
 
+def test_a_lab_tool_ends_a_bad_input_in_one_line(monkeypatch):
+    """The bundle's own tools install the hook whatever the program (``always=True``): a bad ``--init`` of
+    ``spine_stage train`` ends in one line and status 1, before any window is drawn."""
+    from scripts.errors import install_cli_excepthook
+
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    assert not install_cli_excepthook(["/usr/bin/pytest"]) and install_cli_excepthook(["/usr/bin/pytest"], always=True)
+    env = {k: v for k, v in os.environ.items() if k != "EAR_DEBUG"}
+    run = subprocess.run(
+        [sys.executable, "-m", "scripts.tools.spine_stage", "train", "--init", "missing.pt", "--out", "/nonexistent/x"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].startswith("ERROR: BundleInputError: init: no such file: missing.pt")
+    assert "Traceback" not in run.stderr
+
+
 @pytest.mark.parametrize(
     "case",
     [

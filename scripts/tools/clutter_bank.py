@@ -103,6 +103,9 @@ def clutter_bank(
 
 if __name__ == "__main__":
     import fire
+    from scripts.errors import install_cli_excepthook
+
+    install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
     os.chdir(ROOT)
     fire.Fire(clutter_bank, serialize=lambda result: None)

@@ -168,6 +168,9 @@ def confidence_features(
 
 if __name__ == "__main__":
     import fire
+    from scripts.errors import install_cli_excepthook
+
+    install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
     os.chdir(ROOT)
     fire.Fire(confidence_features, serialize=lambda result: None)

@@ -100,5 +100,8 @@ def extra_cases(repo: str, out: str = "data/extra-ct") -> list[str]:
 
 if __name__ == "__main__":
     import fire
+    from scripts.errors import install_cli_excepthook
+
+    install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
     fire.Fire(extra_cases, serialize=lambda result: None)

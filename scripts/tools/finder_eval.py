@@ -286,6 +286,9 @@ def finder_eval(
 
 if __name__ == "__main__":
     import fire
+    from scripts.errors import install_cli_excepthook
+
+    install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
     if sys.argv[1:2] == ["draw_heatmaps"]:
         fire.Fire(draw_heatmaps, command=sys.argv[2:], serialize=lambda result: None)

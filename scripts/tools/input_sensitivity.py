@@ -110,6 +110,9 @@ def input_sensitivity(
 
 if __name__ == "__main__":
     import fire
+    from scripts.errors import install_cli_excepthook
+
+    install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
     os.chdir(ROOT)
     fire.Fire(input_sensitivity, serialize=lambda result: None)

@@ -219,5 +219,8 @@ def spine_eval(
 
 if __name__ == "__main__":
     import fire
+    from scripts.errors import install_cli_excepthook
+
+    install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
     fire.Fire(spine_eval, serialize=lambda result: None)

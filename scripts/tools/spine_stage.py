@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scripts.errors import BundleInputError
 
 __all__ = ["BONE_EXCESS_SHARE", "scale_bone_density", "half_turn", "stage_parser", "train", "combine"]
 
@@ -121,11 +122,11 @@ def stage_parser(
     if pose_deg is not None:
         bound = np.broadcast_to(np.asarray(pose_deg, dtype=np.float64), (3,))
         if np.any(bound < 0) or np.any(bound > 180):
-            raise ValueError(f"pose_deg must be one or three angles in [0, 180] degrees, got {pose_deg!r}.")
+            raise BundleInputError(f"pose_deg must be one or three angles in [0, 180] degrees, got {pose_deg!r}.")
         parser["rotation_deg"] = bound.tolist()
     if window_shift_mm is not None:
         if not 0 <= float(window_shift_mm) <= 40:
-            raise ValueError(f"window_shift_mm must be in [0, 40] mm, got {window_shift_mm!r}.")
+            raise BundleInputError(f"window_shift_mm must be in [0, 40] mm, got {window_shift_mm!r}.")
         parser["window_shift_mm"] = float(window_shift_mm)
     return parser
 
@@ -185,15 +186,19 @@ def train(
     torch.manual_seed(seed)
     parser = stage_parser(dataset_dir, pose_deg, window_shift_mm)
     if target not in ("spine", "isolated"):
-        raise ValueError(f"target must be 'spine' or 'isolated', got {target!r}.")
+        raise BundleInputError(f"target must be 'spine' or 'isolated', got {target!r}.")
     if volume_weight < 0 or score_every < 1:
-        raise ValueError(f"volume_weight must be >= 0 and score_every >= 1, got {volume_weight!r}, {score_every!r}.")
+        raise BundleInputError(
+            f"volume_weight must be >= 0 and score_every >= 1, got {volume_weight!r}, {score_every!r}."
+        )
     if bone_density is not None:
         bone_density = tuple(float(f) for f in bone_density)
         if len(bone_density) != 2 or not 0 <= bone_density[0] <= bone_density[1]:
-            raise ValueError(f"bone_density must be (low, high) with 0 <= low <= high, got {bone_density!r}.")
+            raise BundleInputError(f"bone_density must be (low, high) with 0 <= low <= high, got {bone_density!r}.")
     if init_member and not init:
-        raise ValueError(f"init_member ({init_member}) needs --init, the model file whose view stage to start from.")
+        raise BundleInputError(
+            f"init_member ({init_member}) needs --init, the model file whose view stage to start from."
+        )
     init_state, init_member = (
         _init_view_stage(init, init_member, joint_views) if init else (None, None)
     )  # before the pool
@@ -201,12 +206,12 @@ def train(
     criterion = "val_dice" if volume_weight > 0 else "val_ncc"  # what picks the best checkpoint
     state = torch.load(last, map_location="cpu", weights_only=False) if last.exists() else None  # resume
     if state is not None and state.get("criterion", "val_ncc") != criterion:
-        raise ValueError(
+        raise BundleInputError(
             f"{last} is a run that keeps the best {state.get('criterion', 'val_ncc')}, this one the best "
             f"{criterion} (--volume_weight {volume_weight}); give another --out, or the run's own --volume_weight."
         )
     if state is not None and init and state.get("init") != [init, init_member]:  # the resumed weights would win
-        raise ValueError(
+        raise BundleInputError(
             f"{last} is a run started from {state.get('init') or 'scratch'}, not from {init} (member {init_member}); "
             "it resumes with its own weights: give another --out to start from --init."
         )
@@ -255,7 +260,7 @@ def train(
                 gt = torch.as_tensor(draw(dict(item))["gt"]).as_subclass(torch.Tensor)  # no meta in the file
                 gt_pool.append(((gt.float() - gt_mean) / gt_std).half())
         if len(gt_pool) != len(pool):
-            raise ValueError(f"{gt_file} holds {len(gt_pool)} windows, the pool {len(pool)}: remove one of them.")
+            raise BundleInputError(f"{gt_file} holds {len(gt_pool)} windows, the pool {len(pool)}: remove one of them.")
         # both files must hold this dataset's seeded draws: the first window drawn again, its isolated X-ray and
         # its ground truth compared with theirs (a pool or a dataset made again since would pair other windows)
         item = parser.get_parsed_content("probe_training")[0]
@@ -435,23 +440,28 @@ def _init_view_stage(init: str, member: int, joint_views: bool) -> tuple[dict[st
 
     what = "a view stage (a spine_stage train stage2d.pt) or a two-stage model file (e.g. models/body/model.pt)"
     if not Path(init).is_file():
-        raise ValueError(f"init: no such file: {init}; give {what}.")
+        raise BundleInputError(f"init: no such file: {init}; give {what}.")
     try:
         state = torch.load(init, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError) as e:  # e.g. a run's last.pt, which holds more than weights
-        raise ValueError(f"init: {init} is not {what}: {e}") from e
+        raise BundleInputError(
+            f"init: {init} is not {what}: it holds more than weights (a run's last.pt? give its stage2d.pt)."
+        ) from e
     if not isinstance(state, dict):
-        raise ValueError(f"init: {init} is not {what}.")
+        raise BundleInputError(f"init: {init} is not {what}.")
     members = _view_members(state)
     if len(members) == 1 and member not in (0, None) and not any(k.startswith("view_net.") for k in state):
-        raise ValueError(f"init_member: {init} holds one view stage (a stage2d.pt); give --init_member 0.")
+        raise BundleInputError(f"init_member: {init} holds one view stage (a stage2d.pt); give --init_member 0.")
     member = int(member or 0)
     if not 0 <= member < len(members):
-        raise ValueError(f"init_member must be in [0, {len(members) - 1}] for {init}, got {member!r}.")
+        raise BundleInputError(f"init_member must be in [0, {len(members) - 1}] for {init}, got {member!r}.")
     try:
         TwoStageEAR(joint_views=joint_views).view_net.load_state_dict(members[member])
     except RuntimeError as e:  # another network, or another shape (joint_views, features) than this run's
-        raise ValueError(f"init: {init} is not {what} of this run's shape (joint_views={joint_views}): {e}") from e
+        raise BundleInputError(
+            f"init: {init} is not {what} of this run's shape: its weights do not fit a view stage with "
+            f"joint_views={joint_views} (give the --joint_views it was trained with)."
+        ) from e
     return members[member], member
 
 
@@ -497,7 +507,7 @@ def combine(
 
     files = [view_weights] if isinstance(view_weights, (str, os.PathLike)) else list(view_weights)
     if not files:
-        raise ValueError("combine needs at least one view stage (--view_weights).")
+        raise BundleInputError("combine needs at least one view stage (--view_weights).")
     views, stages = [], []
     for f in files:
         digest = hashlib.sha256(Path(f).read_bytes()).hexdigest()
@@ -513,7 +523,7 @@ def combine(
         joint = int(view["conv_0.conv_0.conv.weight"].shape[1]) == 2  # both views as channels
         shapes.append((tuple(features), joint))
     if len(set(shapes)) != 1:
-        raise ValueError(f"the view stages of one model must share one shape; got {sorted(set(shapes))}.")
+        raise BundleInputError(f"the view stages of one model must share one shape; got {sorted(set(shapes))}.")
     features, joint = list(shapes[0][0]), shapes[0][1]
     record.update({"view_features": features, "joint_views": joint})
     if len(views) > 1:
@@ -551,7 +561,9 @@ def combine(
 
 if __name__ == "__main__":
     import fire
+    from scripts.errors import install_cli_excepthook
 
+    install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     os.chdir(ROOT)
     fire.Fire({"train": train, "combine": combine})
