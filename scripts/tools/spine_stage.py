@@ -443,16 +443,16 @@ def _init_view_stage(init: str, member: int, joint_views: bool) -> tuple[dict[st
         raise BundleInputError(f"init: no such file: {init}; give {what}.")
     try:
         state = torch.load(init, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as e:  # e.g. a run's last.pt, which holds more than weights
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:  # e.g. a run's last.pt (more than weights)
         raise BundleInputError(
-            f"init: {init} is not {what}: it holds more than weights (a run's last.pt? give its stage2d.pt)."
+            f"init: {init} is not {what}: it cannot be read as weights alone (a run's last.pt? give its stage2d.pt)."
         ) from e
     if not isinstance(state, dict):
         raise BundleInputError(f"init: {init} is not {what}.")
     members = _view_members(state)
-    if len(members) == 1 and member not in (0, None) and not any(k.startswith("view_net.") for k in state):
+    member = int(member)
+    if member != 0 and not any(k.startswith("view_net.") for k in state):
         raise BundleInputError(f"init_member: {init} holds one view stage (a stage2d.pt); give --init_member 0.")
-    member = int(member or 0)
     if not 0 <= member < len(members):
         raise BundleInputError(f"init_member must be in [0, {len(members) - 1}] for {init}, got {member!r}.")
     try:
