@@ -44,9 +44,13 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from scripts.data.crop import (
+    BONE_HU,
+    LABEL_BONE_SHARE,
+    LABEL_FIT_RATIO,
     bounding_boxes,
     crop_vertebra,
     gt_statistics,
+    label_bone_fit,
     labels_touching_border,
     labels_touching_padding,
     to_ras_isotropic,
@@ -69,7 +73,7 @@ MANIFEST_COLUMNS = (
     "origin_x_mm", "origin_y_mm", "origin_z_mm", "hu_mean", "hu_std", "hu_min", "hu_max",
     "mask_voxels", "extent_x", "extent_y", "extent_z", "intensity", "hu_scale", "hu_offset", "hu_fit",
     "hu_landmarks", "hu_residuals", "hu_warning", "centre_x_mm", "centre_y_mm", "centre_z_mm", "body_cut_ap",
-    "body_cut_lateral", "source_ct", "source_mask",
+    "body_cut_lateral", "label_bone_share", "shell_bone_share", "source_ct", "source_mask",
 )  # fmt: skip
 ORIENTATION_MODES = ("check", "warn")
 #: Fewest output voxels along a complete vertebra's smallest world extent (``--min_voxels``).
@@ -357,6 +361,7 @@ def process_case(
         _write_body(ct_iso, outside_iso, body_path)
         ct_iso_np = np.asarray(ct_iso[0])
         boxes = bounding_boxes(np.asarray(lab_iso[0]), list(todo))
+        off_bone: list[str] = []
         for value, row in todo.items():
             level = row["level"]
             if value not in boxes:
@@ -369,6 +374,7 @@ def process_case(
             save_nifti(crop.mask, crop.affine, files["mask"])
             origin = crop.affine[:3, 3]
             centre = crop.affine[:3, :3] @ np.full(3, (roi - 1) / 2.0) + origin
+            fit = label_bone_fit(crop.ct, crop.mask, spacing)
             cut = body_cut_fractions(ct_iso_np, outside_iso, np.asarray(ct_iso.affine), centre, roi * spacing / 2)
             row.update(
                 {f"origin_{a}_mm": round(float(o), 4) for a, o in zip("xyz", origin)},
@@ -376,6 +382,7 @@ def process_case(
                 **{k: round(v, 3) for k, v in cut.items()},
                 **{f"extent_{a}": int(e) for a, e in zip("xyz", crop.extent)},
                 mask_voxels=int(crop.mask.sum()),
+                **{k: round(v, 3) for k, v in fit.items()},
                 **hu_fields,
                 **gt_statistics(crop),
                 affine=crop.affine.tolist(),
@@ -389,6 +396,17 @@ def process_case(
             with atomic_path(files["json"]) as tmp:
                 tmp.write_text(json.dumps(row, indent=1))
             result.written.append(row)
+            share, around = fit["label_bone_share"], fit["shell_bone_share"]
+            if share < LABEL_BONE_SHARE and share < LABEL_FIT_RATIO * around:
+                off_bone.append(f"{level} ({share:.0%}, around {around:.0%})")
+        off_bone.sort(key=lambda text: LEVELS.index(text.split()[0]) if text.split()[0] in LEVELS else len(LEVELS))
+        if off_bone:
+            result.warnings.append(
+                f"{mask_path}: labels that may lie beside their vertebra: {', '.join(off_bone)} of voxels above "
+                f"{BONE_HU:.0f} HU inside the label and within 10 mm around it (labels on their bone: over "
+                f"{LABEL_BONE_SHARE:.0%}, or {LABEL_FIT_RATIO} times the share around; a spine of low density holds "
+                "less); check that the label map belongs to this CT (orientation, shift)"
+            )
     except DataError as e:
         result.error = str(e)
     except MemoryError:

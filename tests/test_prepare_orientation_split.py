@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scripts import prepare as prep
+from scripts.data.crop import label_bone_fit
 from scripts.data.errors import DataError
 from scripts.data.labels import VERSE_LABELS, read_class_map, vertebrae_of_class_map
 from scripts.data.orientation import check_orientation, vertebra_geometry
@@ -35,14 +36,20 @@ def vertebra(value, y0, z0):
     ]
 
 
-def phantom(folder, name, signs=(1, 1, 1)):
-    """Two phantom vertebrae, T12 above L1, in a scan whose array axes are flipped by ``signs`` (the affine
-    says they are not: the data are written as if they were)."""
+def phantom(folder, name, signs=(1, 1, 1), bone_shift_mm=0):
+    """Two phantom vertebrae, T12 above L1 (bone at 500 HU in soft tissue at 40 HU, air on one side), in a scan
+    whose array axes are flipped by ``signs`` (the affine says they are not: the data are written as if they were).
+    The bone lies ``bone_shift_mm`` posterior of its labels."""
     objects = vertebra(19, 0.0, 8.0) + vertebra(20, 0.0, -12.0)
     ct_p, lab_p, aff = make_scan(folder, name, objects, shape=(40, 60, 40), spacing=(1.0, 1.0, 1.0))
-    for p in (ct_p, lab_p):
-        img = nib.load(str(p))
-        arr = np.asarray(img.dataobj)[tuple(slice(None, None, s) for s in signs)]
+    labels = np.asarray(nib.load(str(lab_p)).dataobj)
+    bone = labels > 0
+    if bone_shift_mm:  # 1 mm voxels, array axis 1 = anterior
+        bone = np.concatenate([bone[:, bone_shift_mm:], np.zeros_like(bone[:, :bone_shift_mm])], axis=1)
+    ct = np.where(bone, 500.0, 40.0).astype(np.float32)
+    ct[:3] = -1000.0  # air beside the body
+    for p, arr in ((ct_p, ct), (lab_p, labels)):
+        arr = arr[tuple(slice(None, None, s) for s in signs)]
         nib.save(nib.Nifti1Image(np.ascontiguousarray(arr), aff), str(p))
     return ct_p, lab_p
 
@@ -72,6 +79,39 @@ def test_phantom_orientation_checks(tmp_path):
     assert (s.written, s.failed) == (2, 0) and "anterior-posterior axis mirrored" in s.warnings[0]
     with pytest.raises(DataError, match="unknown --orientation 'fix'"):
         run(tmp_path, tmp_path / "ap", out="out_bad", orientation="fix")
+
+
+def test_label_bone_fit_of_cubes():
+    """A cube label on a cube of bone holds only bone and has none around it; moved by half its width, half."""
+    hu = np.full((30, 30, 30), 40.0)
+    hu[10:20, 10:20, 10:20] = 500.0
+    label = np.zeros(hu.shape, np.uint8)
+    label[10:20, 10:20, 10:20] = 1
+    assert label_bone_fit(hu, label, spacing=2.0) == {"label_bone_share": 1.0, "shell_bone_share": 0.0}
+    fit = label_bone_fit(hu, np.roll(label, 5, axis=0), spacing=2.0, shell_mm=2.0)
+    # a one-voxel shell (2 mm at 2 mm voxels) is the six faces' 6 x 100 voxels; only the face behind it is bone
+    assert fit == pytest.approx({"label_bone_share": 0.5, "shell_bone_share": 1 / 6})
+
+
+def test_labels_beside_their_bone_are_reported(tmp_path):
+    """A label map 14 mm anterior of its bone is prepared and reported in one line per scan; the manifest holds the
+    bone shares inside each label and around it."""
+    _, lab_p = phantom(tmp_path / "shifted", "shifted", bone_shift_mm=14)
+    s = run(tmp_path, tmp_path / "shifted", out="out_shifted")
+    assert (s.written, s.failed, len(s.warnings)) == (2, 0, 1)
+    assert s.warnings[0].startswith(f"{lab_p}: labels that may lie beside their vertebra: ")
+    assert (
+        "T12 (" in s.warnings[0]
+        and "L1 (" in s.warnings[0]
+        and s.warnings[0].endswith("check that the label map belongs to this CT (orientation, shift)")
+    )
+    rows = {r["level"]: r for r in csv.DictReader(open(tmp_path / "out_shifted" / "manifest.csv"))}
+    assert float(rows["T12"]["label_bone_share"]) < 0.5
+    phantom(tmp_path / "good", "ok")
+    s = run(tmp_path, tmp_path / "good")
+    rows = {r["level"]: r for r in csv.DictReader(open(tmp_path / "out" / "manifest.csv"))}
+    assert s.warnings == [] and {float(r["label_bone_share"]) for r in rows.values()} == {1.0}
+    assert all(float(r["shell_bone_share"]) < 0.5 for r in rows.values())
 
 
 def test_example_and_flipped_example(example_case):

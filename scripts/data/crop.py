@@ -37,9 +37,21 @@ __all__ = [
     "grow_mask",
     "crop_vertebra",
     "gt_statistics",
+    "BONE_HU",
+    "LABEL_FIT_RATIO",
+    "LABEL_BONE_SHARE",
+    "label_bone_fit",
 ]
 
 AIR_HU = -1024.0
+#: HU above which a voxel counts as bone in :func:`label_bone_fit`.
+BONE_HU = 150.0
+#: ``scripts.prepare`` reports a label whose bone share is below :data:`LABEL_BONE_SHARE` and below this multiple of
+#: its surroundings' share. Measured at 2 mm on 84 vertebrae of 9 patients whose labels lie on their bone: shares
+#: 0.50-0.98, 2.0-5.6 times their surroundings'; on 7 labels beside their bone (colonog0694): 0.17-0.45, 0.7-1.8 times
+#: (``docs/data.md``).
+LABEL_FIT_RATIO = 2.5
+LABEL_BONE_SHARE = 0.5
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
@@ -205,4 +217,27 @@ def gt_statistics(crop: VertebraCrop) -> dict[str, float]:
         "cube_mean": float(cube.mean()),
         "cube_var": float(cube.var()),
         "cube_n": int(cube.size),
+    }
+
+
+def label_bone_fit(
+    hu: np.ndarray, mask: np.ndarray, spacing: float, bone_hu: float = BONE_HU, shell_mm: float = 10.0
+) -> dict[str, float]:
+    """How well a vertebra's label lies on its bone: the share of voxels above ``bone_hu`` inside the label and in a
+    shell of ``shell_mm`` around it (one grid, isotropic ``spacing`` in mm; the shell is ``shell_mm / spacing`` steps
+    of 6-neighbour dilation).
+
+    A label on its vertebra holds mostly bone and its surroundings (soft tissue, the neighbours' edges) much less; a
+    label shifted or turned off its vertebra, or drawn on another scan, holds about as much as its surroundings.
+
+    Returns:
+        ``label_bone_share`` and ``shell_bone_share`` (``nan`` for an empty label or shell).
+    """
+    inside = np.asarray(mask) > 0
+    steps = max(1, round(shell_mm / float(spacing)))
+    shell = ndimage.binary_dilation(inside, iterations=steps) & ~inside
+    values = np.asarray(hu)
+    return {
+        "label_bone_share": float((values[inside] > bone_hu).mean()) if inside.any() else float("nan"),
+        "shell_bone_share": float((values[shell] > bone_hu).mean()) if shell.any() else float("nan"),
     }

@@ -215,15 +215,14 @@ def label_fit(hu: np.ndarray, labels: np.ndarray, bone_hu: float = 150.0, shell_
     """How well a label map lies on the bone of its scan (one grid): the median HU inside the labels, and the share of
     voxels above ``bone_hu`` inside the labels and in a shell of ``shell_voxels`` voxels around them. Labels on bone
     hold mostly bone and little lies next to them; labels off the bone hold as little as their surroundings."""
-    from scipy import ndimage
+    from scripts.data.crop import label_bone_fit
 
     inside = np.asarray(labels) > 0
-    shell = ndimage.binary_dilation(inside, iterations=int(shell_voxels)) & ~inside
-    v = np.asarray(hu, dtype=np.float32)
+    fit = label_bone_fit(hu, inside, spacing=1.0, bone_hu=bone_hu, shell_mm=float(shell_voxels))
     return {
-        "median_hu_inside": round(float(np.median(v[inside])), 1) if inside.any() else float("nan"),
-        "bone_share_inside": round(float((v[inside] > bone_hu).mean()), 3) if inside.any() else float("nan"),
-        "bone_share_shell": round(float((v[shell] > bone_hu).mean()), 3) if shell.any() else float("nan"),
+        "median_hu_inside": round(float(np.median(np.asarray(hu)[inside])), 1) if inside.any() else float("nan"),
+        "bone_share_inside": round(fit["label_bone_share"], 3),
+        "bone_share_shell": round(fit["shell_bone_share"], 3),
     }
 
 
