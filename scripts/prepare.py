@@ -361,7 +361,7 @@ def process_case(
         _write_body(ct_iso, outside_iso, body_path)
         ct_iso_np = np.asarray(ct_iso[0])
         boxes = bounding_boxes(np.asarray(lab_iso[0]), list(todo))
-        off_bone: list[str] = []
+        off_bone: list[tuple[str, float, float]] = []  # level, bone share inside the label, around it
         for value, row in todo.items():
             level = row["level"]
             if value not in boxes:
@@ -398,11 +398,12 @@ def process_case(
             result.written.append(row)
             share, around = fit["label_bone_share"], fit["shell_bone_share"]
             if share < LABEL_BONE_SHARE and share < LABEL_FIT_RATIO * around:
-                off_bone.append(f"{level} ({share:.0%}, around {around:.0%})")
-        off_bone.sort(key=lambda text: LEVELS.index(text.split()[0]) if text.split()[0] in LEVELS else len(LEVELS))
+                off_bone.append((level, share, around))
         if off_bone:
+            off_bone.sort(key=lambda item: LEVELS.index(item[0]) if item[0] in LEVELS else len(LEVELS))
+            listed = ", ".join(f"{level} ({share:.0%}, around {around:.0%})" for level, share, around in off_bone)
             result.warnings.append(
-                f"{mask_path}: labels that may lie beside their vertebra: {', '.join(off_bone)} of voxels above "
+                f"{mask_path}: labels that may lie beside their vertebra: {listed} of voxels above "
                 f"{BONE_HU:.0f} HU inside the label and within 10 mm around it (labels on their bone: over "
                 f"{LABEL_BONE_SHARE:.0%}, or {LABEL_FIT_RATIO} times the share around; a spine of low density holds "
                 "less); check that the label map belongs to this CT (orientation, shift)"
