@@ -27,6 +27,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import DistributedSampler
 from monai.handlers import IgniteMetricHandler, from_engine
+from scripts.drr.geometry import DEFAULT_SDD, DEFAULT_SOD
 from scripts.errors import (
     BundleInputError,
     XRayInputError,
@@ -54,6 +55,8 @@ __all__ = [
     "require_cases",
     "bundle_package",
     "check_xray_cases",
+    "check_xray_field",
+    "FULL_RADIOGRAPH_RATIO",
     "check_dataset",
     "epoch_count",
     "confidence_calibration",
@@ -491,6 +494,7 @@ def inference_cases(
     output_dir: str | os.PathLike | None = None,
     spatial_size: int | Sequence[int] | None = None,
     min_size: int | None = MIN_XRAY_SIZE,
+    window_mm: float | None = None,
     **loader_kwargs,
 ) -> list[dict]:
     """The cases of an inference run: a JSON datalist, two image paths, or by default a prepared dataset's split.
@@ -523,6 +527,8 @@ def inference_cases(
         spatial_size: the model's input size (pixels): smaller images are enlarged to it, with a warning.
         min_size: the fewest pixels per side of an image (:data:`scripts.io.xray.MIN_XRAY_SIZE`); smaller ones
             are refused. ``None`` takes any size.
+        window_mm: the edge of the model's crop in mm (``roi_size * spacing``): images of known pixel spacing that
+            span far more are refused as full radiographs (:func:`check_xray_cases`).
         loader_kwargs: arguments of :class:`scripts.io.xray.LoadXRayPair` used by the check (``invert``,
             ``pixel_spacing``, ...).
 
@@ -561,7 +567,12 @@ def inference_cases(
     check_case_names([c["id"] for c in cases], output_dir=output_dir)
     if check:
         check_xray_cases(
-            cases, expansion_mode=expansion_mode, spatial_size=spatial_size, min_size=min_size, **loader_kwargs
+            cases,
+            expansion_mode=expansion_mode,
+            spatial_size=spatial_size,
+            min_size=min_size,
+            window_mm=window_mm,
+            **loader_kwargs,
         )
     return cases
 
@@ -935,6 +946,51 @@ def validation_sampler(dataset: Sequence) -> DistributedSampler | None:
     return DistributedSampler(dataset, even_divisible=False, shuffle=False)
 
 
+#: X-rays spanning more than this multiple of the field the model's window covers at the isocentre are refused as
+#: full radiographs (:func:`check_xray_field`): a 430 mm detector at 1,200 / 800 mm spans about 2.0 times a 128 mm
+#: window's field (141 mm), a window cut with a margin about 1.2 times.
+FULL_RADIOGRAPH_RATIO = 1.6
+
+
+def check_xray_field(img: torch.Tensor, window_mm: float, sdd: float, sod: float) -> float | None:
+    """Refuse two X-rays whose known pixel spacing makes them far larger than the window the model reads.
+
+    The model reads a window that shows its crop of ``window_mm`` (the training DRRs' detector sees the crop's
+    nearest face: ``window_mm * sod / (sod - window_mm / 2)`` at the isocentre). Images of ``rows x cols`` pixels of
+    spacing ``(row, col)`` mm on the detector span ``size * spacing * sod / sdd`` mm at the isocentre.
+
+    Args:
+        img: the two X-rays as :class:`LoadXRayPair` reads them (``meta["pixel_spacing"]``, NaN where unknown).
+        window_mm: the edge of the model's crop in mm.
+        sdd: source-to-detector distance in mm.
+        sod: source-to-isocentre distance in mm.
+
+    Returns:
+        the largest span at the isocentre over both views and axes, divided by the window's; ``None`` when a
+        spacing is unknown (then nothing is checked).
+
+    Raises:
+        XRayInputError: the ratio is above :data:`FULL_RADIOGRAPH_RATIO`, with the way to give full radiographs.
+    """
+    spacing = np.asarray(img.meta.get("pixel_spacing", np.full((2, 2), np.nan)), dtype=np.float64)
+    if spacing.shape != (2, 2) or not np.all(np.isfinite(spacing)):
+        return None
+    span = np.asarray(img.shape[-2:], dtype=np.float64)[None, :] * spacing * (sod / sdd)
+    field = window_mm * sod / (sod - window_mm / 2.0)
+    ratio = float(span.max() / field)
+    if ratio > FULL_RADIOGRAPH_RATIO:
+        rows, cols = (int(n) for n in img.shape[-2:])
+        raise XRayInputError(
+            f"the X-rays span {span.max():.0f} mm at the isocentre ({rows}x{cols} pixels of "
+            f"{spacing.max():.3g} mm, sdd {sdd:g} / sod {sod:g} mm), {ratio:.1f} times the {field:.0f} mm the model's "
+            f"{window_mm:g} mm window covers, as full radiographs do; fix: give the radiographs as a case with "
+            '"radiographs" and the vertebra\'s "centre_px" (docs/reference.md, Inference from full radiographs), or '
+            "find every vertebra with python -m scripts.spine radiographs --ap AP --lateral LAT --out DIR; or cut a "
+            "window centred on the vertebra"
+        )
+    return ratio
+
+
 def check_xray_cases(
     cases: Sequence[Mapping[str, Any]],
     key: str = "xray",
@@ -945,6 +1001,7 @@ def check_xray_cases(
     spatial_size: int | Sequence[int] | None = None,
     sdd: float | None = None,
     sod: float | None = None,
+    window_mm: float | None = None,
     **kwargs: Any,
 ) -> None:
     """Validate every case of a datalist before anything is written, so a bad case stops the run early.
@@ -953,7 +1010,10 @@ def check_xray_cases(
     sizes (``min_size`` of ``kwargs``), blank images, view angles (:func:`parse_angles`), and, with
     ``expansion_mode``, whether the dimension expansion takes the case (:func:`check_expansion_angles`, then
     the expansion itself on a 2-voxel grid, which also checks the pixel spacings of the two views). Cases whose
-    images are smaller than ``spatial_size`` are named in one warning: they are enlarged to it.
+    images are smaller than ``spatial_size`` are named in one warning: they are enlarged to it. With ``window_mm``,
+    a case whose images have a known pixel spacing and span more than :data:`FULL_RADIOGRAPH_RATIO` times the
+    model's window at the isocentre is refused: full radiographs go to the ``radiographs`` input or to
+    ``python -m scripts.spine radiographs``, which cut the window the model expects.
 
     Args:
         cases: datalist items, each with ``key`` (two paths) and optional ``angles_key``.
@@ -966,6 +1026,7 @@ def check_xray_cases(
         spatial_size: the model's input size ``(H, W)`` (an int for square), ``None``: no size warning.
         sdd: the run's source-to-detector distance in mm (``None``: the expansion's default).
         sod: the run's source-to-isocentre distance in mm; with ``sdd``, ``sdd > sod > 0`` is required.
+        window_mm: the edge of the model's crop in mm (``roi_size * spacing``); ``None``: no field check.
         kwargs: the arguments of :class:`LoadXRayPair` (orientation, inversion, pixel spacing, ``min_size``).
 
     Raises:
@@ -1011,6 +1072,8 @@ def check_xray_cases(
             size = img.meta["original_size"]
             if model_size is not None and (size < np.asarray(model_size)).any():
                 small.append(f"{label} ({'x'.join(str(int(n)) for n in size.min(axis=0))})")
+            if window_mm is not None:
+                check_xray_field(img, window_mm, sdd or DEFAULT_SDD, sod or DEFAULT_SOD)
             if expansion_mode is not None:
                 check_expansion_angles(img.meta["angles"], expansion_mode)
                 try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from scripts.io.xray import LoadXRayPair, LoadXRayPaird, XRayInputError, parse_angles, read_xray, xray_case_name
-from scripts.workflow import check_xray_cases
+from scripts.workflow import check_xray_cases, check_xray_field
 
 
 def _pattern(dtype=np.uint16, scale: float = 1000.0) -> np.ndarray:
@@ -311,3 +312,51 @@ def test_check_xray_cases_runs_the_expansion_checks(tmp_path):
 )
 def test_case_name_from_files(files, name):
     assert xray_case_name(files) == name
+
+
+def test_png_takes_the_pixel_spacing_of_its_sidecar(tmp_path):
+    """A PNG has no pixel spacing; the sidecar JSON of a full radiograph (``pixel_spacing_mm``) gives it, a DICOM
+    file's own spacing wins over a sidecar, and a bad sidecar spacing is refused naming the file."""
+    a = _pattern(np.uint8, 255)
+    for name in ("ap", "lat"):
+        Image.fromarray(a).save(tmp_path / f"{name}.png")
+    (tmp_path / "ap.json").write_text(json.dumps({"sdd_mm": 1200, "pixel_spacing_mm": [0.5, 0.25]}))
+    img = LoadXRayPair()([tmp_path / "ap.png", tmp_path / "lat.png"])
+    np.testing.assert_allclose(img.meta["pixel_spacing"][0], [0.5, 0.25])
+    assert np.isnan(img.meta["pixel_spacing"][1]).all()
+    (tmp_path / "lat.json").write_text(json.dumps({"pixel_spacing_mm": 0.5}))
+    np.testing.assert_allclose(LoadXRayPair()([tmp_path / "lat.png"] * 2).meta["pixel_spacing"], 0.5)
+    _write_dicom(tmp_path / "d.dcm", _pattern(np.uint16, 4000), spacing=(0.2, 0.2))
+    (tmp_path / "d.json").write_text(json.dumps({"pixel_spacing_mm": 0.9}))
+    np.testing.assert_allclose(LoadXRayPair()([tmp_path / "d.dcm"] * 2).meta["pixel_spacing"], 0.2)
+    (tmp_path / "ap.json").write_text(json.dumps({"pixel_spacing_mm": -1}))
+    with pytest.raises(XRayInputError, match=r"ap.json: pixel_spacing_mm=-1 is not a positive pixel size"):
+        LoadXRayPair()([tmp_path / "ap.png", tmp_path / "lat.png"])
+
+
+def test_full_radiographs_are_refused_as_windows(tmp_path):
+    """X-rays of known spacing that span far more than the model's window at the isocentre (a full radiograph) are
+    refused with the ways to give full radiographs; a window cut with a margin passes; unknown spacing is not checked.
+    """
+    from monai.data import MetaTensor
+
+    img = torch.zeros(2, 200, 100)
+    # 200 x 100 pixels of 1 mm on the detector at sdd 1000 / sod 500: 100 x 50 mm at the isocentre; a 64 mm window
+    # covers 64 * 500 / (500 - 32) = 68.4 mm there
+    x = MetaTensor(img, meta={"pixel_spacing": np.ones((2, 2))})
+    with pytest.raises(XRayInputError, match=r"span 100 mm at the isocentre .* 2\.0 times"):
+        check_xray_field(x, window_mm=48.0, sdd=1000.0, sod=500.0)  # a 48 mm window covers 50.5 mm there
+    assert check_xray_field(x, window_mm=64.0, sdd=1000.0, sod=500.0) == pytest.approx(100 / (64 * 500 / 468))
+    x.meta["pixel_spacing"] = np.full((2, 2), np.nan)
+    assert check_xray_field(x, window_mm=8.0, sdd=1000.0, sod=500.0) is None
+    # through the inference check: a PNG pair of a 430 mm detector (sidecar spacing 2 mm)
+    a = (np.random.default_rng(0).random((215, 215)) * 255).astype(np.uint8)
+    for name in ("ap", "lat"):
+        Image.fromarray(a).save(tmp_path / f"{name}.png")
+        (tmp_path / f"{name}.json").write_text(json.dumps({"pixel_spacing_mm": 2.0}))
+    cases = [{"id": "full", "xray": ["ap.png", "lat.png"]}]
+    with pytest.raises(
+        XRayInputError, match=r'full: the X-rays span 295 mm .* "centre_px" .* scripts.spine radiographs'
+    ):
+        check_xray_cases(cases, base_dir=tmp_path, window_mm=128.0)
+    check_xray_cases(cases, base_dir=tmp_path)  # no window given: not checked

@@ -70,7 +70,7 @@ from scripts.drr.windows import (
 from scripts.errors import BundleInputError, XRayInputError
 from scripts.functional import DEFAULT_ANGLES, parse_angles
 from scripts.io.outputs import case_meta_name
-from scripts.io.xray import _is_dicom, check_not_blank, read_xray
+from scripts.io.xray import _is_dicom, check_not_blank, read_xray, sidecar_path
 
 __all__ = [
     "Radiograph",
@@ -262,13 +262,6 @@ def _orientation_letters(axis: np.ndarray) -> str:
 
 
 # -- reading ----------------------------------------------------------------------------------------------------
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """The sidecar JSON of an image: the same name with ``.json`` instead of its extension."""
-    p = Path(path)
-    name = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
-    return p.with_name(name + ".json")
-
-
 def _number(value: Any) -> float | None:
     try:
         out = float(value)

@@ -55,6 +55,8 @@ __all__ = [
     "LoadXRayPair",
     "LoadXRayPaird",
     "MIN_XRAY_SIZE",
+    "sidecar_path",
+    "sidecar_pixel_spacing",
 ]
 
 #: the fewest pixels per side (rows and columns) of an X-ray that the bundle's inference takes
@@ -225,6 +227,46 @@ def read_xray(path: str | os.PathLike, nifti_axes: str = "xy") -> tuple[np.ndarr
     if spacing is not None and not all(math.isfinite(s) and s > 0 for s in spacing):
         spacing = None
     return arr, spacing
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The sidecar JSON of an image: the same name with ``.json`` instead of its extension."""
+    p = Path(path)
+    name = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
+    return p.with_name(name + ".json")
+
+
+def sidecar_pixel_spacing(path: str | os.PathLike) -> tuple[float, float] | None:
+    """The detector pixel spacing ``(row, col)`` in mm of an image's sidecar JSON (its ``pixel_spacing_mm``, a number
+    or ``[row, col]``, as :mod:`scripts.io.radiograph` and ``python -m scripts.simulate radiographs`` write it), or
+    ``None`` without a sidecar or that key.
+
+    Raises:
+        XRayInputError: a sidecar that is not a JSON object, or a spacing that is not positive.
+    """
+    import json
+
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        content = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise XRayInputError(f"{side}: cannot read the sidecar JSON ({e}); fix: write a JSON object.") from e
+    if not isinstance(content, dict):
+        raise XRayInputError(f"{side}: the sidecar must be a JSON object with keys such as pixel_spacing_mm.")
+    if "pixel_spacing_mm" not in content:
+        return None
+    value = content["pixel_spacing_mm"]
+    try:
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        arr = np.zeros(0)
+    if isinstance(value, (str, bytes, bool)) or arr.size not in (1, 2) or not np.all(np.isfinite(arr) & (arr > 0)):
+        raise XRayInputError(
+            f"{side}: pixel_spacing_mm={value!r} is not a positive pixel size in mm (a number or [row, col])."
+        )
+    return (float(arr[0]), float(arr[-1]))
 
 
 def write_png16(image: np.ndarray, path: str | os.PathLike, png_max: float) -> None:
@@ -433,7 +475,7 @@ class LoadXRayPair(Transform):
                     f"{self.min_size} pixels per side a reconstruction needs; fix: give the full radiograph."
                 )
             sizes.append(arr.shape)
-            sp = override[v] or sp or default[v]
+            sp = override[v] or sp or (None if _is_dicom(Path(f)) else sidecar_pixel_spacing(f)) or default[v]
             if self.transpose[v]:
                 arr = arr.T
                 sp = sp[::-1] if sp else None
