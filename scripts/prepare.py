@@ -57,8 +57,8 @@ from scripts.data.crop import (
 )
 from scripts.data.errors import DataError
 from scripts.data.intensity import INTENSITIES, HUFit, apply_fit, check_finite, fit_hu, given_fit, looks_windowed
-from scripts.data.io import check_same_grid, load_volume, save_nifti
-from scripts.data.labels import LEVELS, level_from_name, parse_levels, read_class_map, vertebra_labels
+from scripts.data.io import check_same_grid, combine_structure_masks, load_volume, save_nifti
+from scripts.data.labels import LEVELS, parse_levels, read_class_map, vertebra_labels
 from scripts.data.orientation import check_orientation, fragments, vertebra_geometry
 from scripts.data.sources import Case, default_cache_dir, find_cases
 from scripts.data.split import SPLITS, parse_split, split_given, split_items
@@ -187,29 +187,8 @@ def _write_body(ct_iso: Any, outside_iso: np.ndarray, path: Path) -> None:
 
 def _load_labels(case: Case, labels: str) -> tuple[Any, dict[int, str], str]:
     """Load a case's label map (combining per-structure masks) and map its values to levels."""
-    if case.structures:
-        # TotalSegmentator per-structure masks: combine into one map; value = position in LEVELS + 1
-        first = None
-        combined = None
-        table: dict[int, str] = {}
-        for path in case.structures:
-            level = level_from_name(Path(path).name.split(".")[0])
-            if level is None:
-                continue
-            m = load_volume(path, "structure mask")
-            if first is None:
-                first, combined = (path, m), m * 0
-            else:
-                check_same_grid(first[1], m, path, first[0])
-            value = LEVELS.index(level) + 1
-            combined[m > 0.5] = value
-            table[value] = level
-        if combined is None:
-            raise DataError(case.label_source, "no vertebrae_* masks", "give TotalSegmentator's segmentations folder")
-        present = set(np.unique(np.asarray(combined[0]).astype(np.int32)).tolist()) - {0}
-        found = {v: lvl for v, lvl in table.items() if v in present}
-        if not found:
-            raise DataError(case.label_source, "all vertebrae_* masks are empty", "check the segmentation")
+    if case.structures:  # TotalSegmentator per-structure masks, combined into one map
+        combined, found = combine_structure_masks(case.structures, case.label_source)
         return combined, found, case.label_source
     mask = load_volume(case.mask, "label map")
     arr = np.asarray(mask[0])

@@ -255,7 +255,8 @@ def simulate_radiographs(
     Args:
         ct: the scan.
         out: the output folder (refused if it holds files, unless ``overwrite``).
-        labels: its vertebra label map (VerSe or TotalSegmentator values), for ``centres.json`` and the isocentre.
+        labels: its vertebra label map (VerSe or TotalSegmentator values), or a folder of TotalSegmentator's
+            per-vertebra masks (``segmentations/vertebrae_*``), for ``centres.json`` and the isocentre.
         label_convention: ``"auto"``, ``"verse"`` or ``"totalseg"``.
         class_map: a TotalSegmentator class map (value -> structure name, e.g. ``structures.csv``); default one
             found beside the label map (``scripts.data.sources.CLASS_MAP_NAMES``), if any.
@@ -276,7 +277,7 @@ def simulate_radiographs(
         the contents of ``simulation.json`` plus ``centres`` (the vertebrae, empty without labels).
     """
     from scripts.data.crop import to_ras_isotropic
-    from scripts.data.io import check_same_grid, load_volume
+    from scripts.data.io import check_same_grid, combine_structure_masks, load_volume, structure_masks
     from scripts.data.labels import read_class_map, vertebra_centres
     from scripts.data.sources import CLASS_MAP_NAMES
     from scripts.drr.body import complete_body, outside_fov
@@ -304,7 +305,12 @@ def simulate_radiographs(
     outside = np.asarray(to_ras_isotropic(mask, spacing, is_label=True)[0]) > 0.5
     hu, affine, completed = complete_body(np.asarray(vol[0], dtype=np.float32), outside, np.asarray(vol.affine))
     centres: list[dict[str, Any]] = []
-    if labels is not None:
+    if labels is not None and Path(labels).is_dir():  # TotalSegmentator's segmentations/vertebrae_* masks
+        lab_img, levels = combine_structure_masks(structure_masks(labels), labels)
+        check_same_grid(img, lab_img, labels, ct)
+        lab = to_ras_isotropic(lab_img, spacing, is_label=True)
+        cmap, label_convention = {v: f"vertebrae_{level}" for v, level in levels.items()}, "totalseg"
+    elif labels is not None:
         lab_img = load_volume(labels, "labels")
         check_same_grid(img, lab_img, labels, ct)
         lab = to_ras_isotropic(lab_img, spacing, is_label=True)
@@ -312,6 +318,7 @@ def simulate_radiographs(
             near = [Path(labels).parent / n for n in CLASS_MAP_NAMES]
             class_map = next((str(p) for p in near if p.is_file()), None)
         cmap = read_class_map(class_map) if class_map else None
+    if labels is not None:
         centres = vertebra_centres(np.asarray(lab[0]).astype(np.int64), np.asarray(lab.affine), label_convention, cmap)
     if isocentre is not None:
         iso = np.asarray(json.loads(isocentre) if isinstance(isocentre, str) else isocentre, dtype=np.float64)

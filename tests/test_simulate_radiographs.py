@@ -52,6 +52,34 @@ def test_radiographs_with_geometry_and_projected_centres(scan, tmp_path):
     assert rad.angles == (90.0, 0.0)
 
 
+def test_totalsegmentator_masks_folder_gives_the_same_centres(scan, tmp_path):
+    """``--labels`` may be TotalSegmentator's ``segmentations`` folder (one ``vertebrae_<level>`` mask each, as
+    ``scripts.prepare`` reads it): the centres are those of the multilabel map; a folder without them is refused."""
+    import nibabel as nib
+    from scripts.data.labels import VERSE_LABELS
+
+    folder, _ = scan
+    img = nib.load(str(folder / "labels.nii.gz"))
+    labels = np.asarray(img.dataobj)
+    seg = tmp_path / "segmentations"
+    seg.mkdir()
+    for value in CENTRES_VOX:
+        mask = (labels == value).astype(np.uint8)
+        nib.save(nib.Nifti1Image(mask, img.affine), str(seg / f"vertebrae_{VERSE_LABELS[value]}.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros_like(labels, dtype=np.uint8), img.affine), str(seg / "liver.nii.gz"))
+    kw = {"detector_mm": 200.0, "pixel_mm": 2.0, "photon_count": None, "physics": "mono"}
+    res = simulate_radiographs(str(folder / "ct.nii.gz"), str(tmp_path / "ts"), labels=str(seg), **kw)
+    ref = simulate_radiographs(
+        str(folder / "ct.nii.gz"), str(tmp_path / "ref"), labels=str(folder / "labels.nii.gz"), **kw
+    )
+    assert [c["level"] for c in res["centres"]] == ["T10", "T11", "T12"]
+    for a, b in zip(res["centres"], ref["centres"]):
+        np.testing.assert_allclose(a["centre_mm_world"], b["centre_mm_world"], atol=1e-3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleInputError, match="no vertebrae_\\* masks"):
+        simulate_radiographs(str(folder / "ct.nii.gz"), str(tmp_path / "none"), labels=str(tmp_path / "empty"))
+
+
 def test_bad_inputs_stop_before_writing(scan, tmp_path):
     folder, _ = scan
     with pytest.raises(BundleInputError, match="sdd > sod"):
