@@ -71,7 +71,8 @@ SPLITS = ("training", "validation", "test")
 
 
 def parse_view_sets(angles) -> list[torch.Tensor]:
-    """``[[0, 90], [[0, 10], [90, 0]]]`` -> list of (V, 2) angle tensors (a single view set is accepted too)."""
+    """``[[0, 90], [[0, 10], [90, 0]]]`` -> list of (2, 2) angle tensors (a single view set is accepted too); a view
+    set of other than two views is refused (every model of the bundle reads two X-rays)."""
     if isinstance(angles, str):
         try:
             angles = json.loads(angles)
@@ -82,9 +83,12 @@ def parse_view_sets(angles) -> list[torch.Tensor]:
     if all(isinstance(a, (int, float)) for a in angles):  # one view set of alphas
         angles = [angles]
     sets = [as_angles(s) for s in angles]
-    for s in sets:
-        if s.shape[0] < 1:
-            raise ValueError(f"empty view set in --angles {angles!r}.")
+    for given, s in zip(angles, sets):
+        if s.shape[0] != 2:
+            raise ValueError(
+                f"view set {given!r} of --angles holds {s.shape[0]} view(s); the bundle's models and inference take "
+                'two X-rays per vertebra: give pairs, e.g. --angles "[[0, 90]]" or "[[0, 90], [60, 90]]".'
+            )
     return sets
 
 

@@ -81,6 +81,8 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         parse_view_sets("[0, 90")
     assert [s.tolist() for s in parse_view_sets([0, 90])] == [[[0.0, 0.0], [90.0, 0.0]]]
+    with pytest.raises(ValueError, match=r"view set \[0, 45, 90\] of --angles holds 3 view\(s\).*take two"):
+        parse_view_sets("[[0, 45, 90]]")
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
