@@ -400,6 +400,18 @@ def check_model(
         differences.append((f"expansion_mode {info['expansion_mode']}", f"--expansion_mode {expansion_mode}"))
     for model_value, option in differences:
         text = f"{p} was trained with {model_value} but the run sets {option}"
+        if not override and option.startswith("--views"):
+            model_views = info["views"]
+            if _same_views(views[::-1], model_views):
+                raise BundleInputError(
+                    f"{text}: the same views in the other order; give the X-rays in the model's order (view 1 "
+                    f"{json.dumps(model_views[0])}, view 2 {json.dumps(model_views[1])}) and drop --views."
+                )
+            if info["expansion_mode"] == "replicate":
+                raise BundleInputError(
+                    f"{text}; this model reads only the views {json.dumps(model_views)} (its replicate expansion "
+                    "needs an AP and a lateral view): drop --views and give X-rays of those views."
+                )
         if not override:
             raise BundleInputError(
                 f"{text}; drop {option.split()[0]} (the model's value is the default), {fix}, or add "
