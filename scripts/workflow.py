@@ -1022,7 +1022,8 @@ def check_xray_cases(
     sizes (``min_size`` of ``kwargs``), blank images, view angles (:func:`parse_angles`), and, with
     ``expansion_mode``, whether the dimension expansion takes the case (:func:`check_expansion_angles`, then
     the expansion itself on a 2-voxel grid, which also checks the pixel spacings of the two views). Cases whose
-    images are smaller than ``spatial_size`` are named in one warning: they are enlarged to it. With ``window_mm``,
+    images are smaller than ``spatial_size`` are named in one warning: they are enlarged to it; cases whose images'
+    shape differs from it by more than 10 % in aspect are named in another: resizing stretches them. With ``window_mm``,
     a case whose images have a known pixel spacing and span more than :data:`FULL_RADIOGRAPH_RATIO` times the
     model's window at the isocentre is refused: full radiographs go to the ``radiographs`` input or to
     ``python -m scripts.spine radiographs``, which cut the window the model expects.
@@ -1060,7 +1061,7 @@ def check_xray_cases(
     model_size = None
     if spatial_size is not None:
         model_size = (int(spatial_size),) * 2 if isinstance(spatial_size, int) else tuple(map(int, spatial_size))
-    errors, small = [], []
+    errors, small, stretched = [], [], []
     for i, case in enumerate(cases):
         label = case.get("id", f"case {i}")
         files = case.get(key)
@@ -1084,6 +1085,9 @@ def check_xray_cases(
             size = img.meta["original_size"]
             if model_size is not None and (size < np.asarray(model_size)).any():
                 small.append(f"{label} ({'x'.join(str(int(n)) for n in size.min(axis=0))})")
+            aspect = size[:, 1] / size[:, 0] / (model_size[1] / model_size[0]) if model_size is not None else None
+            if aspect is not None and (np.abs(np.log(aspect)) > math.log(1.1)).any():
+                stretched.append(f"{label} ({int(size[0, 0])}x{int(size[0, 1])})")
             if window_mm is not None:
                 check_xray_field(img, window_mm, sdd or DEFAULT_SDD, sod or DEFAULT_SOD)
             if expansion_mode is not None:
@@ -1101,4 +1105,11 @@ def check_xray_cases(
             f"{len(small)} case(s) have X-rays smaller than the model's input of {model_size[0]}x{model_size[1]} "
             f"pixels: {', '.join(small[:5])}{', ...' if len(small) > 5 else ''}; they are enlarged, which blurs "
             "them: give the full-resolution radiographs if you have them."
+        )
+    if stretched:
+        logging.getLogger(__name__).warning(
+            f"{len(stretched)} case(s) have X-rays of another shape than the model's input of "
+            f"{model_size[0]}x{model_size[1]} pixels (rows x columns): {', '.join(stretched[:5])}"
+            f"{', ...' if len(stretched) > 5 else ''}; each is resized to it, which stretches the vertebra: cut "
+            "windows of the model's shape, centred on the vertebra."
         )

@@ -212,6 +212,26 @@ def test_tiny_xrays_are_refused_and_small_ones_warned_about(tmp_path, caplog):
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
+def test_non_square_xrays_are_warned_about_and_a_missing_file_names_the_folder(tmp_path, caplog):
+    """X-rays of another shape than the model's input are stretched by the resize: one warning names the cases; a
+    missing file's message names the folder relative paths of --xrays are read from."""
+    from PIL import Image
+
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    files = []
+    for name in ("P2_ap.png", "P2_lat.png"):
+        image = (np.random.default_rng(0).random((200, 300)) * 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / name)
+        files.append(str(folder / name))
+    with caplog.at_level(logging.WARNING, logger="scripts"):
+        assert workflow.inference_cases(xrays=files, spatial_size=64)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("another shape than the model's input of 64x64" in w and "P2 (200x300)" in w for w in warnings)
+    with pytest.raises(XRayInputError, match=r"X-ray image not found; fix: check the path \(--xrays from "):
+        workflow.inference_cases(xrays=["no_ap.png", "no_lat.png"], spatial_size=64)
+
+
 # ------------------------------------------------------------------ 10. one line instead of a traceback
 
 

@@ -72,7 +72,11 @@ def load_volume(path: str | os.PathLike, what: str = "volume") -> MetaTensor:
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(path, f"{what} not found", "check the path (relative paths are taken from the list's folder)")
+        raise DataError(
+            path,
+            f"{what} not found",
+            f"check the path (from {os.getcwd()}; the paths of a source list are taken from the list's folder)",
+        )
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(path, f"{what} file is empty", "copy the file again; it was not written completely")
     reader = _reader_for(path)
