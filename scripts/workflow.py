@@ -137,7 +137,10 @@ def confidence_calibration(model_file: str | os.PathLike, confidence: bool = Tru
     if calibration is None and confidence and _model_file_key(model_file) is not None:
         logging.getLogger(__name__).warning(
             f"{model_file} holds no confidence calibration: its confidence is the raw TTA agreement, not an estimate "
-            "of the Dice; calibrate it with python -m scripts.tools.confidence_study ... --write_calibration True."
+            f"of the Dice; calibrate it on a prepared dataset's validation patients with python -m "
+            f"scripts.tools.confidence_study --ckpt_dir {Path(model_file).parent} --dataset_dir DATA --configs "
+            "\"['configs/train.json','configs/cpu.json','configs/evaluate.json']\" --out runs/confidence/mine "
+            "--write_calibration True (docs/confidence.md, Calibrating and testing a model)."
         )
     return calibration
 

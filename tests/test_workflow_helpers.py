@@ -55,6 +55,7 @@ def test_epoch_counts_and_the_warning_of_an_uncalibrated_confidence(tmp_path, ca
         assert workflow.confidence_calibration(tmp_path / "model.pt", False) is None
     warned = [r.getMessage() for r in caplog.records if "holds no confidence calibration" in r.getMessage()]
     assert len(warned) == 1, "warned only with the confidence on"
+    assert f"confidence_study --ckpt_dir {tmp_path} --dataset_dir DATA" in warned[0], "the whole command"
 
 
 def test_missing_dataset_names_the_command(tmp_path):
