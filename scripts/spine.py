@@ -1171,11 +1171,13 @@ def radiographs(
             found = _inside_both(result["vertebrae"], views)
     unnamed = [v for v in found if v.get("level") not in LEVEL_LABELS]
     if unnamed:
-        logger.warning("%d vertebrae found beyond C1-L5 are not reconstructed", len(unnamed))
+        logger.warning(
+            "%d vertebrae without a level of the label map (C1-L6, T13, S1) are not reconstructed", len(unnamed)
+        )
     found = [v for v in found if v.get("level") in LEVEL_LABELS]
     if not found:
         raise DataError(
-            ap, "no vertebra between C1 and L5 was found in both radiographs", "check the files or pin a level"
+            ap, "no vertebra between C1 and S1 was found in both radiographs", "check the files or pin a level"
         )
     cases = [
         Vertebra(id=f"{patient}_{v['level']}", patient=patient, level=v["level"], centre_mm=tuple(v["centre_mm"]))
