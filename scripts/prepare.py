@@ -57,11 +57,12 @@ from scripts.data.crop import (
 )
 from scripts.data.errors import DataError
 from scripts.data.intensity import INTENSITIES, HUFit, apply_fit, check_finite, fit_hu, given_fit, looks_windowed
-from scripts.data.io import check_same_grid, combine_structure_masks, load_volume, save_nifti
+from scripts.data.io import check_same_grid, load_volume, save_nifti
 from scripts.data.labels import LEVELS, parse_levels, read_class_map, vertebra_labels
 from scripts.data.orientation import check_orientation, fragments, vertebra_geometry
 from scripts.data.sources import Case, default_cache_dir, find_cases
 from scripts.data.split import SPLITS, parse_split, split_given, split_items
+from scripts.data.structures import combine_structure_masks
 from scripts.drr.body import OUTSIDE_FOV, body_cut_fractions, outside_fov
 from scripts.utils import atomic_path
 

@@ -281,9 +281,11 @@ def simulate_radiographs(
         the contents of ``simulation.json`` plus ``centres`` (the vertebrae, empty without labels).
     """
     from scripts.data.crop import to_ras_isotropic
-    from scripts.data.io import check_same_grid, combine_structure_masks, load_volume, structure_masks
+    from scripts.data.errors import DataError
+    from scripts.data.io import check_same_grid, load_volume, structure_masks
     from scripts.data.labels import read_class_map, vertebra_centres
     from scripts.data.sources import CLASS_MAP_NAMES
+    from scripts.data.structures import combine_structure_masks
     from scripts.drr.body import complete_body, outside_fov
     from scripts.drr.projector import DRRProjector
     from scripts.errors import BundleInputError
@@ -309,13 +311,23 @@ def simulate_radiographs(
     outside = np.asarray(to_ras_isotropic(mask, spacing, is_label=True)[0]) > 0.5
     hu, affine, completed = complete_body(np.asarray(vol[0], dtype=np.float32), outside, np.asarray(vol.affine))
     centres: list[dict[str, Any]] = []
-    if labels is not None and Path(labels).is_dir():  # TotalSegmentator's segmentations/vertebrae_* masks
+    if labels is not None and structure_masks(labels):  # TotalSegmentator's segmentations/vertebrae_* masks
         lab_img, levels = combine_structure_masks(structure_masks(labels), labels)
         check_same_grid(img, lab_img, labels, ct)
         lab = to_ras_isotropic(lab_img, spacing, is_label=True)
         cmap, label_convention = {v: f"vertebrae_{level}" for v, level in levels.items()}, "totalseg"
     elif labels is not None:
-        lab_img = load_volume(labels, "labels")
+        try:
+            lab_img = load_volume(labels, "labels")
+        except DataError as e:
+            if not Path(labels).is_dir():
+                raise
+            raise DataError(
+                labels,
+                "neither a DICOM series nor vertebrae_* masks",
+                "give a label map, a folder holding one DICOM "
+                "series, or TotalSegmentator's segmentations folder (vertebrae_<level> masks)",
+            ) from e
         check_same_grid(img, lab_img, labels, ct)
         lab = to_ras_isotropic(lab_img, spacing, is_label=True)
         if class_map is None:

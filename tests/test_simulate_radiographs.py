@@ -76,7 +76,7 @@ def test_totalsegmentator_masks_folder_gives_the_same_centres(scan, tmp_path):
     for a, b in zip(res["centres"], ref["centres"]):
         np.testing.assert_allclose(a["centre_mm_world"], b["centre_mm_world"], atol=1e-3)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(BundleInputError, match="no vertebrae_\\* masks"):
+    with pytest.raises(BundleInputError, match="empty: neither a DICOM series nor vertebrae_\\* masks"):
         simulate_radiographs(str(folder / "ct.nii.gz"), str(tmp_path / "none"), labels=str(tmp_path / "empty"))
 
 

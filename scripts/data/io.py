@@ -27,7 +27,6 @@ __all__ = [
     "check_same_grid",
     "save_nifti",
     "structure_masks",
-    "combine_structure_masks",
 ]
 
 #: File name endings read as volumes (a folder is read as a DICOM series).
@@ -156,48 +155,11 @@ def save_nifti(array: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Tens
 
 
 def structure_masks(folder: str | os.PathLike) -> list[Path]:
-    """The per-vertebra masks of a TotalSegmentator ``segmentations`` folder: its ``vertebra*`` volumes, sorted."""
+    """The per-vertebra masks of a TotalSegmentator ``segmentations`` folder: its ``vertebra*`` volumes (not hidden
+    files), sorted; ``[]`` for a folder without them."""
     folder = Path(folder)
+    if not folder.is_dir():
+        return []
     return sorted(
         p for p in folder.iterdir() if is_volume_file(p) and strip_volume_suffix(p.name).lower().startswith("vertebra")
     )
-
-
-def combine_structure_masks(paths: list[str | os.PathLike], source: str | os.PathLike) -> tuple[MetaTensor, dict]:
-    """One label map from per-structure binary masks (TotalSegmentator's ``segmentations/vertebrae_<level>``).
-
-    Args:
-        paths: the masks; names that are no vertebra level are left out.
-        source: the folder they come from, named in errors.
-
-    Returns:
-        ``(label map, {value: level})``: the map on the masks' grid, each level's value its position in
-        :data:`scripts.data.labels.LEVELS` plus one, and the levels whose masks are not empty.
-
-    Raises:
-        DataError: no ``vertebrae_*`` mask, all of them empty, or masks on different grids.
-    """
-    from scripts.data.labels import LEVELS, level_from_name
-
-    first = None
-    combined = None
-    table: dict[int, str] = {}
-    for path in paths:
-        level = level_from_name(Path(path).name.split(".")[0])
-        if level is None:
-            continue
-        m = load_volume(path, "structure mask")
-        if first is None:
-            first, combined = (path, m), m * 0
-        else:
-            check_same_grid(first[1], m, path, first[0])
-        value = LEVELS.index(level) + 1
-        combined[m > 0.5] = value
-        table[value] = level
-    if combined is None:
-        raise DataError(source, "no vertebrae_* masks", "give TotalSegmentator's segmentations folder")
-    present = set(np.unique(np.asarray(combined[0]).astype(np.int32)).tolist()) - {0}
-    found = {v: lvl for v, lvl in table.items() if v in present}
-    if not found:
-        raise DataError(source, "all vertebrae_* masks are empty", "check the segmentation")
-    return combined, found

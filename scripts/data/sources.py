@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scripts.data.errors import DataError
-from scripts.data.io import is_volume_file, strip_volume_suffix
+from scripts.data.io import is_volume_file, strip_volume_suffix, structure_masks
 from scripts.data.split import SPLIT_ALIASES, SPLITS
 from scripts.utils import atomic_path
 
@@ -323,7 +323,7 @@ def find_cases_in_folder(root: str | os.PathLike) -> tuple[list[Case], list[Data
             continue
         folder = ct.parent
         seg_dir = folder / "segmentations"
-        structures = [p for p in _volumes(seg_dir) if strip_volume_suffix(p.name).lower().startswith("vertebra")]
+        structures = structure_masks(seg_dir)
         multi = [p for p in vols if p.parent == folder and strip_volume_suffix(p.name).lower() in _MULTILABEL_NAMES]
         if structures:
             cases.append(Case(folder.name, str(ct), structures=tuple(map(str, structures)), convention="totalseg"))
