@@ -47,6 +47,7 @@ from scripts.data.crop import (
     BONE_HU,
     LABEL_BONE_SHARE,
     LABEL_FIT_RATIO,
+    SHELL_MM,
     bounding_boxes,
     crop_vertebra,
     gt_statistics,
@@ -175,6 +176,42 @@ def _finished_row(out: Path, patient: str, level: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return row if isinstance(row, dict) and "body" in row.get("files", {}) else None
+
+
+def _stored_label_fit(out: Path, row: dict) -> dict:
+    """A finished vertebra's bone shares (:func:`label_bone_fit`): from its row, or, for a row written before they
+    were kept, measured on its saved crops and written into its row (atomically)."""
+    if "label_bone_share" in row and "shell_bone_share" in row:
+        return row
+    import nibabel as nib
+
+    files = _paths(out, row["patient"], row["level"])
+    ct, mask = (np.asarray(nib.load(str(files[k])).dataobj) for k in ("ct", "mask"))
+    fit = label_bone_fit(ct, mask, float(row["spacing_mm"]))
+    row.update({k: round(v, 3) for k, v in fit.items()})
+    with atomic_path(files["json"]) as tmp:
+        tmp.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _label_fit_warning(mask_path: Any, rows: list[dict]) -> list[str]:
+    """One warning naming the vertebrae (manifest rows with bone shares) whose labels may lie beside their bone:
+    under :data:`LABEL_BONE_SHARE` bone and under :data:`LABEL_FIT_RATIO` times the share around them."""
+    off = [
+        r
+        for r in rows
+        if r["label_bone_share"] < LABEL_BONE_SHARE and r["label_bone_share"] < LABEL_FIT_RATIO * r["shell_bone_share"]
+    ]
+    if not off:
+        return []
+    off.sort(key=lambda r: LEVELS.index(r["level"]) if r["level"] in LEVELS else len(LEVELS))
+    listed = ", ".join(f"{r['level']} {r['label_bone_share']:.0%} / {r['shell_bone_share']:.0%}" for r in off)
+    return [
+        f"{mask_path}: labels that may lie beside their vertebra (voxels above {BONE_HU:.0f} HU inside the label / "
+        f"within {SHELL_MM:g} mm around it): {listed}; labels on their bone hold over {LABEL_BONE_SHARE:.0%}, or "
+        f"{LABEL_FIT_RATIO} times the share around (a spine of low density holds less): check that the label map "
+        "belongs to this CT (orientation, shift)"
+    ]
 
 
 def _write_body(ct_iso: Any, outside_iso: np.ndarray, path: Path) -> None:
@@ -313,10 +350,11 @@ def process_case(
             elif level in small:
                 result.skipped.append((level, FRAGMENT, {**row, "status": FRAGMENT}))
             elif (done := _finished_row(out, case.patient, level)) is not None:
-                result.done.append(done)
+                result.done.append(_stored_label_fit(out, done))
             else:
                 todo[value] = row
         if not todo:
+            result.warnings += _label_fit_warning(mask_path, result.done)
             return result
         ct = load_volume(case.ct, "CT")
         check_same_grid(ct, mask, mask_path, case.ct)
@@ -341,7 +379,6 @@ def process_case(
         _write_body(ct_iso, outside_iso, body_path)
         ct_iso_np = np.asarray(ct_iso[0])
         boxes = bounding_boxes(np.asarray(lab_iso[0]), list(todo))
-        off_bone: list[tuple[str, float, float]] = []  # level, bone share inside the label, around it
         for value, row in todo.items():
             level = row["level"]
             if value not in boxes:
@@ -354,7 +391,7 @@ def process_case(
             save_nifti(crop.mask, crop.affine, files["mask"])
             origin = crop.affine[:3, 3]
             centre = crop.affine[:3, :3] @ np.full(3, (roi - 1) / 2.0) + origin
-            fit = label_bone_fit(crop.ct, crop.mask, spacing)
+            fit = label_bone_fit(crop.ct, crop.mask, spacing, shell_mm=SHELL_MM)
             cut = body_cut_fractions(ct_iso_np, outside_iso, np.asarray(ct_iso.affine), centre, roi * spacing / 2)
             row.update(
                 {f"origin_{a}_mm": round(float(o), 4) for a, o in zip("xyz", origin)},
@@ -376,18 +413,7 @@ def process_case(
             with atomic_path(files["json"]) as tmp:
                 tmp.write_text(json.dumps(row, indent=1))
             result.written.append(row)
-            share, around = fit["label_bone_share"], fit["shell_bone_share"]
-            if share < LABEL_BONE_SHARE and share < LABEL_FIT_RATIO * around:
-                off_bone.append((level, share, around))
-        if off_bone:
-            off_bone.sort(key=lambda item: LEVELS.index(item[0]) if item[0] in LEVELS else len(LEVELS))
-            listed = ", ".join(f"{level} ({share:.0%}, around {around:.0%})" for level, share, around in off_bone)
-            result.warnings.append(
-                f"{mask_path}: labels that may lie beside their vertebra: {listed} of voxels above "
-                f"{BONE_HU:.0f} HU inside the label and within 10 mm around it (labels on their bone: over "
-                f"{LABEL_BONE_SHARE:.0%}, or {LABEL_FIT_RATIO} times the share around; a spine of low density holds "
-                "less); check that the label map belongs to this CT (orientation, shift)"
-            )
+        result.warnings += _label_fit_warning(mask_path, result.done + result.written)
     except DataError as e:
         result.error = str(e)
     except MemoryError:

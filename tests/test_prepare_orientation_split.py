@@ -94,19 +94,26 @@ def test_label_bone_fit_of_cubes():
 
 
 def test_labels_beside_their_bone_are_reported(tmp_path):
-    """A label map 14 mm anterior of its bone is prepared and reported in one line per scan; the manifest holds the
-    bone shares inside each label and around it."""
+    """A label map 14 mm anterior of its bone is prepared and reported in one line per scan, also when a rerun finds
+    its vertebrae finished (and measures those prepared before the shares were kept); the manifest holds the bone
+    shares inside each label and around it."""
     _, lab_p = phantom(tmp_path / "shifted", "shifted", bone_shift_mm=14)
     s = run(tmp_path, tmp_path / "shifted", out="out_shifted")
     assert (s.written, s.failed, len(s.warnings)) == (2, 0, 1)
-    assert s.warnings[0].startswith(f"{lab_p}: labels that may lie beside their vertebra: ")
-    assert (
-        "T12 (" in s.warnings[0]
-        and "L1 (" in s.warnings[0]
-        and s.warnings[0].endswith("check that the label map belongs to this CT (orientation, shift)")
-    )
+    text = s.warnings[0]
+    assert text.startswith(f"{lab_p}: labels that may lie beside their vertebra (voxels above 150 HU inside the label")
+    assert text.index(": T12 ") < text.index(", L1 ") and text.endswith("belongs to this CT (orientation, shift)")
     rows = {r["level"]: r for r in csv.DictReader(open(tmp_path / "out_shifted" / "manifest.csv"))}
-    assert float(rows["T12"]["label_bone_share"]) < 0.5
+    shares = {k: float(rows["T12"][k]) for k in ("label_bone_share", "shell_bone_share")}
+    assert shares["label_bone_share"] < 0.5
+    # a rerun: every vertebra finished, one of them written before the shares were kept
+    sidecar = tmp_path / "out_shifted" / "shifted" / "shifted_T12.json"
+    old = {k: v for k, v in json.loads(sidecar.read_text()).items() if k not in shares}
+    sidecar.write_text(json.dumps(old))
+    s = run(tmp_path, tmp_path / "shifted", out="out_shifted")
+    assert (s.written, s.done, s.warnings) == (0, 2, [text])
+    rows = {r["level"]: r for r in csv.DictReader(open(tmp_path / "out_shifted" / "manifest.csv"))}
+    assert {k: float(rows["T12"][k]) for k in shares} == shares, "measured again on the saved crops and kept"
     phantom(tmp_path / "good", "ok")
     s = run(tmp_path, tmp_path / "good")
     rows = {r["level"]: r for r in csv.DictReader(open(tmp_path / "out" / "manifest.csv"))}

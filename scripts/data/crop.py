@@ -40,6 +40,7 @@ __all__ = [
     "BONE_HU",
     "LABEL_FIT_RATIO",
     "LABEL_BONE_SHARE",
+    "SHELL_MM",
     "label_bone_fit",
 ]
 
@@ -52,6 +53,8 @@ BONE_HU = 150.0
 #: (``docs/data.md``).
 LABEL_FIT_RATIO = 2.5
 LABEL_BONE_SHARE = 0.5
+#: the shell around a label in :func:`label_bone_fit` (mm along the grid's axes).
+SHELL_MM = 10.0
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
@@ -221,11 +224,11 @@ def gt_statistics(crop: VertebraCrop) -> dict[str, float]:
 
 
 def label_bone_fit(
-    hu: np.ndarray, mask: np.ndarray, spacing: float, bone_hu: float = BONE_HU, shell_mm: float = 10.0
+    hu: np.ndarray, mask: np.ndarray, spacing: float, bone_hu: float = BONE_HU, shell_mm: float = SHELL_MM
 ) -> dict[str, float]:
     """How well a vertebra's label lies on its bone: the share of voxels above ``bone_hu`` inside the label and in a
     shell of ``shell_mm`` around it (one grid, isotropic ``spacing`` in mm; the shell is ``shell_mm / spacing`` steps
-    of 6-neighbour dilation).
+    of 6-neighbour dilation: ``shell_mm`` along the grid's axes, less on the diagonals).
 
     A label on its vertebra holds mostly bone and its surroundings (soft tissue, the neighbours' edges) much less; a
     label shifted or turned off its vertebra, or drawn on another scan, holds about as much as its surroundings.
