@@ -56,6 +56,7 @@ __all__ = [
     "bundle_package",
     "check_xray_cases",
     "check_xray_field",
+    "calibration_configs",
     "FULL_RADIOGRAPH_RATIO",
     "check_dataset",
     "epoch_count",
@@ -128,6 +129,21 @@ def bundle_package(bundle_root: str | os.PathLike) -> ModuleType:
     return scripts
 
 
+def calibration_configs(model_file: str | os.PathLike) -> str:
+    """The ``--configs`` of ``scripts.tools.confidence_study`` for a model, from its contract: the training config,
+    ``configs/cpu.json`` for a 64^3 model at 2 mm, ``configs/body.json`` for a model of body X-rays and
+    ``configs/body_model.json`` for a two-stage one, then ``configs/evaluate.json``."""
+    configs = ["configs/train.json"]
+    if model_setting(model_file, "roi_size") == 64 and model_setting(model_file, "spacing") == 2.0:
+        configs.append("configs/cpu.json")
+    record = model_setting(model_file, "record", {}) or {}
+    if record.get("drr_source") == "body":
+        configs.append("configs/body.json")
+    if record.get("network") == "TwoStageEAR":
+        configs.append("configs/body_model.json")
+    return "[" + ",".join(f"'{c}'" for c in configs + ["configs/evaluate.json"]) + "]"
+
+
 @reports_input_errors
 def confidence_calibration(model_file: str | os.PathLike, confidence: bool = True) -> dict | None:
     """The configs' ``confidence_calibration``: the model contract's calibration (``None`` without one), with a
@@ -139,8 +155,8 @@ def confidence_calibration(model_file: str | os.PathLike, confidence: bool = Tru
             f"{model_file} holds no confidence calibration: its confidence is the raw TTA agreement, not an estimate "
             f"of the Dice; calibrate it on a prepared dataset's validation patients with python -m "
             f"scripts.tools.confidence_study --ckpt_dir {Path(model_file).parent} --dataset_dir DATA --configs "
-            "\"['configs/train.json','configs/cpu.json','configs/evaluate.json']\" --out runs/confidence/mine "
-            "--write_calibration True (docs/confidence.md, Calibrating and testing a model)."
+            f'"{calibration_configs(model_file)}" --out runs/confidence/mine --write_calibration True '
+            "(docs/confidence.md, Calibrating and testing a model)."
         )
     return calibration
 
@@ -316,6 +332,15 @@ def _same_views(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> b
         return False
 
 
+def _replicate_takes(views: Sequence[Sequence[float]]) -> bool:
+    """Whether the ``replicate`` expansion takes these two views (:func:`check_expansion_angles`)."""
+    try:
+        check_expansion_angles(np.asarray(views, dtype=np.float64), "replicate")
+    except ValueError:
+        return False
+    return True
+
+
 @reports_input_errors
 def check_model(
     path: str | os.PathLike,
@@ -410,7 +435,7 @@ def check_model(
                     f"{text}: the same views in the other order; give the X-rays in the model's order (view 1 "
                     f"{json.dumps(model_views[0])}, view 2 {json.dumps(model_views[1])}) and drop --views."
                 )
-            if info["expansion_mode"] == "replicate":
+            if info["expansion_mode"] == "replicate" and not _replicate_takes(views):
                 raise BundleInputError(
                     f"{text}; this model reads only the views {json.dumps(model_views)} (its replicate expansion "
                     "needs an AP and a lateral view): drop --views and give X-rays of those views."
@@ -970,38 +995,46 @@ FULL_RADIOGRAPH_RATIO = 1.6
 def check_xray_field(img: torch.Tensor, window_mm: float, sdd: float, sod: float) -> float | None:
     """Refuse two X-rays whose known pixel spacing makes them far larger than the window the model reads.
 
-    The model reads a window that shows its crop of ``window_mm`` (the training DRRs' detector sees the crop's
-    nearest face: ``window_mm * sod / (sod - window_mm / 2)`` at the isocentre). Images of ``rows x cols`` pixels of
-    spacing ``(row, col)`` mm on the detector span ``size * spacing * sod / sdd`` mm at the isocentre.
+    The model reads the window its training DRRs show: a detector that just sees its crop of ``window_mm`` in the
+    bundle's training system (source-to-isocentre :data:`~scripts.drr.geometry.DEFAULT_SOD`), i.e.
+    ``window_mm * sod0 / (sod0 - window_mm / 2)`` at the isocentre. A view of ``rows x cols`` pixels of spacing
+    ``(row, col)`` mm on the detector spans ``size * spacing * sod / sdd`` mm at the isocentre of the run's system.
 
     Args:
-        img: the two X-rays as :class:`LoadXRayPair` reads them (``meta["pixel_spacing"]``, NaN where unknown).
+        img: the two X-rays as :class:`LoadXRayPair` reads them (``meta["pixel_spacing"]``, NaN where unknown;
+            ``meta["xray_files"]`` names them).
         window_mm: the edge of the model's crop in mm.
-        sdd: source-to-detector distance in mm.
-        sod: source-to-isocentre distance in mm.
+        sdd: the run's source-to-detector distance in mm.
+        sod: the run's source-to-isocentre distance in mm.
 
     Returns:
-        the largest span at the isocentre over both views and axes, divided by the window's; ``None`` when a
-        spacing is unknown (then nothing is checked).
+        the largest span at the isocentre over the views of known spacing, divided by the window's field; ``None``
+        when no view's spacing is known (then nothing is checked).
 
     Raises:
-        XRayInputError: the ratio is above :data:`FULL_RADIOGRAPH_RATIO`, with the way to give full radiographs.
+        XRayInputError: the ratio is above :data:`FULL_RADIOGRAPH_RATIO`, naming the view and its spacing, with the
+            ways to give full radiographs.
     """
-    spacing = np.asarray(img.meta.get("pixel_spacing", np.full((2, 2), np.nan)), dtype=np.float64)
-    if spacing.shape != (2, 2) or not np.all(np.isfinite(spacing)):
+    spacing = np.asarray(img.meta.get("pixel_spacing", np.full((2, 2), np.nan)), dtype=np.float64).reshape(-1, 2)
+    known = np.all(np.isfinite(spacing), axis=1)
+    if not known.any():
         return None
-    span = np.asarray(img.shape[-2:], dtype=np.float64)[None, :] * spacing * (sod / sdd)
-    field = window_mm * sod / (sod - window_mm / 2.0)
-    ratio = float(span.max() / field)
+    size = np.asarray(img.shape[-2:], dtype=np.float64)
+    span = np.where(known[:, None], size[None, :] * np.where(np.isfinite(spacing), spacing, 0.0), 0.0) * (sod / sdd)
+    field = window_mm * DEFAULT_SOD / (DEFAULT_SOD - window_mm / 2.0)
+    view = int(np.argmax(span.max(axis=1)))
+    ratio = float(span[view].max() / field)
     if ratio > FULL_RADIOGRAPH_RATIO:
+        files = img.meta.get("xray_files") or ["view 1", "view 2"]
         rows, cols = (int(n) for n in img.shape[-2:])
         raise XRayInputError(
-            f"the X-rays span {span.max():.0f} mm at the isocentre ({rows}x{cols} pixels of "
-            f"{spacing.max():.3g} mm, sdd {sdd:g} / sod {sod:g} mm), {ratio:.1f} times the {field:.0f} mm the model's "
-            f"{window_mm:g} mm window covers, as full radiographs do; fix: give the radiographs as a case with "
-            '"radiographs" and the vertebra\'s "centre_px" (docs/reference.md, Inference from full radiographs), or '
-            "find every vertebra with python -m scripts.spine radiographs --ap AP --lateral LAT --out DIR; or cut a "
-            "window centred on the vertebra"
+            f"{files[view]} spans {span[view].max():.0f} mm at the isocentre ({rows}x{cols} pixels of "
+            f"{spacing[view, 0]:.3g} x {spacing[view, 1]:.3g} mm, sdd {sdd:g} / sod {sod:g} mm), {ratio:.1f} times "
+            f"the {field:.0f} mm the model's {window_mm:g} mm window covers, as a full radiograph does; fix: give the "
+            'radiographs as a case with "radiographs" and the vertebra\'s "centre_px" (docs/reference.md, Inference '
+            "from full radiographs), or find every vertebra with python -m scripts.spine radiographs --ap AP "
+            "--lateral LAT --out DIR; or cut a window centred on the vertebra; if that pixel spacing is wrong, give "
+            "the case's pixel_spacing"
         )
     return ratio
 
@@ -1025,8 +1058,9 @@ def check_xray_cases(
     sizes (``min_size`` of ``kwargs``), blank images, view angles (:func:`parse_angles`), and, with
     ``expansion_mode``, whether the dimension expansion takes the case (:func:`check_expansion_angles`, then
     the expansion itself on a 2-voxel grid, which also checks the pixel spacings of the two views). Cases whose
-    images are smaller than ``spatial_size`` are named in one warning: they are enlarged to it; cases whose images'
-    shape differs from it by more than 10 % in aspect are named in another: resizing stretches them. With ``window_mm``,
+    images are smaller than ``spatial_size`` are named in one warning: they are enlarged to it; cases with an image of
+    unknown pixel spacing whose shape differs from it by more than 10 % in aspect are named in another: resizing
+    stretches them (with a known spacing the expansion places every pixel at its true size). With ``window_mm``,
     a case whose images have a known pixel spacing and span more than :data:`FULL_RADIOGRAPH_RATIO` times the
     model's window at the isocentre is refused: full radiographs go to the ``radiographs`` input or to
     ``python -m scripts.spine radiographs``, which cut the window the model expects.
@@ -1088,8 +1122,9 @@ def check_xray_cases(
             size = img.meta["original_size"]
             if model_size is not None and (size < np.asarray(model_size)).any():
                 small.append(f"{label} ({'x'.join(str(int(n)) for n in size.min(axis=0))})")
+            unknown = ~np.all(np.isfinite(np.asarray(img.meta["pixel_spacing"], dtype=np.float64)), axis=1)
             aspect = size[:, 1] / size[:, 0] / (model_size[1] / model_size[0]) if model_size is not None else None
-            if aspect is not None and (np.abs(np.log(aspect)) > math.log(1.1)).any():
+            if aspect is not None and (unknown & (np.abs(np.log(aspect)) > math.log(1.1))).any():
                 stretched.append(f"{label} ({int(size[0, 0])}x{int(size[0, 1])})")
             if window_mm is not None:
                 check_xray_field(img, window_mm, sdd or DEFAULT_SDD, sod or DEFAULT_SOD)

@@ -56,6 +56,18 @@ def test_epoch_counts_and_the_warning_of_an_uncalibrated_confidence(tmp_path, ca
     warned = [r.getMessage() for r in caplog.records if "holds no confidence calibration" in r.getMessage()]
     assert len(warned) == 1, "warned only with the confidence on"
     assert f"confidence_study --ckpt_dir {tmp_path} --dataset_dir DATA" in warned[0], "the whole command"
+    assert "--configs \"['configs/train.json','configs/evaluate.json']\"" in warned[0], "a 32^3 model: no cpu.json"
+    # the configs follow each model's contract
+    expected = {
+        "models/cpu/model.pt": "['configs/train.json','configs/cpu.json','configs/evaluate.json']",
+        "models/model.pt": "['configs/train.json','configs/evaluate.json']",
+        "models/body/model.pt": "['configs/train.json','configs/cpu.json','configs/body.json',"
+        "'configs/body_model.json','configs/evaluate.json']",
+    }
+    from pathlib import Path
+
+    root = Path(workflow.__file__).resolve().parents[1]
+    assert {m: workflow.calibration_configs(root / m) for m in expected} == expected
 
 
 def test_missing_dataset_names_the_command(tmp_path):

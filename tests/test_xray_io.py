@@ -316,7 +316,8 @@ def test_case_name_from_files(files, name):
 
 def test_png_takes_the_pixel_spacing_of_its_sidecar(tmp_path):
     """A PNG has no pixel spacing; the sidecar JSON of a full radiograph (``pixel_spacing_mm``) gives it, a DICOM
-    file's own spacing wins over a sidecar, and a bad sidecar spacing is refused naming the file."""
+    file's own spacing wins over a sidecar, a JSON file of another kind is no sidecar, and a bad sidecar spacing is
+    refused naming the file."""
     a = _pattern(np.uint8, 255)
     for name in ("ap", "lat"):
         Image.fromarray(a).save(tmp_path / f"{name}.png")
@@ -329,6 +330,8 @@ def test_png_takes_the_pixel_spacing_of_its_sidecar(tmp_path):
     _write_dicom(tmp_path / "d.dcm", _pattern(np.uint16, 4000), spacing=(0.2, 0.2))
     (tmp_path / "d.json").write_text(json.dumps({"pixel_spacing_mm": 0.9}))
     np.testing.assert_allclose(LoadXRayPair()([tmp_path / "d.dcm"] * 2).meta["pixel_spacing"], 0.2)
+    (tmp_path / "ap.json").write_text(json.dumps([{"label": "L1", "box": [1, 2, 3, 4]}]))  # not a sidecar: ignored
+    assert np.isnan(LoadXRayPair()([tmp_path / "ap.png", tmp_path / "lat.png"]).meta["pixel_spacing"][0]).all()
     (tmp_path / "ap.json").write_text(json.dumps({"pixel_spacing_mm": -1}))
     with pytest.raises(XRayInputError, match=r"ap.json: pixel_spacing_mm=-1 is not a positive pixel size"):
         LoadXRayPair()([tmp_path / "ap.png", tmp_path / "lat.png"])
@@ -342,11 +345,14 @@ def test_full_radiographs_are_refused_as_windows(tmp_path):
 
     img = torch.zeros(2, 200, 100)
     # 200 x 100 pixels of 1 mm on the detector at sdd 1000 / sod 500: 100 x 50 mm at the isocentre; a 64 mm window
-    # covers 64 * 500 / (500 - 32) = 68.4 mm there
-    x = MetaTensor(img, meta={"pixel_spacing": np.ones((2, 2))})
-    with pytest.raises(XRayInputError, match=r"span 100 mm at the isocentre .* 2\.0 times"):
-        check_xray_field(x, window_mm=48.0, sdd=1000.0, sod=500.0)  # a 48 mm window covers 50.5 mm there
-    assert check_xray_field(x, window_mm=64.0, sdd=1000.0, sod=500.0) == pytest.approx(100 / (64 * 500 / 468))
+    # covers 64 * 700 / (700 - 32) = 67.1 mm there (the training system's source-to-isocentre distance, 700 mm)
+    x = MetaTensor(img, meta={"pixel_spacing": np.ones((2, 2)), "xray_files": ["a.dcm", "b.dcm"]})
+    with pytest.raises(XRayInputError, match=r"a.dcm spans 100 mm at the isocentre .* 2\.0 times the 50 mm"):
+        check_xray_field(x, window_mm=48.0, sdd=1000.0, sod=500.0)  # a 48 mm window covers 49.7 mm there
+    assert check_xray_field(x, window_mm=64.0, sdd=1000.0, sod=500.0) == pytest.approx(100 / (64 * 700 / 668))
+    x.meta["pixel_spacing"] = np.array([[np.nan, np.nan], [1.0, 1.0]])  # one view of known spacing is checked
+    with pytest.raises(XRayInputError, match=r"b.dcm spans 100 mm"):
+        check_xray_field(x, window_mm=48.0, sdd=1000.0, sod=500.0)
     x.meta["pixel_spacing"] = np.full((2, 2), np.nan)
     assert check_xray_field(x, window_mm=8.0, sdd=1000.0, sod=500.0) is None
     # through the inference check: a PNG pair of a 430 mm detector (sidecar spacing 2 mm)
@@ -356,7 +362,7 @@ def test_full_radiographs_are_refused_as_windows(tmp_path):
         (tmp_path / f"{name}.json").write_text(json.dumps({"pixel_spacing_mm": 2.0}))
     cases = [{"id": "full", "xray": ["ap.png", "lat.png"]}]
     with pytest.raises(
-        XRayInputError, match=r'full: the X-rays span 295 mm .* "centre_px" .* scripts.spine radiographs'
+        XRayInputError, match=r'full: .*ap.png spans 295 mm .* "centre_px" .* scripts.spine radiographs'
     ):
         check_xray_cases(cases, base_dir=tmp_path, window_mm=128.0)
     check_xray_cases(cases, base_dir=tmp_path)  # no window given: not checked

@@ -70,7 +70,7 @@ from scripts.drr.windows import (
 from scripts.errors import BundleInputError, XRayInputError
 from scripts.functional import DEFAULT_ANGLES, parse_angles
 from scripts.io.outputs import case_meta_name
-from scripts.io.xray import _is_dicom, check_not_blank, read_xray, sidecar_path
+from scripts.io.xray import _is_dicom, check_not_blank, read_xray, sidecar_path, spacing_pair
 
 __all__ = [
     "Radiograph",
@@ -372,8 +372,8 @@ def _sidecar_values(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
                 raise bad(key, "a positive distance in mm")
             values[name] = v
     if "pixel_spacing_mm" in content:
-        sp = _pair(content["pixel_spacing_mm"])
-        if sp is None or min(sp) <= 0:
+        sp = spacing_pair(content["pixel_spacing_mm"])
+        if sp is None:
             raise bad("pixel_spacing_mm", "a positive pixel size in mm (a number or [row, col])")
         values["pixel_spacing"] = sp
     if "view" in content:

@@ -57,6 +57,7 @@ __all__ = [
     "MIN_XRAY_SIZE",
     "sidecar_path",
     "sidecar_pixel_spacing",
+    "spacing_pair",
 ]
 
 #: the fewest pixels per side (rows and columns) of an X-ray that the bundle's inference takes
@@ -236,13 +237,29 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return p.with_name(name + ".json")
 
 
+def spacing_pair(value: Any) -> tuple[float, float] | None:
+    """A pixel spacing ``(row, col)`` in mm from a number or a ``[row, col]`` pair; ``None`` unless both are positive
+    and finite (text and booleans included)."""
+    if value is None or isinstance(value, (str, bytes, bool)):
+        return None
+    try:
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    if arr.size == 1:
+        arr = np.repeat(arr, 2)
+    if arr.size != 2 or not np.all(np.isfinite(arr) & (arr > 0)):
+        return None
+    return float(arr[0]), float(arr[1])
+
+
 def sidecar_pixel_spacing(path: str | os.PathLike) -> tuple[float, float] | None:
     """The detector pixel spacing ``(row, col)`` in mm of an image's sidecar JSON (its ``pixel_spacing_mm``, a number
     or ``[row, col]``, as :mod:`scripts.io.radiograph` and ``python -m scripts.simulate radiographs`` write it), or
-    ``None`` without a sidecar or that key.
+    ``None`` without a sidecar, or with a JSON file of another kind there (not an object, or no such key).
 
     Raises:
-        XRayInputError: a sidecar that is not a JSON object, or a spacing that is not positive.
+        XRayInputError: a sidecar whose ``pixel_spacing_mm`` is not a positive number or pair.
     """
     import json
 
@@ -251,22 +268,17 @@ def sidecar_pixel_spacing(path: str | os.PathLike) -> tuple[float, float] | None
         return None
     try:
         content = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
-        raise XRayInputError(f"{side}: cannot read the sidecar JSON ({e}); fix: write a JSON object.") from e
-    if not isinstance(content, dict):
-        raise XRayInputError(f"{side}: the sidecar must be a JSON object with keys such as pixel_spacing_mm.")
-    if "pixel_spacing_mm" not in content:
+    except (OSError, ValueError):
+        return None  # a JSON file of another kind beside the image: not a sidecar
+    if not isinstance(content, dict) or "pixel_spacing_mm" not in content:
         return None
-    value = content["pixel_spacing_mm"]
-    try:
-        arr = np.asarray(value, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        arr = np.zeros(0)
-    if isinstance(value, (str, bytes, bool)) or arr.size not in (1, 2) or not np.all(np.isfinite(arr) & (arr > 0)):
+    spacing = spacing_pair(content["pixel_spacing_mm"])
+    if spacing is None:
         raise XRayInputError(
-            f"{side}: pixel_spacing_mm={value!r} is not a positive pixel size in mm (a number or [row, col])."
+            f"{side}: pixel_spacing_mm={content['pixel_spacing_mm']!r} is not a positive pixel size in mm (a number "
+            "or [row, col])."
         )
-    return (float(arr[0]), float(arr[-1]))
+    return spacing
 
 
 def write_png16(image: np.ndarray, path: str | os.PathLike, png_max: float) -> None:
@@ -475,7 +487,7 @@ class LoadXRayPair(Transform):
                     f"{self.min_size} pixels per side a reconstruction needs; fix: give the full radiograph."
                 )
             sizes.append(arr.shape)
-            sp = override[v] or sp or (None if _is_dicom(Path(f)) else sidecar_pixel_spacing(f)) or default[v]
+            sp = override[v] or sp or sidecar_pixel_spacing(f) or default[v]
             if self.transpose[v]:
                 arr = arr.T
                 sp = sp[::-1] if sp else None
