@@ -106,6 +106,9 @@ if __name__ == "__main__":
     import fire
 
     try:
+        from scripts.errors import check_cli_flags
+
+        check_cli_flags(convert_model, sys.argv[1:], "python -m scripts.convert_model")
         fire.Fire(convert_model, serialize=lambda result: None)
     except (BundleInputError, ValueError) as e:  # bad input: one line, no traceback
         sys.exit(f"error: {e}")

@@ -32,6 +32,7 @@ __all__ = [
     "find_input_error",
     "running_bundle_cli",
     "install_cli_excepthook",
+    "check_cli_flags",
 ]
 
 logger = logging.getLogger("scripts")
@@ -176,3 +177,53 @@ def install_cli_excepthook(argv: Sequence[str] | None = None, always: bool = Fal
         return False
     sys.excepthook = _cli_excepthook(sys.excepthook)
     return True
+
+
+def check_cli_flags(
+    component: Callable[..., Any] | dict[str, Callable[..., Any]], argv: Sequence[str], prog: str
+) -> None:
+    """Refuse a command-line option that the function a ``fire.Fire`` call runs does not take, before it runs.
+
+    python-fire hands an unknown ``--option`` to the value the function returns, so a misspelt option stops the
+    command only after its work (a 20-minute training, a written model file) or, where the function has a default,
+    is ignored. The options before ``--`` are compared with the function's parameters (``-`` read as ``_``,
+    ``--noX`` as ``--X False``); a function with ``**kwargs`` takes any. ``--help`` and ``-h`` pass.
+
+    Args:
+        component: the function, or a dict of subcommands (the first word of ``argv`` picks one; an unknown word is
+            left to fire's own message).
+        argv: the command line after the program (``sys.argv[1:]``, or what is given to ``fire.Fire(command=...)``).
+        prog: the command, named in the message (e.g. ``"python -m scripts.tools.spine_stage"``).
+
+    Raises:
+        BundleInputError: one line naming the unknown option, the closest known one and the command's options.
+    """
+    import difflib
+    import inspect
+
+    args = list(argv)
+    if "--" in args:
+        args = args[: args.index("--")]
+    if isinstance(component, dict):
+        words = [a for a in args if not a.startswith("-")]
+        if not words or words[0] not in component:
+            return
+        prog, component = f"{prog} {words[0]}", component[words[0]]
+    try:
+        params = inspect.signature(component).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for arg in args:
+        if not arg.startswith("--") or arg in ("--help", "--") or len(arg) < 3:
+            continue
+        name = arg[2:].split("=", 1)[0].replace("-", "_")
+        if name in known or (name.startswith("no") and name[2:] in known):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean --{close[0]}? " if close else ""
+        raise BundleInputError(
+            f"{prog}: unknown option --{name}; {hint}its options: {', '.join('--' + n for n in known)}."
+        )

@@ -399,9 +399,13 @@ if __name__ == "__main__":
     import fire
 
     try:
+        from scripts.errors import check_cli_flags
+
         if sys.argv[1:2] == ["radiographs"]:  # full radiographs of a whole scan (simulate_radiographs)
+            check_cli_flags(simulate_radiographs, sys.argv[2:], "python -m scripts.simulate radiographs")
             fire.Fire(simulate_radiographs, command=sys.argv[2:], serialize=lambda result: None)
         else:
+            check_cli_flags(main, sys.argv[1:], "python -m scripts.simulate")
             fire.Fire(main, serialize=lambda result: None)  # main prints its JSON summary itself
     except (ValueError, FileNotFoundError, KeyError) as e:  # bad input (BundleInputError is one): one line
         sys.exit(f"error: {e}")

@@ -1303,7 +1303,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     predictions together (:func:`spine`); ``python -m scripts.spine reconstruct --datalist FILE --out DIR``
     reconstructs the vertebrae from their X-ray pairs first (:func:`reconstruct`)."""
     import fire
-    from scripts.errors import BundleInputError
+    from scripts.errors import BundleInputError, check_cli_flags
 
     args = list(sys.argv[1:] if argv is None else argv)
     command, fn = "assemble", spine
@@ -1311,8 +1311,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args and args[0] in commands:
         command = args.pop(0)
         fn = commands[command]
+    if "--" not in args and {"--help", "-h"} & set(args):  # fire would pass it to **overrides as an option
+        args = [a for a in args if a not in ("--help", "-h")] + ["--", "--help"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        check_cli_flags(fn, args, f"python -m scripts.spine {command}")
         fire.Fire(fn, command=args, name="scripts.spine", serialize=lambda result: None)
     except Exception as e:  # a bad input raised inside a config expression arrives wrapped by MONAI
         cause: BaseException | None = e

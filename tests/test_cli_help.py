@@ -42,3 +42,64 @@ def test_help(module, monkeypatch, capsys):
     text = (out.out + out.err).lower()
     assert "usage" in text or "synopsis" in text, f"{module} --help printed no usage:\n{text[:500]}"
     assert "traceback" not in text
+
+
+@pytest.mark.parametrize(
+    "module, command",
+    [("scripts.spine", "radiographs"), ("scripts.simulate", "radiographs"), ("scripts.tools.spine_stage", "combine")],
+)
+def test_help_of_subcommands(module, command, monkeypatch, capsys):
+    """``--help`` after a subcommand shows that command's usage (``scripts.spine radiographs`` passes unknown options
+    to its configs, so it took ``--help`` for one)."""
+    monkeypatch.setattr(sys, "argv", [module, command, "--help"])
+    monkeypatch.setenv("PAGER", "cat")
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    cwd, threads = os.getcwd(), torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+    assert stop.value.code in (0, 2, None)
+    out = capsys.readouterr()
+    text = (out.out + out.err).lower()
+    assert "synopsis" in text and "error:" not in text and "traceback" not in text
+
+
+def test_misspelt_options_stop_before_the_work():
+    """An option the command's function does not take stops it at once, naming the closest one; the options of the
+    function, ``--noX`` of a switch, ``--help`` and anything after ``--`` pass; a function with ``**kwargs`` takes
+    any option."""
+    from scripts.errors import BundleInputError, check_cli_flags
+
+    def train(dataset_dir: str = "data", minutes: float = 19.0, joint_views: bool = True) -> None:
+        """A stand-in."""
+
+    def open_ended(ct: str, **overrides) -> None:
+        """Takes any option."""
+
+    with pytest.raises(BundleInputError, match=r"^tool train: unknown option --minuts; did you mean --minutes\? its"):
+        check_cli_flags({"train": train}, ["train", "--minuts", "1"], "tool")
+    with pytest.raises(BundleInputError, match=r"unknown option --dataset; did you mean --dataset_dir\?"):
+        check_cli_flags(train, ["--dataset=x"], "tool")
+    with pytest.raises(BundleInputError, match=r"unknown option --colour; its options: --dataset_dir, --minutes"):
+        check_cli_flags(train, ["--colour", "red"], "tool")
+    for fine in (["--minutes", "2", "--dataset-dir", "d"], ["--nojoint_views"], ["--help"], ["--", "--anything"]):
+        check_cli_flags(train, fine, "tool")
+    check_cli_flags(open_ended, ["--ct", "a", "--ckpt_dir", "b"], "tool")
+    check_cli_flags({"train": train}, ["unknown", "--minuts"], "tool")  # an unknown command: fire says so
+
+
+def test_a_misspelt_option_ends_the_command_in_one_line(tmp_path):
+    import subprocess
+
+    res = subprocess.run(
+        [sys.executable, "-m", "scripts.tools.spine_stage", "train", "--minuts", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "ERROR: BundleInputError: python -m scripts.tools.spine_stage train: unknown option --minuts"
+    )

@@ -232,7 +232,9 @@ def test_non_square_xrays_are_warned_about_and_a_missing_file_names_the_folder(t
     with caplog.at_level(logging.WARNING, logger="scripts"):  # a known spacing places each pixel at its size
         workflow.inference_cases(xrays=files, spatial_size=64, pixel_spacing=0.3)
     assert not [r for r in caplog.records if "another shape" in r.getMessage()]
-    with pytest.raises(XRayInputError, match=r"X-ray image not found; fix: check the path \(--xrays from "):
+    with pytest.raises(
+        XRayInputError, match=r"X-ray image not found; fix: check the path \(relative paths are read from "
+    ):
         workflow.inference_cases(xrays=["no_ap.png", "no_lat.png"], spatial_size=64)
 
 

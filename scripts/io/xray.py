@@ -200,8 +200,8 @@ def read_xray(path: str | os.PathLike, nifti_axes: str = "xy") -> tuple[np.ndarr
     p = Path(path)
     if not p.is_file():
         raise XRayInputError(
-            f"{p}: X-ray image not found; fix: check the path (--xrays from {os.getcwd()}; the paths of a datalist "
-            "from the datalist's folder)."
+            f"{p}: X-ray image not found; fix: check the path (relative paths are read from {os.getcwd()}, those of a "
+            "datalist from its folder)."
         )
     suffix = _suffix(p)
     try:

@@ -102,10 +102,14 @@ def clutter_bank(
 
 
 if __name__ == "__main__":
+    import sys
+
     import fire
-    from scripts.errors import install_cli_excepthook
+    from scripts.errors import check_cli_flags, install_cli_excepthook
 
     install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
     os.chdir(ROOT)
+    # a misspelt option stops here, before the work
+    check_cli_flags(clutter_bank, sys.argv[1:], "python -m scripts.tools.clutter_bank")
     fire.Fire(clutter_bank, serialize=lambda result: None)

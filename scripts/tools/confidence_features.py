@@ -167,10 +167,14 @@ def confidence_features(
 
 
 if __name__ == "__main__":
+    import sys
+
     import fire
-    from scripts.errors import install_cli_excepthook
+    from scripts.errors import check_cli_flags, install_cli_excepthook
 
     install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
     os.chdir(ROOT)
+    # a misspelt option stops here, before the work
+    check_cli_flags(confidence_features, sys.argv[1:], "python -m scripts.tools.confidence_features")
     fire.Fire(confidence_features, serialize=lambda result: None)

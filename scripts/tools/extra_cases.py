@@ -99,9 +99,13 @@ def extra_cases(repo: str, out: str = "data/extra-ct") -> list[str]:
 
 
 if __name__ == "__main__":
+    import sys
+
     import fire
-    from scripts.errors import install_cli_excepthook
+    from scripts.errors import check_cli_flags, install_cli_excepthook
 
     install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
+    # a misspelt option stops here, before the work
+    check_cli_flags(extra_cases, sys.argv[1:], "python -m scripts.tools.extra_cases")
     fire.Fire(extra_cases, serialize=lambda result: None)

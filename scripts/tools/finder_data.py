@@ -566,13 +566,15 @@ def finder_data(
 
 if __name__ == "__main__":
     import fire
-    from scripts.errors import install_cli_excepthook
+    from scripts.errors import check_cli_flags, install_cli_excepthook
 
     install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if sys.argv[1:2] in (["spine_tilts"], ["label_fits"]):
         command = {"spine_tilts": spine_tilts, "label_fits": label_fits}[sys.argv[1]]
+        check_cli_flags(command, sys.argv[2:], f"python -m scripts.tools.finder_data {sys.argv[1]}")
         fire.Fire(command, command=sys.argv[2:], serialize=lambda result: None)
     else:
+        check_cli_flags(finder_data, sys.argv[1:], "python -m scripts.tools.finder_data")
         fire.Fire(finder_data, serialize=lambda result: None)

@@ -286,11 +286,13 @@ def finder_eval(
 
 if __name__ == "__main__":
     import fire
-    from scripts.errors import install_cli_excepthook
+    from scripts.errors import check_cli_flags, install_cli_excepthook
 
     install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
     if sys.argv[1:2] == ["draw_heatmaps"]:
+        check_cli_flags(draw_heatmaps, sys.argv[2:], "python -m scripts.tools.finder_eval draw_heatmaps")
         fire.Fire(draw_heatmaps, command=sys.argv[2:], serialize=lambda result: None)
     else:
+        check_cli_flags(finder_eval, sys.argv[1:], "python -m scripts.tools.finder_eval")
         fire.Fire(finder_eval, serialize=lambda result: None)

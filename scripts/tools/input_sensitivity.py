@@ -109,10 +109,14 @@ def input_sensitivity(
 
 
 if __name__ == "__main__":
+    import sys
+
     import fire
-    from scripts.errors import install_cli_excepthook
+    from scripts.errors import check_cli_flags, install_cli_excepthook
 
     install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
     os.chdir(ROOT)
+    # a misspelt option stops here, before the work
+    check_cli_flags(input_sensitivity, sys.argv[1:], "python -m scripts.tools.input_sensitivity")
     fire.Fire(input_sensitivity, serialize=lambda result: None)

@@ -219,8 +219,10 @@ def spine_eval(
 
 if __name__ == "__main__":
     import fire
-    from scripts.errors import install_cli_excepthook
+    from scripts.errors import check_cli_flags, install_cli_excepthook
 
     install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
+    # a misspelt option stops here, before the work
+    check_cli_flags(spine_eval, sys.argv[1:], "python -m scripts.tools.spine_eval")
     fire.Fire(spine_eval, serialize=lambda result: None)

@@ -560,10 +560,14 @@ def combine(
 
 
 if __name__ == "__main__":
+    import sys
+
     import fire
-    from scripts.errors import install_cli_excepthook
+    from scripts.errors import check_cli_flags, install_cli_excepthook
 
     install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     os.chdir(ROOT)
+    # a misspelt option stops here, before the work
+    check_cli_flags({"train": train, "combine": combine}, sys.argv[1:], "python -m scripts.tools.spine_stage")
     fire.Fire({"train": train, "combine": combine})
