@@ -104,6 +104,22 @@ def test_combine_writes_a_two_stage_model_with_the_ear_contract(tmp_path):
             torch.testing.assert_close(loaded[k], v, rtol=0, atol=0, equal_nan=True)
     with pytest.raises(BundleInputError, match="another"):
         EAR(channels=SMALL).load_state_dict(torch.load(path, weights_only=True), strict=False)
+    # a folder as --out gets model.pt, the name --ckpt_dir reads
+    assert combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "run")) == (
+        tmp_path / "run" / "model.pt"
+    )
+    # files of the wrong kind are refused in one line, and nothing is written
+    torch.save({"net": view.state_dict(), "epoch": 3, "note": "a run's state"}, tmp_path / "last.pt")
+    for views, volume, message in [
+        ("ear.pt", "ear.pt", r"--view_weights .*ear.pt holds no view stage"),
+        ("last.pt", "ear.pt", r"--view_weights .*last.pt holds no state dict of tensors"),
+        ("stage2d.pt", "stage2d.pt", r"--volume_weights .*stage2d.pt is not an EAR model"),
+        ("stage2d.pt", str(path), r"--volume_weights .*two_stage.pt is not an EAR model"),
+        ("missing.pt", "ear.pt", r"--view_weights .*missing.pt: no such file"),
+    ]:
+        with pytest.raises(BundleInputError, match=message):
+            combine(str(tmp_path / views), str(tmp_path / volume), str(tmp_path / "bad" / "model.pt"))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_joint_views_read_both_views_at_once():
@@ -290,7 +306,7 @@ def test_train_starts_from_a_view_stage_file_or_a_member_of_a_model_file(tmp_pat
     with pytest.raises(ValueError, match="no such file"):
         _init_view_stage(str(tmp_path / "missing.pt"), 0, joint_views=True)
     torch.save(pair.volume_net.state_dict(), tmp_path / "ear.pt")  # an EAR model: no view stage at all
-    with pytest.raises(ValueError, match="is not a view stage"):
+    with pytest.raises(ValueError, match=r"ear.pt holds no view stage \(e.g. an EAR model.pt\)"):
         _init_view_stage(str(tmp_path / "ear.pt"), 0, joint_views=True)
     torch.save({"net": pair.view_net.state_dict(), "rng": np.random.RandomState(0).get_state()}, tmp_path / "last.pt")
     with pytest.raises(ValueError, match="is not a view stage"):  # a run's last.pt holds more than weights

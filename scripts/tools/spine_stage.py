@@ -455,6 +455,8 @@ def _init_view_stage(init: str, member: int, joint_views: bool) -> tuple[dict[st
         raise BundleInputError(f"init_member: {init} holds one view stage (a stage2d.pt); give --init_member 0.")
     if not 0 <= member < len(members):
         raise BundleInputError(f"init_member must be in [0, {len(members) - 1}] for {init}, got {member!r}.")
+    if not all(f"{k}.conv.weight" in members[member] for k in _VIEW_FEATURE_KEYS):
+        raise BundleInputError(f"init: {init} holds no view stage (e.g. an EAR model.pt); give {what}.")
     try:
         TwoStageEAR(joint_views=joint_views).view_net.load_state_dict(members[member])
     except RuntimeError as e:  # another network, or another shape (joint_views, features) than this run's
@@ -463,6 +465,26 @@ def _init_view_stage(init: str, member: int, joint_views: bool) -> tuple[dict[st
             f"joint_views={joint_views} (give the --joint_views it was trained with)."
         ) from e
     return members[member], member
+
+
+def _state_file(path: str | os.PathLike, option: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weight file given as ``option``, refused in one line when it is missing or is no state dict
+    (e.g. a training run's ``last.pt``, which holds the optimiser and the run's state too)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BundleInputError(f"{option} {p}: no such file.")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickled objects beyond tensors, or not a torch file
+        raise BundleInputError(
+            f"{option} {p} is not a weight file of tensors ({type(e).__name__}); fix: give a stage2d.pt or a model.pt, "
+            "not a run's last.pt."
+        ) from e
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BundleInputError(
+            f"{option} {p} holds no state dict of tensors; fix: give a stage2d.pt or a model.pt, not a run's last.pt."
+        )
+    return state
 
 
 def _view_members(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -486,14 +508,16 @@ def combine(
     The whole model's contract is the EAR model's (intensity statistics, spacing, crop size, views, expansion
     mode, record), with the network, the architecture fingerprint, the X-ray source it reads (``drr_source``)
     and the view stage's file and SHA-256 recorded. The file runs as it is (``--ckpt_dir``, inference and
-    evaluation with ``configs/lab/recipes/two_stage.json``) and is the ``--pretrained`` of a joint fine-tune.
+    evaluation with ``configs/body_model.json``, which rebuilds the network from the file's record) and is the
+    ``--pretrained`` of a joint fine-tune (``configs/lab/recipes/two_stage.json``).
 
     Args:
         view_weights: the view stage's ``BasicUNet`` state dict (``train``'s ``stage2d.pt``), or a list of them of
             one shape, whose outputs the model averages; a ``TwoStageEAR`` model file (e.g. the shipped
             ``models/body/model.pt``) gives all its view stages.
         volume_weights: an EAR ``model.pt`` of this bundle; its own contract stays with it, under ``volume_net``.
-        out: the file to write (atomically).
+        out: the file to write (atomically); a folder (an existing one, or a name without ``.pt``) gets
+            ``model.pt`` in it, the name ``--ckpt_dir`` reads.
         drr_source: the X-ray source the combined model reads (recorded, e.g. ``body``).
         view_scale: the EAR model's pixels per view-stage pixel along each side: ``2`` for a view stage trained on
             the CPU windows (2 mm, ``train``'s default dataset) before the paper-sized EAR (1 mm, ``models/model.pt``),
@@ -504,16 +528,31 @@ def combine(
 
     from scripts.networks import TwoStageEAR, attach_model_info
     from scripts.networks.model_info import load_state_dict_file, read_model_info
+    from scripts.utils import atomic_path
 
     files = [view_weights] if isinstance(view_weights, (str, os.PathLike)) else list(view_weights)
     if not files:
         raise BundleInputError("combine needs at least one view stage (--view_weights).")
     views, stages = [], []
     for f in files:
+        state = _state_file(f, "--view_weights")
+        members = _view_members(state)
+        if not all(all(f"{k}.conv.weight" in m for k in _VIEW_FEATURE_KEYS) for m in members):
+            raise BundleInputError(
+                f"--view_weights {f} holds no view stage (a BasicUNet: {_VIEW_FEATURE_KEYS[0]}.conv.weight is "
+                "missing); fix: give spine_stage train's stage2d.pt, or a two-stage model file such as "
+                "models/body/model.pt."
+            )
         digest = hashlib.sha256(Path(f).read_bytes()).hexdigest()
-        for k, member in enumerate(_view_members(torch.load(f, map_location="cpu", weights_only=True))):
+        for k, member in enumerate(members):
             views.append(member)
             stages.append({"file": Path(f).name, "sha256": digest, **({"member": k} if k else {})})
+    volume = _state_file(volume_weights, "--volume_weights")
+    if any(k.startswith("view_net.") for k in volume) or "conv_0.conv_0.conv.weight" in volume:
+        raise BundleInputError(
+            f"--volume_weights {volume_weights} is not an EAR model (it holds a view stage); fix: give the EAR "
+            "model the view stage feeds, e.g. models/cpu/model.pt."
+        )
     volume = load_state_dict_file(volume_weights)
     info = read_model_info(volume)
     record = dict(info["record"])
@@ -553,9 +592,11 @@ def combine(
         info["views"], info["expansion_mode"], record,
     )  # fmt: skip
     path = Path(out)
+    if path.is_dir() or path.suffix != ".pt":
+        path = path / "model.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)
+    with atomic_path(path) as tmp:
+        torch.save(net.state_dict(), tmp)
     return path
 
 
