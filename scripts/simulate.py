@@ -303,6 +303,12 @@ def simulate_radiographs(
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise BundleInputError(f"{dest} already holds files; choose another --out or pass --overwrite True.")
     img = load_volume(ct, "CT")
+    if float(img.min()) >= 0.0:
+        raise BundleInputError(
+            f"{ct}: no value below 0, so not a CT in HU (air is about -1000 HU; a 0-255 window?); fix: prepare it with "
+            "python -m scripts.prepare --intensity windowed, then simulate from its <patient>_body.nii.gz, its labels "
+            "put on that grid with python -m scripts.tools.finder_data labels_on_grid."
+        )
     outside_raw = outside_fov(np.asarray(img[0], dtype=np.float32), None).astype(np.float32)
     vol = to_ras_isotropic(img, spacing)
     # the field of view on the new grid: the mask of the original one, resampled alongside the CT

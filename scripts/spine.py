@@ -1056,6 +1056,12 @@ def _outline_points(vol: np.ndarray, affine: np.ndarray, level: float, max_point
     return ijk @ affine[:3, :3].T + affine[:3, 3]
 
 
+def _where(vertebra: dict) -> str:
+    """A found vertebra for a message: its level (or ``unnamed``) and its 3-D centre in the system frame (mm)."""
+    centre = ", ".join(f"{float(c):.0f}" for c in np.asarray(vertebra["centre_mm"], dtype=np.float64).reshape(-1))
+    return f"{vertebra.get('level') or 'unnamed'} at ({centre}) mm"
+
+
 def _inside_both(found: list[dict], views: Sequence[Any]) -> list[dict]:
     """The found vertebrae whose 3-D centre projects inside both images (an edge detection can land just outside
     one: it is left out with a warning, as a given centre there would be refused)."""
@@ -1065,7 +1071,7 @@ def _inside_both(found: list[dict], views: Sequence[Any]) -> list[dict]:
         if all(float(depth[0]) > 0 and view.contains(rc[0]) for view, (rc, depth) in zip(views, projected)):
             kept.append(v)
         else:
-            logger.warning("%s found at the edge of an image, outside the other: not reconstructed", v.get("level"))
+            logger.warning("%s found at the edge of an image, outside the other: not reconstructed", _where(v))
     return kept
 
 
@@ -1172,7 +1178,9 @@ def radiographs(
     unnamed = [v for v in found if v.get("level") not in LEVEL_LABELS]
     if unnamed:
         logger.warning(
-            "%d vertebrae without a level of the label map (C1-L6, T13, S1) are not reconstructed", len(unnamed)
+            "%d vertebrae without a level of the label map (C1-L6, T13, S1) are not reconstructed: %s",
+            len(unnamed),
+            "; ".join(_where(v) for v in unnamed),
         )
     found = [v for v in found if v.get("level") in LEVEL_LABELS]
     if not found:

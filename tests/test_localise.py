@@ -417,3 +417,12 @@ def test_a_prepared_datasets_manifest_gives_the_label_map_and_levels_of_any_conv
     rad = simulate_patient(str(tmp_path / "p1_body.nii.gz"), source[0], tmp_path / "work", *source[1:])
     named = json.loads((rad / "centres.json").read_text())["vertebrae"]
     assert [v["level"] for v in named] == ["T12", "L1"]
+
+
+def test_body_file_names_the_prepare_command_for_a_dataset_without_whole_scans(tmp_path):
+    from scripts.errors import BundleInputError
+    from scripts.tools.finder_data import body_file
+
+    assert body_file(tmp_path, {"id": "P_L1", "body": "P/P_body.nii.gz"}) == str(tmp_path / "P/P_body.nii.gz")
+    with pytest.raises(BundleInputError, match=r"P_L1 has no 'body' entry .* python -m scripts.prepare --out "):
+        body_file(tmp_path, {"id": "P_L1", "patient": "P"})

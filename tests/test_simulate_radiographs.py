@@ -88,7 +88,14 @@ def test_bad_inputs_stop_before_writing(scan, tmp_path):
     (tmp_path / "b" / "keep.txt").write_text("x")
     with pytest.raises(BundleInputError, match="already holds files"):
         simulate_radiographs(str(folder / "ct.nii.gz"), str(tmp_path / "b"))
-    assert not (tmp_path / "a").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    import nibabel as nib
+
+    img = nib.load(str(folder / "ct.nii.gz"))
+    windowed = tmp_path / "windowed.nii.gz"  # the scan as a 0-255 window: no value below 0
+    nib.save(nib.Nifti1Image(np.clip((np.asarray(img.dataobj) + 1000) / 8, 0, 255), img.affine), str(windowed))
+    with pytest.raises(BundleInputError, match=r"windowed.nii.gz: no value below 0, so not a CT in HU"):
+        simulate_radiographs(str(windowed), str(tmp_path / "c"))
+    assert not (tmp_path / "a").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["b", "windowed.nii.gz"]
 
 
 def test_the_subcommand_keeps_the_dataset_command(scan, tmp_path):

@@ -146,7 +146,7 @@ def test_a_found_vertebra_outside_one_image_is_left_out(caplog):
     above = {"level": "T12", "centre_mm": [0.0, 0.0, 40.0]}  # magnified 1.5x: 60 px from the centre of 100
     with caplog.at_level("WARNING"):
         assert _inside_both([above, inside], views) == [inside]
-    assert "T12 found at the edge of an image" in caplog.text
+    assert "T12 at (0, 0, 40) mm found at the edge of an image" in caplog.text
 
 
 def test_a_rerun_removes_the_files_it_does_not_write_again_and_flagged_vertebrae_are_logged(pair, tmp_path):

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "body_file",
     "DETECTOR_MM",
     "PIXEL_MM",
     "manifest_levels",
@@ -211,6 +212,22 @@ def _resample(path: str, what: str, dst_affine: np.ndarray, shape: Any, mode: st
     return np.asarray(out[0], dtype=np.float32) + float(fill)
 
 
+def body_file(data: str | os.PathLike, item: dict) -> str:
+    """The whole-scan file (``<patient>_body.nii.gz``) of a prepared dataset's item.
+
+    Raises:
+        BundleInputError: the item has none (a dataset prepared before whole scans were kept), with the fix.
+    """
+    if "body" not in item:
+        from scripts.errors import BundleInputError
+
+        raise BundleInputError(
+            f"{Path(data) / 'datalist.json'}: {item.get('id', item.get('patient'))} has no 'body' entry (the dataset "
+            f"was prepared before whole scans were kept); prepare it again with python -m scripts.prepare --out {data}."
+        )
+    return str(Path(data) / item["body"])
+
+
 def label_fit(hu: np.ndarray, labels: np.ndarray, bone_hu: float = 150.0, shell_voxels: int = 5) -> dict[str, float]:
     """How well a label map lies on the bone of its scan (one grid): the median HU inside the labels, and the share of
     voxels above ``bone_hu`` inside the labels and in a shell of ``shell_voxels`` voxels around them. Labels on bone
@@ -238,7 +255,7 @@ def label_fits(data: str = "data/body64", labels_dir: str = "../shared/data/spin
     bodies: dict[str, tuple[str, str]] = {}
     for split in ("training", "validation", "test"):
         for item in dl.get(split, []):
-            bodies.setdefault(item["patient"], (split, str(Path(data) / item["body"])))
+            bodies.setdefault(item["patient"], (split, body_file(data, item)))
     out = {}
     for patient, (split, body) in bodies.items():
         img = nib.load(body)
@@ -264,6 +281,9 @@ def labels_on_grid(label_path: str, reference: str, out_path: str | os.PathLike)
 
     ``python -m scripts.simulate radiographs`` takes a CT and a label map on one grid; the prepared body scans (HU)
     and the raw label maps are on different grids of the same world frame.
+
+    Usage: ``python -m scripts.tools.finder_data labels_on_grid --label_path SEG.nii.gz --reference
+    data/body64/P/P_body.nii.gz --out_path P_labels.nii.gz``.
     """
     import nibabel as nib
 
@@ -520,7 +540,7 @@ def finder_data(
     for split in splits:
         for item in src.get(split, []):
             patients.setdefault(item["patient"], split)
-            bodies.setdefault(item["patient"], str(root / item["body"]))
+            bodies.setdefault(item["patient"], body_file(root, item))
     dest = Path(out)
     computed = skipped = 0
     for patient, split in patients.items():
@@ -571,8 +591,8 @@ if __name__ == "__main__":
     install_cli_excepthook(always=True)  # a bad input ends in its one line, not a traceback
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    if sys.argv[1:2] in (["spine_tilts"], ["label_fits"]):
-        command = {"spine_tilts": spine_tilts, "label_fits": label_fits}[sys.argv[1]]
+    if sys.argv[1:2] in (["spine_tilts"], ["label_fits"], ["labels_on_grid"]):
+        command = {"spine_tilts": spine_tilts, "label_fits": label_fits, "labels_on_grid": labels_on_grid}[sys.argv[1]]
         check_cli_flags(command, sys.argv[2:], f"python -m scripts.tools.finder_data {sys.argv[1]}")
         fire.Fire(command, command=sys.argv[2:], serialize=lambda result: None)
     else:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scripts.tools.finder_data import match_centres, simulate_patient
+from scripts.tools.finder_data import body_file, match_centres, simulate_patient
 
 __all__ = ["simulate_patient", "score_case", "finder_eval", "draw_detections", "draw_heatmaps"]
 
@@ -209,7 +209,7 @@ def finder_eval(
     dl = json.loads((Path(data) / "datalist.json").read_text())
     patients: dict[str, dict] = {}
     for item in dl[split]:
-        p = patients.setdefault(item["patient"], {"body": str(Path(data) / item["body"]), "levels": []})
+        p = patients.setdefault(item["patient"], {"body": body_file(data, item), "levels": []})
         p["levels"].append(item["level"])
     net = load_finder(model)
     report: dict[str, Any] = {"patients": {}, "rows": []}

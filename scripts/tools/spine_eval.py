@@ -108,7 +108,7 @@ def spine_eval(
     from scripts.errors import BundleInputError
     from scripts.io.radiograph import read_radiograph
     from scripts.spine import file_px, radiograph_configs, radiographs
-    from scripts.tools.finder_data import label_source, resample_hu, resample_labels, simulate_patient
+    from scripts.tools.finder_data import body_file, label_source, resample_hu, resample_labels, simulate_patient
 
     configs = (
         radiograph_configs()
@@ -120,7 +120,7 @@ def spine_eval(
     dl = json.loads((Path(data) / "datalist.json").read_text())
     patients: dict[str, dict] = {}
     for item in dl[split]:
-        p = patients.setdefault(item["patient"], {"body": str(Path(data) / item["body"]), "levels": []})
+        p = patients.setdefault(item["patient"], {"body": body_file(data, item), "levels": []})
         p["levels"].append(item["level"])
     rows: list[dict] = []
     for patient, info in patients.items():
