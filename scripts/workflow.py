@@ -129,6 +129,12 @@ def bundle_package(bundle_root: str | os.PathLike) -> ModuleType:
     return scripts
 
 
+def _two_stage(model_file: str | os.PathLike) -> bool:
+    """Whether a model file holds a :class:`~scripts.networks.TwoStageEAR` (a body model: its calibration also uses
+    the finder's window centring, ``--centring True``, docs/confidence.md)."""
+    return (model_setting(model_file, "record", {}) or {}).get("network") == "TwoStageEAR"
+
+
 def calibration_configs(model_file: str | os.PathLike) -> str:
     """The ``--configs`` of ``scripts.tools.confidence_study`` for a model, from its contract: the training config,
     ``configs/cpu.json`` for a 64^3 model at 2 mm, ``configs/body.json`` for a model of body X-rays and
@@ -139,7 +145,7 @@ def calibration_configs(model_file: str | os.PathLike) -> str:
     record = model_setting(model_file, "record", {}) or {}
     if record.get("drr_source") == "body":
         configs.append("configs/body.json")
-    if record.get("network") == "TwoStageEAR":
+    if _two_stage(model_file):
         configs.append("configs/body_model.json")
     return "[" + ",".join(f"'{c}'" for c in configs + ["configs/evaluate.json"]) + "]"
 
@@ -155,7 +161,8 @@ def confidence_calibration(model_file: str | os.PathLike, confidence: bool = Tru
             f"{model_file} holds no confidence calibration: its confidence is the raw TTA agreement, not an estimate "
             f"of the Dice; calibrate it on a prepared dataset's validation patients with python -m "
             f"scripts.tools.confidence_study --ckpt_dir {Path(model_file).parent} --dataset_dir DATA --configs "
-            f'"{calibration_configs(model_file)}" --out runs/confidence/mine --write_calibration True '
+            f'"{calibration_configs(model_file)}" --out runs/confidence/mine '
+            f"{'--centring True ' if _two_stage(model_file) else ''}--write_calibration True "
             "(docs/confidence.md, Calibrating and testing a model)."
         )
     return calibration
