@@ -449,8 +449,8 @@ def check_model(
                 )
         if not override:
             raise BundleInputError(
-                f"{text}; drop {option.split()[0]} (the model's value is the default), {fix}, or add "
-                "--override_contract True to run anyway."
+                f"{text} (on the command line, or in a config such as configs/cpu.json); drop it (the model's value "
+                f"is the default), {fix}, or add --override_contract True to run anyway."
             )
         log.warning(f"{text}; running anyway (--override_contract True): the output may be wrong.")
     from scripts.confidence import INPUT_TYPES
