@@ -66,7 +66,8 @@ def test_a_run_that_contradicts_the_model_stops_with_one_line(caplog):
     with pytest.raises(BundleInputError, match=r"other order; give the X-rays in the model's order \(view 1 \[0.0"):
         workflow.check_model(path, net, 2.0, 64, [[90, 0], [0, 0]], "replicate")
     with pytest.raises(
-        BundleInputError, match=r"--views \[\[180.0, 0.0\], \[90.0, 0.0\]\]; drop --views .*--override_contract"
+        BundleInputError,
+        match=r"--views \[\[180.0, 0.0\], \[90.0, 0.0\]\] \(on the command line.*drop it .*--override_contract",
     ):
         workflow.check_model(path, net, 2.0, 64, [[180, 0], [90, 0]], "replicate")  # AP and lateral, from behind
     with caplog.at_level(logging.WARNING):  # knowingly: runs, with a warning
