@@ -70,7 +70,7 @@ from scripts.drr.windows import (
 from scripts.errors import BundleInputError, XRayInputError
 from scripts.functional import DEFAULT_ANGLES, parse_angles
 from scripts.io.outputs import case_meta_name
-from scripts.io.xray import _is_dicom, check_not_blank, read_xray, sidecar_path, spacing_pair
+from scripts.io.xray import _is_dicom, check_not_blank, number_pair, read_xray, sidecar_path, spacing_pair
 
 __all__ = [
     "Radiograph",
@@ -270,20 +270,6 @@ def _number(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def _pair(value: Any) -> tuple[float, float] | None:
-    if value is None or isinstance(value, (str, bytes, bool)):
-        return None
-    try:
-        arr = np.asarray(value, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        return None
-    if arr.size == 1:
-        arr = np.repeat(arr, 2)
-    if arr.size != 2 or not np.all(np.isfinite(arr)):
-        return None
-    return float(arr[0]), float(arr[1])
-
-
 def _angles_of_view(text: Any) -> tuple[float, float] | None:
     key = str(text).strip().upper() if text is not None else ""
     return VIEW_POSITIONS.get(key)
@@ -316,8 +302,8 @@ def _dicom_values(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         mag = _number(ds.get("EstimatedRadiographicMagnificationFactor"))
         if mag is not None and mag > 1 and sdd:
             values["sod"], sources["sod"] = sdd / mag, "EstimatedRadiographicMagnificationFactor"
-    imager = _pair(ds.get("ImagerPixelSpacing"))
-    plain = _pair(ds.get("PixelSpacing"))
+    imager = number_pair(ds.get("ImagerPixelSpacing"))
+    plain = number_pair(ds.get("PixelSpacing"))
     if imager is not None:
         values["pixel_spacing"], sources["pixel_spacing"] = imager, "ImagerPixelSpacing"
     elif plain is not None:
@@ -394,7 +380,7 @@ def _sidecar_values(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             raise bad("patient_orientation", 'two directions such as ["L", "F"]')
         values["patient_orientation"] = [str(x) for x in po]
     if "principal_point_px" in content:
-        pp = _pair(content["principal_point_px"])
+        pp = number_pair(content["principal_point_px"])
         if pp is None or np.asarray(content["principal_point_px"]).size != 2:
             raise bad("principal_point_px", "[row, col] in pixels")
         values["principal_point"] = pp
@@ -875,7 +861,7 @@ def write_radiograph_dicom(
         raise ValueError(f"photometric={photometric!r}: use MONOCHROME1 or MONOCHROME2.")
     if spacing_tag not in ("ImagerPixelSpacing", "PixelSpacing", "both"):
         raise ValueError(f"spacing_tag={spacing_tag!r}: use ImagerPixelSpacing, PixelSpacing or both.")
-    sp = _pair(pixel_spacing)
+    sp = number_pair(pixel_spacing)
     if sp is None or min(sp) <= 0:
         raise ValueError(f"pixel_spacing={pixel_spacing!r}: give a positive size in mm.")
     lo, hi = float(arr.min()), float(arr.max())
@@ -966,7 +952,7 @@ def write_radiograph_image(
     else:
         raise ValueError(f"{p}: write .png, .tif or .tiff (or DICOM with write_radiograph_dicom).")
     ax = view_rotation(torch.tensor([list(ang)], dtype=torch.float64))[0].numpy()
-    sp = _pair(pixel_spacing)
+    sp = number_pair(pixel_spacing)
     side: dict[str, Any] = {"sdd_mm": float(sdd), "pixel_spacing_mm": list(sp or ()), "angle_deg": list(ang)}
     if sod is not None:
         side["sod_mm"] = float(sod)

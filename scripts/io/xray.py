@@ -58,6 +58,7 @@ __all__ = [
     "sidecar_path",
     "sidecar_pixel_spacing",
     "spacing_pair",
+    "number_pair",
 ]
 
 #: the fewest pixels per side (rows and columns) of an X-ray that the bundle's inference takes
@@ -237,9 +238,9 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return p.with_name(name + ".json")
 
 
-def spacing_pair(value: Any) -> tuple[float, float] | None:
-    """A pixel spacing ``(row, col)`` in mm from a number or a ``[row, col]`` pair; ``None`` unless both are positive
-    and finite (text and booleans included)."""
+def number_pair(value: Any, positive: bool = False) -> tuple[float, float] | None:
+    """Two finite numbers from a number (for both) or a pair; ``None`` for anything else (text and booleans included),
+    and with ``positive`` for numbers that are not above 0."""
     if value is None or isinstance(value, (str, bytes, bool)):
         return None
     try:
@@ -248,9 +249,14 @@ def spacing_pair(value: Any) -> tuple[float, float] | None:
         return None
     if arr.size == 1:
         arr = np.repeat(arr, 2)
-    if arr.size != 2 or not np.all(np.isfinite(arr) & (arr > 0)):
+    if arr.size != 2 or not np.all(np.isfinite(arr)) or (positive and np.any(arr <= 0)):
         return None
     return float(arr[0]), float(arr[1])
+
+
+def spacing_pair(value: Any) -> tuple[float, float] | None:
+    """A pixel spacing ``(row, col)`` in mm from a number or a ``[row, col]`` pair (:func:`number_pair`, positive)."""
+    return number_pair(value, positive=True)
 
 
 def sidecar_pixel_spacing(path: str | os.PathLike) -> tuple[float, float] | None:
