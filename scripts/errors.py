@@ -187,7 +187,8 @@ def check_cli_flags(
     python-fire hands an unknown ``--option`` to the value the function returns, so a misspelt option stops the
     command only after its work (a 20-minute training, a written model file) or, where the function has a default,
     is ignored. The options before ``--`` are compared with the function's parameters (``-`` read as ``_``,
-    ``--noX`` as ``--X False``); a function with ``**kwargs`` takes any. ``--help`` and ``-h`` pass.
+    ``--noX`` as ``--X False``, a one-letter ``--o`` as the one parameter starting with it, as fire reads them); a
+    function with ``**kwargs`` takes any. ``--help`` and ``-h`` pass.
 
     Args:
         component: the function, or a dict of subcommands (the first word of ``argv`` picks one; an unknown word is
@@ -221,6 +222,8 @@ def check_cli_flags(
             continue
         name = arg[2:].split("=", 1)[0].replace("-", "_")
         if name in known or (name.startswith("no") and name[2:] in known):
+            continue
+        if len(name) == 1 and sum(k.startswith(name) for k in known) == 1:  # fire's one-letter shortcut
             continue
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean --{close[0]}? " if close else ""

@@ -306,8 +306,9 @@ def simulate_radiographs(
     if float(img.min()) >= 0.0:
         raise BundleInputError(
             f"{ct}: no value below 0, so not a CT in HU (air is about -1000 HU; a 0-255 window?); fix: prepare it with "
-            "python -m scripts.prepare --intensity windowed, then simulate from its <patient>_body.nii.gz, its labels "
-            "put on that grid with python -m scripts.tools.finder_data labels_on_grid."
+            "python -m scripts.prepare --intensity windowed (or its scale and offset to HU in a source list), then "
+            "simulate from its <patient>_body.nii.gz, its labels put on that grid with python -m "
+            "scripts.tools.finder_data labels_on_grid."
         )
     outside_raw = outside_fov(np.asarray(img[0], dtype=np.float32), None).astype(np.float32)
     vol = to_ras_isotropic(img, spacing)

@@ -1319,8 +1319,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args and args[0] in commands:
         command = args.pop(0)
         fn = commands[command]
-    if "--" not in args and {"--help", "-h"} & set(args):  # fire would pass it to **overrides as an option
-        args = [a for a in args if a not in ("--help", "-h")] + ["--", "--help"]
+    if "--" not in args and {"--help", "-h"} & set(args):  # fire would pass it to **overrides and run the job
+        args = ["--", "--help"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         check_cli_flags(fn, args, f"python -m scripts.spine {command}")

@@ -120,6 +120,8 @@ def test_combine_writes_a_two_stage_model_with_the_ear_contract(tmp_path):
         with pytest.raises(BundleInputError, match=message):
             combine(str(tmp_path / views), str(tmp_path / volume), str(tmp_path / "bad" / "model.pt"))
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(BundleInputError, match=r"--out .*m.pth: give a .pt file"):
+        combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "m.pth"))
 
 
 def test_joint_views_read_both_views_at_once():

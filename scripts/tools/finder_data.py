@@ -223,7 +223,8 @@ def body_file(data: str | os.PathLike, item: dict) -> str:
 
         raise BundleInputError(
             f"{Path(data) / 'datalist.json'}: {item.get('id', item.get('patient'))} has no 'body' entry (the dataset "
-            f"was prepared before whole scans were kept); prepare it again with python -m scripts.prepare --out {data}."
+            f"was prepared before whole scans were kept); prepare it again with python -m scripts.prepare --out {data} "
+            "and the --source, --spacing and --roi it was prepared with."
         )
     return str(Path(data) / item["body"])
 

@@ -516,7 +516,7 @@ def combine(
             one shape, whose outputs the model averages; a ``TwoStageEAR`` model file (e.g. the shipped
             ``models/body/model.pt``) gives all its view stages.
         volume_weights: an EAR ``model.pt`` of this bundle; its own contract stays with it, under ``volume_net``.
-        out: the file to write (atomically); a folder (an existing one, or a name without ``.pt``) gets
+        out: the ``.pt`` file to write (atomically); a folder (an existing one, or a name without a suffix) gets
             ``model.pt`` in it, the name ``--ckpt_dir`` reads.
         drr_source: the X-ray source the combined model reads (recorded, e.g. ``body``).
         view_scale: the EAR model's pixels per view-stage pixel along each side: ``2`` for a view stage trained on
@@ -547,13 +547,12 @@ def combine(
         for k, member in enumerate(members):
             views.append(member)
             stages.append({"file": Path(f).name, "sha256": digest, **({"member": k} if k else {})})
-    volume = _state_file(volume_weights, "--volume_weights")
+    volume = load_state_dict_file(volume_weights)  # model.pt, model.ts or a training checkpoint; one-line errors
     if any(k.startswith("view_net.") for k in volume) or "conv_0.conv_0.conv.weight" in volume:
         raise BundleInputError(
             f"--volume_weights {volume_weights} is not an EAR model (it holds a view stage); fix: give the EAR "
             "model the view stage feeds, e.g. models/cpu/model.pt."
         )
-    volume = load_state_dict_file(volume_weights)
     info = read_model_info(volume)
     record = dict(info["record"])
     shapes = []
@@ -592,8 +591,10 @@ def combine(
         info["views"], info["expansion_mode"], record,
     )  # fmt: skip
     path = Path(out)
-    if path.is_dir() or path.suffix != ".pt":
+    if path.is_dir() or not path.suffix:
         path = path / "model.pt"
+    elif path.suffix != ".pt":
+        raise BundleInputError(f"--out {out}: give a .pt file (e.g. runs/my_body/model.pt) or a folder.")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(net.state_dict(), tmp)
