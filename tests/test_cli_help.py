@@ -46,7 +46,13 @@ def test_help(module, monkeypatch, capsys):
 
 @pytest.mark.parametrize(
     "module, command",
-    [("scripts.spine", "radiographs"), ("scripts.simulate", "radiographs"), ("scripts.tools.spine_stage", "combine")],
+    [
+        ("scripts.spine", "radiographs"),
+        ("scripts.simulate", "radiographs"),
+        ("scripts.tools.spine_stage", "combine"),
+        ("scripts.tools.spine_stage", "stack"),
+        ("scripts.tools.spine_stage", "views"),
+    ],
 )
 def test_help_of_subcommands(module, command, monkeypatch, capsys):
     """``--help`` after a subcommand shows that command's usage (``scripts.spine radiographs`` passes unknown options

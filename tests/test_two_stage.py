@@ -413,3 +413,136 @@ def test_view_scale_runs_a_coarser_view_stage_before_a_finer_ear(tmp_path):
     plain = TwoStageEAR(channels=SMALL, view_features=VIEW, joint_views=True)
     with pytest.raises(BundleInputError, match="view_scale 2 but the config's network_def sets 1"):
         check_model(path, plain)
+
+
+def test_a_fold_leaves_one_training_patient_out_of_the_pool():
+    """``train --holdout P`` trains on the pool windows of the other patients; the pool holds ``draws`` rounds of the
+    training items in order, so window ``i`` is of item ``i % n``."""
+    from scripts.tools.spine_stage import _pool_indices
+
+    items = [{"id": "a_L1", "patient": "a"}, {"id": "b_L1", "patient": "b"}, {"id": "a_L2", "patient": "a"}]
+    assert _pool_indices(items, 6, None).tolist() == [0, 1, 2, 3, 4, 5]
+    assert _pool_indices(items, 6, "a").tolist() == [1, 4]
+    assert _pool_indices(items, 6, "b").tolist() == [0, 2, 3, 5]
+    with pytest.raises(ValueError, match=r"'c' is not a training patient of this dataset; give one of \['a', 'b'\]"):
+        _pool_indices(items, 6, "c")
+    with pytest.raises(ValueError, match="the only training patient"):
+        _pool_indices(items[:1], 3, "a")
+
+
+def test_a_fold_names_a_training_patient_and_resumes_only_its_own_run(example64, tmp_path):
+    """``train --holdout``: a name that is not a training patient stops before the pool is drawn; a run folder
+    resumes only a run that left out the same patient."""
+    from scripts.tools.spine_stage import train
+
+    folder, _ = example64
+    with pytest.raises(ValueError, match=r"'nobody' is not a training patient.*\['LIDC-IDRI-0001'\]"):
+        train(dataset_dir=str(folder), holdout="nobody", minutes=0.0, draws=1, out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "fold").mkdir()
+    torch.save(
+        {"net": {}, "criterion": "val_ncc", "init": None, "holdout": "LIDC-IDRI-0001"}, tmp_path / "fold" / "last.pt"
+    )
+    with pytest.raises(ValueError, match="left out LIDC-IDRI-0001, not none"):
+        train(dataset_dir=str(folder), minutes=0.0, draws=1, out=str(tmp_path / "fold"))
+
+
+def test_stack_needs_one_fold_per_training_patient(example64, tmp_path):
+    """``stack`` stops before any work when a training patient has no fold, or a folder is not a fold."""
+    from scripts.tools.spine_stage import stack
+
+    folder, _ = example64
+
+    def fold(name: str, **report) -> str:
+        (tmp_path / name).mkdir()
+        base = {"holdout": "LIDC-IDRI-0001", "target": "isolated", "joint_views": True, "draws": 1, "seed": 0}
+        (tmp_path / name / "report.json").write_text(json.dumps({**base, "pool": 11, **report}))
+        return str(tmp_path / name)
+
+    for folds, message in [
+        ([], "stack needs the folds"),
+        ([str(tmp_path / "none")], r"none/report.json is missing; train the fold first"),
+        ([fold("all", holdout=None)], "left no patient out; train it with --holdout P"),
+        ([fold("spine", target="spine")], "is not a body model's view stage"),
+        ([fold("other", holdout="ts_s0561")], r"no fold leaves out \['LIDC-IDRI-0001'\]"),
+        ([fold("one"), fold("two", draws=2)], "were trained on different pools"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            stack(folds, dataset_dir=str(folder), minutes=0.0, out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_stack_fine_tunes_the_ear_stage_on_the_folds_views(example64, tmp_path):
+    """``stack``: the starting EAR stage is scored first, its weights move, the one of best validation Dice is kept
+    with the starting model's contract, ``combine`` joins it to the view stages, and the run resumes."""
+    from scripts.networks.model_info import load_state_dict_file, read_model_info
+    from scripts.tools.spine_stage import stack, train
+    from tests.conftest import ROOT
+
+    folder, _ = example64
+    fold = tmp_path / "fold"
+    train(dataset_dir=str(folder), minutes=0.01, draws=1, score_every=1, out=str(fold))
+    report = json.loads((fold / "report.json").read_text())
+    assert report["holdout"] is None and report["pool"] == 11
+    # the example holds one training patient: its fold is this run, marked as one that left it out
+    (fold / "report.json").write_text(json.dumps({**report, "holdout": "LIDC-IDRI-0001"}))
+    start = load_state_dict_file(ROOT / "models/cpu/model.pt")
+    out = tmp_path / "stack"
+    result = stack([str(fold)], dataset_dir=str(folder), minutes=0.15, score_every=1, out=str(out))
+    curve = result["curve"]
+    assert curve[0]["step"] == 0 and curve[0]["loss"] is None and len(curve) >= 2
+    assert all(c["loss"] > 0 for c in curve[1:])
+    assert result["val_dice_start"] == curve[0]["val_dice"]
+    assert result["val_dice_best"] == pytest.approx(max(c["val_dice"] for c in curve), abs=1e-4)
+    assert len(torch.load(fold / "pool_gt_1_0.pt", weights_only=True)) == 11
+    moved = torch.load(out / "last.pt", weights_only=False)["model"]
+    assert any(not torch.equal(moved[k], start[k]) for k in start if start[k].is_floating_point())
+    kept = load_state_dict_file(out / "ear.pt")
+    assert read_model_info(kept)["gt_mean"] == read_model_info(start)["gt_mean"]
+    path = combine(str(ROOT / "models/body/model.pt"), str(out / "ear.pt"), str(tmp_path / "model"))
+    assert read_model_info(str(path))["record"]["network"] == "TwoStageEAR"
+    again = stack([str(fold)], dataset_dir=str(folder), minutes=0.0, score_every=1, out=str(out))
+    assert again["steps"] == result["steps"] and again["curve"][: len(curve)] == curve
+
+
+def test_views_shows_the_view_stage_and_what_a_blur_costs_its_ear_stage(example64, tmp_path):
+    """``views`` writes its report and figure, and refuses a model without a view stage."""
+    from scripts.tools.spine_stage import views
+    from tests.conftest import ROOT
+
+    folder, _ = example64
+    report = views(str(ROOT / "models/body/model.pt"), str(folder), "test", blur_px=(1.0, 4.0),
+                   out=str(tmp_path / "v.json"), figure=str(tmp_path / "v.png"))  # fmt: skip
+    row = report["vertebrae"][0]
+    assert report["n"] == 1 and row["id"].endswith("_T7")
+    assert 0.5 < row["ncc_ap"] <= 1 and 0.5 < row["ncc_lateral"] <= 1
+    assert row["dice_isolated_blur_4px"] < row["dice_isolated_blur_1px"]  # a blurred view costs the EAR stage
+    assert json.loads((tmp_path / "v.json").read_text())["mean"] == report["mean"]
+    assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="not a two-stage model"):
+        views(
+            str(ROOT / "models/cpu/model.pt"), str(folder), "test", configs=["configs/train.json", "configs/cpu.json"]
+        )
+
+
+@pytest.mark.slow
+def test_views_scores_agree_with_the_swap_test_and_the_isolated_model(example64):
+    """The Dice from the view stage's views is the model's own (the swap test's, through the configs); the Dice
+    from the isolated views is close to its EAR stage's on isolated X-rays (the CPU model evaluated as such)."""
+    from scripts.tools.input_sensitivity import input_sensitivity
+    from scripts.tools.spine_stage import views
+    from tests.conftest import ROOT
+
+    folder, _ = example64
+    body, cpu = str(ROOT / "models/body/model.pt"), str(ROOT / "models/cpu/model.pt")
+    report = views(body, str(folder), "training", blur_px=())
+    cfg = ["configs/train.json", "configs/cpu.json"]
+    own = input_sensitivity(body, str(folder), [*cfg, "configs/body.json", "configs/body_model.json"], "training", 1)
+    isolated = input_sensitivity(cpu, str(folder), cfg, "training", 1)
+    assert len(report["vertebrae"]) == len(own["vertebrae"]) == 11
+    for r, o, i in zip(report["vertebrae"], own["vertebrae"], isolated["vertebrae"]):
+        assert r["id"] == o["id"] == i["id"]
+        assert r["dice_view_stage"] == pytest.approx(o["own"], abs=1e-4)
+        # the EAR stage reads z-scored views inside the two-stage model, the CPU model its expanded X-rays as they are
+        assert r["dice_isolated"] == pytest.approx(i["own"], abs=0.02)

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from scripts.errors import BundleInputError
 
-__all__ = ["BONE_EXCESS_SHARE", "scale_bone_density", "half_turn", "stage_parser", "train", "combine"]
+__all__ = ["BONE_EXCESS_SHARE", "scale_bone_density", "half_turn", "stage_parser", "train", "stack", "views", "combine"]
 
 ROOT = Path(__file__).resolve().parents[2]
 _VIEWS = [[0.0, 0.0], [90.0, 0.0]]
@@ -143,6 +143,7 @@ def train(
     pose_deg: float | tuple[float, float, float] | None = None,
     window_shift_mm: float | None = None,
     seed: int = 0,
+    holdout: str | None = None,
     volume_weight: float = 0.0,
     init: str | None = None,
     init_member: int = 0,
@@ -155,6 +156,9 @@ def train(
     The defaults are the settings of the view stage chosen on the validation patient (docs/body-xrays.md).
 
     Args (beyond the module docstring's):
+        holdout: a training patient whose windows the view stage does not train on. They stay in the pool, so the
+            runs of one pool that each leave out another patient (the folds of :func:`stack`) share the pool file
+            (copy it into each run's folder).
         volume_weight: with a value above 0, each step also passes the view stage's output through ``model_3d``
             (frozen, eval mode: only the view stage learns) and adds ``volume_weight`` times
             :class:`scripts.losses.EARLoss` between the reconstruction and the window's ground truth (z-scored
@@ -199,6 +203,9 @@ def train(
         raise BundleInputError(
             f"init_member ({init_member}) needs --init, the model file whose view stage to start from."
         )
+    if holdout is not None:  # before the pool: a wrong name stops now
+        items = parser.get_parsed_content("probe_training")
+        _pool_indices(items, len(items), holdout)
     init_state, init_member = (
         _init_view_stage(init, init_member, joint_views) if init else (None, None)
     )  # before the pool
@@ -214,6 +221,11 @@ def train(
         raise BundleInputError(
             f"{last} is a run started from {state.get('init') or 'scratch'}, not from {init} (member {init_member}); "
             "it resumes with its own weights: give another --out to start from --init."
+        )
+    if state is not None and state.get("holdout") != holdout:
+        raise BundleInputError(
+            f"{last} is a run that left out {state.get('holdout') or 'no patient'}, not {holdout or 'none'}; give "
+            "another --out, or the run's own --holdout."
         )
     spine = SpineDRRd(dataset_dir, angles=_VIEWS)
     body = DRRd("body", ref_key="gt", output_keys="p_b", angles=_VIEWS, photon_count=1e6)
@@ -252,34 +264,9 @@ def train(
     gt_mean, gt_std = float(contract["gt_mean"]), float(contract["gt_std"])
     gt_pool: list[torch.Tensor] = []
     if volume_weight > 0:  # each pool window's ground truth: the same seeded window draws, without projecting
-        gt_file = Path(out) / f"pool_gt_{draws}_{seed}.pt"
-        gt_pool = torch.load(gt_file, weights_only=True) if gt_file.exists() else []
-        for k in tqdm(range(0 if gt_pool else int(draws)), desc="ground truths, draws", disable=bool(gt_pool)):
-            for item in parser.get_parsed_content("probe_training"):
-                draw.set_random_state(seed=item_seed(item["id"], 1000 * seed + k))
-                gt = torch.as_tensor(draw(dict(item))["gt"]).as_subclass(torch.Tensor)  # no meta in the file
-                gt_pool.append(((gt.float() - gt_mean) / gt_std).half())
-        if len(gt_pool) != len(pool):
-            raise BundleInputError(f"{gt_file} holds {len(gt_pool)} windows, the pool {len(pool)}: remove one of them.")
-        # both files must hold this dataset's seeded draws: the first window drawn again, its isolated X-ray and
-        # its ground truth compared with theirs (a pool or a dataset made again since would pair other windows)
-        item = parser.get_parsed_content("probe_training")[0]
-        draw.set_random_state(seed=item_seed(item["id"], 1000 * seed))
-        body.set_random_state(seed=item_seed(item["id"], 1000 * seed + 1))
-        first = isolated(spine(body(draw(dict(item)))))
-        gt = ((torch.as_tensor(first["gt"]).as_subclass(torch.Tensor).float() - gt_mean) / gt_std).half().float()
-        if not (
-            torch.allclose(grid_views(first, first["p_v"]), pool[0][2], atol=1e-4)
-            and torch.allclose(gt, gt_pool[0].float(), atol=1e-3)
-        ):
-            raise RuntimeError(
-                f"{pool_file.name} or {gt_file.name} in {out} holds other windows than this dataset's draws; remove "
-                "both to draw them anew."
-            )
-        if not gt_file.exists():
-            with atomic_path(gt_file) as tmp:
-                torch.save(gt_pool, tmp)
+        gt_pool = _pool_ground_truths(parser, pool, pool_file, draws, seed, gt_mean, gt_std)
     pool_s = time.perf_counter() - t0
+    allowed = _pool_indices(parser.get_parsed_content("probe_training"), len(pool), holdout)
     load = Compose(parser.get_parsed_content("load_transforms"))
     seeded = SeededDRRd("body", ref_key="gt", output_keys="p_b", angles=_VIEWS, photon_count=1e6)
     val = [isolated(spine(seeded(load(dict(it))))) for it in parser.get_parsed_content("probe_validation")]
@@ -336,7 +323,7 @@ def train(
         body_i, spine_i, spacing = pool[i][0], pool[i][1], pool[i][3]
         x = body_i
         if rng.rand() < mix:
-            j = int(rng.randint(len(pool)))
+            j = int(allowed[rng.randint(len(allowed))])
             x = spine_i + (pool[j][0] - pool[j][1])
         if bone_density is not None:  # the vertebrae's density above water scaled by f (module docstring)
             x = scale_bone_density(x, spine_i, rng.uniform(*bone_density))
@@ -362,7 +349,7 @@ def train(
                 torch.save(net.state_dict(), tmp)
         state = {"net": net.state_dict(), "opt": opt.state_dict(), "curve": curve, "best": best, "step": step,
                  "rng": rng.get_state(), "criterion": criterion,
-                 "init": [init, init_member] if init else None}  # fmt: skip
+                 "init": [init, init_member] if init else None, "holdout": holdout}  # fmt: skip
         with atomic_path(last) as tmp:
             torch.save(state, tmp)
         draw_curve()
@@ -379,7 +366,7 @@ def train(
     if init and not curve:  # the starting view stage's score: what the run must beat to change it
         checkpoint(float("nan"))
     while time.perf_counter() - start < minutes * 60:
-        batch = [sample(int(i)) for i in rng.randint(len(pool), size=8)]
+        batch = [sample(int(allowed[i])) for i in rng.randint(len(allowed), size=8)]
         x, y = torch.stack([b[0] for b in batch]).to(dev), torch.stack([b[1] for b in batch]).to(dev)
         g = torch.stack([gt_pool[b[2]].float() for b in batch]).to(dev) if volume_weight > 0 else None  # (B,1,X,Y,Z)
         if rng.rand() < 0.5:
@@ -415,9 +402,9 @@ def train(
     report = {
         "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
         "bone_density": bone_density, "pose_deg": parser["rotation_deg"], "window_shift_mm": parser["window_shift_mm"],
-        "joint_views": joint_views, "volume_weight": volume_weight, "init": init,
+        "joint_views": joint_views, "volume_weight": volume_weight, "init": init, "holdout": holdout,
         "init_member": init_member, "lr": lr,
-        "pool": len(pool), "pool_seconds": round(pool_s, 1), "steps": step,
+        "pool": len(pool), "pool_seconds": round(pool_s, 1), "seed": seed, "steps": step,
         "minutes": minutes,
         f"{criterion}_best": round(best, 4), "val_ncc_mean_target_baseline": round(baseline, 4), "curve": curve,
         "mean_dice": means, "vertebrae": rows,
@@ -428,6 +415,411 @@ def train(
     kept = {f"{criterion}_best": round(best, 4), "baseline": report["val_ncc_mean_target_baseline"]}
     print(json.dumps({**kept, "mean_dice": means}))
     return report
+
+
+def views(
+    model: str = "models/body/model.pt",
+    dataset_dir: str = "data/body64",
+    split: str = "test",
+    configs: Sequence[str] = ("configs/train.json", "configs/cpu.json", "configs/body.json", "configs/body_model.json"),
+    blur_px: Sequence[float] = (1.0, 2.0, 3.0, 4.0),
+    out: str | None = None,
+    figure: str | None = None,
+) -> dict[str, Any]:
+    """What a two-stage model's view stage gives, and what its EAR stage makes of it.
+
+    Each vertebra of ``split`` is simulated as in evaluation (seeded, clean body windows), and once more from its
+    isolated vertebra (``drr_source: "gt"``, the view stage's target) through the same window. Per vertebra:
+    the normalised cross-correlation of the view stage's output with the isolated views (AP, lateral), and the
+    Dice (at -500 HU, MONAI's ``compute_dice``) of the EAR stage's reconstruction from the view stage's output (the
+    model's own reconstruction), from the true isolated views (the ceiling of a perfect view stage) and from those
+    views blurred by each Gaussian sigma of ``blur_px`` (pixels): how much a view stage that gets the vertebra only
+    roughly right costs the EAR stage. ``figure`` draws every vertebra's body views, the view stage's views and the
+    isolated views (PNG); ``out`` writes the JSON report.
+
+    Args:
+        model: a :class:`~scripts.networks.TwoStageEAR` model file.
+        dataset_dir: a prepared dataset with body scans.
+        split: ``training``, ``validation`` or ``test``.
+        configs: the configs that rebuild the model's network from the file and simulate its windows.
+        blur_px: Gaussian sigmas (pixels of the views) for the blurred isolated views.
+        out: JSON report path.
+        figure: PNG path.
+    """
+    from monai.bundle import ConfigParser
+    from monai.metrics import compute_dice
+    from monai.networks.layers import GaussianFilter
+    from scripts.functional import normalised_cross_correlation, zscore_images
+    from scripts.networks import TwoStageEAR, stack_views, volume_from_views
+    from scripts.networks.model_info import load_state_dict_file
+    from scripts.utils import atomic_path
+    from tqdm import tqdm
+
+    def pipeline(source: str) -> tuple[Any, list[dict]]:
+        parser = ConfigParser()
+        parser.read_config([str(ROOT / c) for c in configs])
+        parser.update({"dataset_dir": dataset_dir, "validate_perturbed": False, "model_file": model})
+        parser["stats"] = "$@scripts.workflow.model_statistics(@model_file)"
+        parser["drr_source"] = source
+        parser["validate#dataset#data"] = f"$@scripts.workflow.load_split(@dataset_dir, {split!r}, 'body')"
+        return parser, parser.get_parsed_content("validate#dataset#data")
+
+    parser, items = pipeline("body")
+    if not items:
+        raise BundleInputError(f"{dataset_dir} holds no {split!r} vertebrae with a body scan.")
+    net = parser.get_parsed_content("network")
+    if not isinstance(net, TwoStageEAR):
+        raise BundleInputError(f"--model {model}: not a two-stage model (TwoStageEAR); it has no view stage to show.")
+    net.load_state_dict(load_state_dict_file(model))
+    net.eval()
+    stats = parser.get_parsed_content("stats")
+    threshold = (-500.0 - stats["gt_mean"]) / stats["gt_std"]
+    body_t = parser.get_parsed_content("validate#preprocessing")
+    isolated_t = pipeline("gt")[0].get_parsed_content("validate#preprocessing")
+    dev = next(net.parameters()).device
+
+    def dice(pred: torch.Tensor, gt: torch.Tensor) -> float:
+        ma, mb = ((v > threshold).float()[None, None] for v in (pred, gt))
+        return float(compute_dice(ma, mb, include_background=True, ignore_empty=False))
+
+    def ear(v: torch.Tensor) -> torch.Tensor:  # (B, 2, H, W) views, z-scored here -> reconstructions (B, X, Y, Z)
+        z = zscore_images(v).to(dev)
+        return net.volume_net(volume_from_views(z[:, 0], z[:, 1], z.shape[-1], z.shape[-1]))[:, 0].cpu()
+
+    rows, shown = [], []
+    with torch.no_grad():
+        for item in tqdm(items, desc=f"{split} vertebrae"):
+            body, iso = body_t(dict(item)), isolated_t(dict(item))
+            x = torch.as_tensor(body["image"]).as_subclass(torch.Tensor)[None].to(dev)
+            stage = net.spine_views(x).cpu()
+            true = zscore_images(stack_views(torch.as_tensor(iso["image"]).as_subclass(torch.Tensor)[None]))
+            blurred = [GaussianFilter(2, float(s))(true) for s in blur_px]  # (1, 2, H, W): the views as channels
+            recs = ear(torch.cat([stage, true, *blurred]))
+            gt = torch.as_tensor(body["label"][0]).as_subclass(torch.Tensor)
+            ncc = normalised_cross_correlation(stage, true)[0]
+            row = {"id": item["id"], "ncc_ap": round(float(ncc[0]), 4), "ncc_lateral": round(float(ncc[1]), 4),
+                   "dice_view_stage": dice(recs[0], gt), "dice_isolated": dice(recs[1], gt)}  # fmt: skip
+            row.update({f"dice_isolated_blur_{s:g}px": dice(r, gt) for s, r in zip(blur_px, recs[2:])})
+            rows.append(row)
+            shown.append((stack_views(x.cpu())[0], stage[0], true[0]))
+    keys = [k for k in rows[0] if k != "id"]
+    means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}
+    report = {"model": model, "dataset_dir": dataset_dir, "split": split, "n": len(rows), "blur_px": list(blur_px),
+              "mean": means, "vertebrae": rows}  # fmt: skip
+    if out:
+        with atomic_path(out) as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
+    if figure:
+        _draw_views(shown, rows, figure)
+    print(json.dumps({"model": model, "split": split, "n": len(rows), "mean": means}))
+    return report
+
+
+def _draw_views(shown: list[tuple[torch.Tensor, ...]], rows: list[dict], path: str) -> None:
+    """One column per vertebra: its body views, the view stage's views and the isolated views (AP, then lateral)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scripts.utils import atomic_path
+
+    labels = ["AP: body", "AP: view stage", "AP: vertebra alone", "lateral: body", "lateral: view stage",
+              "lateral: vertebra alone"]  # fmt: skip
+    fig, axes = plt.subplots(6, len(shown), figsize=(1.3 * len(shown) + 1.2, 8.2), squeeze=False)
+    for j, ((body, stage, true), row) in enumerate(zip(shown, rows)):
+        for r, image in enumerate([body[0], stage[0], true[0], body[1], stage[1], true[1]]):
+            ax = axes[r, j]
+            ax.imshow(image.numpy(), cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(labels[r], fontsize=7)
+        axes[0, j].set_title(f"{row['id']}\nDice {row['dice_view_stage']:.2f} ({row['dice_isolated']:.2f})", fontsize=6)
+    fig.suptitle("Dice from the view stage's views (from the isolated views)", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=70, format="png")
+    plt.close(fig)
+
+
+def stack(
+    folds: Sequence[str],
+    dataset_dir: str = "data/body64",
+    view_weights: str = "models/body/model.pt",
+    volume_weights: str = "models/cpu/model.pt",
+    minutes: float = 20.0,
+    lr: float = 1e-4,
+    batch_size: int = 2,
+    seed: int = 0,
+    score_every: int = 100,
+    out: str = "runs/stack",
+) -> dict[str, Any]:
+    """Fine-tune the EAR stage on what view stages give for patients they never saw (stacking).
+
+    A view stage reads its training patients' windows better than an unseen patient's, so an EAR stage fine-tuned
+    on its output learns to trust views that no new patient gives. Here each training window's views come from a
+    view stage trained without that window's patient: ``folds`` are ``train --holdout P`` runs, one for every
+    training patient, on one shared pool (the same ``--draws`` and ``--seed``). Each step draws ``batch_size``
+    pool windows, applies the realism draws of ``configs/body.json`` to their body X-rays, passes them through
+    their patient's fold (frozen), and trains the EAR stage (``volume_weights``, batch-norm statistics held) on
+    the configs' loss against the windows' ground truths (Adam, ``lr``, random half turns about the long axis).
+    Every ``score_every`` steps the EAR stage is scored behind ``view_weights``'s view stages (those of the model
+    to be built, trained on every training patient) on the validation patient's body windows (mean Dice at
+    -500 HU); the best is kept as ``<out>/ear.pt``, an EAR model file with ``volume_weights``'s contract, for
+    ``combine --view_weights <view_weights> --volume_weights <out>/ear.pt``. ``<out>/last.pt`` resumes the run;
+    ``<out>/report.json`` holds the curve.
+
+    Args:
+        folds: the ``train --holdout`` run folders (``stage2d.pt`` and ``report.json`` in each).
+        dataset_dir: the prepared dataset the folds were trained on.
+        view_weights: the view stages the EAR stage is scored behind: a ``TwoStageEAR`` model file or a
+            ``stage2d.pt``.
+        volume_weights: the EAR model file to start from.
+        minutes: wall time of training.
+        lr: Adam's learning rate.
+        batch_size: windows per step.
+        seed: the run's random draws.
+        score_every: steps between two validation scores.
+        out: the run's folder.
+    """
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor
+    from monai.metrics import compute_dice
+    from monai.transforms import Compose
+    from scripts.functional import zscore_images
+    from scripts.networks import TwoStageEAR, volume_from_views
+    from scripts.networks.model_info import load_state_dict_file, read_model_info
+    from scripts.transforms import DimensionExpansiond, SeededDRRd
+    from scripts.utils import atomic_path
+
+    if not folds:
+        raise BundleInputError("stack needs the folds: --folds \"['runs/fold_a', 'runs/fold_b', ...]\".")
+    parser = stage_parser(dataset_dir)
+    items = parser.get_parsed_content("probe_training")
+    patients = sorted({it.get("patient", it["id"]) for it in items})
+    fold_of: dict[str, Path] = {}
+    pools = set()
+    for f in folds:
+        report_file = Path(f) / "report.json"
+        if not report_file.exists():
+            raise BundleInputError(f"--folds: {report_file} is missing; train the fold first (train --holdout P).")
+        report = json.loads(report_file.read_text())
+        if report.get("holdout") is None:
+            raise BundleInputError(f"--folds: {f} left no patient out; train it with --holdout P.")
+        if report.get("target") != "isolated" or not report.get("joint_views"):
+            raise BundleInputError(f"--folds: {f} is not a body model's view stage (isolated target, joint views).")
+        fold_of[report["holdout"]] = Path(f)
+        pools.add((report["draws"], report.get("seed", 0), report["pool"]))
+    missing = [p for p in patients if p not in fold_of]
+    if missing:
+        raise BundleInputError(f"--folds: no fold leaves out {missing}; train one per training patient.")
+    if len(pools) != 1:
+        raise BundleInputError(f"--folds were trained on different pools (draws, seed, windows): {sorted(pools)}.")
+    draws, pool_seed, _ = pools.pop()
+    pool_file = fold_of[patients[0]] / f"pool_raw_{draws}_{pool_seed}.pt"
+    pool = torch.load(pool_file, weights_only=True)
+    model_state = load_state_dict_file(volume_weights)
+    contract = read_model_info(model_state)
+    gt_mean, gt_std = float(contract["gt_mean"]), float(contract["gt_std"])
+    gt_pool = _pool_ground_truths(parser, pool, pool_file, draws, pool_seed, gt_mean, gt_std)
+
+    def view_net(path: Path) -> torch.nn.Module:
+        net = TwoStageEAR(joint_views=True).view_net
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return net.eval()
+
+    stages = {p: view_net(fold_of[p] / "stage2d.pt") for p in patients}
+    window_stage = [stages[items[i % len(items)].get("patient", items[i % len(items)]["id"])] for i in range(len(pool))]
+    p3 = ConfigParser()
+    p3.read_config([str(ROOT / "configs" / c) for c in (*_BODY_CONFIGS, "lab/recipes/spine_only.json")])
+    p3["dataset_dir"] = dataset_dir
+    model = p3.get_parsed_content("network")
+    model.load_state_dict(model_state)
+    loss_fn = p3.get_parsed_content("loss")
+    view_state = _state_file(view_weights, "--view_weights")
+    members = _view_members(view_state)
+    full = TwoStageEAR(joint_views=True, view_members=len(members)).eval()
+    full.view_net.load_state_dict(members[0])
+    for net, member in zip(full.more_view_nets, members[1:]):
+        net.load_state_dict(member)
+    for q in (*full.parameters(), *(q for n in stages.values() for q in n.parameters())):
+        q.requires_grad_(False)
+    realism = Compose(parser.get_parsed_content("realism_transforms"))
+    load = Compose(parser.get_parsed_content("load_transforms"))
+    seeded = SeededDRRd("body", ref_key="gt", output_keys="p_b", angles=_VIEWS, photon_count=1e6)
+    expand = DimensionExpansiond("drr", mode="replicate", ref_key="gt")
+    val = [seeded(load(dict(it))) for it in parser.get_parsed_content("probe_validation")]
+    geo = "p_b_geometry"
+    with torch.no_grad():  # the validation windows' views through the model's own view stages, once
+        val_views = torch.cat(
+            [
+                full.spine_views(expand({"drr": v["p_b"], "drr_geometry": v[geo], "gt": v["gt"]})["image"][None])
+                for v in val
+            ]
+        )
+    threshold = (-500.0 - gt_mean) / gt_std
+    val_gt = [(torch.as_tensor(v["gt"][0]).as_subclass(torch.Tensor).float() - gt_mean) / gt_std for v in val]
+
+    def volume(views: torch.Tensor) -> torch.Tensor:  # (B, 2, H, W), z-scored per view -> EAR's expanded input
+        return volume_from_views(views[:, 0], views[:, 1], views.shape[-1], views.shape[-1])
+
+    def val_dice() -> float:
+        model.eval()
+        with torch.no_grad():
+            rec = torch.cat([model(volume(val_views[i : i + 4]))[:, 0] for i in range(0, len(val_views), 4)])
+        hold_batch_norm()
+        return float(
+            np.mean(
+                [
+                    float(compute_dice((r > threshold).float()[None, None], (g > threshold).float()[None, None],
+                                       include_background=True, ignore_empty=False))
+                    for r, g in zip(rec, val_gt)
+                ]
+            )
+        )  # fmt: skip
+
+    def hold_batch_norm() -> None:
+        """Train mode, with every batch norm on its running statistics (batches of a few windows)."""
+        model.train()
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+    rng = np.random.RandomState(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=float(lr))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    weights, last = Path(out) / "ear.pt", Path(out) / "last.pt"
+    curve: list[dict[str, Any]] = []
+    best, step = -1.0, 0
+    if last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        curve, best, step = state["curve"], state["best"], state["step"]
+        rng.set_state(state["rng"])
+
+    def checkpoint(loss: float) -> None:
+        nonlocal best
+        score = val_dice()
+        curve.append({"step": step, "loss": None if np.isnan(loss) else round(loss, 4), "val_dice": round(score, 4)})
+        print(json.dumps(curve[-1]), flush=True)
+        if score > best:
+            best = score
+            with atomic_path(weights) as tmp:
+                torch.save(model.state_dict(), tmp)
+        with atomic_path(last) as tmp:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "curve": curve, "best": best,
+                        "step": step, "rng": rng.get_state()}, tmp)  # fmt: skip
+
+    hold_batch_norm()
+    if not curve:  # the starting EAR stage's score: what the run must beat to change it
+        checkpoint(float("nan"))
+    loss = torch.zeros(())
+    start = time.perf_counter()
+    while time.perf_counter() - start < minutes * 60:
+        idx = rng.randint(len(pool), size=int(batch_size))
+        xs = []
+        for i in idx:
+            x = MetaTensor(pool[i][0].clone(), meta={"pixel_spacing": pool[i][3].tolist()})
+            xs.append(
+                torch.as_tensor(realism.set_random_state(seed=int(rng.randint(2**31)))({"drr": x})["drr"]).float()
+            )
+        x, g = torch.stack(xs), torch.stack([gt_pool[i].float() for i in idx])
+        if rng.rand() < 0.5:
+            x, g = half_turn(x, g)
+        with torch.no_grad():
+            views = torch.cat([zscore_images(window_stage[i](zscore_images(x[j : j + 1]))) for j, i in enumerate(idx)])
+        loss = loss_fn(model(volume(views)), g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % score_every == 0:
+            checkpoint(float(loss.detach()))
+    if curve[-1]["step"] != step:
+        checkpoint(float(loss.detach()))
+    report = {"folds": {p: str(fold_of[p]) for p in patients}, "dataset_dir": dataset_dir,
+              "view_weights": view_weights, "volume_weights": volume_weights, "lr": lr, "batch_size": batch_size,
+              "seed": seed, "steps": step, "minutes": minutes, "val_dice_start": curve[0]["val_dice"],
+              "val_dice_best": round(best, 4), "curve": curve}  # fmt: skip
+    with atomic_path(Path(out) / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({k: report[k] for k in ("steps", "val_dice_start", "val_dice_best")}))
+    return report
+
+
+def _pool_ground_truths(
+    parser: Any, pool: list, pool_file: Path, draws: int, seed: int, gt_mean: float, gt_std: float
+) -> list[torch.Tensor]:
+    """Each pool window's ground truth, z-scored with ``(gt_mean, gt_std)`` (float16): the same seeded window
+    draws as the pool's, without projecting. Kept in ``pool_gt_<draws>_<seed>.pt`` beside ``pool_file``.
+
+    Raises:
+        BundleInputError: the file holds another number of windows than the pool.
+        RuntimeError: the pool or the file holds other windows than this dataset's draws (checked on the first
+            window, drawn again: its isolated X-ray and its ground truth).
+    """
+    from monai.transforms import Compose
+    from scripts.functional import item_seed
+    from scripts.transforms import DimensionExpansiond, DRRd
+    from scripts.utils import atomic_path
+    from tqdm import tqdm
+
+    items = parser.get_parsed_content("probe_training")
+    draw = Compose(
+        parser.get_parsed_content("load_transforms")
+        + parser.get_parsed_content("window_transforms")
+        + parser.get_parsed_content("augment_transforms")
+    )
+    gt_file = pool_file.parent / f"pool_gt_{draws}_{seed}.pt"
+    gt_pool = torch.load(gt_file, weights_only=True) if gt_file.exists() else []
+    for k in tqdm(range(0 if gt_pool else int(draws)), desc="ground truths, draws", disable=bool(gt_pool)):
+        for item in items:
+            draw.set_random_state(seed=item_seed(item["id"], 1000 * seed + k))
+            gt = torch.as_tensor(draw(dict(item))["gt"]).as_subclass(torch.Tensor)  # no meta in the file
+            gt_pool.append(((gt.float() - gt_mean) / gt_std).half())
+    if len(gt_pool) != len(pool):
+        raise BundleInputError(f"{gt_file} holds {len(gt_pool)} windows, the pool {len(pool)}: remove one of them.")
+    # both files must hold this dataset's seeded draws: the first window drawn again, its isolated X-ray and its
+    # ground truth compared with theirs (a pool or a dataset made again since would pair other windows)
+    isolated = DRRd("gt", ref_key="gt", output_keys="p_v", angles=_VIEWS, photon_count=None)
+    draw.set_random_state(seed=item_seed(items[0]["id"], 1000 * seed))
+    first = isolated(draw(dict(items[0])))
+    expanded = DimensionExpansiond("drr", mode="replicate", ref_key="gt")(
+        {"drr": first["p_v"], "drr_geometry": first["p_v_geometry"], "gt": first["gt"]}
+    )
+    from scripts.networks import stack_views
+
+    views = stack_views(expanded["image"][None].as_tensor())[0].float()
+    gt = ((torch.as_tensor(first["gt"]).as_subclass(torch.Tensor).float() - gt_mean) / gt_std).half().float()
+    if not (torch.allclose(views, pool[0][2], atol=1e-4) and torch.allclose(gt, gt_pool[0].float(), atol=1e-3)):
+        raise RuntimeError(
+            f"{pool_file.name} or {gt_file.name} in {pool_file.parent} holds other windows than this dataset's "
+            "draws; remove both to draw them anew."
+        )
+    if not gt_file.exists():
+        with atomic_path(gt_file) as tmp:
+            torch.save(gt_pool, tmp)
+    return gt_pool
+
+
+def _pool_indices(items: Sequence[dict], size: int, holdout: str | None) -> np.ndarray:
+    """The pool windows a run trains on: every one, or those of patients other than ``holdout``.
+
+    The pool holds ``draws`` rounds of ``items`` in order (window ``i`` is of ``items[i % len(items)]``).
+    """
+    if holdout is None:
+        return np.arange(size)
+    patients = [it.get("patient", it["id"]) for it in items]
+    if holdout not in patients:
+        raise BundleInputError(
+            f"holdout: {holdout!r} is not a training patient of this dataset; give one of {sorted(set(patients))}."
+        )
+    keep = np.asarray([patients[i % len(patients)] != holdout for i in range(size)])
+    if not keep.any():
+        raise BundleInputError(f"holdout: {holdout!r} is the only training patient; nothing is left to train on.")
+    return np.flatnonzero(keep)
 
 
 def _init_view_stage(init: str, member: int, joint_views: bool) -> tuple[dict[str, torch.Tensor], int]:
@@ -611,5 +1003,6 @@ if __name__ == "__main__":
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     os.chdir(ROOT)
     # a misspelt option stops here, before the work
-    check_cli_flags({"train": train, "combine": combine}, sys.argv[1:], "python -m scripts.tools.spine_stage")
-    fire.Fire({"train": train, "combine": combine})
+    commands = {"train": train, "stack": stack, "views": views, "combine": combine}
+    check_cli_flags(commands, sys.argv[1:], "python -m scripts.tools.spine_stage")
+    fire.Fire(commands, serialize=lambda result: None if isinstance(result, dict) else result)  # reports: in files
