@@ -6,6 +6,8 @@ Usage::
     python -m scripts.tools.spine_stage train --dataset_dir data/body64 --out runs/spine_stage
     python -m scripts.tools.spine_stage combine --view_weights runs/spine_stage/stage2d.pt \\
         --volume_weights models/cpu/model.pt --out runs/two_stage/model.pt
+    python -m scripts.tools.spine_stage views --model runs/two_stage/model.pt --split validation \\
+        --figure runs/two_stage/views.png
 
 ``train``:
 
@@ -40,7 +42,10 @@ Usage::
    ``compute_dice``. Written to ``<out>/report.json``.
 
 ``combine`` writes the two stages' weights as one :class:`~scripts.networks.TwoStageEAR` state dict, the
-``--pretrained`` of a joint fine-tune with ``configs/lab/recipes/two_stage.json``.
+``--pretrained`` of a joint fine-tune with ``configs/lab/recipes/two_stage.json``. ``views`` shows what a two-stage
+model's view stage gives and what its EAR stage makes of it (:func:`views`). ``train --holdout P`` leaves one
+training patient out, and ``stack`` fine-tunes the EAR stage on such folds' views of their held-out patients
+(:func:`stack`; docs/body-xrays.md measures both).
 """
 
 from __future__ import annotations
