@@ -365,7 +365,8 @@ def test_the_volume_loss_trains_the_view_stage_through_the_frozen_3d_stage(examp
     assert report["val_dice_best"] == pytest.approx(max(c["val_dice"] for c in curve), abs=1e-4)
     assert report["mean_dice"]["stage_swapped"] is None, "one validation vertebra: no swap test"
     assert (tmp_path / "run" / "curve.png").is_file()
-    assert len(torch.load(tmp_path / "run" / "pool_gt_1_0.pt", weights_only=True)) == report["pool"] == 11
+    kept = torch.load(tmp_path / "run" / "pool_gt_1_0.pt", weights_only=True)
+    assert len(kept["windows"]) == report["pool"] == 11 and kept["gt_std"] > 0  # with the statistics it used
     moved = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["net"]
     assert any(not torch.equal(moved[k], init[k]) for k in init)
     with pytest.raises(ValueError, match="keeps the best val_dice, this one the best val_ncc"):  # another kind of run
@@ -455,8 +456,9 @@ def test_stack_needs_one_fold_per_training_patient(example64, tmp_path):
 
     def fold(name: str, **report) -> str:
         (tmp_path / name).mkdir()
-        base = {"holdout": "LIDC-IDRI-0001", "target": "isolated", "joint_views": True, "draws": 1, "seed": 0}
-        (tmp_path / name / "report.json").write_text(json.dumps({**base, "pool": 11, **report}))
+        base = {"holdout": "LIDC-IDRI-0001", "target": "isolated", "joint_views": True, "draws": 1, "seed": 0,
+                "pool": 11, "dataset_dir": str(folder), "pose_deg": 15.0, "window_shift_mm": 7.0}  # fmt: skip
+        (tmp_path / name / "report.json").write_text(json.dumps({**base, **report}))
         return str(tmp_path / name)
 
     for folds, message in [
@@ -465,7 +467,11 @@ def test_stack_needs_one_fold_per_training_patient(example64, tmp_path):
         ([fold("all", holdout=None)], "left no patient out; train it with --holdout P"),
         ([fold("spine", target="spine")], "is not a body model's view stage"),
         ([fold("other", holdout="ts_s0561")], r"no fold leaves out \['LIDC-IDRI-0001'\]"),
-        ([fold("one"), fold("two", draws=2)], "were trained on different pools"),
+        ([fold("one"), fold("two", draws=2, holdout="x")], "were trained on different pools"),
+        ([fold("three"), fold("four")], "three and .*four both leave out LIDC-IDRI-0001"),
+        ([fold("five", dataset_dir=str(tmp_path))], "was trained on .*, not --dataset_dir"),
+        ([fold("six"), fold("seven", holdout="ts_s0561")], r"\['ts_s0561'\] are not training patients"),
+        (fold("eight"), r"eight/pool_raw_1_0.pt is missing: copy the folds' shared pool"),  # one folder, as a string
     ]:
         with pytest.raises(ValueError, match=message):
             stack(folds, dataset_dir=str(folder), minutes=0.0, out=str(tmp_path / "run"))
@@ -495,7 +501,7 @@ def test_stack_fine_tunes_the_ear_stage_on_the_folds_views(example64, tmp_path):
     assert all(c["loss"] > 0 for c in curve[1:])
     assert result["val_dice_start"] == curve[0]["val_dice"]
     assert result["val_dice_best"] == pytest.approx(max(c["val_dice"] for c in curve), abs=1e-4)
-    assert len(torch.load(fold / "pool_gt_1_0.pt", weights_only=True)) == 11
+    assert len(torch.load(fold / "pool_gt_1_0.pt", weights_only=True)["windows"]) == 11
     moved = torch.load(out / "last.pt", weights_only=False)["model"]
     assert any(not torch.equal(moved[k], start[k]) for k in start if start[k].is_floating_point())
     kept = load_state_dict_file(out / "ear.pt")

@@ -314,7 +314,7 @@ def train(
             rec = torch.cat([model(volume(stage(vx[i : i + 4])))[:, 0] for i in range(0, len(vx), 4)])
         return float(np.mean([dice(r, g) for r, g in zip(rec, val_gt)]))
 
-    baseline = _ncc(torch.stack([q[k_target] for q in pool]).mean(0).to(dev).expand_as(vy), vy)
+    baseline = _ncc(torch.stack([pool[i][k_target] for i in allowed]).mean(0).to(dev).expand_as(vy), vy)
     curve, best, step, start = [], -1.0, 0, time.perf_counter()
     if state is not None:
         net.load_state_dict(state["net"])
@@ -409,7 +409,8 @@ def train(
         "bone_density": bone_density, "pose_deg": parser["rotation_deg"], "window_shift_mm": parser["window_shift_mm"],
         "joint_views": joint_views, "volume_weight": volume_weight, "init": init, "holdout": holdout,
         "init_member": init_member, "lr": lr,
-        "pool": len(pool), "pool_seconds": round(pool_s, 1), "seed": seed, "steps": step,
+        "pool": len(pool), "trained_windows": len(allowed), "pool_seconds": round(pool_s, 1), "seed": seed,
+        "steps": step,
         "minutes": minutes,
         f"{criterion}_best": round(best, 4), "val_ncc_mean_target_baseline": round(baseline, 4), "curve": curve,
         "mean_dice": means, "vertebrae": rows,
@@ -439,8 +440,9 @@ def views(
     Dice (at -500 HU, MONAI's ``compute_dice``) of the EAR stage's reconstruction from the view stage's output (the
     model's own reconstruction), from the true isolated views (the ceiling of a perfect view stage) and from those
     views blurred by each Gaussian sigma of ``blur_px`` (pixels): how much a view stage that gets the vertebra only
-    roughly right costs the EAR stage. ``figure`` draws every vertebra's body views, the view stage's views and the
-    isolated views (PNG); ``out`` writes the JSON report.
+    roughly right costs the EAR stage. ``bone_volume_ratio`` is the model's own reconstruction's bone volume
+    (> -500 HU) over the ground truth's: below 1, the reconstruction shrinks. ``figure`` draws every vertebra's body
+    views, the view stage's views and the isolated views (PNG); ``out`` writes the JSON report.
 
     Args:
         model: a :class:`~scripts.networks.TwoStageEAR` model file.
@@ -469,6 +471,10 @@ def views(
         parser["validate#dataset#data"] = f"$@scripts.workflow.load_split(@dataset_dir, {split!r}, 'body')"
         return parser, parser.get_parsed_content("validate#dataset#data")
 
+    if split not in ("training", "validation", "test"):
+        raise BundleInputError(f"--split must be training, validation or test, got {split!r}.")
+    configs = [configs] if isinstance(configs, (str, os.PathLike)) else list(configs)
+    blur_px = [float(b) for b in (blur_px if isinstance(blur_px, (list, tuple)) else [blur_px])]
     parser, items = pipeline("body")
     if not items:
         raise BundleInputError(f"{dataset_dir} holds no {split!r} vertebrae with a body scan.")
@@ -502,8 +508,10 @@ def views(
             recs = ear(torch.cat([stage, true, *blurred]))
             gt = torch.as_tensor(body["label"][0]).as_subclass(torch.Tensor)
             ncc = normalised_cross_correlation(stage, true)[0]
+            volume = float((recs[0] > threshold).sum() / (gt > threshold).sum().clamp(min=1))
             row = {"id": item["id"], "ncc_ap": round(float(ncc[0]), 4), "ncc_lateral": round(float(ncc[1]), 4),
-                   "dice_view_stage": dice(recs[0], gt), "dice_isolated": dice(recs[1], gt)}  # fmt: skip
+                   "dice_view_stage": dice(recs[0], gt), "dice_isolated": dice(recs[1], gt),
+                   "bone_volume_ratio": round(volume, 4)}  # fmt: skip
             row.update({f"dice_isolated_blur_{s:g}px": dice(r, gt) for s, r in zip(blur_px, recs[2:])})
             rows.append(row)
             shown.append((stack_views(x.cpu())[0], stage[0], true[0]))
@@ -597,13 +605,14 @@ def stack(
     from scripts.transforms import DimensionExpansiond, SeededDRRd
     from scripts.utils import atomic_path
 
+    if isinstance(folds, (str, os.PathLike)):
+        folds = [folds]
     if not folds:
         raise BundleInputError("stack needs the folds: --folds \"['runs/fold_a', 'runs/fold_b', ...]\".")
-    parser = stage_parser(dataset_dir)
-    items = parser.get_parsed_content("probe_training")
-    patients = sorted({it.get("patient", it["id"]) for it in items})
+    if int(batch_size) < 1 or int(score_every) < 1:
+        raise BundleInputError(f"batch_size and score_every must be >= 1, got {batch_size!r}, {score_every!r}.")
     fold_of: dict[str, Path] = {}
-    pools = set()
+    draws_of: set[tuple] = set()
     for f in folds:
         report_file = Path(f) / "report.json"
         if not report_file.exists():
@@ -613,20 +622,41 @@ def stack(
             raise BundleInputError(f"--folds: {f} left no patient out; train it with --holdout P.")
         if report.get("target") != "isolated" or not report.get("joint_views"):
             raise BundleInputError(f"--folds: {f} is not a body model's view stage (isolated target, joint views).")
+        if report["holdout"] in fold_of:
+            raise BundleInputError(f"--folds: {fold_of[report['holdout']]} and {f} both leave out {report['holdout']}.")
+        if Path(report.get("dataset_dir", "")).resolve() != Path(dataset_dir).resolve():
+            raise BundleInputError(
+                f"--folds: {f} was trained on {report.get('dataset_dir')}, not --dataset_dir {dataset_dir}."
+            )
         fold_of[report["holdout"]] = Path(f)
-        pools.add((report["draws"], report.get("seed", 0), report["pool"]))
+        draws_of.add((report["draws"], report.get("seed", 0), report["pool"], json.dumps(report.get("pose_deg")),
+                      report.get("window_shift_mm")))  # fmt: skip
+    if len(draws_of) != 1:
+        raise BundleInputError(
+            "--folds were trained on different pools (draws, seed, windows, pose_deg, window_shift_mm): "
+            f"{sorted(draws_of)}; train every fold with the same pool."
+        )
+    draws, pool_seed, _, pose_deg, window_shift_mm = draws_of.pop()
+    parser = stage_parser(dataset_dir, json.loads(pose_deg), window_shift_mm)  # the folds' window draws
+    items = parser.get_parsed_content("probe_training")
+    patients = sorted({it.get("patient", it["id"]) for it in items})
     missing = [p for p in patients if p not in fold_of]
     if missing:
         raise BundleInputError(f"--folds: no fold leaves out {missing}; train one per training patient.")
-    if len(pools) != 1:
-        raise BundleInputError(f"--folds were trained on different pools (draws, seed, windows): {sorted(pools)}.")
-    draws, pool_seed, _ = pools.pop()
+    others = sorted(set(fold_of) - set(patients))
+    if others:
+        raise BundleInputError(f"--folds: {others} are not training patients of {dataset_dir}; leave those folds out.")
     pool_file = fold_of[patients[0]] / f"pool_raw_{draws}_{pool_seed}.pt"
+    if not pool_file.exists():
+        raise BundleInputError(f"--folds: {pool_file} is missing: copy the folds' shared pool into {pool_file.parent}.")
     pool = torch.load(pool_file, weights_only=True)
     model_state = load_state_dict_file(volume_weights)
     contract = read_model_info(model_state)
     gt_mean, gt_std = float(contract["gt_mean"]), float(contract["gt_std"])
-    gt_pool = _pool_ground_truths(parser, pool, pool_file, draws, pool_seed, gt_mean, gt_std)
+    gt_pool = _pool_ground_truths(
+        parser, pool, pool_file, draws, pool_seed, gt_mean, gt_std,
+        fix="the folds' pool holds other windows than --dataset_dir's draws: train the folds again on this dataset",
+    )  # fmt: skip
 
     def view_net(path: Path) -> torch.nn.Module:
         net = TwoStageEAR(joint_views=True).view_net
@@ -638,6 +668,7 @@ def stack(
     p3 = ConfigParser()
     p3.read_config([str(ROOT / "configs" / c) for c in (*_BODY_CONFIGS, "lab/recipes/spine_only.json")])
     p3["dataset_dir"] = dataset_dir
+    p3["stats"] = {"gt_mean": gt_mean, "gt_std": gt_std}  # the loss's edge threshold on the ground truths' scale
     model = p3.get_parsed_content("network")
     model.load_state_dict(model_state)
     loss_fn = p3.get_parsed_content("loss")
@@ -697,8 +728,15 @@ def stack(
     weights, last = Path(out) / "ear.pt", Path(out) / "last.pt"
     curve: list[dict[str, Any]] = []
     best, step = -1.0, 0
+    run_args = {"folds": [str(fold_of[p]) for p in patients], "view_weights": str(view_weights),
+                "volume_weights": str(volume_weights), "lr": float(lr), "batch_size": int(batch_size)}  # fmt: skip
     if last.exists():
         state = torch.load(last, map_location="cpu", weights_only=False)
+        if state.get("args") != run_args:  # the resumed weights would win over the arguments given
+            raise BundleInputError(
+                f"{last} is a run of {state.get('args')}, not of {run_args}; give another --out, or that run's "
+                "arguments."
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         curve, best, step = state["curve"], state["best"], state["step"]
@@ -715,7 +753,7 @@ def stack(
                 torch.save(model.state_dict(), tmp)
         with atomic_path(last) as tmp:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "curve": curve, "best": best,
-                        "step": step, "rng": rng.get_state()}, tmp)  # fmt: skip
+                        "step": step, "rng": rng.get_state(), "args": run_args}, tmp)  # fmt: skip
 
     hold_batch_norm()
     if not curve:  # the starting EAR stage's score: what the run must beat to change it
@@ -755,18 +793,28 @@ def stack(
 
 
 def _pool_ground_truths(
-    parser: Any, pool: list, pool_file: Path, draws: int, seed: int, gt_mean: float, gt_std: float
+    parser: Any,
+    pool: list,
+    pool_file: Path,
+    draws: int,
+    seed: int,
+    gt_mean: float,
+    gt_std: float,
+    fix: str = "remove both to draw them anew",
 ) -> list[torch.Tensor]:
     """Each pool window's ground truth, z-scored with ``(gt_mean, gt_std)`` (float16): the same seeded window
-    draws as the pool's, without projecting. Kept in ``pool_gt_<draws>_<seed>.pt`` beside ``pool_file``.
+    draws as the pool's, without projecting. Kept in ``pool_gt_<draws>_<seed>.pt`` beside ``pool_file``, with the
+    statistics they were z-scored with.
 
     Raises:
-        BundleInputError: the file holds another number of windows than the pool.
+        BundleInputError: the file holds another number of windows than the pool, or was z-scored with other
+            statistics (another model's).
         RuntimeError: the pool or the file holds other windows than this dataset's draws (checked on the first
-            window, drawn again: its isolated X-ray and its ground truth).
+            window, drawn again: its isolated X-ray and its ground truth); ``fix`` says what to do.
     """
     from monai.transforms import Compose
     from scripts.functional import item_seed
+    from scripts.networks import stack_views
     from scripts.transforms import DimensionExpansiond, DRRd
     from scripts.utils import atomic_path
     from tqdm import tqdm
@@ -779,6 +827,14 @@ def _pool_ground_truths(
     )
     gt_file = pool_file.parent / f"pool_gt_{draws}_{seed}.pt"
     gt_pool = torch.load(gt_file, weights_only=True) if gt_file.exists() else []
+    if isinstance(gt_pool, dict):  # the statistics it was z-scored with (files written before hold the list alone)
+        kept = (float(gt_pool["gt_mean"]), float(gt_pool["gt_std"]))
+        if not np.allclose(kept, (gt_mean, gt_std), rtol=1e-6):
+            raise BundleInputError(
+                f"{gt_file} was z-scored with gt_mean, gt_std = {kept}, this model's are {(gt_mean, gt_std)}: "
+                "remove it to draw the ground truths anew (about 3 min), or start from the model it was made for."
+            )
+        gt_pool = gt_pool["windows"]
     for k in tqdm(range(0 if gt_pool else int(draws)), desc="ground truths, draws", disable=bool(gt_pool)):
         for item in items:
             draw.set_random_state(seed=item_seed(item["id"], 1000 * seed + k))
@@ -794,18 +850,16 @@ def _pool_ground_truths(
     expanded = DimensionExpansiond("drr", mode="replicate", ref_key="gt")(
         {"drr": first["p_v"], "drr_geometry": first["p_v_geometry"], "gt": first["gt"]}
     )
-    from scripts.networks import stack_views
-
     views = stack_views(expanded["image"][None].as_tensor())[0].float()
     gt = ((torch.as_tensor(first["gt"]).as_subclass(torch.Tensor).float() - gt_mean) / gt_std).half().float()
     if not (torch.allclose(views, pool[0][2], atol=1e-4) and torch.allclose(gt, gt_pool[0].float(), atol=1e-3)):
         raise RuntimeError(
             f"{pool_file.name} or {gt_file.name} in {pool_file.parent} holds other windows than this dataset's "
-            "draws; remove both to draw them anew."
+            f"draws; {fix}."
         )
     if not gt_file.exists():
         with atomic_path(gt_file) as tmp:
-            torch.save(gt_pool, tmp)
+            torch.save({"gt_mean": gt_mean, "gt_std": gt_std, "windows": gt_pool}, tmp)
     return gt_pool
 
 
