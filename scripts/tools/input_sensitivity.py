@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["input_sensitivity"]
+__all__ = ["bone_dice", "input_sensitivity"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _dice(a: torch.Tensor, b: torch.Tensor, threshold: float) -> float:
-    """MONAI's Dice of the two volumes' bone masks (both empty: 1)."""
+def bone_dice(a: torch.Tensor, b: torch.Tensor, threshold: float) -> float:
+    """MONAI's Dice of the two volumes' bone masks, ``> threshold`` (both empty: 1)."""
     from monai.metrics import compute_dice
 
     ma, mb = ((v > threshold).float()[None, None] for v in (a, b))
@@ -94,7 +94,7 @@ def input_sensitivity(
                 "both_swapped": other,
             }
             preds = net(torch.stack(list(inputs.values())).to(dev))[:, 0].cpu()
-            rows.append({"id": item["id"], **{k: _dice(p, gt, threshold) for k, p in zip(inputs, preds)}})
+            rows.append({"id": item["id"], **{k: bone_dice(p, gt, threshold) for k, p in zip(inputs, preds)}})
     keys = ("own", "ap_swapped", "lateral_swapped", "both_swapped")
     means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}
     report = {"model": model, "dataset_dir": dataset_dir, "split": split, "n": len(rows), "mean_dice": means}

@@ -180,13 +180,13 @@ def train(
     import torch.nn.functional as F
     from monai.bundle import ConfigParser
     from monai.data import MetaTensor
-    from monai.metrics import compute_dice
     from monai.transforms import Compose
     from scripts.functional import item_seed, zscore_images
     from scripts.io.plot_training import plot_scalars
     from scripts.losses import EARLoss
     from scripts.networks import TwoStageEAR, stack_views, volume_from_views
     from scripts.networks.model_info import load_state_dict_file, read_model_info
+    from scripts.tools.input_sensitivity import bone_dice
     from scripts.transforms import DimensionExpansiond, DRRd, SeededDRRd, SpineDRRd
     from scripts.utils import atomic_path
     from tqdm import tqdm
@@ -301,8 +301,7 @@ def train(
         return net(zscore_images(x).reshape(b * v, 1, h, w)).reshape(b, v, h, w)
 
     def dice(a: torch.Tensor, b: torch.Tensor) -> float:
-        ma, mb = ((v > threshold).float()[None, None] for v in (a, b))
-        return float(compute_dice(ma, mb, include_background=True, ignore_empty=False))
+        return bone_dice(a, b, threshold)
 
     def volume(views: torch.Tensor) -> torch.Tensor:  # (B, 2, H, W) -> EAR's expanded input
         z = zscore_images(views)
@@ -454,11 +453,11 @@ def views(
         figure: PNG path.
     """
     from monai.bundle import ConfigParser
-    from monai.metrics import compute_dice
     from monai.networks.layers import GaussianFilter
     from scripts.functional import normalised_cross_correlation, zscore_images
     from scripts.networks import TwoStageEAR, stack_views, volume_from_views
     from scripts.networks.model_info import load_state_dict_file
+    from scripts.tools.input_sensitivity import bone_dice
     from scripts.utils import atomic_path
     from tqdm import tqdm
 
@@ -490,8 +489,7 @@ def views(
     dev = next(net.parameters()).device
 
     def dice(pred: torch.Tensor, gt: torch.Tensor) -> float:
-        ma, mb = ((v > threshold).float()[None, None] for v in (pred, gt))
-        return float(compute_dice(ma, mb, include_background=True, ignore_empty=False))
+        return bone_dice(pred, gt, threshold)
 
     def ear(v: torch.Tensor) -> torch.Tensor:  # (B, 2, H, W) views, z-scored here -> reconstructions (B, X, Y, Z)
         z = zscore_images(v).to(dev)
@@ -597,11 +595,11 @@ def stack(
     """
     from monai.bundle import ConfigParser
     from monai.data import MetaTensor
-    from monai.metrics import compute_dice
     from monai.transforms import Compose
     from scripts.functional import zscore_images
     from scripts.networks import TwoStageEAR, volume_from_views
     from scripts.networks.model_info import load_state_dict_file, read_model_info
+    from scripts.tools.input_sensitivity import bone_dice
     from scripts.transforms import DimensionExpansiond, SeededDRRd
     from scripts.utils import atomic_path
 
@@ -704,15 +702,7 @@ def stack(
         with torch.no_grad():
             rec = torch.cat([model(volume(val_views[i : i + 4]))[:, 0] for i in range(0, len(val_views), 4)])
         hold_batch_norm()
-        return float(
-            np.mean(
-                [
-                    float(compute_dice((r > threshold).float()[None, None], (g > threshold).float()[None, None],
-                                       include_background=True, ignore_empty=False))
-                    for r, g in zip(rec, val_gt)
-                ]
-            )
-        )  # fmt: skip
+        return float(np.mean([bone_dice(r, g, threshold) for r, g in zip(rec, val_gt)]))
 
     def hold_batch_norm() -> None:
         """Train mode, with every batch norm on its running statistics (batches of a few windows)."""
