@@ -448,6 +448,16 @@ def test_a_fold_names_a_training_patient_and_resumes_only_its_own_run(example64,
         train(dataset_dir=str(folder), minutes=0.0, draws=1, out=str(tmp_path / "fold"))
 
 
+def test_the_scale_draw_is_refused_with_the_volume_loss(example64, tmp_path):
+    """``train --scale_range`` scales the views, not the ground truth volumes the volume loss compares with."""
+    from scripts.tools.spine_stage import train
+
+    folder, _ = example64
+    with pytest.raises(ValueError, match="scale_range scales the views but not the ground truth volumes"):
+        train(dataset_dir=str(folder), scale_range=0.2, volume_weight=1.0, minutes=0.0, out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_stack_needs_one_fold_per_training_patient(example64, tmp_path):
     """``stack`` stops before any work when a training patient has no fold, or a folder is not a fold."""
     from scripts.tools.spine_stage import stack
@@ -488,9 +498,9 @@ def test_stack_fine_tunes_the_ear_stage_on_the_folds_views(example64, tmp_path):
 
     folder, _ = example64
     fold = tmp_path / "fold"
-    train(dataset_dir=str(folder), minutes=0.01, draws=1, score_every=1, out=str(fold))
+    train(dataset_dir=str(folder), minutes=0.01, draws=1, score_every=1, scale_range=0.2, out=str(fold))
     report = json.loads((fold / "report.json").read_text())
-    assert report["holdout"] is None and report["pool"] == 11
+    assert report["holdout"] is None and report["pool"] == 11 and report["scale_range"] == 0.2
     # the example holds one training patient: its fold is this run, marked as one that left it out
     (fold / "report.json").write_text(json.dumps({**report, "holdout": "LIDC-IDRI-0001"}))
     start = load_state_dict_file(ROOT / "models/cpu/model.pt")

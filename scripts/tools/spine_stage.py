@@ -31,6 +31,8 @@ Usage::
    ``--pose_deg "(35, 15, 15)"`` bounds the pose draw about the left-right, front-back and long axes in place of
    the configs' ``rotation_deg`` (15 degrees about each): a wider forward and backward tilt, as of lordotic lumbar
    vertebrae. ``--window_shift_mm 15`` moves the windows farther off their vertebra (the configs': 7 mm).
+   ``--scale_range 0.15`` scales each window's vertebra and body along x, y and z in its views (``train``'s
+   arguments).
    Every ``--score_every`` steps (200) it is scored on the validation patient's body windows (normalised
    cross-correlation with their true target views; with ``--volume_weight``, the Dice through ``--model_3d``), the
    best is kept (``<out>/stage2d.pt``), the curve drawn (``<out>/curve.png``) and the whole state saved
@@ -147,6 +149,7 @@ def train(
     bone_density: tuple[float, float] | None = None,
     pose_deg: float | tuple[float, float, float] | None = None,
     window_shift_mm: float | None = None,
+    scale_range: float | tuple[float, float, float] | None = None,
     seed: int = 0,
     holdout: str | None = None,
     volume_weight: float = 0.0,
@@ -161,6 +164,11 @@ def train(
     The defaults are the settings of the view stage chosen on the validation patient (docs/body-xrays.md).
 
     Args (beyond the module docstring's):
+        scale_range: scale each training window's vertebra and body by factors drawn from ``[1 - r, 1 + r]``
+            along x, y and z (one ``r`` or three; in 80 % of the windows, drawn anew at every step), in its
+            body and target views alike (:class:`scripts.transforms.RandViewPairScaled`): vertebrae of other
+            sizes and proportions than the training patients'. Not with ``volume_weight`` (the ground truth
+            volumes are not scaled).
         holdout: a training patient whose windows the view stage does not train on. They stay in the pool, so the
             runs of one pool that each leave out another patient (the folds of :func:`stack`) share the pool file
             (copy it into each run's folder).
@@ -187,7 +195,7 @@ def train(
     from scripts.networks import TwoStageEAR, stack_views, volume_from_views
     from scripts.networks.model_info import load_state_dict_file, read_model_info
     from scripts.tools.input_sensitivity import bone_dice
-    from scripts.transforms import DimensionExpansiond, DRRd, SeededDRRd, SpineDRRd
+    from scripts.transforms import DimensionExpansiond, DRRd, RandViewPairScaled, SeededDRRd, SpineDRRd
     from scripts.utils import atomic_path
     from tqdm import tqdm
 
@@ -200,6 +208,12 @@ def train(
         raise BundleInputError(
             f"volume_weight must be >= 0 and score_every >= 1, got {volume_weight!r}, {score_every!r}."
         )
+    if scale_range is not None and volume_weight > 0:
+        raise BundleInputError(
+            "scale_range scales the views but not the ground truth volumes that volume_weight compares with; "
+            "give one of the two."
+        )
+    rescale = RandViewPairScaled(["x", "y"], scale_range, prob=0.8) if scale_range is not None else None
     if bone_density is not None:
         bone_density = tuple(float(f) for f in bone_density)
         if len(bone_density) != 2 or not 0 <= bone_density[0] <= bone_density[1]:
@@ -323,17 +337,20 @@ def train(
 
     def sample(i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Window ``i``'s target views and a body X-ray of them: its own, or (``mix``) its spine in the rest of
-        the body of another window (line integrals add), then the realism draws."""
+        the body of another window (line integrals add), then the scale and realism draws."""
         body_i, spine_i, spacing = pool[i][0], pool[i][1], pool[i][3]
-        x = body_i
+        x, y = body_i, pool[i][k_target]
         if rng.rand() < mix:
             j = int(allowed[rng.randint(len(allowed))])
             x = spine_i + (pool[j][0] - pool[j][1])
         if bone_density is not None:  # the vertebrae's density above water scaled by f (module docstring)
             x = scale_bone_density(x, spine_i, rng.uniform(*bone_density))
+        if rescale is not None:  # one draw for the body X-ray and its target
+            pair = rescale.set_random_state(seed=int(rng.randint(2**31)))({"x": x, "y": y})
+            x, y = pair["x"], pair["y"]
         x = MetaTensor(x.clone(), meta={"pixel_spacing": spacing.tolist()})
         x = realism.set_random_state(seed=int(rng.randint(2**31)))({"drr": x})["drr"]
-        return torch.as_tensor(x).float(), pool[i][k_target], i
+        return torch.as_tensor(x).float(), y, i
 
     def checkpoint(loss: float) -> None:
         """Score on the validation windows, keep the best, save the whole state (atomically)."""
@@ -406,6 +423,7 @@ def train(
     report = {
         "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
         "bone_density": bone_density, "pose_deg": parser["rotation_deg"], "window_shift_mm": parser["window_shift_mm"],
+        "scale_range": scale_range,
         "joint_views": joint_views, "volume_weight": volume_weight, "init": init, "holdout": holdout,
         "init_member": init_member, "lr": lr,
         "pool": len(pool), "trained_windows": len(allowed), "pool_seconds": round(pool_s, 1), "seed": seed,

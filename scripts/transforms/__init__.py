@@ -9,7 +9,7 @@ from scripts.transforms.edges import EdgeMap, EdgeMapd, boundary_map
 from scripts.transforms.expansion import DimensionExpansion, DimensionExpansiond, check_expansion_angles, zscore_images
 from scripts.transforms.fourier import FourierRealImag, FourierRealImagd, real_imag_spectrum
 from scripts.transforms.intensity import ZScoreToHU, ZScoreToHUd, load_intensity_stats
-from scripts.transforms.pose import FixedGridd, RandPosed, RandPoseRotated
+from scripts.transforms.pose import FixedGridd, RandPosed, RandPoseRotated, RandViewPairScaled
 from scripts.transforms.projection import (
     MaximumIntensityProjection,
     MaximumIntensityProjectiond,

@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 from monai.transforms import Affine, MapTransform, Randomizable, RandRotated
 from scipy.spatial.transform import Rotation
 
-__all__ = ["RandPoseRotated", "FixedGridd", "RandPosed"]
+__all__ = ["RandPoseRotated", "FixedGridd", "RandPosed", "RandViewPairScaled"]
 
 
 class FixedGridd(Randomizable, MapTransform):
@@ -170,4 +170,81 @@ class RandPosed(Randomizable, MapTransform):
         prior = d.get(self.rotation_key)
         prior = np.eye(3) if prior is None else np.asarray(torch.as_tensor(prior).cpu(), dtype=np.float64)
         d[self.rotation_key] = torch.as_tensor(rot @ prior, dtype=torch.float64)
+        return d
+
+
+class RandViewPairScaled(Randomizable, MapTransform):
+    """Scale the object seen in an AP and a lateral view by random factors along x, y and z, in the views alone.
+
+    An object scaled by ``(sx, sy, sz)`` about the window's centre projects, in parallel rays, to its AP view
+    (columns along x, rows along z, rays along y) scaled by ``sx`` and ``sz`` with line integrals ``sy`` times as
+    long, and to its lateral view (columns along y, rays along x) scaled by ``sy`` and ``sz`` with line integrals
+    ``sx`` times as long. This transform does exactly that to view pairs that are already projected, so a pool of
+    simulated windows gives vertebrae (and bodies) of other sizes and proportions without projecting again. Every
+    key gets the same draw, so an input and its target (e.g. a body X-ray and its isolated vertebra's X-ray) stay
+    a pair. In a cone beam the magnification also varies with depth, by a few per cent across a vertebra
+    (:func:`scripts.tools.spine_stage.half_turn`), which this ignores. The images' metadata is kept.
+
+    Args:
+        keys: view pairs ``(2, H, W)`` or batches of them ``(B, 2, H, W)`` (one draw for the whole batch): the AP
+            view first, then the lateral, rows along the patient's long axis (z), as
+            :func:`scripts.networks.stack_views` gives them.
+        scale_range: the largest relative change of size, one value or three (x, y, z): each factor is drawn
+            uniformly from ``[1 - r, 1 + r]``.
+        prob: probability of scaling an item.
+        line_integrals: scale the values by the depth factor (the images hold line integrals); ``False`` leaves
+            the values as they are (e.g. for masks).
+        padding_mode: how to fill the border a smaller object leaves (``"border"`` repeats the image's edge).
+        allow_missing_keys: skip missing keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        scale_range: float | Sequence[float] = 0.15,
+        prob: float = 0.8,
+        line_integrals: bool = True,
+        padding_mode: str = "border",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.scale_range = np.broadcast_to(np.asarray(scale_range, dtype=np.float64), (3,)).copy()
+        if np.any(self.scale_range < 0) or np.any(self.scale_range >= 1):
+            raise ValueError(f"scale_range must be one or three values in [0, 1), got {scale_range}.")
+        if not 0.0 <= float(prob) <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], got {prob}.")
+        self.prob = float(prob)
+        self.line_integrals = bool(line_integrals)
+        self.padding_mode = padding_mode
+        self._factors = np.ones(3)
+
+    def randomize(self, data: Any = None) -> None:
+        scale = self.R.rand() < self.prob
+        factors = 1.0 + self.R.uniform(-1.0, 1.0, size=3) * self.scale_range
+        self._factors = factors if scale else np.ones(3)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        if np.allclose(self._factors, 1.0):
+            return d
+        sx, sy, sz = (float(f) for f in self._factors)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if img.ndim not in (3, 4) or img.shape[-3] != 2:
+                raise ValueError(
+                    f"RandViewPairScaled expects an AP and a lateral view (2, H, W) or (B, 2, H, W) in {key!r}; "
+                    f"got {tuple(img.shape)}."
+                )
+            plain = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+            flat = plain.reshape(-1, 2, *plain.shape[-2:])
+            views = []
+            for v, (across, depth) in enumerate(((sx, sy), (sy, sx))):
+                # MONAI's Affine samples the input at ``scale * output`` about the centre: an object ``s`` times
+                # as large needs ``1 / s``
+                resize = Affine(scale_params=(1.0 / sz, 1.0 / across), padding_mode=self.padding_mode, image_only=True)
+                scaled = torch.as_tensor(resize(flat[:, v])).to(plain.dtype)
+                views.append(scaled * depth if self.line_integrals else scaled)
+            out = torch.stack(views, dim=1).reshape(plain.shape)
+            d[key] = MetaTensor(out, meta=dict(img.meta)) if isinstance(img, MetaTensor) else out
         return d
