@@ -579,6 +579,7 @@ def stack(
     minutes: float = 20.0,
     lr: float = 1e-4,
     batch_size: int = 2,
+    dice_weight: float = 0.0,
     seed: int = 0,
     score_every: int = 100,
     out: str = "runs/stack",
@@ -607,12 +608,16 @@ def stack(
         minutes: wall time of training.
         lr: Adam's learning rate.
         batch_size: windows per step.
+        dice_weight: with a value above 0, adds ``dice_weight`` times MONAI's ``DiceLoss`` between the
+            reconstruction's soft bone mask (a sigmoid of its HU about -500 HU, 50 HU wide) and the ground truth's
+            bone mask: a loss on the mask that the Dice scores, which a reconstruction that shrinks pays for.
         seed: the run's random draws.
         score_every: steps between two validation scores.
         out: the run's folder.
     """
     from monai.bundle import ConfigParser
     from monai.data import MetaTensor
+    from monai.losses import DiceLoss
     from monai.transforms import Compose
     from scripts.functional import zscore_images
     from scripts.networks import TwoStageEAR, volume_from_views
@@ -625,8 +630,11 @@ def stack(
         folds = [folds]
     if not folds:
         raise BundleInputError("stack needs the folds: --folds \"['runs/fold_a', 'runs/fold_b', ...]\".")
-    if int(batch_size) < 1 or int(score_every) < 1:
-        raise BundleInputError(f"batch_size and score_every must be >= 1, got {batch_size!r}, {score_every!r}.")
+    if int(batch_size) < 1 or int(score_every) < 1 or float(dice_weight) < 0:
+        raise BundleInputError(
+            f"batch_size and score_every must be >= 1 and dice_weight >= 0, got {batch_size!r}, {score_every!r}, "
+            f"{dice_weight!r}."
+        )
     fold_of: dict[str, Path] = {}
     draws_of: set[tuple] = set()
     for f in folds:
@@ -711,6 +719,7 @@ def stack(
         )
     threshold = (-500.0 - gt_mean) / gt_std
     val_gt = [(torch.as_tensor(v["gt"][0]).as_subclass(torch.Tensor).float() - gt_mean) / gt_std for v in val]
+    mask_loss, soft_width = DiceLoss(), 50.0 / gt_std  # the soft bone mask's width: 50 HU on the z-scored scale
 
     def volume(views: torch.Tensor) -> torch.Tensor:  # (B, 2, H, W), z-scored per view -> EAR's expanded input
         return volume_from_views(views[:, 0], views[:, 1], views.shape[-1], views.shape[-1])
@@ -737,13 +746,14 @@ def stack(
     curve: list[dict[str, Any]] = []
     best, step = -1.0, 0
     run_args = {"folds": [str(fold_of[p]) for p in patients], "view_weights": str(view_weights),
-                "volume_weights": str(volume_weights), "lr": float(lr), "batch_size": int(batch_size)}  # fmt: skip
+                "volume_weights": str(volume_weights), "lr": float(lr), "batch_size": int(batch_size),
+                "dice_weight": float(dice_weight)}  # fmt: skip
     if last.exists():
         state = torch.load(last, map_location="cpu", weights_only=False)
-        if state.get("args") != run_args:  # the resumed weights would win over the arguments given
+        ran = {"dice_weight": 0.0, **state.get("args", {})}  # runs from before dice_weight had none
+        if ran != run_args:  # the resumed weights would win over the arguments given
             raise BundleInputError(
-                f"{last} is a run of {state.get('args')}, not of {run_args}; give another --out, or that run's "
-                "arguments."
+                f"{last} is a run of {ran}, not of {run_args}; give another --out, or that run's arguments."
             )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -781,7 +791,11 @@ def stack(
             x, g = half_turn(x, g)
         with torch.no_grad():
             views = torch.cat([zscore_images(window_stage[i](zscore_images(x[j : j + 1]))) for j, i in enumerate(idx)])
-        loss = loss_fn(model(volume(views)), g)
+        pred = model(volume(views))
+        loss = loss_fn(pred, g)
+        if dice_weight > 0:  # the bone masks: the reconstruction's soft, the ground truth's hard
+            soft = torch.sigmoid((pred[:, :1] - threshold) / soft_width)
+            loss = loss + float(dice_weight) * mask_loss(soft, (g > threshold).float())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -792,8 +806,8 @@ def stack(
         checkpoint(float(loss.detach()))
     report = {"folds": {p: str(fold_of[p]) for p in patients}, "dataset_dir": dataset_dir,
               "view_weights": view_weights, "volume_weights": volume_weights, "lr": lr, "batch_size": batch_size,
-              "seed": seed, "steps": step, "minutes": minutes, "val_dice_start": curve[0]["val_dice"],
-              "val_dice_best": round(best, 4), "curve": curve}  # fmt: skip
+              "dice_weight": dice_weight, "seed": seed, "steps": step, "minutes": minutes,
+              "val_dice_start": curve[0]["val_dice"], "val_dice_best": round(best, 4), "curve": curve}  # fmt: skip
     with atomic_path(Path(out) / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: report[k] for k in ("steps", "val_dice_start", "val_dice_best")}))

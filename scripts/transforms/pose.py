@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Affine, MapTransform, Randomizable, RandRotated
@@ -194,7 +195,8 @@ class RandViewPairScaled(Randomizable, MapTransform):
         prob: probability of scaling an item.
         line_integrals: scale the values by the depth factor (the images hold line integrals); ``False`` leaves
             the values as they are (e.g. for masks).
-        padding_mode: how to fill the border a smaller object leaves (``"border"`` repeats the image's edge).
+        padding_mode: how to fill the border a smaller object leaves: ``"border"`` repeats the image's edge,
+            ``"zeros"`` or ``"reflection"`` (torch's ``grid_sample``).
         allow_missing_keys: skip missing keys.
     """
 
@@ -237,14 +239,19 @@ class RandViewPairScaled(Randomizable, MapTransform):
                     f"got {tuple(img.shape)}."
                 )
             plain = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
-            flat = plain.reshape(-1, 2, *plain.shape[-2:])
-            views = []
-            for v, (across, depth) in enumerate(((sx, sy), (sy, sx))):
-                # MONAI's Affine samples the input at ``scale * output`` about the centre: an object ``s`` times
-                # as large needs ``1 / s``
-                resize = Affine(scale_params=(1.0 / sz, 1.0 / across), padding_mode=self.padding_mode, image_only=True)
-                scaled = torch.as_tensor(resize(flat[:, v])).to(plain.dtype)
-                views.append(scaled * depth if self.line_integrals else scaled)
-            out = torch.stack(views, dim=1).reshape(plain.shape)
+            flat = plain.reshape(-1, 2, *plain.shape[-2:]).transpose(0, 1)  # (2 views, items, H, W)
+            # one resampling for both views: torch's grid_sample reads the input at ``theta @ output`` about the
+            # centre (normalised coordinates, x along the columns), so an object ``s`` times as large needs 1 / s
+            theta = torch.zeros(2, 2, 3, dtype=torch.float32)
+            theta[0, 0, 0], theta[1, 0, 0] = 1.0 / sx, 1.0 / sy
+            theta[:, 1, 1] = 1.0 / sz
+            grid = F.affine_grid(theta, [2, flat.shape[1], *flat.shape[-2:]], align_corners=False)
+            scaled = F.grid_sample(
+                flat.float(), grid.to(flat.device), padding_mode=self.padding_mode, align_corners=False
+            ).to(plain.dtype)
+            if self.line_integrals:
+                scaled = scaled * torch.tensor([sy, sx], dtype=scaled.dtype, device=scaled.device).view(2, 1, 1, 1)
+            views = scaled.transpose(0, 1)
+            out = views.reshape(plain.shape)
             d[key] = MetaTensor(out, meta=dict(img.meta)) if isinstance(img, MetaTensor) else out
         return d
