@@ -505,7 +505,8 @@ def test_stack_fine_tunes_the_ear_stage_on_the_folds_views(example64, tmp_path):
     (fold / "report.json").write_text(json.dumps({**report, "holdout": "LIDC-IDRI-0001"}))
     start = load_state_dict_file(ROOT / "models/cpu/model.pt")
     out = tmp_path / "stack"
-    result = stack([str(fold)], dataset_dir=str(folder), minutes=0.15, score_every=1, out=str(out))
+    result = stack([str(fold)], dataset_dir=str(folder), minutes=0.15, score_every=1, dice_weight=0.5, out=str(out))
+    assert result["dice_weight"] == 0.5
     curve = result["curve"]
     assert curve[0]["step"] == 0 and curve[0]["loss"] is None and len(curve) >= 2
     assert all(c["loss"] > 0 for c in curve[1:])
@@ -518,8 +519,10 @@ def test_stack_fine_tunes_the_ear_stage_on_the_folds_views(example64, tmp_path):
     assert read_model_info(kept)["gt_mean"] == read_model_info(start)["gt_mean"]
     path = combine(str(ROOT / "models/body/model.pt"), str(out / "ear.pt"), str(tmp_path / "model"))
     assert read_model_info(str(path))["record"]["network"] == "TwoStageEAR"
-    again = stack([str(fold)], dataset_dir=str(folder), minutes=0.0, score_every=1, out=str(out))
+    again = stack([str(fold)], dataset_dir=str(folder), minutes=0.0, score_every=1, dice_weight=0.5, out=str(out))
     assert again["steps"] == result["steps"] and again["curve"][: len(curve)] == curve
+    with pytest.raises(ValueError, match="'dice_weight': 0.5.*not of.*'dice_weight': 0.0"):  # another loss
+        stack([str(fold)], dataset_dir=str(folder), minutes=0.0, score_every=1, out=str(out))
 
 
 def test_views_shows_the_view_stage_and_what_a_blur_costs_its_ear_stage(example64, tmp_path):
