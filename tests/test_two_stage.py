@@ -537,6 +537,7 @@ def test_views_shows_the_view_stage_and_what_a_blur_costs_its_ear_stage(example6
     assert report["n"] == 1 and row["id"].endswith("_T7")
     assert 0.5 < row["ncc_ap"] <= 1 and 0.5 < row["ncc_lateral"] <= 1
     assert row["dice_isolated_blur_4px"] < row["dice_isolated_blur_1px"]  # a blurred view costs the EAR stage
+    assert all(0 <= row[k] <= 1 for k in ("dice_isolated_ap", "dice_isolated_lateral"))  # one isolated view each
     assert json.loads((tmp_path / "v.json").read_text())["mean"] == report["mean"]
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="not a two-stage model"):

@@ -150,6 +150,7 @@ def train(
     pose_deg: float | tuple[float, float, float] | None = None,
     window_shift_mm: float | None = None,
     scale_range: float | tuple[float, float, float] | None = None,
+    lateral_weight: float = 1.0,
     seed: int = 0,
     holdout: str | None = None,
     volume_weight: float = 0.0,
@@ -169,6 +170,9 @@ def train(
             body and target views alike (:class:`scripts.transforms.RandViewPairScaled`): vertebrae of other
             sizes and proportions than the training patients'. Not with ``volume_weight`` (the ground truth
             volumes are not scaled).
+        lateral_weight: the weight of the lateral view's L1 loss against the AP view's 1 (the loss stays the
+            mean of the two for the default 1): the lateral view's error costs the EAR stage more
+            (:func:`views`' ``dice_isolated_ap`` and ``dice_isolated_lateral``).
         holdout: a training patient whose windows the view stage does not train on. They stay in the pool, so the
             runs of one pool that each leave out another patient (the folds of :func:`stack`) share the pool file
             (copy it into each run's folder).
@@ -208,6 +212,8 @@ def train(
         raise BundleInputError(
             f"volume_weight must be >= 0 and score_every >= 1, got {volume_weight!r}, {score_every!r}."
         )
+    if not float(lateral_weight) > 0:
+        raise BundleInputError(f"lateral_weight must be > 0, got {lateral_weight!r}.")
     if scale_range is not None and volume_weight > 0:
         raise BundleInputError(
             "scale_range scales the views but not the ground truth volumes that volume_weight compares with; "
@@ -393,7 +399,10 @@ def train(
         if rng.rand() < 0.5:
             (x, g), y = half_turn(x, g), half_turn(y)[0]
         out_views = stage(x)
-        loss = F.l1_loss(out_views, y)
+        if lateral_weight == 1:
+            loss = F.l1_loss(out_views, y)
+        else:  # the two views' L1 losses, the lateral's weighted: the mean of the two at weight 1
+            loss = (F.l1_loss(out_views[:, 0], y[:, 0]) + lateral_weight * F.l1_loss(out_views[:, 1], y[:, 1])) / 2
         if g is not None:
             loss = loss + volume_weight * volume_loss(model(volume(out_views)), g)
         opt.zero_grad()
@@ -423,7 +432,7 @@ def train(
     report = {
         "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
         "bone_density": bone_density, "pose_deg": parser["rotation_deg"], "window_shift_mm": parser["window_shift_mm"],
-        "scale_range": scale_range,
+        "scale_range": scale_range, "lateral_weight": lateral_weight,
         "joint_views": joint_views, "volume_weight": volume_weight, "init": init, "holdout": holdout,
         "init_member": init_member, "lr": lr,
         "pool": len(pool), "trained_windows": len(allowed), "pool_seconds": round(pool_s, 1), "seed": seed,
@@ -457,7 +466,9 @@ def views(
     Dice (at -500 HU, MONAI's ``compute_dice``) of the EAR stage's reconstruction from the view stage's output (the
     model's own reconstruction), from the true isolated views (the ceiling of a perfect view stage) and from those
     views blurred by each Gaussian sigma of ``blur_px`` (pixels): how much a view stage that gets the vertebra only
-    roughly right costs the EAR stage. ``bone_volume_ratio`` is the model's own reconstruction's bone volume
+    roughly right costs the EAR stage. ``dice_isolated_ap`` is the Dice from the isolated AP view with the view
+    stage's lateral, ``dice_isolated_lateral`` from the view stage's AP with the isolated lateral: which view's
+    error costs more. ``bone_volume_ratio`` is the model's own reconstruction's bone volume
     (> -500 HU) over the ground truth's: below 1, the reconstruction shrinks. ``figure`` draws every vertebra's body
     views, the view stage's views and the isolated views (PNG); ``out`` writes the JSON report.
 
@@ -521,14 +532,16 @@ def views(
             stage = net.spine_views(x).cpu()
             true = zscore_images(stack_views(torch.as_tensor(iso["image"]).as_subclass(torch.Tensor)[None]))
             blurred = [GaussianFilter(2, float(s))(true) for s in blur_px]  # (1, 2, H, W): the views as channels
-            recs = ear(torch.cat([stage, true, *blurred]))
+            one_true = [torch.stack([true[:, 0], stage[:, 1]], 1), torch.stack([stage[:, 0], true[:, 1]], 1)]
+            recs = ear(torch.cat([stage, true, *one_true, *blurred]))
             gt = torch.as_tensor(body["label"][0]).as_subclass(torch.Tensor)
             ncc = normalised_cross_correlation(stage, true)[0]
             volume = float((recs[0] > threshold).sum() / (gt > threshold).sum().clamp(min=1))
             row = {"id": item["id"], "ncc_ap": round(float(ncc[0]), 4), "ncc_lateral": round(float(ncc[1]), 4),
                    "dice_view_stage": dice(recs[0], gt), "dice_isolated": dice(recs[1], gt),
+                   "dice_isolated_ap": dice(recs[2], gt), "dice_isolated_lateral": dice(recs[3], gt),
                    "bone_volume_ratio": round(volume, 4)}  # fmt: skip
-            row.update({f"dice_isolated_blur_{s:g}px": dice(r, gt) for s, r in zip(blur_px, recs[2:])})
+            row.update({f"dice_isolated_blur_{s:g}px": dice(r, gt) for s, r in zip(blur_px, recs[4:])})
             rows.append(row)
             shown.append((stack_views(x.cpu())[0], stage[0], true[0]))
     keys = [k for k in rows[0] if k != "id"]
