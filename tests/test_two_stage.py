@@ -448,13 +448,16 @@ def test_a_fold_names_a_training_patient_and_resumes_only_its_own_run(example64,
         train(dataset_dir=str(folder), minutes=0.0, draws=1, out=str(tmp_path / "fold"))
 
 
-def test_the_scale_draw_is_refused_with_the_volume_loss(example64, tmp_path):
-    """``train --scale_range`` scales the views, not the ground truth volumes the volume loss compares with."""
+def test_the_scale_draw_and_lateral_weight_refuse_bad_settings(example64, tmp_path):
+    """``train --scale_range`` scales the views, not the ground truth volumes the volume loss compares with, and
+    ``--lateral_weight`` must weigh the lateral view's loss; both stop before anything is written."""
     from scripts.tools.spine_stage import train
 
     folder, _ = example64
     with pytest.raises(ValueError, match="scale_range scales the views but not the ground truth volumes"):
         train(dataset_dir=str(folder), scale_range=0.2, volume_weight=1.0, minutes=0.0, out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="lateral_weight must be > 0, got 0"):
+        train(dataset_dir=str(folder), lateral_weight=0, minutes=0.0, out=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
@@ -498,9 +501,12 @@ def test_stack_fine_tunes_the_ear_stage_on_the_folds_views(example64, tmp_path):
 
     folder, _ = example64
     fold = tmp_path / "fold"
-    train(dataset_dir=str(folder), minutes=0.01, draws=1, score_every=1, scale_range=0.2, out=str(fold))
+    train(dataset_dir=str(folder), minutes=0.01, draws=1, score_every=1, scale_range=0.2, lateral_weight=3.0,
+          out=str(fold))  # fmt: skip
     report = json.loads((fold / "report.json").read_text())
-    assert report["holdout"] is None and report["pool"] == 11 and report["scale_range"] == 0.2
+    assert report["holdout"] is None and report["pool"] == 11
+    assert report["scale_range"] == 0.2 and report["lateral_weight"] == 3.0
+    assert all(c["loss"] > 0 for c in report["curve"])
     # the example holds one training patient: its fold is this run, marked as one that left it out
     (fold / "report.json").write_text(json.dumps({**report, "holdout": "LIDC-IDRI-0001"}))
     start = load_state_dict_file(ROOT / "models/cpu/model.pt")
