@@ -322,6 +322,18 @@ def test_train_starts_from_a_view_stage_file_or_a_member_of_a_model_file(tmp_pat
         train(init=str(tmp_path / "stage2d.pt"), minutes=0.0, out=str(tmp_path / "run"))
 
 
+def test_one_isolated_view_pairs_each_view_with_the_other_source():
+    """``views``' ``dice_isolated_ap`` reads the isolated AP with the view stage's lateral, ``dice_isolated_lateral``
+    the view stage's AP with the isolated lateral (channel 0 the AP view, 1 the lateral)."""
+    from scripts.tools.spine_stage import _one_isolated_view
+
+    stage, true = torch.zeros(3, 2, 4, 5), torch.ones(3, 2, 4, 5)
+    true_ap, true_lateral = _one_isolated_view(stage, true)
+    assert true_ap.shape == true_lateral.shape == (3, 2, 4, 5)
+    assert torch.equal(true_ap[:, 0], true[:, 0]) and torch.equal(true_ap[:, 1], stage[:, 1])
+    assert torch.equal(true_lateral[:, 0], stage[:, 0]) and torch.equal(true_lateral[:, 1], true[:, 1])
+
+
 def test_half_turn_keeps_views_and_volume_consistent():
     """The turned views are the projections of the turned volume (parallel rays: means along the beams)."""
     from scripts.networks import views_from_volume
@@ -456,6 +468,8 @@ def test_the_scale_draw_and_lateral_weight_refuse_bad_settings(example64, tmp_pa
     folder, _ = example64
     with pytest.raises(ValueError, match="scale_range scales the views but not the ground truth volumes"):
         train(dataset_dir=str(folder), scale_range=0.2, volume_weight=1.0, minutes=0.0, out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"--scale_range: scale_range must be one or three values in \[0, 1\)"):
+        train(dataset_dir=str(folder), scale_range=1.5, minutes=0.0, out=str(tmp_path / "run"))
     with pytest.raises(ValueError, match="lateral_weight must be > 0, got 0"):
         train(dataset_dir=str(folder), lateral_weight=0, minutes=0.0, out=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
@@ -529,6 +543,11 @@ def test_stack_fine_tunes_the_ear_stage_on_the_folds_views(example64, tmp_path):
     assert again["steps"] == result["steps"] and again["curve"][: len(curve)] == curve
     with pytest.raises(ValueError, match="'dice_weight': 0.5.*not of.*'dice_weight': 0.0"):  # another loss
         stack([str(fold)], dataset_dir=str(folder), minutes=0.0, score_every=1, out=str(out))
+    state = torch.load(out / "last.pt", weights_only=False)  # a run saved before dice_weight: without the term
+    state["args"].pop("dice_weight")
+    torch.save(state, out / "last.pt")
+    old = stack([str(fold)], dataset_dir=str(folder), minutes=0.0, score_every=1, out=str(out))
+    assert old["steps"] == result["steps"] and old["dice_weight"] == 0.0
 
 
 def test_views_shows_the_view_stage_and_what_a_blur_costs_its_ear_stage(example64, tmp_path):

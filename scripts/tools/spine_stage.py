@@ -219,7 +219,10 @@ def train(
             "scale_range scales the views but not the ground truth volumes that volume_weight compares with; "
             "give one of the two."
         )
-    rescale = RandViewPairScaled(["x", "y"], scale_range, prob=0.8) if scale_range is not None else None
+    try:
+        rescale = RandViewPairScaled(["x", "y"], scale_range, prob=0.8) if scale_range is not None else None
+    except ValueError as e:
+        raise BundleInputError(f"--scale_range: {e}") from None
     if bone_density is not None:
         bone_density = tuple(float(f) for f in bone_density)
         if len(bone_density) != 2 or not 0 <= bone_density[0] <= bone_density[1]:
@@ -532,8 +535,7 @@ def views(
             stage = net.spine_views(x).cpu()
             true = zscore_images(stack_views(torch.as_tensor(iso["image"]).as_subclass(torch.Tensor)[None]))
             blurred = [GaussianFilter(2, float(s))(true) for s in blur_px]  # (1, 2, H, W): the views as channels
-            one_true = [torch.stack([true[:, 0], stage[:, 1]], 1), torch.stack([stage[:, 0], true[:, 1]], 1)]
-            recs = ear(torch.cat([stage, true, *one_true, *blurred]))
+            recs = ear(torch.cat([stage, true, *_one_isolated_view(stage, true), *blurred]))
             gt = torch.as_tensor(body["label"][0]).as_subclass(torch.Tensor)
             ncc = normalised_cross_correlation(stage, true)[0]
             volume = float((recs[0] > threshold).sum() / (gt > threshold).sum().clamp(min=1))
@@ -555,6 +557,12 @@ def views(
         _draw_views(shown, rows, figure)
     print(json.dumps({"model": model, "split": split, "n": len(rows), "mean": means}))
     return report
+
+
+def _one_isolated_view(stage: torch.Tensor, true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two view pairs ``(B, 2, H, W)`` (AP, lateral) with one isolated view each: the isolated AP with the view
+    stage's lateral, and the view stage's AP with the isolated lateral."""
+    return torch.stack([true[:, 0], stage[:, 1]], 1), torch.stack([stage[:, 0], true[:, 1]], 1)
 
 
 def _draw_views(shown: list[tuple[torch.Tensor, ...]], rows: list[dict], path: str) -> None:
@@ -643,7 +651,7 @@ def stack(
         folds = [folds]
     if not folds:
         raise BundleInputError("stack needs the folds: --folds \"['runs/fold_a', 'runs/fold_b', ...]\".")
-    if int(batch_size) < 1 or int(score_every) < 1 or float(dice_weight) < 0:
+    if int(batch_size) < 1 or int(score_every) < 1 or not float(dice_weight) >= 0:
         raise BundleInputError(
             f"batch_size and score_every must be >= 1 and dice_weight >= 0, got {batch_size!r}, {score_every!r}, "
             f"{dice_weight!r}."
