@@ -31,7 +31,7 @@ Usage::
    ``--pose_deg "(35, 15, 15)"`` bounds the pose draw about the left-right, front-back and long axes in place of
    the configs' ``rotation_deg`` (15 degrees about each): a wider forward and backward tilt, as of lordotic lumbar
    vertebrae. ``--window_shift_mm 15`` moves the windows farther off their vertebra (the configs': 7 mm).
-   ``--scale_range 0.15`` scales each window's vertebra and body along x, y and z in its views (``train``'s
+   ``--scale_range 0.2`` scales each window's vertebra and body along x, y and z in its views (``train``'s
    arguments).
    Every ``--score_every`` steps (200) it is scored on the validation patient's body windows (normalised
    cross-correlation with their true target views; with ``--volume_weight``, the Dice through ``--model_3d``), the
