@@ -563,6 +563,11 @@ def test_views_shows_the_view_stage_and_what_a_blur_costs_its_ear_stage(example6
     assert 0.5 < row["ncc_ap"] <= 1 and 0.5 < row["ncc_lateral"] <= 1
     assert row["dice_isolated_blur_4px"] < row["dice_isolated_blur_1px"]  # a blurred view costs the EAR stage
     assert all(0 <= row[k] <= 1 for k in ("dice_isolated_ap", "dice_isolated_lateral"))  # one isolated view each
+    # overrides reach the simulation (1,000 photons: other windows) and are recorded in the report
+    other = views(str(ROOT / "models/body/model.pt"), str(folder), "test", blur_px=(), overrides={"photon_count": 1e3})
+    assert other["overrides"] == {"photon_count": 1e3} and other["configs"] == report["configs"]
+    noisy = other["vertebrae"][0]
+    assert noisy["ncc_ap"] != row["ncc_ap"] and noisy["ncc_lateral"] != row["ncc_lateral"]
     assert json.loads((tmp_path / "v.json").read_text())["mean"] == report["mean"]
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="not a two-stage model"):

@@ -458,6 +458,7 @@ def views(
     split: str = "test",
     configs: Sequence[str] = ("configs/train.json", "configs/cpu.json", "configs/body.json", "configs/body_model.json"),
     blur_px: Sequence[float] = (1.0, 2.0, 3.0, 4.0),
+    overrides: dict[str, Any] | None = None,
     out: str | None = None,
     figure: str | None = None,
 ) -> dict[str, Any]:
@@ -481,6 +482,7 @@ def views(
         split: ``training``, ``validation`` or ``test``.
         configs: the configs that rebuild the model's network from the file and simulate its windows.
         blur_px: Gaussian sigmas (pixels of the views) for the blurred isolated views.
+        overrides: config values set after the configs, e.g. ``{"photon_count": None}`` for noise-free windows.
         out: JSON report path.
         figure: PNG path.
     """
@@ -497,6 +499,8 @@ def views(
         parser = ConfigParser()
         parser.read_config([str(ROOT / c) for c in configs])
         parser.update({"dataset_dir": dataset_dir, "validate_perturbed": False, "model_file": model})
+        for key, value in (overrides or {}).items():
+            parser[key] = value
         parser["stats"] = "$@scripts.workflow.model_statistics(@model_file)"
         parser["drr_source"] = source
         parser["validate#dataset#data"] = f"$@scripts.workflow.load_split(@dataset_dir, {split!r}, 'body')"
@@ -548,8 +552,9 @@ def views(
             shown.append((stack_views(x.cpu())[0], stage[0], true[0]))
     keys = [k for k in rows[0] if k != "id"]
     means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}
-    report = {"model": model, "dataset_dir": dataset_dir, "split": split, "n": len(rows), "blur_px": list(blur_px),
-              "mean": means, "vertebrae": rows}  # fmt: skip
+    report = {"model": model, "dataset_dir": dataset_dir, "split": split, "configs": [str(c) for c in configs],
+              "overrides": overrides or {}, "n": len(rows), "blur_px": list(blur_px), "mean": means,
+              "vertebrae": rows}  # fmt: skip
     if out:
         with atomic_path(out) as tmp:
             Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
