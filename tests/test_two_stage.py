@@ -334,6 +334,32 @@ def test_one_isolated_view_pairs_each_view_with_the_other_source():
     assert torch.equal(true_lateral[:, 0], stage[:, 0]) and torch.equal(true_lateral[:, 1], true[:, 1])
 
 
+def test_best_shift_bone_dice_finds_a_known_move():
+    """The placement oracle undoes a known whole-voxel move, loses what left the grid, and refuses bad input."""
+    from monai.metrics import compute_dice
+    from scripts.tools.input_sensitivity import best_shift_bone_dice
+
+    gt = torch.zeros(20, 20, 20)
+    gt[5:12, 6:14, 4:9] = 1.0
+    pred = torch.roll(gt, (2, -1, 3), (0, 1, 2))  # the box lies inside the grid before and after
+    assert best_shift_bone_dice(pred, gt, 0.5) == (1.0, (-2, 1, -3))
+    assert best_shift_bone_dice(gt, gt, 0.5) == (1.0, (0, 0, 0))
+    dice, shift = best_shift_bone_dice(pred, gt, 0.5, max_shift=1)  # too short a reach: the nearest move
+    assert shift == (-1, 1, -1)
+    overlap = (torch.roll(pred, shift, (0, 1, 2)) * gt).sum()
+    assert dice == pytest.approx(float(2 * overlap / (2 * gt.sum())))
+    unmoved = float(compute_dice(pred[None, None], gt[None, None], include_background=True))
+    assert best_shift_bone_dice(pred, gt, 0.5, max_shift=0) == (pytest.approx(unmoved), (0, 0, 0))
+    edge = torch.zeros(20, 20, 20)
+    edge[0:4, 6:14, 4:9] = 1.0  # moved up by 3, a box at the grid's edge: nothing wraps round
+    assert best_shift_bone_dice(edge, torch.roll(edge, 3, 0), 0.5) == (1.0, (3, 0, 0))
+    assert best_shift_bone_dice(torch.roll(edge, 3, 0), edge, 0.5) == (1.0, (-3, 0, 0))
+    with pytest.raises(ValueError, match="one shape"):
+        best_shift_bone_dice(gt, gt[:10], 0.5)
+    with pytest.raises(ValueError, match="0 or more"):
+        best_shift_bone_dice(gt, gt, 0.5, max_shift=-1)
+
+
 def test_half_turn_keeps_views_and_volume_consistent():
     """The turned views are the projections of the turned volume (parallel rays: means along the beams)."""
     from scripts.networks import views_from_volume
@@ -563,6 +589,10 @@ def test_views_shows_the_view_stage_and_what_a_blur_costs_its_ear_stage(example6
     assert 0.5 < row["ncc_ap"] <= 1 and 0.5 < row["ncc_lateral"] <= 1
     assert row["dice_isolated_blur_4px"] < row["dice_isolated_blur_1px"]  # a blurred view costs the EAR stage
     assert all(0 <= row[k] <= 1 for k in ("dice_isolated_ap", "dice_isolated_lateral"))  # one isolated view each
+    assert row["dice_view_stage"] - 1e-4 <= row["dice_view_stage_best_shift"] <= 1  # the oracle moves only to gain
+    assert len(row["best_shift_vox"]) == 3 and max(abs(v) for v in row["best_shift_vox"]) <= 3  # whole voxels
+    assert row["best_shift_mm"] == pytest.approx(2.0 * float(np.linalg.norm(row["best_shift_vox"])), abs=0.01)
+    assert isinstance(row["bone_components"], int) and row["bone_components"] >= 1
     # overrides reach the simulation (1,000 photons: other windows) and are recorded in the report
     other = views(str(ROOT / "models/body/model.pt"), str(folder), "test", blur_px=(), overrides={"photon_count": 1e3})
     assert other["overrides"] == {"photon_count": 1e3} and other["configs"] == report["configs"]

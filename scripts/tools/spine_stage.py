@@ -459,6 +459,7 @@ def views(
     configs: Sequence[str] = ("configs/train.json", "configs/cpu.json", "configs/body.json", "configs/body_model.json"),
     blur_px: Sequence[float] = (1.0, 2.0, 3.0, 4.0),
     overrides: dict[str, Any] | None = None,
+    max_shift: int = 3,
     out: str | None = None,
     figure: str | None = None,
 ) -> dict[str, Any]:
@@ -473,8 +474,14 @@ def views(
     roughly right costs the EAR stage. ``dice_isolated_ap`` is the Dice from the isolated AP view with the view
     stage's lateral, ``dice_isolated_lateral`` from the view stage's AP with the isolated lateral: which view's
     error costs more. ``bone_volume_ratio`` is the model's own reconstruction's bone volume
-    (> -500 HU) over the ground truth's: below 1, the reconstruction shrinks. ``figure`` draws every vertebra's body
-    views, the view stage's views and the isolated views (PNG); ``out`` writes the JSON report.
+    (> -500 HU) over the ground truth's: below 1, the reconstruction shrinks. ``dice_view_stage_best_shift`` is the
+    model's own reconstruction moved by the whole-voxel shift (at most ``max_shift`` voxels along each axis) that
+    fits the ground truth best, ``best_shift_vox`` that shift (voxels along the grid's axes) and ``best_shift_mm``
+    its length: what a perfect correction of the reconstruction's position could gain; the rest of the error is its
+    shape. ``bone_components`` counts the
+    pieces of the model's bone mask (26-connected): at 1, keeping the largest connected component changes nothing.
+    ``figure`` draws every vertebra's body views, the view stage's views and the isolated views (PNG); ``out``
+    writes the JSON report.
 
     Args:
         model: a :class:`~scripts.networks.TwoStageEAR` model file.
@@ -483,15 +490,17 @@ def views(
         configs: the configs that rebuild the model's network from the file and simulate its windows.
         blur_px: Gaussian sigmas (pixels of the views) for the blurred isolated views.
         overrides: config values set after the configs, e.g. ``{"photon_count": None}`` for noise-free windows.
+        max_shift: largest move (voxels, along each axis) of the placement oracle ``dice_view_stage_best_shift``.
         out: JSON report path.
         figure: PNG path.
     """
     from monai.bundle import ConfigParser
     from monai.networks.layers import GaussianFilter
+    from scipy import ndimage
     from scripts.functional import normalised_cross_correlation, zscore_images
     from scripts.networks import TwoStageEAR, stack_views, volume_from_views
     from scripts.networks.model_info import load_state_dict_file
-    from scripts.tools.input_sensitivity import bone_dice
+    from scripts.tools.input_sensitivity import best_shift_bone_dice, bone_dice
     from scripts.utils import atomic_path
     from tqdm import tqdm
 
@@ -523,9 +532,13 @@ def views(
     body_t = parser.get_parsed_content("validate#preprocessing")
     isolated_t = pipeline("gt")[0].get_parsed_content("validate#preprocessing")
     dev = next(net.parameters()).device
+    spacing = float(parser.get_parsed_content("spacing"))
 
     def dice(pred: torch.Tensor, gt: torch.Tensor) -> float:
         return bone_dice(pred, gt, threshold)
+
+    def pieces(rec: torch.Tensor) -> int:  # 26-connected pieces of the bone mask
+        return int(ndimage.label((rec > threshold).numpy(), np.ones((3, 3, 3)))[1])
 
     def ear(v: torch.Tensor) -> torch.Tensor:  # (B, 2, H, W) views, z-scored here -> reconstructions (B, X, Y, Z)
         z = zscore_images(v).to(dev)
@@ -543,14 +556,18 @@ def views(
             gt = torch.as_tensor(body["label"][0]).as_subclass(torch.Tensor)
             ncc = normalised_cross_correlation(stage, true)[0]
             volume = float((recs[0] > threshold).sum() / (gt > threshold).sum().clamp(min=1))
+            moved, shift = best_shift_bone_dice(recs[0], gt, threshold, max_shift)
             row = {"id": item["id"], "ncc_ap": round(float(ncc[0]), 4), "ncc_lateral": round(float(ncc[1]), 4),
-                   "dice_view_stage": dice(recs[0], gt), "dice_isolated": dice(recs[1], gt),
+                   "dice_view_stage": dice(recs[0], gt), "dice_view_stage_best_shift": round(moved, 4),
+                   "best_shift_mm": round(float(np.linalg.norm(shift)) * spacing, 2), "best_shift_vox": list(shift),
+                   "dice_isolated": dice(recs[1], gt),
                    "dice_isolated_ap": dice(recs[2], gt), "dice_isolated_lateral": dice(recs[3], gt),
-                   "bone_volume_ratio": round(volume, 4)}  # fmt: skip
+                   "bone_volume_ratio": round(volume, 4),
+                   "bone_components": pieces(recs[0])}  # fmt: skip
             row.update({f"dice_isolated_blur_{s:g}px": dice(r, gt) for s, r in zip(blur_px, recs[4:])})
             rows.append(row)
             shown.append((stack_views(x.cpu())[0], stage[0], true[0]))
-    keys = [k for k in rows[0] if k != "id"]
+    keys = [k for k in rows[0] if k not in ("id", "best_shift_vox")]
     means = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}
     report = {"model": model, "dataset_dir": dataset_dir, "split": split, "configs": [str(c) for c in configs],
               "overrides": overrides or {}, "n": len(rows), "blur_px": list(blur_px), "mean": means,
