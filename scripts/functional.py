@@ -31,6 +31,7 @@ __all__ = [
     "hu_to_zscore",
     "zscore_to_hu",
     "zscore_images",
+    "highpass_images",
     "normalised_cross_correlation",
     "real_imag_spectrum",
     "spectral_distance",
@@ -141,6 +142,26 @@ def zscore_images(img: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     mean = x.mean(dim=(-2, -1), keepdim=True)
     std = x.std(dim=(-2, -1), keepdim=True).clamp(min=eps)
     return (x - mean) / std
+
+
+def highpass_images(img: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Every 2-D image of ``(B, C, H, W)`` minus its Gaussian blur of ``sigma_px`` pixels (edges replicated).
+
+    What varies slowly over an X-ray window (the body's thickness, a wide gas-filled bowel) goes; edges and
+    structures smaller than about ``sigma_px`` stay: a constant image gives 0, a linear one 0 farther than about
+    ``3 * sigma_px`` from the edges (MONAI's ``separable_filtering`` with a ``gaussian_1d`` kernel, normalised).
+    """
+    from monai.networks.layers.convutils import gaussian_1d
+    from monai.networks.layers.simplelayers import separable_filtering
+
+    if not float(sigma_px) > 0:
+        raise ValueError(f"sigma_px must be > 0 pixels, got {sigma_px!r}.")
+    if img.dim() != 4:
+        raise ValueError(f"highpass_images expects (B, C, H, W) images, got shape {list(img.shape)}.")
+    x = img.float()
+    kernel = gaussian_1d(torch.tensor(float(sigma_px)), truncated=4.0).to(x)
+    kernel = kernel / kernel.sum()
+    return x - separable_filtering(x, [kernel, kernel], mode="replicate")
 
 
 def normalised_cross_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -498,7 +498,31 @@ def test_the_scale_draw_and_lateral_weight_refuse_bad_settings(example64, tmp_pa
         train(dataset_dir=str(folder), scale_range=1.5, minutes=0.0, out=str(tmp_path / "run"))
     with pytest.raises(ValueError, match="lateral_weight must be > 0, got 0"):
         train(dataset_dir=str(folder), lateral_weight=0, minutes=0.0, out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="highpass_px must be > 0 pixels"):
+        train(dataset_dir=str(folder), highpass_px=0, minutes=0.0, out=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_highpass_images_keeps_edges_and_drops_what_varies_slowly():
+    """A constant image goes to 0, a ramp to 0 away from the edges, a step keeps its jump (half of it on either
+    side, odd about the step), and a small spot keeps nearly all of its height; bad input is refused."""
+    from scripts.functional import highpass_images
+
+    assert highpass_images(torch.full((2, 2, 32, 40), 3.0), 4.0).abs().max() < 1e-5
+    ramp = torch.arange(64.0).expand(1, 1, 64, 64)
+    assert highpass_images(ramp, 4.0)[..., 16:48, 16:48].abs().max() < 0.01
+    step = (torch.arange(64.0) >= 32).float().expand(1, 1, 64, 64)
+    out = highpass_images(step, 4.0)[0, 0, 32].tolist()
+    assert out[32] - out[31] == pytest.approx(1.0, abs=0.2) and out[31] == pytest.approx(-out[32], abs=1e-4)
+    assert max(abs(v) for v in out[:8] + out[-8:]) < 1e-3  # far from the step: nothing
+    spot = torch.zeros(1, 1, 64, 64)
+    spot[..., 32, 32] = 1.0
+    kept = highpass_images(spot, 8.0)
+    assert kept[0, 0, 32, 32] > 0.99 and kept.sum().abs() < 1e-4  # the blur's share of a spot is tiny; no net gain
+    with pytest.raises(ValueError, match="sigma_px must be > 0"):
+        highpass_images(spot, 0.0)
+    with pytest.raises(ValueError, match=r"expects \(B, C, H, W\)"):
+        highpass_images(spot[0], 2.0)
 
 
 def test_stack_needs_one_fold_per_training_patient(example64, tmp_path):
@@ -542,10 +566,12 @@ def test_stack_fine_tunes_the_ear_stage_on_the_folds_views(example64, tmp_path):
     folder, _ = example64
     fold = tmp_path / "fold"
     train(dataset_dir=str(folder), minutes=0.01, draws=1, score_every=1, scale_range=0.2, lateral_weight=3.0,
-          out=str(fold))  # fmt: skip
+          highpass_px=8.0, out=str(fold))  # fmt: skip
     report = json.loads((fold / "report.json").read_text())
     assert report["holdout"] is None and report["pool"] == 11
-    assert report["scale_range"] == 0.2 and report["lateral_weight"] == 3.0
+    assert report["scale_range"] == 0.2 and report["lateral_weight"] == 3.0 and report["highpass_px"] == 8.0
+    with pytest.raises(ValueError, match="is a run with highpass_px 8.0, not None"):  # a resume keeps its input
+        train(dataset_dir=str(folder), minutes=0.0, draws=1, out=str(fold))
     assert all(c["loss"] > 0 for c in report["curve"])
     # the example holds one training patient: its fold is this run, marked as one that left it out
     (fold / "report.json").write_text(json.dumps({**report, "holdout": "LIDC-IDRI-0001"}))

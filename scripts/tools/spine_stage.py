@@ -151,6 +151,7 @@ def train(
     window_shift_mm: float | None = None,
     scale_range: float | tuple[float, float, float] | None = None,
     lateral_weight: float = 1.0,
+    highpass_px: float | None = None,
     seed: int = 0,
     holdout: str | None = None,
     volume_weight: float = 0.0,
@@ -173,6 +174,9 @@ def train(
         lateral_weight: the weight of the lateral view's L1 loss against the AP view's 1 (the loss stays the
             mean of the two for the default 1): the lateral view's error costs the EAR stage more
             (:func:`views`' ``dice_isolated_ap`` and ``dice_isolated_lateral``).
+        highpass_px: the view stage reads each z-scored view minus its Gaussian blur of this sigma (pixels,
+            :func:`scripts.functional.highpass_images`), z-scored again: what varies slowly over the window (the
+            body's thickness, a wide gas-filled bowel) is gone from its input. The target stays the isolated view.
         holdout: a training patient whose windows the view stage does not train on. They stay in the pool, so the
             runs of one pool that each leave out another patient (the folds of :func:`stack`) share the pool file
             (copy it into each run's folder).
@@ -193,7 +197,7 @@ def train(
     from monai.bundle import ConfigParser
     from monai.data import MetaTensor
     from monai.transforms import Compose
-    from scripts.functional import item_seed, zscore_images
+    from scripts.functional import highpass_images, item_seed, zscore_images
     from scripts.io.plot_training import plot_scalars
     from scripts.losses import EARLoss
     from scripts.networks import TwoStageEAR, stack_views, volume_from_views
@@ -214,6 +218,8 @@ def train(
         )
     if not float(lateral_weight) > 0:
         raise BundleInputError(f"lateral_weight must be > 0, got {lateral_weight!r}.")
+    if highpass_px is not None and not float(highpass_px) > 0:
+        raise BundleInputError(f"highpass_px must be > 0 pixels (or left out), got {highpass_px!r}.")
     if scale_range is not None and volume_weight > 0:
         raise BundleInputError(
             "scale_range scales the views but not the ground truth volumes that volume_weight compares with; "
@@ -249,6 +255,11 @@ def train(
         raise BundleInputError(
             f"{last} is a run started from {state.get('init') or 'scratch'}, not from {init} (member {init_member}); "
             "it resumes with its own weights: give another --out to start from --init."
+        )
+    if state is not None and state.get("highpass_px") != highpass_px:
+        raise BundleInputError(
+            f"{last} is a run with highpass_px {state.get('highpass_px')}, not {highpass_px}; give another --out, or "
+            "the run's own --highpass_px."
         )
     if state is not None and state.get("holdout") != holdout:
         raise BundleInputError(
@@ -318,10 +329,13 @@ def train(
     val_gt = [((v["gt"][0].float() - gt_mean) / gt_std).to(dev) for v in val]
 
     def stage(x: torch.Tensor) -> torch.Tensor:
+        z = zscore_images(x)
+        if highpass_px is not None:
+            z = zscore_images(highpass_images(z, highpass_px))
         if joint_views:
-            return net(zscore_images(x))
-        b, v, h, w = x.shape
-        return net(zscore_images(x).reshape(b * v, 1, h, w)).reshape(b, v, h, w)
+            return net(z)
+        b, v, h, w = z.shape
+        return net(z.reshape(b * v, 1, h, w)).reshape(b, v, h, w)
 
     def dice(a: torch.Tensor, b: torch.Tensor) -> float:
         return bone_dice(a, b, threshold)
@@ -379,7 +393,8 @@ def train(
                 torch.save(net.state_dict(), tmp)
         state = {"net": net.state_dict(), "opt": opt.state_dict(), "curve": curve, "best": best, "step": step,
                  "rng": rng.get_state(), "criterion": criterion,
-                 "init": [init, init_member] if init else None, "holdout": holdout}  # fmt: skip
+                 "init": [init, init_member] if init else None, "holdout": holdout,
+                 "highpass_px": highpass_px}  # fmt: skip
         with atomic_path(last) as tmp:
             torch.save(state, tmp)
         draw_curve()
@@ -435,7 +450,7 @@ def train(
     report = {
         "dataset_dir": dataset_dir, "model_3d": model_3d, "draws": draws, "mix": mix, "target": target,
         "bone_density": bone_density, "pose_deg": parser["rotation_deg"], "window_shift_mm": parser["window_shift_mm"],
-        "scale_range": scale_range, "lateral_weight": lateral_weight,
+        "scale_range": scale_range, "lateral_weight": lateral_weight, "highpass_px": highpass_px,
         "joint_views": joint_views, "volume_weight": volume_weight, "init": init, "holdout": holdout,
         "init_member": init_member, "lr": lr,
         "pool": len(pool), "trained_windows": len(allowed), "pool_seconds": round(pool_s, 1), "seed": seed,
