@@ -802,6 +802,13 @@ def main(argv: list[str] | None = None) -> int:
             return
         status["code"] = 0 if summary.ready else 1
 
+    from scripts.errors import BundleInputError, check_cli_flags
+
+    try:  # a misspelt option stops here, before a dataset is prepared with the defaults
+        check_cli_flags(cli, sys.argv[1:] if argv is None else argv, "python -m scripts.prepare")
+    except BundleInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     fire.Fire(cli, command=argv, name="prepare")
     return status["code"]
 

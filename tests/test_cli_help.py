@@ -111,3 +111,26 @@ def test_a_misspelt_option_ends_the_command_in_one_line(tmp_path):
     assert last.startswith(
         "ERROR: BundleInputError: python -m scripts.tools.spine_stage train: unknown option --minuts"
     )
+
+
+def test_every_fire_entry_point_checks_its_options():
+    """Each ``python -m`` tool run by python-fire refuses a misspelt option before its work
+    (:func:`scripts.errors.check_cli_flags`): fire alone hands it to the result, after the work."""
+
+    def source(module: str) -> str:
+        path = ROOT / Path(*module.split("."))
+        return (path / "__main__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
+
+    fired = [m for m in ENTRY_POINTS if "fire.Fire" in source(m)]
+    assert {"scripts.prepare", "scripts.tools.benchmark", "scripts.tools.spine_stage"} <= set(fired)
+    unchecked = [m for m in fired if "check_cli_flags" not in source(m)]
+    assert not unchecked, f"these tools run a misspelt option's command first: {unchecked}"
+
+
+def test_prepare_refuses_a_misspelt_option_before_preparing(tmp_path, capsys):
+    """``--spacng 2`` used to prepare the whole example at the defaults (1 mm, 128^3) before fire complained."""
+    from scripts.prepare import main
+
+    assert main(["--source", "example", "--out", str(tmp_path / "p"), "--spacng", "2"]) == 2
+    assert "unknown option --spacng; did you mean --spacing?" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

@@ -99,6 +99,12 @@ def main(log_dir: str = "runs/train", out: str | None = None) -> str:
 
 
 if __name__ == "__main__":
+    import sys
+
     import fire
+    from scripts.errors import check_cli_flags, install_cli_excepthook
+
+    install_cli_excepthook(always=True)
+    check_cli_flags(main, sys.argv[1:], "python -m scripts.io.plot_training")  # a misspelt option stops before the work
 
     fire.Fire(main, serialize=lambda _: None)

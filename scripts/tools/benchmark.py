@@ -540,8 +540,13 @@ COMMANDS["all"] = everyday
 
 def main() -> None:
     """The command line: ``python -m scripts.tools.benchmark <command> [--option value ...]``."""
-    import fire
+    import sys
 
+    import fire
+    from scripts.errors import check_cli_flags, install_cli_excepthook
+
+    install_cli_excepthook(always=True)
+    check_cli_flags(COMMANDS, sys.argv[1:], "python -m scripts.benchmark")  # a misspelt option stops before the work
     fire.Fire(COMMANDS, serialize=lambda _: None)  # the commands print their JSON report themselves
 
 

@@ -78,6 +78,14 @@ def contact_sheet(
 
 
 if __name__ == "__main__":
+    import sys
+
     import fire
+    from scripts.errors import check_cli_flags, install_cli_excepthook
+
+    install_cli_excepthook(always=True)
+    check_cli_flags(
+        contact_sheet, sys.argv[1:], "python -m scripts.tools.contact_sheet"
+    )  # a misspelt option stops before the work
 
     fire.Fire(contact_sheet)

@@ -271,6 +271,12 @@ def main(command: str, gt: str, preds: str, out: str, vmax_mm: float | None = No
 
 
 if __name__ == "__main__":
+    import sys
+
     import fire
+    from scripts.errors import check_cli_flags, install_cli_excepthook
+
+    install_cli_excepthook(always=True)
+    check_cli_flags(main, sys.argv[1:], "python -m scripts.tools.figures")  # a misspelt option stops before the work
 
     fire.Fire(main)

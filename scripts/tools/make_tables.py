@@ -110,6 +110,14 @@ def main(out: str | None = None) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
     import fire
+    from scripts.errors import check_cli_flags, install_cli_excepthook
+
+    install_cli_excepthook(always=True)
+    check_cli_flags(
+        main, sys.argv[1:], "python -m scripts.tools.make_tables"
+    )  # a misspelt option stops before the work
 
     fire.Fire(main)
