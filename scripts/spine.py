@@ -226,7 +226,8 @@ def load_cases(
         case = Vertebra(cid, patient, level, affine, shape)
         files = row.get("xray") or row.get("drr_png")
         if isinstance(files, (list, tuple)):
-            case.xray = [str(f if os.path.isabs(f) else source.parent / f) for f in files]
+            # absolute: the inference reads them from a datalist of its own, in another folder
+            case.xray = [str(f if os.path.isabs(f) else os.path.abspath(source.parent / f)) for f in files]
             case.angles = row.get("angles", row.get("drr_angles"))
         if row.get("centre_mm") is not None:
             centre = np.asarray(row["centre_mm"], dtype=np.float64).reshape(-1)
@@ -639,16 +640,32 @@ def radiograph_configs(model: str = "body", bundle_root: str | os.PathLike = BUN
     return [str(Path(bundle_root) / c) for c in RADIOGRAPH_MODELS[model]]
 
 
-def _check_overrides(files: Sequence[str], overrides: Mapping[str, Any]) -> None:
-    """Refuse overrides that none of the config files defines (the workflow would add them and go on)."""
+def _check_overrides(
+    files: str | os.PathLike | Sequence[str], overrides: Mapping[str, Any], options: Sequence[str] = ()
+) -> None:
+    """Refuse overrides that none of the config files defines (the workflow would add them and go on).
+
+    ``options`` are the command's own options: a misspelt one (``--lat`` for ``--lateral``) lands in the overrides,
+    so the closest name is sought among them and the config's keys alike.
+    """
     from monai.bundle import ConfigParser
 
-    config = ConfigParser.load_config_files(list(files))
+    files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    config = ConfigParser.load_config_files([str(f) for f in files])
     for key in overrides:
         if key.split("#")[0] not in config:
-            close = difflib.get_close_matches(key, list(config), n=2)
+            close = difflib.get_close_matches(key, [*options, *config], n=2)
             hint = f"did you mean {' or '.join('--' + c for c in close)}?" if close else "check the config's keys"
-            raise DataError(None, f"--{key} is not a key of the inference config", hint)
+            what = "an option of this command nor a key" if options else "a key"
+            raise DataError(None, f"--{key} is {'neither ' if options else 'not '}{what} of the inference config", hint)
+
+
+def _own_options(fn: Any) -> list[str]:
+    """The named parameters of a command that passes the rest to the inference config (``**overrides``)."""
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [n for n, p in inspect.signature(fn).parameters.items() if p.kind in kinds and n != "timings"]
 
 
 #: the confidence entries of an inference output (scripts.confidence.TTAConfidenced) kept in the spine report.
@@ -849,6 +866,8 @@ def reconstruct(
     Returns:
         ``{patient: report}``, as :func:`spine`.
     """
+    files = [str(BUNDLE_ROOT / "configs" / "inference.json")] if config_file is None else config_file
+    _check_overrides(files, overrides, _own_options(reconstruct))  # before any work
     cases = load_cases(datalist, None, sections)
     if patient is not None:
         wanted = {str(patient)} if isinstance(patient, (str, int)) else {str(p) for p in patient}
@@ -1148,6 +1167,8 @@ def radiographs(
     from scripts.io.preview import radiograph_figure
     from scripts.io.radiograph import radiograph_views, read_radiograph, system_to_world_affine
 
+    configs = config_file if config_file is not None else radiograph_configs(reconstruction_model or "body")
+    _check_overrides(configs, overrides, _own_options(radiographs))  # a misspelt option: before the finder runs
     if ap is None or lateral is None:
         given = "only the lateral" if ap is None and lateral is not None else "only the AP" if ap else "neither"
         raise DataError(

@@ -188,6 +188,19 @@ def test_reconstruct_in_batches_places_and_assembles_every_vertebra(xray_spine, 
         assert np.allclose(a, b, atol=0.05)
 
 
+def test_reconstruct_reads_a_datalist_given_by_a_relative_path(xray_spine, tmp_path, monkeypatch):
+    """The X-rays of a datalist named relative to the working folder are found (they were read from the folder of
+    the inference's own temporary datalist)."""
+    from scripts.spine import reconstruct
+    from tests.conftest import ROOT
+
+    datalist, _ = xray_spine
+    monkeypatch.chdir(datalist.parent.parent)
+    configs = [str(ROOT / c) for c in CPU]
+    reports = reconstruct(f"{datalist.parent.name}/{datalist.name}", str(tmp_path / "o"), config_file=configs)
+    assert set(reports["bench"]["labels"]) == {"T1", "T2", "T3"}
+
+
 def test_reconstruct_places_by_centre_and_refuses_bad_lists(xray_spine, tmp_path):
     from scripts.spine import reconstruct
 
@@ -212,7 +225,7 @@ def test_reconstruct_places_by_centre_and_refuses_bad_lists(xray_spine, tmp_path
     no_pairs.write_text(json.dumps([{k: v for k, v in it.items() if k != "xray"} for it in items]))
     with pytest.raises(DataError, match="X-ray pair"):
         reconstruct(str(no_pairs), str(tmp_path / "o"), config_file=CPU)
-    with pytest.raises(DataError, match="--ckpt_dri is not a key.*--ckpt_dir"):
+    with pytest.raises(DataError, match="--ckpt_dri is neither an option of this command nor a key.*--ckpt_dir"):
         reconstruct(str(placed), str(tmp_path / "o"), config_file=CPU, ckpt_dri="models")
     assert not (tmp_path / "o").exists()
 

@@ -80,6 +80,10 @@ def test_bad_inputs_stop_before_anything_is_written(pair, tmp_path):
     bad.write_text(json.dumps([{"centre_mm": [0, 0, 0]}]))
     with pytest.raises(DataError, match="entry 0 has no level"):
         radiographs(str(pair / "ap.dcm"), str(pair / "lateral.dcm"), out=str(out), centres=str(bad), config_file=CPU)
+    # a misspelt option of the command (it lands among the config overrides) is named before the files are read
+    for typo, meant in [("lat", "lateral"), ("reconstruction_modle", "reconstruction_model"), ("levle", "level")]:
+        with pytest.raises(DataError, match=rf"--{typo} is neither an option of this command.*did you mean --{meant}"):
+            radiographs(str(tmp_path / "missing.dcm"), None, out=str(out), config_file=CPU, **{typo: "x"})
     # the files the other way round, by their view tags
     with pytest.raises(DataError, match="--ap lateral.dcm is a lateral view.*--ap ap.dcm --lateral lateral.dcm"):
         radiographs(str(pair / "lateral.dcm"), str(pair / "ap.dcm"), out=str(out), config_file=CPU)
