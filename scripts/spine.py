@@ -1337,10 +1337,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     command, fn = "assemble", spine
     commands = {"assemble": spine, "reconstruct": reconstruct, "radiographs": radiographs}
-    if args and args[0] in commands:
+    named = bool(args) and args[0] in commands
+    if named:
         command = args.pop(0)
         fn = commands[command]
+    elif args and not args[0].startswith("-"):  # a misspelt command would be read as assemble's first argument
+        close = difflib.get_close_matches(args[0], list(commands), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        sys.exit(f"error: python -m scripts.spine: unknown command {args[0]!r}; {hint}commands: {', '.join(commands)}.")
     if "--" not in args and {"--help", "-h"} & set(args):  # fire would pass it to **overrides and run the job
+        if not named:
+            print(
+                "python -m scripts.spine [assemble | reconstruct | radiographs] ...: assemble (the default) puts "
+                "reconstructed vertebrae together, reconstruct reconstructs a datalist's X-ray pairs first, "
+                "radiographs finds and reconstructs every vertebra of two full radiographs; --help after a command "
+                "shows its options.\n"
+            )
         args = ["--", "--help"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:

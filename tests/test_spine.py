@@ -138,6 +138,21 @@ def test_cli_reports_errors_in_one_line(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "x.json: file not found" in r.stderr
 
 
+def test_cli_names_a_misspelt_command_and_lists_the_commands_in_its_help(capsys, monkeypatch):
+    """``scripts.spine radiograph --ap ...`` used to run ``assemble`` and complain about --ap."""
+    from scripts.spine import main
+
+    with pytest.raises(SystemExit, match=r"unknown command 'radiograph'; did you mean radiographs\? commands: "):
+        main(["radiograph", "--ap", "ap.dcm"])
+    monkeypatch.setenv("PAGER", "cat")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "[assemble | reconstruct | radiographs]" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["assemble", "--help"])
+    assert "[assemble | reconstruct | radiographs]" not in capsys.readouterr().out
+
+
 # ---- whole-spine inference: python -m scripts.spine reconstruct -------------------------------------------
 
 
