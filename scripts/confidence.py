@@ -549,13 +549,13 @@ class TTAConfidenced(MapTransform):
         if kind == "surrounded":
             return (
                 head + "the views look like X-rays through a body (little empty detector) and the model was "
-                "trained on isolated vertebrae; use the body model (configs/body_model.json, "
-                "--reconstruction_model body)"
+                "trained on isolated vertebrae; use the body model (add configs/body_model.json to --config_file; "
+                "scripts.spine radiographs: --reconstruction_model body)"
             )
         return (
             head + "the views look like X-rays of an isolated vertebra (mostly empty detector) and the model was "
             "trained on X-rays through a body; use a model of isolated vertebrae (configs/cpu.json without "
-            "configs/body_model.json, --reconstruction_model cpu)"
+            "configs/body_model.json in --config_file; scripts.spine radiographs: --reconstruction_model cpu)"
         )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
