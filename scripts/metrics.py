@@ -212,11 +212,15 @@ def vertebra_metrics(
 class VertebraMetric(CumulativeIterationMetric):
     """One metric of :data:`METRIC_NAMES` as a MONAI cumulative metric (for ``IgniteMetricHandler``).
 
-    Example (config)::
+    Example (config; ``pred`` and ``label`` z-scored, as the network gives them, so ``inputs`` is ``"zscore"``)::
 
         {"_target_": "IgniteMetricHandler",
-         "metric_fn": {"_target_": "scripts.metrics.VertebraMetric", "name": "dice", "mean": -800, "std": 400},
+         "metric_fn": {"_target_": "scripts.metrics.VertebraMetric", "name": "dice", "mean": -800, "std": 400,
+                       "inputs": "zscore"},
          "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+
+    With the default ``inputs="hu"`` the volumes must be in HU: a label without values below -100 HU (no fat or
+    air, as a z-scored one) is refused, since the bone threshold of -500 HU would count every voxel as bone.
 
     Args:
         name: metric name.
@@ -260,6 +264,13 @@ class VertebraMetric(CumulativeIterationMetric):
             y_pred, y = y_pred.unsqueeze(0), y.unsqueeze(0)
         if self.inputs == "zscore":
             y_pred, y = zscore_to_hu(y_pred, self.mean, self.std), zscore_to_hu(y, self.mean, self.std)
+        elif y.numel() and float(y.min()) > -100.0:  # a vertebra's crop in HU holds fat or air somewhere
+            raise ValueError(
+                f"VertebraMetric({self.name!r}) reads HU (inputs='hu'), but the label's values lie in "
+                f"[{float(y.min()):.3g}, {float(y.max()):.3g}], without the fat or air (< -100 HU) of any vertebra "
+                "crop: z-scored volumes (the network's output and label)? Give inputs='zscore' with the statistics "
+                "mean and std."
+            )
         spacing = kwargs.get("spacing", self.spacing)
         return metric_per_item(self.name, y_pred, y, spacing=spacing, mean=self.mean, std=self.std)
 

@@ -277,11 +277,14 @@ def find_predictions(pred_dir: str | os.PathLike, cases: Sequence[Vertebra], pos
             and (not postfix or stem.endswith(f"_{postfix}") or stem == postfix)
         ]
         if len(hits) > 1:
-            raise DataError(
-                root,
-                f"{len(hits)} predictions match {case.id}: {', '.join(p.name for p in hits[:4])}",
-                "pick one with --postfix (the output_postfix of the inference run, e.g. --postfix pred)",
+            shown = ", ".join(str(p.relative_to(root)) for p in hits[:4])
+            names = {p.name for p in hits}
+            fix = (
+                "pick one with --postfix (the output_postfix of the inference run, e.g. --postfix pred)"
+                if len(names) > 1
+                else "they are one run's outputs in different folders: give the folder of one run as --pred_dir"
             )
+            raise DataError(root, f"{len(hits)} predictions match {case.id}: {shown}", fix)
         case.pred = str(hits[0]) if hits else None
 
 

@@ -140,6 +140,17 @@ def test_vertebra_metric_spacing_from_metatensor_and_batch_buffer():
         VertebraMetric("mse_z")
 
 
+def test_vertebra_metric_refuses_z_scored_volumes_read_as_hu():
+    """z-scored volumes with the default ``inputs="hu"`` gave Dice 1 (every voxel above -500 "HU"): refused."""
+    gt = _sphere((24, 24, 24), 12.0)[None, None]
+    zscored = (gt - MEAN) / STD
+    with pytest.raises(ValueError, match="lie in .* without the fat or air .* Give inputs='zscore'"):
+        VertebraMetric("dice")(zscored, zscored)
+    right = VertebraMetric("dice", mean=MEAN, std=STD, inputs="zscore")
+    right(zscored, zscored)
+    assert right.aggregate().item() == pytest.approx(1.0)
+
+
 def test_nsd_tolerance_is_one_voxel_and_at_least_1mm():
     assert nsd_tolerance([1.0, 1.0, 1.0]) == 1.0
     assert nsd_tolerance([2.0, 2.0, 2.0]) == 2.0

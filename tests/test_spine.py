@@ -125,6 +125,15 @@ def test_errors(dataset, tmp_path):
     (pred / "P1_T12_ct" / "P1_T12_ct_other.nii.gz").write_bytes(b"")
     with pytest.raises(DataError, match="--postfix"):
         spine(str(pred), datalist=dl, out=str(tmp_path / "o"))
+    # the same file name in two folders (a second run's output_dir inside the first's): the folders are named
+    (pred / "P1_T12_ct" / "P1_T12_ct_other.nii.gz").unlink()
+    twin = sorted(pred.rglob("P1_T12*.nii*"))[0]
+    (pred / "body" / twin.parent.name).mkdir(parents=True)
+    (pred / "body" / twin.parent.name / twin.name).write_bytes(b"")
+    with pytest.raises(
+        DataError, match=rf"2 predictions match P1_T12: .*body/.*{twin.name}.*give the folder of one run"
+    ):
+        spine(str(pred), datalist=dl, out=str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
 
 
