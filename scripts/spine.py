@@ -810,13 +810,16 @@ def _save_vertebrae(
     out: Path,
     timings: dict[str, float] | None = None,
 ) -> None:
-    """Write each reconstruction, placed in patient space, as ``<out>/<patient>/vertebrae/<id>_hu.nii.gz``."""
+    """Write each reconstruction, placed in patient space, as ``<out>/<patient>/vertebrae/<id>_hu.nii.gz`` (the
+    case's ``pred``, which the report names)."""
     watch = _Stopwatch(timings)
     for case in cases:
         vol, aff = volumes[case.id]
         with watch("write"):
             placed = _pred_affine(case, vol.shape, aff, "auto")
-            save_nifti(vol, placed, out / case.patient / "vertebrae" / f"{case.id}_hu.nii.gz")
+            path = out / case.patient / "vertebrae" / f"{case.id}_hu.nii.gz"
+            save_nifti(vol, placed, path)
+            case.pred = str(path)
 
 
 def reconstruct(
@@ -1058,13 +1061,17 @@ def _given_centres(path: str | os.PathLike) -> list[dict[str, Any]]:
     entries = data.get("vertebrae") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise DataError(file, "no list of vertebrae", 'write [{"level": "L1", "centre_mm": [x, y, z]}, ...]')
-    out = []
+    out, outside = [], []
     for k, e in enumerate(entries):
         centre = e.get("centre_mm", e.get("centre_mm_system")) if isinstance(e, dict) else None
         if centre is None or "level" not in e or np.asarray(centre).shape != (3,):
             raise DataError(file, f"entry {k} has no level or 3-D centre", "give level and centre_mm [x, y, z] (mm)")
         if e.get("inside_both", True):
             out.append({"level": str(e["level"]), "centre_mm": [float(v) for v in centre], "named_by": "given"})
+        else:
+            outside.append(str(e["level"]))
+    if outside:
+        logger.info("%d given centres lie outside an image and are left out: %s", len(outside), ", ".join(outside))
     if not out:
         raise DataError(file, "no vertebra lies inside both images", "check the centres")
     return out
@@ -1177,6 +1184,8 @@ def radiographs(
         raise DataError(
             None, f"two radiographs are needed, an AP and a lateral; got {given}", "give --ap and --lateral"
         )
+    if Path(ap).resolve() == Path(lateral).resolve():
+        raise DataError(ap, "given as both --ap and --lateral", "give the AP and the lateral radiograph, two files")
     check_case_names([patient], what="patient")
     if config_file is not None and reconstruction_model is not None:
         raise DataError(
@@ -1207,6 +1216,12 @@ def radiographs(
             "; ".join(_where(v) for v in unnamed),
         )
     found = [v for v in found if v.get("level") in LEVEL_LABELS]
+    if not found and centres is not None:
+        levels = sorted({str(v.get("level")) for v in unnamed})
+        raise DataError(
+            centres, f"no entry names a level of the label map (C1-L6, T13, S1); its levels: {', '.join(levels)}",
+            "fix the levels",
+        )  # fmt: skip
     if not found:
         raise DataError(
             ap, "no vertebra between C1 and S1 was found in both radiographs", "check the files or pin a level"
@@ -1286,7 +1301,8 @@ def radiographs(
     _remove_earlier_outputs(earlier, folder)
     n_flagged = sum(len(v) for v in flagged.values())
     print(
-        f"{patient}: {len(cases)} vertebrae found and reconstructed ({cases[0].level} to {cases[-1].level}"
+        f"{patient}: {len(cases)} {'vertebra' if len(cases) == 1 else 'vertebrae'} "
+        f"{'given' if centres is not None else 'found'} and reconstructed ({cases[0].level} to {cases[-1].level}"
         f"{', named without a pin' if unpinned else ''}; {n_flagged} flagged) -> {folder / f'{patient}_spine.json'}",
         file=sys.stderr,
     )

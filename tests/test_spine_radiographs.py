@@ -60,6 +60,7 @@ def test_given_centres_give_every_output_placed_in_the_system_and_world_frames(p
         np.testing.assert_allclose(entry["centre_system_mm"], truth[level]["centre_mm_system"], atol=1e-3)
         np.testing.assert_allclose(entry["centre_world_mm"], truth[level]["centre_mm_world"], atol=1e-3)
         assert (folder / "vertebrae" / f"P1_{level}_hu.nii.gz").is_file()
+        assert entry["prediction"] == str(out / "P1" / "vertebrae" / f"P1_{level}_hu.nii.gz")  # the file it names
     assert report["radiographs"]["found_by"] == "given centres"
     # the confidence is off, the input type check is not: the CPU model (isolated vertebrae) reads radiographs
     assert all(
@@ -84,6 +85,14 @@ def test_bad_inputs_stop_before_anything_is_written(pair, tmp_path):
     for typo, meant in [("lat", "lateral"), ("reconstruction_modle", "reconstruction_model"), ("levle", "level")]:
         with pytest.raises(DataError, match=rf"--{typo} is neither an option of this command.*did you mean --{meant}"):
             radiographs(str(tmp_path / "missing.dcm"), None, out=str(out), config_file=CPU, **{typo: "x"})
+    with pytest.raises(DataError, match="given as both --ap and --lateral"):
+        radiographs(str(pair / "ap.dcm"), str(pair / "ap.dcm"), out=str(out), config_file=CPU)
+    unknown = tmp_path / "unknown_levels.json"
+    unknown.write_text(json.dumps([{"level": "S2", "centre_mm": [0, 0, 0]}]))
+    with pytest.raises(DataError, match=r"no entry names a level of the label map .*; its levels: S2"):
+        radiographs(
+            str(pair / "ap.dcm"), str(pair / "lateral.dcm"), out=str(out), centres=str(unknown), config_file=CPU
+        )
     # the files the other way round, by their view tags
     with pytest.raises(DataError, match="--ap lateral.dcm is a lateral view.*--ap ap.dcm --lateral lateral.dcm"):
         radiographs(str(pair / "lateral.dcm"), str(pair / "ap.dcm"), out=str(out), config_file=CPU)
