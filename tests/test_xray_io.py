@@ -176,6 +176,7 @@ def _files(tmp_path: Path) -> set[str]:
     "case,message",
     [
         ("one", "exactly two X-ray images"),
+        ("one", """list both files, e.g. --xrays "['ap.png','lat.png']" on the command line, or "xray": """),
         ("sizes", "differ in size"),
         ("unreadable", "cannot read it"),
         ("missing", "not found"),

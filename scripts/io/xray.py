@@ -479,7 +479,8 @@ class LoadXRayPair(Transform):
             n = 1 if isinstance(files, (str, os.PathLike)) else (len(files) if isinstance(files, Sequence) else 0)
             raise XRayInputError(
                 f"expected exactly two X-ray images per case (view 1, view 2), got {n}: {files!r}; "
-                'fix: list both files, e.g. "xray": ["ap.png", "lat.png"].'
+                """fix: list both files, e.g. --xrays "['ap.png','lat.png']" on the command line, or "xray": """
+                '["ap.png", "lat.png"] in a datalist.'
             )
         ang = parse_angles(angles)
         override = self._spacing_arg(pixel_spacing)
