@@ -1036,7 +1036,8 @@ def check_xray_field(img: torch.Tensor, window_mm: float, sdd: float, sod: float
         rows, cols = (int(n) for n in img.shape[-2:])
         raise XRayInputError(
             f"{files[view]} spans {span[view].max():.0f} mm at the isocentre ({rows}x{cols} pixels of "
-            f"{spacing[view, 0]:.3g} x {spacing[view, 1]:.3g} mm, sdd {sdd:g} / sod {sod:g} mm), {ratio:.1f} times "
+            f"{spacing[view, 0]:.3g} x {spacing[view, 1]:.3g} mm, magnified as in the run's system: --sdd {sdd:g} / "
+            f"--sod {sod:g} mm, not the file's), {ratio:.1f} times "
             f"the {field:.0f} mm the model's {window_mm:g} mm window covers, as a full radiograph does; fix: give the "
             'radiographs as a case with "radiographs" and the vertebra\'s "centre_px" (docs/reference.md, Inference '
             "from full radiographs), or find every vertebra with python -m scripts.spine radiographs --ap AP "
