@@ -119,6 +119,12 @@ def test_combine_writes_a_two_stage_model_with_the_ear_contract(tmp_path):
     ]:
         with pytest.raises(BundleInputError, match=message):
             combine(str(tmp_path / views), str(tmp_path / volume), str(tmp_path / "bad" / "model.pt"))
+    # a view stage trained on high-passed views (its run's report says so) would read raw views in the model
+    (tmp_path / "report.json").write_text(json.dumps({"highpass_px": 8.0}))
+    with pytest.raises(BundleInputError, match=r"stage2d.pt was trained on high-passed views \(--highpass_px 8.0\)"):
+        combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "bad" / "model.pt"))
+    (tmp_path / "report.json").write_text(json.dumps({"highpass_px": None}))
+    assert combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "ok")).is_file()
     assert not (tmp_path / "bad").exists()
     with pytest.raises(BundleInputError, match=r"--out .*m.pth: give a .pt file"):
         combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "m.pth"))

@@ -1066,6 +1066,14 @@ def combine(
         raise BundleInputError("combine needs at least one view stage (--view_weights).")
     views, stages = [], []
     for f in files:
+        report = Path(f).parent / "report.json"  # the run that wrote a stage2d.pt says how it read its views
+        if Path(f).name == "stage2d.pt" and report.is_file():
+            highpass = json.loads(report.read_text()).get("highpass_px")
+            if highpass is not None:
+                raise BundleInputError(
+                    f"--view_weights {f} was trained on high-passed views (--highpass_px {highpass}), which the "
+                    "two-stage model does not compute; fix: combine a view stage trained without --highpass_px."
+                )
         state = _state_file(f, "--view_weights")
         members = _view_members(state)
         if not all(all(f"{k}.conv.weight" in m for k in _VIEW_FEATURE_KEYS) for m in members):
