@@ -872,8 +872,6 @@ def reconstruct(
     Returns:
         ``{patient: report}``, as :func:`spine`.
     """
-    files = [str(BUNDLE_ROOT / "configs" / "inference.json")] if config_file is None else config_file
-    _check_overrides(files, overrides, _own_options(reconstruct))  # before any work
     cases = load_cases(datalist, None, sections)
     if patient is not None:
         wanted = {str(patient)} if isinstance(patient, (str, int)) else {str(p) for p in patient}
@@ -899,6 +897,9 @@ def reconstruct(
     if levels:
         raise DataError(datalist, f"unknown level of {', '.join(levels[:4])}", f"use one of {', '.join(LEVEL_LABELS)}")
     check_output_names(pairs, out, ids=save_vertebrae)
+    if overrides:  # a misspelt option lands here: named among the command's options and the config's keys
+        files = [str(BUNDLE_ROOT / "configs" / "inference.json")] if config_file is None else config_file
+        _check_overrides(files, overrides, _own_options(reconstruct))
     if device is not None:
         overrides["device"] = f"$torch.device({str(device)!r})"
     inputs = [{"xray": c.xray, "id": c.id, **({} if c.angles is None else {"angles": c.angles})} for c in pairs]
@@ -1177,8 +1178,9 @@ def radiographs(
     from scripts.io.preview import radiograph_figure
     from scripts.io.radiograph import radiograph_views, read_radiograph, system_to_world_affine
 
-    configs = config_file if config_file is not None else radiograph_configs(reconstruction_model or "body")
-    _check_overrides(configs, overrides, _own_options(radiographs))  # a misspelt option: before the finder runs
+    if overrides:  # a misspelt option lands here: named before the finder runs
+        configs = config_file if config_file is not None else radiograph_configs(reconstruction_model or "body")
+        _check_overrides(configs, overrides, _own_options(radiographs))
     if ap is None or lateral is None:
         given = "only the lateral" if ap is None and lateral is not None else "only the AP" if ap else "neither"
         raise DataError(
