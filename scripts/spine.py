@@ -280,7 +280,7 @@ def find_predictions(pred_dir: str | os.PathLike, cases: Sequence[Vertebra], pos
             shown = ", ".join(str(p.relative_to(root)) for p in hits[:4])
             names = {p.name for p in hits}
             fix = (
-                "pick one with --postfix (the output_postfix of the inference run, e.g. --postfix pred)"
+                "pick one with --postfix (the output_postfix of the inference run, e.g. --postfix hu)"
                 if len(names) > 1
                 else "they are one run's outputs in different folders: give the folder of one run as --pred_dir"
             )
@@ -657,7 +657,7 @@ def _check_overrides(
     config = ConfigParser.load_config_files([str(f) for f in files])
     for key in overrides:
         if key.split("#")[0] not in config:
-            close = difflib.get_close_matches(key, [*options, *config], n=2)
+            close = difflib.get_close_matches(key, list(dict.fromkeys([*options, *config])), n=2)
             hint = f"did you mean {' or '.join('--' + c for c in close)}?" if close else "check the config's keys"
             what = "an option of this command nor a key" if options else "a key"
             raise DataError(None, f"--{key} is {'neither ' if options else 'not '}{what} of the inference config", hint)
@@ -1362,10 +1362,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if named:
         command = args.pop(0)
         fn = commands[command]
-    elif args and not args[0].startswith("-"):  # a misspelt command would be read as assemble's first argument
+    elif args and not args[0].startswith("-") and not Path(args[0]).is_dir():
+        # a misspelt command would be read as assemble's first argument, the prediction folder
         close = difflib.get_close_matches(args[0], list(commands), n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        sys.exit(f"error: python -m scripts.spine: unknown command {args[0]!r}; {hint}commands: {', '.join(commands)}.")
+        sys.exit(
+            f"error: python -m scripts.spine: unknown command {args[0]!r}; {hint}commands: {', '.join(commands)} "
+            "(assemble's prediction folder: --pred_dir DIR)."
+        )
     if "--" not in args and {"--help", "-h"} & set(args):  # fire would pass it to **overrides and run the job
         if not named:
             print(

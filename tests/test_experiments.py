@@ -60,6 +60,12 @@ def test_unknown_experiment_and_variant(tmp_path):
         experiments.run_experiment("recipes", str(tmp_path), str(tmp_path / "out"), variants=["pose", "x"])
     with pytest.raises(FileNotFoundError, match="scripts.prepare"):
         experiments.run_experiment("recipes", str(tmp_path), str(tmp_path / "out"))
+    # a misspelt option would reach every bundle run as an unused override (every variant at the default budget)
+    with pytest.raises(ValueError, match=r"--epoch is neither an option nor a key .*; did you mean --epochs\?"):
+        experiments.run_experiment("recipes", str(tmp_path), str(tmp_path / "out"), extra={"epoch": "3"})
+    # keys of the configs pass, nested ones by their first part
+    assert experiments._check_overrides([["configs/train.json"]], {"learning_rate": "1e-3", "validate#x": "0"}) is None
+    assert not (tmp_path / "out").exists()
 
 
 # slow: its checks are in test_modules_runner_writes_every_table_and_figure (two variants, then a rerun)

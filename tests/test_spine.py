@@ -147,12 +147,15 @@ def test_cli_reports_errors_in_one_line(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "x.json: file not found" in r.stderr
 
 
-def test_cli_names_a_misspelt_command_and_lists_the_commands_in_its_help(capsys, monkeypatch):
+def test_cli_names_a_misspelt_command_and_lists_the_commands_in_its_help(capsys, monkeypatch, tmp_path):
     """``scripts.spine radiograph --ap ...`` used to run ``assemble`` and complain about --ap."""
     from scripts.spine import main
 
     with pytest.raises(SystemExit, match=r"unknown command 'radiograph'; did you mean radiographs\? commands: "):
         main(["radiograph", "--ap", "ap.dcm"])
+    # an existing folder first is assemble's prediction folder, given by position (fire reads it so)
+    with pytest.raises(SystemExit, match="error: .*datalist"):
+        main([str(tmp_path), "--out", str(tmp_path / "o")])
     monkeypatch.setenv("PAGER", "cat")
     with pytest.raises(SystemExit):
         main(["--help"])

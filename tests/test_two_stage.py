@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -125,6 +126,8 @@ def test_combine_writes_a_two_stage_model_with_the_ear_contract(tmp_path):
         combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "bad" / "model.pt"))
     (tmp_path / "report.json").write_text(json.dumps({"highpass_px": None}))
     assert combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "ok")).is_file()
+    (tmp_path / "report.json").unlink()  # without a report: a run's last.pt (here another kind of state) says nothing
+    assert combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "ok2")).is_file()
     assert not (tmp_path / "bad").exists()
     with pytest.raises(BundleInputError, match=r"--out .*m.pth: give a .pt file"):
         combine(str(tmp_path / "stage2d.pt"), str(tmp_path / "ear.pt"), str(tmp_path / "m.pth"))
@@ -360,6 +363,10 @@ def test_best_shift_bone_dice_finds_a_known_move():
     edge[0:4, 6:14, 4:9] = 1.0  # moved up by 3, a box at the grid's edge: nothing wraps round
     assert best_shift_bone_dice(edge, torch.roll(edge, 3, 0), 0.5) == (1.0, (3, 0, 0))
     assert best_shift_bone_dice(torch.roll(edge, 3, 0), edge, 0.5) == (1.0, (-3, 0, 0))
+    split = torch.zeros(20, 20, 20)  # a box cut by the grid's edge, as if wrapped round: its top part is lost
+    split[17:20, 5:9, 5:9], split[0:2, 5:9, 5:9] = 1.0, 1.0
+    dice, shift = best_shift_bone_dice(split, torch.roll(split, 3, 0), 0.5)
+    assert shift == (3, 0, 0) and dice == pytest.approx(2 * 2 / (2 + 5))  # 2 of 5 slices stay on the grid; roll: 1
     with pytest.raises(ValueError, match="one shape"):
         best_shift_bone_dice(gt, gt[:10], 0.5)
     with pytest.raises(ValueError, match="0 or more"):
@@ -572,13 +579,28 @@ def test_stack_fine_tunes_the_ear_stage_on_the_folds_views(example64, tmp_path):
     folder, _ = example64
     fold = tmp_path / "fold"
     train(dataset_dir=str(folder), minutes=0.01, draws=1, score_every=1, scale_range=0.2, lateral_weight=3.0,
-          highpass_px=8.0, out=str(fold))  # fmt: skip
+          out=str(fold))  # fmt: skip
     report = json.loads((fold / "report.json").read_text())
     assert report["holdout"] is None and report["pool"] == 11
-    assert report["scale_range"] == 0.2 and report["lateral_weight"] == 3.0 and report["highpass_px"] == 8.0
-    with pytest.raises(ValueError, match="is a run with highpass_px 8.0, not None"):  # a resume keeps its input
-        train(dataset_dir=str(folder), minutes=0.0, draws=1, out=str(fold))
+    assert report["scale_range"] == 0.2 and report["lateral_weight"] == 3.0 and report["highpass_px"] is None
     assert all(c["loss"] > 0 for c in report["curve"])
+    # a run on high-passed views: recorded, resumed only as such, and refused where the model would read raw views
+    hp = tmp_path / "hp"
+    hp.mkdir()
+    shutil.copy(fold / "pool_raw_1_0.pt", hp / "pool_raw_1_0.pt")
+    train(dataset_dir=str(folder), minutes=0.01, draws=1, score_every=1, highpass_px=8.0, out=str(hp))
+    hp_report = json.loads((hp / "report.json").read_text())
+    assert hp_report["highpass_px"] == 8.0 and all(c["loss"] > 0 for c in hp_report["curve"])
+    with pytest.raises(ValueError, match="is a run with highpass_px 8.0, not None"):  # a resume keeps its input
+        train(dataset_dir=str(folder), minutes=0.0, draws=1, out=str(hp))
+    (hp / "report.json").write_text(json.dumps({**hp_report, "holdout": "LIDC-IDRI-0001"}))
+    with pytest.raises(ValueError, match=r"--folds: .*hp was trained on high-passed views"):
+        stack([str(hp)], dataset_dir=str(folder), minutes=0.0, out=str(tmp_path / "no_stack"))
+    (hp / "report.json").unlink()  # a run stopped before its report: its last.pt says it
+    shutil.copy(hp / "stage2d.pt", hp / "renamed.pt")
+    with pytest.raises(ValueError, match=r"renamed.pt was trained on high-passed views \(--highpass_px 8.0\)"):
+        combine(str(hp / "renamed.pt"), str(ROOT / "models/cpu/model.pt"), str(tmp_path / "no_model"))
+    assert not (tmp_path / "no_stack").exists() and not (tmp_path / "no_model").exists()
     # the example holds one training patient: its fold is this run, marked as one that left it out
     (fold / "report.json").write_text(json.dumps({**report, "holdout": "LIDC-IDRI-0001"}))
     start = load_state_dict_file(ROOT / "models/cpu/model.pt")

@@ -105,6 +105,7 @@ if __name__ == "__main__":
     from scripts.errors import check_cli_flags, install_cli_excepthook
 
     install_cli_excepthook(always=True)
-    check_cli_flags(main, sys.argv[1:], "python -m scripts.io.plot_training")  # a misspelt option stops before the work
+    # a misspelt option stops before the work
+    check_cli_flags(main, sys.argv[1:], "python -m scripts.io.plot_training")
 
     fire.Fire(main, serialize=lambda _: None)

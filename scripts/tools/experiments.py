@@ -112,6 +112,31 @@ def _bundle(configs: Sequence[str], overrides: dict[str, str], log: Path) -> flo
     return time.perf_counter() - start
 
 
+def _check_overrides(runs: Sequence[Sequence[str]], extra: Mapping[str, Any]) -> None:
+    """Refuse an override that the config files of no run (``runs``: one list of files each) define: every bundle
+    run would add it and go on, so a misspelt ``--epoch 3`` (for ``--epochs``) would train every variant at the
+    default budget."""
+    import difflib
+
+    from monai.bundle import ConfigParser
+    from scripts.errors import BundleInputError
+
+    if not extra:
+        return
+    keys = list(
+        dict.fromkeys(k for files in runs for k in ConfigParser.load_config_files([str(ROOT / c) for c in files]))
+    )
+    options = ["dataset_dir", "out", "epochs", "size", "split", "variants"]
+    for key in extra:
+        if key.split("#")[0] not in keys:
+            close = difflib.get_close_matches(key, list(dict.fromkeys([*options, *keys])), n=2)
+            hint = f"did you mean {' or '.join('--' + c for c in close)}?" if close else "check the configs' keys"
+            raise BundleInputError(
+                f"python -m scripts.tools.experiments: --{key} is neither an option nor a key of the training and "
+                f"evaluation configs; {hint}"
+            )
+
+
 def run_experiment(
     name: str,
     dataset_dir: str,
@@ -142,11 +167,13 @@ def run_experiment(
     unknown = [v for v in chosen if v not in EXPERIMENTS[name]]
     if unknown:
         raise ValueError(f"unknown variants {unknown} of {name!r}; choose from {list(EXPERIMENTS[name])}.")
+    extra = dict(extra or {})
+    files = ["configs/train.json", "configs/evaluate.json", *SIZES[size]]
+    _check_overrides([[*files, *EXPERIMENTS[name][v]] for v in chosen], extra)  # before any run
     if not (Path(dataset_dir) / "datalist.json").is_file():
         raise FileNotFoundError(f"no prepared dataset at {dataset_dir}; run python -m scripts.prepare first.")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    extra = dict(extra or {})
     for i, variant in enumerate(chosen, start=1):
         folder = root / variant
         folder.mkdir(exist_ok=True)
@@ -565,8 +592,7 @@ if __name__ == "__main__":
     from scripts.errors import check_cli_flags, install_cli_excepthook
 
     install_cli_excepthook(always=True)
-    check_cli_flags(
-        main, sys.argv[1:], "python -m scripts.tools.experiments"
-    )  # a misspelt option stops before the work
+    # a misspelt option stops before the work
+    check_cli_flags(main, sys.argv[1:], "python -m scripts.tools.experiments")
 
     fire.Fire(main)

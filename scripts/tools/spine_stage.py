@@ -704,6 +704,11 @@ def stack(
             raise BundleInputError(f"--folds: {f} left no patient out; train it with --holdout P.")
         if report.get("target") != "isolated" or not report.get("joint_views"):
             raise BundleInputError(f"--folds: {f} is not a body model's view stage (isolated target, joint views).")
+        if report.get("highpass_px") is not None:  # stack feeds each fold plain z-scored views, as the model does
+            raise BundleInputError(
+                f"--folds: {f} was trained on high-passed views (--highpass_px {report['highpass_px']}), which the "
+                "two-stage model does not compute; train the folds without --highpass_px."
+            )
         if report["holdout"] in fold_of:
             raise BundleInputError(f"--folds: {fold_of[report['holdout']]} and {f} both leave out {report['holdout']}.")
         if Path(report.get("dataset_dir", "")).resolve() != Path(dataset_dir).resolve():
@@ -1030,6 +1035,24 @@ def _view_members(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor
     return [{k[len(q) :]: v for k, v in state.items() if k.startswith(q)} for q in prefixes]
 
 
+def _run_highpass(folder: Path) -> float | None:
+    """The ``--highpass_px`` of the ``train`` run whose folder holds a view stage: from its ``report.json`` (written at
+    the end), else from its ``last.pt`` (a run stopped early); ``None`` for a folder of neither."""
+    report, last = folder / "report.json", folder / "last.pt"
+    if report.is_file():
+        try:
+            return json.loads(report.read_text()).get("highpass_px")
+        except ValueError:
+            return None
+    if last.is_file():
+        try:
+            state = torch.load(last, map_location="cpu", weights_only=False)
+        except Exception:  # not a run's state: nothing to say
+            return None
+        return state.get("highpass_px") if isinstance(state, dict) else None
+    return None
+
+
 def combine(
     view_weights: str | Sequence[str], volume_weights: str, out: str, drr_source: str = "body", view_scale: int = 1
 ) -> Path:
@@ -1066,14 +1089,12 @@ def combine(
         raise BundleInputError("combine needs at least one view stage (--view_weights).")
     views, stages = [], []
     for f in files:
-        report = Path(f).parent / "report.json"  # the run that wrote a stage2d.pt says how it read its views
-        if Path(f).name == "stage2d.pt" and report.is_file():
-            highpass = json.loads(report.read_text()).get("highpass_px")
-            if highpass is not None:
-                raise BundleInputError(
-                    f"--view_weights {f} was trained on high-passed views (--highpass_px {highpass}), which the "
-                    "two-stage model does not compute; fix: combine a view stage trained without --highpass_px."
-                )
+        highpass = _run_highpass(Path(f).parent)
+        if highpass is not None:
+            raise BundleInputError(
+                f"--view_weights {f} was trained on high-passed views (--highpass_px {highpass}), which the "
+                "two-stage model does not compute; fix: combine a view stage trained without --highpass_px."
+            )
         state = _state_file(f, "--view_weights")
         members = _view_members(state)
         if not all(all(f"{k}.conv.weight" in m for k in _VIEW_FEATURE_KEYS) for m in members):
