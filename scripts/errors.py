@@ -33,6 +33,7 @@ __all__ = [
     "running_bundle_cli",
     "install_cli_excepthook",
     "check_cli_flags",
+    "unknown_override",
 ]
 
 logger = logging.getLogger("scripts")
@@ -230,3 +231,25 @@ def check_cli_flags(
         raise BundleInputError(
             f"{prog}: unknown option --{name}; {hint}its options: {', '.join('--' + n for n in known)}."
         )
+
+
+def unknown_override(
+    overrides: Sequence[str], keys: Sequence[str], options: Sequence[str] = ()
+) -> tuple[str, str] | None:
+    """The first config override that no config defines, with a hint: ``(key, "did you mean --a or --b?")``.
+
+    MONAI's bundle runner adds an unknown ``--key value`` to the config and goes on, so a misspelt option of a tool
+    that passes the rest of its command line to the configs (``**overrides``) would be ignored. An override counts
+    by its first part (``validate#dataset#cache_rate`` by ``validate``). The hint names the closest of the tool's own
+    ``options`` and the configs' ``keys`` (empty when none is close).
+
+    Returns:
+        ``None`` when every override is a key of the configs.
+    """
+    import difflib
+
+    for key in overrides:
+        if key.split("#")[0] not in keys:
+            close = difflib.get_close_matches(key, list(dict.fromkeys([*options, *keys])), n=2)
+            return key, f"did you mean {' or '.join('--' + c for c in close)}?" if close else ""
+    return None

@@ -652,15 +652,17 @@ def _check_overrides(
     so the closest name is sought among them and the config's keys alike.
     """
     from monai.bundle import ConfigParser
+    from scripts.errors import unknown_override
 
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
-    config = ConfigParser.load_config_files([str(f) for f in files])
-    for key in overrides:
-        if key.split("#")[0] not in config:
-            close = difflib.get_close_matches(key, list(dict.fromkeys([*options, *config])), n=2)
-            hint = f"did you mean {' or '.join('--' + c for c in close)}?" if close else "check the config's keys"
-            what = "an option of this command nor a key" if options else "a key"
-            raise DataError(None, f"--{key} is {'neither ' if options else 'not '}{what} of the inference config", hint)
+    unknown = unknown_override(list(overrides), list(ConfigParser.load_config_files([str(f) for f in files])), options)
+    if unknown is not None:
+        key, hint = unknown
+        what = "an option of this command nor a key" if options else "a key"
+        raise DataError(
+            None, f"--{key} is {'neither ' if options else 'not '}{what} of the inference config",
+            hint or "check the config's keys",
+        )  # fmt: skip
 
 
 def _own_options(fn: Any) -> list[str]:

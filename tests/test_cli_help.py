@@ -168,3 +168,13 @@ def test_prepare_refuses_a_misspelt_option_before_preparing(tmp_path, capsys):
     assert main(["--source", "example", "--out", str(tmp_path / "p"), "--spacng", "2"]) == 2
     assert "unknown option --spacng; did you mean --spacing?" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_unknown_override_names_the_closest_option_or_key():
+    from scripts.errors import unknown_override
+
+    keys = ["epochs", "learning_rate", "validate"]
+    assert unknown_override(["epochs", "validate#dataset#cache_rate"], keys) is None  # nested: by its first part
+    assert unknown_override(["epoch"], keys, ["epochs", "out"]) == ("epoch", "did you mean --epochs?")  # once
+    assert unknown_override(["lat"], keys, ["lateral"]) == ("lat", "did you mean --lateral?")
+    assert unknown_override(["zz"], keys) == ("zz", "")

@@ -116,25 +116,20 @@ def _check_overrides(runs: Sequence[Sequence[str]], extra: Mapping[str, Any]) ->
     """Refuse an override that the config files of no run (``runs``: one list of files each) define: every bundle
     run would add it and go on, so a misspelt ``--epoch 3`` (for ``--epochs``) would train every variant at the
     default budget."""
-    import difflib
-
     from monai.bundle import ConfigParser
-    from scripts.errors import BundleInputError
+    from scripts.errors import BundleInputError, unknown_override
 
     if not extra:
         return
     keys = list(
         dict.fromkeys(k for files in runs for k in ConfigParser.load_config_files([str(ROOT / c) for c in files]))
     )
-    options = ["dataset_dir", "out", "epochs", "size", "split", "variants"]
-    for key in extra:
-        if key.split("#")[0] not in keys:
-            close = difflib.get_close_matches(key, list(dict.fromkeys([*options, *keys])), n=2)
-            hint = f"did you mean {' or '.join('--' + c for c in close)}?" if close else "check the configs' keys"
-            raise BundleInputError(
-                f"python -m scripts.tools.experiments: --{key} is neither an option nor a key of the training and "
-                f"evaluation configs; {hint}"
-            )
+    unknown = unknown_override(list(extra), keys, ["dataset_dir", "out", "epochs", "size", "split", "variants"])
+    if unknown is not None:
+        raise BundleInputError(
+            f"python -m scripts.tools.experiments: --{unknown[0]} is neither an option nor a key of the training and "
+            f"evaluation configs; {unknown[1] or 'check the keys of the configs'}"
+        )
 
 
 def run_experiment(
