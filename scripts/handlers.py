@@ -213,12 +213,23 @@ class ResumableCheckpoint:
                     )
             if isinstance(target, torch.optim.Optimizer):
                 _warn_changed_learning_rate(state[k], target, self.path, self.logger)
+            horizon = getattr(target, "t_total", None)  # a schedule's length (MONAI's WarmupCosineSchedule)
             try:
                 target.load_state_dict(state[k])
             except (RuntimeError, ValueError, KeyError) as e:
                 if not isinstance(target, (torch.nn.Module, torch.optim.Optimizer)):
                     raise
                 raise self._misfit(k, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
+            if horizon is not None and getattr(target, "t_total", horizon) != horizon:
+                self.logger.warning(
+                    f"{self.path}: its learning-rate schedule was built for {target.t_total} epochs, this run's "
+                    f"--epochs is {horizon}: the schedule goes on as if planned for {horizon} epochs from the start"
+                )
+                target.t_total = horizon  # the saved length would run past its end and wrap round
+                rates = [base * f(target.last_epoch) for base, f in zip(target.base_lrs, target.lr_lambdas)]
+                for group, rate in zip(target.optimizer.param_groups, rates):
+                    group["lr"] = rate  # this epoch's rate too, not the one saved with the old length
+                target._last_lr = rates
         if max_epochs is not None and "trainer" in self.save_dict:
             if engine.state.epoch > max_epochs:
                 raise BundleInputError(

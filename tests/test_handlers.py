@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import torch
@@ -118,6 +119,37 @@ def test_resuming_on_other_data_is_refused_and_another_learning_rate_is_warned_o
     assert "learning rate 0.1); this run's learning rate 0.01 is not applied" in caplog.text
 
 
+def test_resuming_with_more_epochs_stretches_the_cosine_schedule(tmp_path, caplog):
+    """A run resumed with a larger ``--epochs`` keeps decaying to the new end; with the saved length the cosine ran
+    past its end and wrapped round (learning rate 0, then the full rate again)."""
+    from monai.optimizers import WarmupCosineSchedule
+
+    def run(epochs: int, lrs: list[float]) -> SupervisedTrainer:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(3, 1)
+        opt = torch.optim.SGD(net.parameters(), lr=1.0)
+        sched = WarmupCosineSchedule(opt, warmup_steps=1, t_total=epochs, warmup_multiplier=0.5)
+        data = [{"image": torch.randn(4, 3), "label": torch.randn(4, 1)}]
+        trainer = SupervisedTrainer(
+            device=torch.device("cpu"), max_epochs=epochs, train_data_loader=data, network=net, optimizer=opt,
+            loss_function=torch.nn.MSELoss(),
+        )  # fmt: skip
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: lrs.append(opt.param_groups[0]["lr"]))
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: sched.step())
+        ResumableCheckpoint(tmp_path, {"model": net, "optimizer": opt, "lr_scheduler": sched}).attach(trainer)
+        return trainer
+
+    first: list[float] = []
+    run(4, first).run()
+    assert first == pytest.approx([0.5, 1.0, 0.75, 0.25])  # warm-up, then the cosine to 0 at epoch 4
+    second: list[float] = []
+    with caplog.at_level("WARNING"):
+        run(8, second).run()
+    assert "schedule was built for 4 epochs, this run's --epochs is 8" in caplog.text
+    # as if planned for 8 epochs: 0.5 * (1 + cos(pi * (e - 1) / 7)) at epochs e = 5..8, down to the new end
+    assert second == pytest.approx([0.5 * (1 + math.cos(math.pi * (e - 1) / 7)) for e in (4, 5, 6, 7)])
+
+
 def test_concise_stats_handler_leaves_input_errors_and_interruptions_to_the_command_line(caplog):
     """An input error or Ctrl-C stopping a run is raised without MONAI's logged traceback; other errors keep it."""
     from scripts.handlers import ConciseStatsHandler
@@ -135,3 +167,31 @@ def test_concise_stats_handler_leaves_input_errors_and_interruptions_to_the_comm
     with caplog.at_level("ERROR"), pytest.raises(RuntimeError):
         handler.exception_raised(None, wrapped)
     assert "Exception:" not in caplog.text
+
+
+@pytest.mark.parametrize("config", ["configs/train.json", "configs/finder_train.json"])
+def test_the_training_schedule_trains_from_the_first_epoch_and_decays_in_short_runs(config):
+    """The warm-up starts above 0 (MONAI's default starts at 0: a 1-epoch run learnt nothing) and takes at most
+    half the run, so a run shorter than ``warmup_epochs`` still reaches the cosine decay."""
+    from monai.bundle import ConfigParser
+    from tests.conftest import ROOT
+
+    def rates(epochs: int) -> list[float]:
+        parser = ConfigParser()
+        parser.read_config(str(ROOT / config))
+        parser.update({"epochs": epochs, "learning_rate": 1.0, "weight_decay": 0.0, "warmup_epochs": 10})
+        parser["optimizer#params"] = "$[torch.nn.Parameter(torch.zeros(1))]"
+        sched = parser.get_parsed_content("lr_scheduler")
+        out = []
+        for _ in range(epochs):
+            out.append(sched.optimizer.param_groups[0]["lr"])
+            sched.optimizer.step()
+            sched.step()
+        return out
+
+    assert rates(1) == pytest.approx([1.0])
+    assert rates(2) == pytest.approx([0.5, 1.0])
+    long = rates(60)
+    warmup = 10  # min(warmup_epochs, epochs // 2)
+    assert long[0] == pytest.approx(1 / (warmup + 1)) and long[warmup] == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(long[warmup:], long[warmup + 1 :])) and long[-1] < 0.01
