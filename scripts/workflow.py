@@ -192,8 +192,31 @@ def check_dataset(dataset_dir: str | os.PathLike) -> Path:
     return datalist
 
 
+def check_dataset_grid(
+    datalist: str | os.PathLike, content: Mapping[str, Any], spacing: float | None, roi: int | None
+) -> None:
+    """Refuse a dataset prepared on another grid than the run's (its ``spacing_mm`` and ``roi``, as
+    ``scripts.prepare`` records them): a model would be trained on one grid and record another in its contract, or
+    evaluated on crops of a size it never saw. Datasets that record neither are not checked."""
+    have_s, have_r = content.get("spacing_mm"), content.get("roi")
+    wrong_s = spacing is not None and have_s is not None and not math.isclose(float(have_s), float(spacing))
+    wrong_r = roi is not None and have_r is not None and int(have_r) != int(roi)
+    if wrong_s or wrong_r:
+        raise BundleInputError(
+            f"{datalist} holds crops of {have_r}^3 voxels at {float(have_s):g} mm, the run reads {roi}^3 at "
+            f"{float(spacing):g} mm; fix: give the configs of that grid (configs/cpu.json, last, for 64^3 at 2 mm; "
+            f"the default configs are 128^3 at 1 mm) or prepare the data with --spacing {float(spacing):g} --roi {roi}."
+        )
+
+
 @reports_input_errors
-def load_split(dataset_dir: str | os.PathLike, split: str, source: str | None = None) -> list[dict]:
+def load_split(
+    dataset_dir: str | os.PathLike,
+    split: str,
+    source: str | None = None,
+    spacing: float | None = None,
+    roi: int | None = None,
+) -> list[dict]:
     """Load one split (``training``, ``validation`` or ``test``) of a prepared dataset's datalist.
 
     The file entries (:data:`FILE_KEYS`) are made absolute against the dataset folder; other entries
@@ -207,14 +230,18 @@ def load_split(dataset_dir: str | os.PathLike, split: str, source: str | None = 
         split: key of the datalist to load.
         source: the X-ray source the run projects (``drr_source``: ``gt``, ``ct`` or ``body``); every item must hold
             it, else the run stops before any work (a dataset prepared before whole scans were kept has no ``body``).
+        spacing, roi: the run's voxel size (mm) and crop size; a dataset prepared on another grid is refused
+            (:func:`check_dataset_grid`).
     """
     datalist = check_dataset(dataset_dir)
     base = datalist.parent
     content = json.loads(datalist.read_text())
+    check_dataset_grid(datalist, content, spacing, roi)
     if split not in content:
         splits = [k for k, v in content.items() if isinstance(v, list)]
         raise BundleInputError(
-            f"{datalist} has no split {split!r}; it has {', '.join(repr(k) for k in splits) or 'none'}: check --split."
+            f"{datalist} has no split {split!r}; it has {', '.join(repr(k) for k in splits) or 'none'}: training needs "
+            "'training' and 'validation' lists (python -m scripts.prepare writes them), evaluation the --split given."
         )
     if not content.get(split):
         raise BundleInputError(

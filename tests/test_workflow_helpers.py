@@ -13,7 +13,7 @@ from scripts.networks import attach_model_info
 
 
 def _datalist(tmp_path, **extra):
-    (tmp_path / "P1").mkdir()  # a folder named like a patient must not turn the patient id into a path
+    (tmp_path / "P1").mkdir(exist_ok=True)  # a folder named like a patient must not turn the patient id into a path
     content = {
         "training": [{"ct": "P1/a_ct.nii.gz", "gt": "P1/a_gt.nii.gz", "id": "P1_T1", "patient": "P1", "level": "T1"}],
         "validation": [],
@@ -32,8 +32,15 @@ def test_load_split_joins_only_file_entries(tmp_path):
     assert item["patient"] == "P1" and item["id"] == "P1_T1"
     with pytest.raises(BundleInputError, match="no items in 'validation'"):
         workflow.load_split(tmp_path, "validation")  # no silent fall-back to the training split
-    with pytest.raises(BundleInputError, match="no split 'tset'; it has 'training', 'validation': check --split"):
+    with pytest.raises(BundleInputError, match="no split 'tset'; it has 'training', 'validation': training needs"):
         workflow.load_split(tmp_path, "tset")
+    # a dataset prepared on another grid than the run's is refused; one that records no grid is not checked
+    assert workflow.load_split(tmp_path, "training", spacing=2.0, roi=64)
+    _datalist(tmp_path, spacing_mm=2.0, roi=64)
+    assert workflow.load_split(tmp_path, "training", spacing=2.0, roi=64)
+    for spacing, roi in ((1.0, 64), (2.0, 128), (1.0, 128)):
+        with pytest.raises(BundleInputError, match=r"holds crops of 64\^3 voxels at 2 mm, the run reads .* --spacing"):
+            workflow.load_split(tmp_path, "training", spacing=spacing, roi=roi)
     (tmp_path / "P1" / "a_gt.nii.gz").unlink()
     with pytest.raises(BundleInputError, match=r"1 file\(s\) that .* lists for 'training' are missing \(e.g. .*a_gt"):
         workflow.load_split(tmp_path, "training")
