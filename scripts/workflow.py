@@ -357,6 +357,24 @@ def training_record(bundle_root: str | os.PathLike, **settings: Any) -> dict[str
     return {**{k: v for k, v in settings.items() if v is not None}, "bundle_version": version}
 
 
+def presimulated_settings(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """What the pre-simulated X-ray pairs of a dataset's training split are (``python -m scripts.simulate``), for a
+    model trained on them (``simulate_online: false``): ``drr_source`` (``gt`` for ``isolated``, ``ct`` for
+    ``in_context``), ``physics``, ``spectrum`` and ``photon_count``, read from the first pair's geometry file. Empty
+    when the split names no pair with a geometry file."""
+    from scripts.simulate import SOURCES
+
+    items = load_split(dataset_dir, "training")
+    geometry = next((it["drr_geometry"] for it in items if isinstance(it.get("drr_geometry"), str)), None)
+    if geometry is None or not Path(geometry).is_file():
+        return {}
+    g = json.loads(Path(geometry).read_text())
+    out = {k: g[k] for k in ("physics", "spectrum", "photon_count") if k in g}
+    if "source" in g:
+        out["drr_source"] = SOURCES.get(g["source"], g["source"])
+    return out
+
+
 def _same_views(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> bool:
     try:
         return len(a) == len(b) and all(

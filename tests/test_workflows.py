@@ -322,7 +322,7 @@ def test_train_from_presimulated_pairs(dataset, tmp_path):
 
     data = tmp_path / "prepared"
     shutil.copytree(dataset, data)
-    simulate(str(data), angles="[[0, 90]]")
+    simulate(str(data), angles="[[0, 90]]", source="in_context")
     item = json.loads((data / "datalist.json").read_text())["training"][0]
     assert len(item["drr_png"]) == 2
     ckpt = tmp_path / "models"
@@ -354,6 +354,10 @@ def test_train_from_presimulated_pairs(dataset, tmp_path):
     assert corr > 0.98
     wf.run()
     assert _saved_epoch(ckpt) == 1
+    # the model records the pairs it was trained on (in-context X-rays, no augmentation), not the config's defaults
+    record = read_model_info(ckpt / "model.pt")["record"]
+    assert record["drr_source"] == "ct" and record["recipe"] == {"presimulated": True}
+    assert record["physics"] == "poly" and record["photon_count"] == 1e6
 
 
 def test_infer_from_datalist(dataset, trained, tmp_path):
