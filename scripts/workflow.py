@@ -433,7 +433,10 @@ def check_model(
             "or set --ckpt_dir to a folder holding model.pt."
         )
     state = load_state_dict_file(p)
-    fix = "use the config the model was trained with (e.g. add configs/cpu.json for models/cpu)"
+    fix = (
+        "use the config the model was trained with (e.g. add configs/cpu.json for models/cpu, as the last config: "
+        "configs/evaluate.json after it points back at models/)"
+    )
     if network is not None:
         own = network.module.state_dict() if hasattr(network, "module") else network.state_dict()
         unknown = [k for k in state if k not in own]

@@ -58,8 +58,12 @@ def test_unknown_experiment_and_variant(tmp_path):
         experiments.run_experiment("nothing", str(tmp_path), str(tmp_path / "out"))
     with pytest.raises(ValueError, match="unknown variants"):
         experiments.run_experiment("recipes", str(tmp_path), str(tmp_path / "out"), variants=["pose", "x"])
-    with pytest.raises(FileNotFoundError, match="scripts.prepare"):
+    with pytest.raises(ValueError, match="scripts.prepare"):
         experiments.run_experiment("recipes", str(tmp_path), str(tmp_path / "out"))
+    # splits the variants need are checked before the first one trains
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"id": "a"}], "validation": [{"id": "b"}]}))
+    with pytest.raises(ValueError, match=r"has no items in 'valid'; the variants train on 'training'"):
+        experiments.run_experiment("recipes", str(tmp_path), str(tmp_path / "out"), split="valid")
     # a misspelt option would reach every bundle run as an unused override (every variant at the default budget)
     with pytest.raises(ValueError, match=r"--epoch is neither an option nor a key .*; did you mean --epochs\?"):
         experiments.run_experiment("recipes", str(tmp_path), str(tmp_path / "out"), extra={"epoch": "3"})
@@ -221,7 +225,8 @@ def test_angles_runner_tables_without_training(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "_bundle", bundle)
     monkeypatch.setattr(experiments, "make_figures", lambda *a, **k: [])
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "datalist.json").write_text("{}")
+    lists = {"training": [{"id": "P1_T2"}], "validation": [{"id": "P2_T3"}]}
+    (tmp_path / "data" / "datalist.json").write_text(json.dumps(lists))
     out = experiments.run_experiment("angles", str(tmp_path / "data"), str(tmp_path / "out"), epochs=1,
                                      variants=["deg140", "deg90"])  # fmt: skip
     assert calls == [(f"configs/lab/angles/{v}.json", step) for v in ("deg140", "deg90") for step in ("train", "eval")]

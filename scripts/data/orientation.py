@@ -143,7 +143,8 @@ def check_orientation(geometry: list[VertebraGeometry], affine: np.ndarray) -> O
     if pairs and len(rising) > len(pairs) / 2:
         report.problems.append((
             f"superior-inferior axis mirrored: {geometry[0].level} lies below {geometry[-1].level}",
-            f"flip array axis {_array_axis(affine, 2)} or fix the affine",
+            f"flip array axis {_array_axis(affine, 2)} or fix the affine; or, if the label map numbers its levels "
+            "in another convention (levels read in reverse), give its convention with --labels",
         ))  # fmt: skip
     elif rising:
         shown = ", ".join(f"{b} above {a}" for a, b in rising[:3])

@@ -154,19 +154,29 @@ def run_experiment(
         variants: a subset of the experiment's variants (default all).
         extra: more command-line overrides for every training and evaluation run.
     """
+    from scripts.errors import BundleInputError
+
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}.")
+        raise BundleInputError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}.")
     if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}.")
+        raise BundleInputError(f"size must be one of {sorted(SIZES)}, got {size!r}.")
     chosen = list(variants) if variants else list(EXPERIMENTS[name])
     unknown = [v for v in chosen if v not in EXPERIMENTS[name]]
     if unknown:
-        raise ValueError(f"unknown variants {unknown} of {name!r}; choose from {list(EXPERIMENTS[name])}.")
+        raise BundleInputError(f"unknown variants {unknown} of {name!r}; choose from {list(EXPERIMENTS[name])}.")
     extra = dict(extra or {})
     files = ["configs/train.json", "configs/evaluate.json", *SIZES[size]]
     _check_overrides([[*files, *EXPERIMENTS[name][v]] for v in chosen], extra)  # before any run
-    if not (Path(dataset_dir) / "datalist.json").is_file():
-        raise FileNotFoundError(f"no prepared dataset at {dataset_dir}; run python -m scripts.prepare first.")
+    datalist = Path(dataset_dir) / "datalist.json"
+    if not datalist.is_file():
+        raise BundleInputError(f"no prepared dataset at {dataset_dir}; run python -m scripts.prepare first.")
+    lists = json.loads(datalist.read_text())
+    empty = [k for k in dict.fromkeys(("training", "validation", split)) if not lists.get(k)]
+    if empty:  # before the first variant trains (its evaluation would fail after the training)
+        raise BundleInputError(
+            f"{datalist} has no items in {', '.join(repr(k) for k in empty)}; the variants train on 'training', "
+            "choose on 'validation' and are evaluated on --split: prepare the dataset with those splits."
+        )
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     for i, variant in enumerate(chosen, start=1):
@@ -176,7 +186,7 @@ def run_experiment(
         if done.is_file():
             record = json.loads(done.read_text())
             if (record.get("epochs"), record.get("split")) != (epochs, split):
-                raise ValueError(
+                raise BundleInputError(
                     f"{folder} holds a finished run of {record.get('epochs')} epochs evaluated on "
                     f"{record.get('split')!r}, not {epochs} on {split!r}: use another --out or delete the folder."
                 )
@@ -559,11 +569,13 @@ def main(
     tabulates finished evaluations instead: ``python -m scripts.tools.experiments table --evals
     "old=runs/eval_old,new=runs/eval_new" --out runs/compare``.
     """
+    from scripts.errors import BundleInputError
+
     if name == "table":
         evals = overrides.pop("evals", "")
         pairs = dict(p.split("=", 1) for p in (evals.split(",") if isinstance(evals, str) else evals) if p)
         if not pairs or overrides:
-            raise ValueError("table needs --evals name=folder,name=folder and --out FOLDER, nothing else.")
+            raise BundleInputError("table needs --evals name=folder,name=folder and --out FOLDER, nothing else.")
         summarise(out or "runs/compare", pairs)
         return
     if isinstance(variants, str):
