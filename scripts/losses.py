@@ -145,7 +145,10 @@ class EARLoss(_Loss):
         edge_weight: weight of :class:`EdgeLoss`.
         freq_weight: weight of :class:`FrequencyDistanceLoss`.
         proj_weight: weight of :class:`ProjectionLoss`.
-        edge_threshold: binarisation threshold of the edge target in the target's units.
+        edge_threshold: binarisation threshold of the edge target in the target's units. For z-scored targets give
+            the z-score of the bone level, -500 HU, with the data's statistics, as ``configs/train.json`` does
+            (``scripts.workflow.zscore_of_hu(-500.0, stats)``); the default 0.0 is the z-scored mean (about -994 HU
+            on this bundle's data), not the bone level.
         edge_pos_weight: ``pos_weight`` of the edge BCE.
         fft_norm: FFT normalisation of the frequency term.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch.
