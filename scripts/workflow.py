@@ -192,6 +192,42 @@ def check_dataset(dataset_dir: str | os.PathLike) -> Path:
     return datalist
 
 
+def start_output_dir(output_dir: str | os.PathLike, ckpt_dir: str | os.PathLike, resume: bool) -> list[Path]:
+    """Before a training run that starts afresh (``--resume False``) in the folder of an earlier one: move the earlier
+    run's TensorBoard event files into ``<output_dir>/earlier_runs/<time>/`` (``curves.png`` would join both runs'
+    epochs) and warn that its checkpoint and best model in ``ckpt_dir`` are replaced. A resumed run, or a new
+    folder, is left as it is.
+
+    Returns:
+        the files moved.
+    """
+    import time
+
+    out, ckpt = Path(output_dir), Path(ckpt_dir)
+    if resume or not out.is_dir():
+        return []
+    events = sorted(out.glob("events.out.tfevents*"))
+    old = [p for p in (ckpt / "checkpoint_last.pt", ckpt / "model.pt") if p.is_file()]
+    moved = []
+    if events:
+        earlier = out / "earlier_runs" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        earlier.mkdir(parents=True, exist_ok=True)
+        for p in events:
+            moved.append(p.replace(earlier / p.name))
+    if events or old:
+        logging.getLogger(__name__).warning(
+            f"--resume False in {out}, the folder of an earlier run: "
+            + (f"its curves' logs moved to {moved[0].parent}; " if moved else "")
+            + (
+                f"its {' and '.join(p.name for p in old)} in {ckpt} {'are' if len(old) > 1 else 'is'} replaced by this "
+                "run's"
+                if old
+                else ""
+            )
+        )
+    return moved
+
+
 def check_dataset_grid(
     datalist: str | os.PathLike, content: Mapping[str, Any], spacing: float | None, roi: int | None
 ) -> None:

@@ -46,6 +46,22 @@ def test_load_split_joins_only_file_entries(tmp_path):
         workflow.load_split(tmp_path, "training")
 
 
+def test_a_fresh_start_in_an_earlier_runs_folder_moves_its_curve_logs_and_warns(tmp_path, caplog):
+    """``--resume False`` in a used folder: the earlier run's event files go aside (its epochs would join this run's
+    curves) and the replacement of its checkpoint and model is announced; a resumed run keeps everything."""
+    out, ckpt = tmp_path / "run", tmp_path / "run" / "models"
+    ckpt.mkdir(parents=True)
+    (out / "events.out.tfevents.1.host").write_bytes(b"old")
+    (ckpt / "model.pt").write_bytes(b"best")
+    assert workflow.start_output_dir(out, ckpt, True) == []  # resume: untouched
+    assert workflow.start_output_dir(tmp_path / "new", tmp_path / "new" / "models", False) == []  # a new folder
+    with caplog.at_level("WARNING"):
+        (moved,) = workflow.start_output_dir(out, ckpt, False)
+    assert moved.parent.parent == out / "earlier_runs" and moved.read_bytes() == b"old"
+    assert not list(out.glob("events.out.tfevents*")) and (ckpt / "model.pt").is_file()
+    assert "its curves' logs moved to" in caplog.text and f"its model.pt in {ckpt} is replaced" in caplog.text
+
+
 def test_epoch_counts_and_the_warning_of_an_uncalibrated_confidence(tmp_path, caplog):
     assert workflow.epoch_count(3) == 3 and workflow.epoch_count("5") == 5
     for bad in (0, -1, 2.5, "many", None):
