@@ -138,7 +138,8 @@ def _cli_excepthook(
         if not _debug() and _interrupted(value):
             sys.stderr.write(
                 "ERROR: interrupted (Ctrl-C); a training run resumes from its last saved epoch when the same command "
-                f"runs again ({DEBUG_ENV}=1 shows the traceback)\n"
+                "runs again, an evaluation or inference starts over (its tables or outputs are incomplete) "
+                f"({DEBUG_ENV}=1 shows the traceback)\n"
             )
             sys.stderr.flush()
             return

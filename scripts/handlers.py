@@ -208,8 +208,9 @@ class ResumableCheckpoint:
                 if changed:
                     raise BundleInputError(
                         f"checkpoint {self.path} was trained on other data than this run's ({changed}): the dataset "
-                        "changed since it was saved. Resume with the same --dataset_dir as prepared then, or start "
-                        "afresh in another --output_dir (or with --resume False)."
+                        "or the run's settings (--spacing, --roi_size, configs) changed since it was saved. Resume "
+                        "with the same --dataset_dir and configs as then, or start afresh in another --output_dir (or "
+                        "with --resume False)."
                     )
             if isinstance(target, torch.optim.Optimizer):
                 _warn_changed_learning_rate(state[k], target, self.path, self.logger)
