@@ -369,10 +369,8 @@ def test_tta_confidenced_zeroes_the_confidence_of_views_unlike_the_models():
     assert other["input_type"] == "surrounded" and other["input_background_share"] < 0.15
     assert other["flag"].startswith("input unlike the model's X-rays")
     # what to do, for both ways in: the bundle runner's configs and scripts.spine radiographs' option
-    assert (
-        "(add configs/body_model.json to --config_file; scripts.spine radiographs: --reconstruction_model body)"
-        in (other["flag"])
-    )
+    fix = "(add configs/body_model.json to --config_file; scripts.spine radiographs: --reconstruction_model body)"
+    assert fix in other["flag"]
     assert other["confidence_calibrated"] is False and same["confidence_calibrated"] is True
     body = TTAConfidenced("pred", threshold=-500.0, calibration=cal, expected_input="surrounded")
     flagged = body({"pred": MetaTensor(stack), "image": views["empty"]})

@@ -159,9 +159,8 @@ def test_modules_runner_writes_every_table_and_figure(dataset, tmp_path, capsys,
     out = experiments.run_experiment("modules", str(dataset), str(tmp_path / "out"), **args)
     with open(out / "per_vertebra.csv") as f:
         rows = list(csv.DictReader(f))
-    assert sorted((r["variant"], r["id"]) for r in rows) == [("ear", "P2_T3"), ("no_fem", "P2_T3")], (
-        "the validation vertebra, once per variant"
-    )
+    pairs = sorted((r["variant"], r["id"]) for r in rows)
+    assert pairs == [("ear", "P2_T3"), ("no_fem", "P2_T3")], "the validation vertebra, once per variant"
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
     assert all((out / v / "models" / "model.pt").is_file() for v in ("ear", "no_fem"))
     with open(out / "summary.csv") as f:

@@ -81,12 +81,9 @@ def _assert_final_state(ckpt: Path, best_written_epoch: int) -> None:
     record = json.loads((ckpt / "model.pt.best.json").read_text())
     epoch = _model_epoch(ckpt / "model.pt")
     # the resumed run reaches 0.6 (epoch 3; epoch 4 only equals it); the stopped run had written 0.5 or 0.7
-    assert epoch == (2 if best_written_epoch == 2 else 3), (
-        f"model.pt holds epoch {epoch} (record: {record['best']} at epoch {record['epoch']})"
-    )
-    assert (record["epoch"], record["best"]) == (epoch, RESUMED[epoch] if epoch == 3 else FIRST[epoch]), (
-        f"model.pt holds epoch {epoch} but its record says {record['best']} at epoch {record['epoch']}"
-    )
+    said = f"model.pt holds epoch {epoch}, its record {record['best']} at epoch {record['epoch']}"
+    assert epoch == (2 if best_written_epoch == 2 else 3), said
+    assert (record["epoch"], record["best"]) == (epoch, RESUMED[epoch] if epoch == 3 else FIRST[epoch]), said
     assert record.get("sha256") == _sha256(ckpt / "model.pt"), "the record names the hash of model.pt"
     assert not _temporaries(ckpt), "no temporary file of the stopped process remains"
 

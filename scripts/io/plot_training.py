@@ -99,8 +99,6 @@ def main(log_dir: str = "runs/train", out: str | None = None) -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     import fire
     from scripts.errors import check_cli_flags, install_cli_excepthook
 

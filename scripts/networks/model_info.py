@@ -100,7 +100,7 @@ def _decode(buffer: torch.Tensor | None) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except ValueError as e:  # UnicodeDecodeError is a ValueError
         raise BundleInputError(
             f"the model's contract buffer is not valid JSON ({e}); the model file is damaged."
         ) from e

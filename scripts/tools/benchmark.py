@@ -293,44 +293,36 @@ def spine_benchmark(
         per batch size: ``total_ms`` (median wall per spine), ``stages_ms`` (median per stage); and the ratio.
     """
     from scripts.spine import reconstruct
-    from scripts.tools.everyday_speed import (
-        SPINE_LEVELS,
-        _config_paths,
-        _median_ms,
-        _model_overrides,
-        _Stages,
-        benchmark_crops,
-        write_xray_pairs,
-    )  # fmt: skip
+    from scripts.tools import everyday_speed as es
 
-    crops, source = benchmark_crops(vertebrae, roi, 2.0 * 64 / roi)
+    crops, source = es.benchmark_crops(vertebrae, roi, 2.0 * 64 / roi)
     with tempfile.TemporaryDirectory() as tmp:
-        datalist = write_xray_pairs(crops, Path(tmp) / "xrays")
-        overrides = _model_overrides(model, channels, roi)
+        datalist = es.write_xray_pairs(crops, Path(tmp) / "xrays")
+        overrides = es._model_overrides(model, channels, roi)
         sizes = {"batched": int(batch_size), "one_by_one": 1}
-        stages = {name: _Stages() for name in sizes}
+        stages = {name: es._Stages() for name in sizes}
         walls: dict[str, list[float]] = {name: [] for name in sizes}
         report = None
         for i in range(warmup + repeat):
             for name, bs in sizes.items():
                 timings: dict[str, float] = {}
                 t0 = time.perf_counter()
-                report = reconstruct(str(datalist), str(Path(tmp) / f"out_{name}"), _config_paths(configs), bs,
+                report = reconstruct(str(datalist), str(Path(tmp) / f"out_{name}"), es._config_paths(configs), bs,
                                      timings=timings, device="cpu", formats=("stl", "ply"), **overrides)  # fmt: skip
                 wall = time.perf_counter() - t0
                 if i >= warmup:
                     walls[name].append(wall)
                     stages[name].runs.append(timings)
         result: dict[str, Any] = {
-            "input": f"{vertebrae} simulated AP + lateral pairs (PNG) of {source}, named {SPINE_LEVELS[0]}-"
-            f"{SPINE_LEVELS[min(vertebrae, len(SPINE_LEVELS)) - 1]}",
+            "input": f"{vertebrae} simulated AP + lateral pairs (PNG) of {source}, named {es.SPINE_LEVELS[0]}-"
+            f"{es.SPINE_LEVELS[min(vertebrae, len(es.SPINE_LEVELS)) - 1]}",
             "vertebrae": vertebrae,
             "repeat": repeat,
         }
         for name, bs in sizes.items():
             result[name] = {
                 "batch_size": bs,
-                "total_ms": _median_ms(walls[name]),
+                "total_ms": es._median_ms(walls[name]),
                 "stages_ms": stages[name].medians_ms(),
             }
         result["ratio_batched_to_one_by_one"] = round(
@@ -540,8 +532,6 @@ COMMANDS["all"] = everyday
 
 def main() -> None:
     """The command line: ``python -m scripts.tools.benchmark <command> [--option value ...]``."""
-    import sys
-
     import fire
     from scripts.errors import check_cli_flags, install_cli_excepthook
 

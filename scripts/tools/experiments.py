@@ -593,8 +593,6 @@ def main(
 
 
 if __name__ == "__main__":
-    import sys
-
     import fire
     from scripts.errors import check_cli_flags, install_cli_excepthook
 

@@ -400,8 +400,8 @@ def add_bowel_gas(
     pockets = []
     for _ in range(int(rng.integers(5, 26))):
         v = low[int(rng.integers(len(low)))]
-        c = np.asarray(v["centre_mm_world"], dtype=np.float64) + [rng.uniform(-120, 120), rng.uniform(30, 150),
-                                                                   rng.uniform(-20, 20)]  # fmt: skip
+        shift = [rng.uniform(-120, 120), rng.uniform(30, 150), rng.uniform(-20, 20)]
+        c = np.asarray(v["centre_mm_world"], dtype=np.float64) + shift
         axes = rng.uniform(10.0, 40.0, 3)
         lo = np.floor(inv[:3, :3] @ (c - axes) + inv[:3, 3]).astype(int)
         hi = np.ceil(inv[:3, :3] @ (c + axes) + inv[:3, 3]).astype(int)

@@ -110,13 +110,10 @@ def spine_eval(
     from scripts.spine import file_px, radiograph_configs, radiographs
     from scripts.tools.finder_data import body_file, label_source, resample_hu, resample_labels, simulate_patient
 
-    configs = (
-        radiograph_configs()
-        if config_file is None
-        else [config_file]
-        if isinstance(config_file, str)
-        else list(config_file)
-    )
+    if config_file is None:
+        configs = radiograph_configs()
+    else:
+        configs = [config_file] if isinstance(config_file, str) else list(config_file)
     dl = json.loads((Path(data) / "datalist.json").read_text())
     patients: dict[str, dict] = {}
     for item in dl[split]:
@@ -181,14 +178,13 @@ def spine_eval(
     for mode in MODES:
         sel = [r for r in rows if r["mode"] == mode]
         hds = [r["hd95_mm"] for r in sel if r["hd95_mm"] is not None]
+        found = [r["dice"] for r in sel if r["found"]]
         summary[mode] = {
             "vertebrae": len(sel),
             "found": sum(r["found"] for r in sel),
             "dice_mean": round(float(np.mean([r["dice"] for r in sel])), 4) if sel else None,
             "dice_label_mean": round(float(np.mean([r["dice_label"] for r in sel])), 4) if sel else None,
-            "dice_mean_found": round(float(np.mean([r["dice"] for r in sel if r["found"]])), 4)
-            if any(r["found"] for r in sel)
-            else None,
+            "dice_mean_found": round(float(np.mean(found)), 4) if found else None,
             "hd95_mm_mean_found": round(float(np.mean(hds)), 2) if hds else None,
         }
     true_by = {(r["patient"], r["level"]): r["dice"] for r in rows if r["mode"] == "true"}

@@ -1139,11 +1139,11 @@ def combine(
         member.load_state_dict(view)
     net.volume_net.load_state_dict(volume)
     version = json.loads((ROOT / "configs" / "metadata.json").read_text())["version"]
+    volume_record = {k: info["record"][k] for k in ("bundle_version", "drr_source") if k in info["record"]}
     record.update(
         {"drr_source": drr_source, "bundle_version": version,
          "view_stage": stages[0] if len(stages) == 1 else stages,
-         "volume_stage": {"file": Path(volume_weights).name, **{k: info["record"][k] for k in
-         ("bundle_version", "drr_source") if k in info["record"]}}}
+         "volume_stage": {"file": Path(volume_weights).name, **volume_record}}
     )  # fmt: skip
     record.pop("network", None)
     attach_model_info(
