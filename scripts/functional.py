@@ -22,6 +22,7 @@ from scripts.drr.geometry import view_rotation
 from scripts.errors import XRayInputError
 
 __all__ = [
+    "SIMULATION_SOURCES",
     "item_seed",
     "DEFAULT_ANGLES",
     "MIN_VIEW_SEPARATION",
@@ -38,6 +39,10 @@ __all__ = [
     "boundary_map",
     "maximum_intensity_projections",
 ]
+
+#: the X-ray sources of ``python -m scripts.simulate --source`` and the ``drr_source`` each projects: ``isolated``
+#: the ground truth (``gt``, the paper's), ``in_context`` the CT crop (``ct``).
+SIMULATION_SOURCES: dict[str, str] = {"isolated": "gt", "in_context": "ct"}
 
 #: default views: view 1 AP (alpha=0, beta=0), view 2 lateral (alpha=90, beta=0), degrees.
 DEFAULT_ANGLES: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 0.0), (90.0, 0.0))

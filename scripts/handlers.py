@@ -198,6 +198,7 @@ class ResumableCheckpoint:
         if missing:
             raise RuntimeError(f"checkpoint {self.path} lacks {missing}; delete it to start training from scratch.")
         max_epochs = engine.state.max_epochs
+        stretched: list[tuple[Any, int]] = []  # schedules saved with another length than this run's
         for k, obj in self.save_dict.items():
             target = unwrap_module(obj)
             if isinstance(target, torch.nn.Module):
@@ -215,6 +216,8 @@ class ResumableCheckpoint:
             if isinstance(target, torch.optim.Optimizer):
                 _warn_changed_learning_rate(state[k], target, self.path, self.logger)
             horizon = getattr(target, "t_total", None)  # a schedule's length (MONAI's WarmupCosineSchedule)
+            if not isinstance(target, torch.optim.lr_scheduler.LambdaLR):
+                horizon = None
             try:
                 target.load_state_dict(state[k])
             except (RuntimeError, ValueError, KeyError) as e:
@@ -222,15 +225,7 @@ class ResumableCheckpoint:
                     raise
                 raise self._misfit(k, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
             if horizon is not None and getattr(target, "t_total", horizon) != horizon:
-                self.logger.warning(
-                    f"{self.path}: its learning-rate schedule was built for {target.t_total} epochs, this run's "
-                    f"--epochs is {horizon}: the schedule goes on as if planned for {horizon} epochs from the start"
-                )
-                target.t_total = horizon  # the saved length would run past its end and wrap round
-                rates = [base * f(target.last_epoch) for base, f in zip(target.base_lrs, target.lr_lambdas)]
-                for group, rate in zip(target.optimizer.param_groups, rates):
-                    group["lr"] = rate  # this epoch's rate too, not the one saved with the old length
-                target._last_lr = rates
+                stretched.append((target, horizon))
         if max_epochs is not None and "trainer" in self.save_dict:
             if engine.state.epoch > max_epochs:
                 raise BundleInputError(
@@ -238,6 +233,17 @@ class ResumableCheckpoint:
                     "raise the epochs setting or delete the checkpoint."
                 )
             engine.state.max_epochs = max_epochs
+        for schedule, horizon in stretched:  # after every object: the optimizer's saved rate must not win
+            self.logger.warning(
+                f"{self.path}: its learning-rate schedule was built for {schedule.t_total} epochs, this run's "
+                f"--epochs is {horizon}: the cosine now ends at epoch {horizon} (the warm-up as saved)"
+            )
+            schedule.t_total = horizon  # the saved length would run past its end and wrap round
+            rates = [base * f(schedule.last_epoch) for base, f in zip(schedule.base_lrs, schedule.lr_lambdas)]
+            rates = [max(getattr(schedule, "end_lr", 0.0), r) for r in rates]
+            for group, rate in zip(schedule.optimizer.param_groups, rates):
+                group["lr"] = rate  # this epoch's rate too, not the one saved with the old length
+            schedule._last_lr = rates
         self._last_read = None  # the restored objects hold the state now
         self.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")
 

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 from monai.transforms import LoadImage
 from scripts.drr.geometry import ConeBeamGeometry, as_angles
+from scripts.functional import SIMULATION_SOURCES
 from scripts.io.xray import write_png16
 from scripts.transforms.drr import DRR
 from scripts.utils import atomic_path
@@ -66,7 +67,7 @@ from tqdm import tqdm
 
 __all__ = ["main", "simulate_item", "parse_view_sets", "simulate_radiographs", "SOURCES", "write_png16"]
 
-SOURCES = {"isolated": "gt", "in_context": "ct"}
+SOURCES = SIMULATION_SOURCES  # --source -> the drr_source projected
 SPLITS = ("training", "validation", "test")
 
 

@@ -35,7 +35,7 @@ from scripts.errors import (
     reports_input_errors,
     running_bundle_cli,
 )
-from scripts.functional import DEFAULT_ANGLES, parse_angles
+from scripts.functional import DEFAULT_ANGLES, SIMULATION_SOURCES, parse_angles
 from scripts.io.xray import MIN_XRAY_SIZE, LoadXRayPair, xray_case_name
 from scripts.metrics import METRIC_NAMES, ItemValueMetric, VertebraMetric
 from scripts.networks.model_info import MODEL_INFO_KEYS, convert_command, load_state_dict_file, read_model_info
@@ -192,11 +192,20 @@ def check_dataset(dataset_dir: str | os.PathLike) -> Path:
     return datalist
 
 
-def start_output_dir(output_dir: str | os.PathLike, ckpt_dir: str | os.PathLike, resume: bool) -> list[Path]:
+def start_output_dir(
+    output_dir: str | os.PathLike, ckpt_dir: str | os.PathLike, resume: bool, checked: Any = None
+) -> list[Path]:
     """Before a training run that starts afresh (``--resume False``) in the folder of an earlier one: move the earlier
     run's TensorBoard event files into ``<output_dir>/earlier_runs/<time>/`` (``curves.png`` would join both runs'
     epochs) and warn that its checkpoint and best model in ``ckpt_dir`` are replaced. A resumed run, or a new
     folder, is left as it is.
+
+    Args:
+        output_dir: the run's ``output_dir``.
+        ckpt_dir: the run's ``ckpt_dir``.
+        resume: the run's ``resume``.
+        checked: not used: the config passes the run's data lists here, so that they are read (and a bad dataset
+            refused) before anything is moved.
 
     Returns:
         the files moved.
@@ -217,7 +226,8 @@ def start_output_dir(output_dir: str | os.PathLike, ckpt_dir: str | os.PathLike,
     if events or old:
         logging.getLogger(__name__).warning(
             f"--resume False in {out}, the folder of an earlier run: "
-            + (f"its curves' logs moved to {moved[0].parent}; " if moved else "")
+            + (f"its curves' logs moved to {moved[0].parent}" if moved else "")
+            + ("; " if moved and old else "")
             + (
                 f"its {' and '.join(p.name for p in old)} in {ckpt} {'are' if len(old) > 1 else 'is'} replaced by this "
                 "run's"
@@ -238,10 +248,17 @@ def check_dataset_grid(
     wrong_s = spacing is not None and have_s is not None and not math.isclose(float(have_s), float(spacing))
     wrong_r = roi is not None and have_r is not None and int(have_r) != int(roi)
     if wrong_s or wrong_r:
+
+        def num(v: Any) -> str:
+            try:
+                return f"{float(v):g}"
+            except (TypeError, ValueError):
+                return "?" if v is None else str(v)
+
         raise BundleInputError(
-            f"{datalist} holds crops of {have_r}^3 voxels at {float(have_s):g} mm, the run reads {roi}^3 at "
-            f"{float(spacing):g} mm; fix: give the configs of that grid (configs/cpu.json, last, for 64^3 at 2 mm; "
-            f"the default configs are 128^3 at 1 mm) or prepare the data with --spacing {float(spacing):g} --roi {roi}."
+            f"{datalist} holds crops of {num(have_r)}^3 voxels at {num(have_s)} mm, the run reads {num(roi)}^3 at "
+            f"{num(spacing)} mm; fix: give the configs of that grid (configs/cpu.json, last, for 64^3 at 2 mm; the "
+            f"default configs are 128^3 at 1 mm) or prepare the data with --spacing {num(spacing)} --roi {num(roi)}."
         )
 
 
@@ -398,16 +415,16 @@ def presimulated_settings(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     model trained on them (``simulate_online: false``): ``drr_source`` (``gt`` for ``isolated``, ``ct`` for
     ``in_context``), ``physics``, ``spectrum`` and ``photon_count``, read from the first pair's geometry file. Empty
     when the split names no pair with a geometry file."""
-    from scripts.simulate import SOURCES
-
     items = load_split(dataset_dir, "training")
     geometry = next((it["drr_geometry"] for it in items if isinstance(it.get("drr_geometry"), str)), None)
     if geometry is None or not Path(geometry).is_file():
         return {}
     g = json.loads(Path(geometry).read_text())
     out = {k: g[k] for k in ("physics", "spectrum", "photon_count") if k in g}
+    if not out.get("photon_count"):  # 0 in the file: noise-free pairs (an online noise-free model records none)
+        out.pop("photon_count", None)
     if "source" in g:
-        out["drr_source"] = SOURCES.get(g["source"], g["source"])
+        out["drr_source"] = SIMULATION_SOURCES.get(g["source"], g["source"])
     return out
 
 

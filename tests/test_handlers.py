@@ -124,7 +124,7 @@ def test_resuming_with_more_epochs_stretches_the_cosine_schedule(tmp_path, caplo
     past its end and wrapped round (learning rate 0, then the full rate again)."""
     from monai.optimizers import WarmupCosineSchedule
 
-    def run(epochs: int, lrs: list[float]) -> SupervisedTrainer:
+    def run(epochs: int, lrs: list[float], scheduler_first: bool = False) -> SupervisedTrainer:
         torch.manual_seed(0)
         net = torch.nn.Linear(3, 1)
         opt = torch.optim.SGD(net.parameters(), lr=1.0)
@@ -136,7 +136,10 @@ def test_resuming_with_more_epochs_stretches_the_cosine_schedule(tmp_path, caplo
         )  # fmt: skip
         trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: lrs.append(opt.param_groups[0]["lr"]))
         trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: sched.step())
-        ResumableCheckpoint(tmp_path, {"model": net, "optimizer": opt, "lr_scheduler": sched}).attach(trainer)
+        objects = {"model": net, "optimizer": opt, "lr_scheduler": sched}
+        if scheduler_first:  # the optimizer, restored after the schedule, must not bring back its saved rate
+            objects = {"lr_scheduler": sched, "model": net, "optimizer": opt}
+        ResumableCheckpoint(tmp_path / "ckpt", objects).attach(trainer)
         return trainer
 
     first: list[float] = []
@@ -145,9 +148,17 @@ def test_resuming_with_more_epochs_stretches_the_cosine_schedule(tmp_path, caplo
     second: list[float] = []
     with caplog.at_level("WARNING"):
         run(8, second).run()
-    assert "schedule was built for 4 epochs, this run's --epochs is 8" in caplog.text
-    # as if planned for 8 epochs: 0.5 * (1 + cos(pi * (e - 1) / 7)) at epochs e = 5..8, down to the new end
-    assert second == pytest.approx([0.5 * (1 + math.cos(math.pi * (e - 1) / 7)) for e in (4, 5, 6, 7)])
+    assert "schedule was built for 4 epochs, this run's --epochs is 8: the cosine now ends at epoch 8" in caplog.text
+    # the cosine over 8 epochs: 0.5 * (1 + cos(pi * (step - 1) / 7)) at steps 4..7 (epochs 5..8), down to the new end
+    expected = [0.5 * (1 + math.cos(math.pi * (step - 1) / 7)) for step in (4, 5, 6, 7)]
+    assert second == pytest.approx(expected)
+    import shutil
+
+    shutil.rmtree(tmp_path / "ckpt")
+    run(4, []).run()
+    third: list[float] = []
+    run(8, third, scheduler_first=True).run()
+    assert third == pytest.approx(expected)
 
 
 def test_concise_stats_handler_leaves_input_errors_and_interruptions_to_the_command_line(caplog):

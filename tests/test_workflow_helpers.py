@@ -41,6 +41,10 @@ def test_load_split_joins_only_file_entries(tmp_path):
     for spacing, roi in ((1.0, 64), (2.0, 128), (1.0, 128)):
         with pytest.raises(BundleInputError, match=r"holds crops of 64\^3 voxels at 2 mm, the run reads .* --spacing"):
             workflow.load_split(tmp_path, "training", spacing=spacing, roi=roi)
+    # a datalist that records the crop only, and a run that gives the crop only, are told apart without a crash
+    _datalist(tmp_path, roi=64)
+    with pytest.raises(BundleInputError, match=r"crops of 64\^3 voxels at \? mm, the run reads 128\^3 at 2 mm"):
+        workflow.load_split(tmp_path, "training", spacing=2.0, roi=128)
     (tmp_path / "P1" / "a_gt.nii.gz").unlink()
     with pytest.raises(BundleInputError, match=r"1 file\(s\) that .* lists for 'training' are missing \(e.g. .*a_gt"):
         workflow.load_split(tmp_path, "training")

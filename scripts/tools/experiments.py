@@ -247,6 +247,7 @@ def predict_vertebra(
         workflow_type="train",
         bundle_root=str(ROOT),
         **{k: _override_value(v) for k, v in overrides.items()},
+        resume=True,  # it only reads: a --resume False of the runs must not move an output folder's logs
     )
     wf.initialize()
     item = wf.parser.get_parsed_content("validate#dataset")[index]
