@@ -34,6 +34,7 @@ __all__ = [
     "install_cli_excepthook",
     "check_cli_flags",
     "unknown_override",
+    "command_options",
 ]
 
 logger = logging.getLogger("scripts")
@@ -218,7 +219,7 @@ def check_cli_flags(
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    known = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    known = command_options(component)
     for arg in args:
         if not arg.startswith("--") or arg in ("--help", "--") or len(arg) < 3:
             continue
@@ -254,3 +255,11 @@ def unknown_override(
             close = difflib.get_close_matches(key, list(dict.fromkeys([*options, *keys])), n=2)
             return key, f"did you mean {' or '.join('--' + c for c in close)}?" if close else ""
     return None
+
+
+def command_options(fn: Callable[..., Any]) -> list[str]:
+    """The named parameters of a command-line function, its ``--options`` (``*args`` and ``**kwargs`` left out)."""
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [n for n, p in inspect.signature(fn).parameters.items() if p.kind in kinds]

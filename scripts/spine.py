@@ -666,11 +666,10 @@ def _check_overrides(
 
 
 def _own_options(fn: Any) -> list[str]:
-    """The named parameters of a command that passes the rest to the inference config (``**overrides``)."""
-    import inspect
+    """The command-line options of a command that passes the rest to the inference config (``**overrides``)."""
+    from scripts.errors import command_options
 
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [n for n, p in inspect.signature(fn).parameters.items() if p.kind in kinds and n != "timings"]
+    return [n for n in command_options(fn) if n != "timings"]
 
 
 #: the confidence entries of an inference output (scripts.confidence.TTAConfidenced) kept in the spine report.

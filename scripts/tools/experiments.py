@@ -117,14 +117,14 @@ def _check_overrides(runs: Sequence[Sequence[str]], extra: Mapping[str, Any]) ->
     run would add it and go on, so a misspelt ``--epoch 3`` (for ``--epochs``) would train every variant at the
     default budget."""
     from monai.bundle import ConfigParser
-    from scripts.errors import BundleInputError, unknown_override
+    from scripts.errors import BundleInputError, command_options, unknown_override
 
     if not extra:
         return
     keys = list(
         dict.fromkeys(k for files in runs for k in ConfigParser.load_config_files([str(ROOT / c) for c in files]))
     )
-    unknown = unknown_override(list(extra), keys, ["dataset_dir", "out", "epochs", "size", "split", "variants"])
+    unknown = unknown_override(list(extra), keys, [n for n in command_options(main) if n != "name"])
     if unknown is not None:
         raise BundleInputError(
             f"python -m scripts.tools.experiments: --{unknown[0]} is neither an option nor a key of the training and "

@@ -493,10 +493,9 @@ def views(
     model's own reconstruction moved by the whole-voxel shift (at most ``max_shift`` voxels along each axis) that
     fits the ground truth best, ``best_shift_vox`` that shift (voxels along the grid's axes) and ``best_shift_mm``
     its length: what a perfect correction of the reconstruction's position could gain; the rest of the error is its
-    shape. ``bone_components`` counts the
-    pieces of the model's bone mask (26-connected): at 1, keeping the largest connected component changes nothing.
-    ``figure`` draws every vertebra's body views, the view stage's views and the isolated views (PNG); ``out``
-    writes the JSON report.
+    shape. ``bone_components`` counts the pieces of the model's bone mask (26-connected): at 1, keeping the largest
+    connected component changes nothing. ``figure`` draws every vertebra's body views, the view stage's views and
+    the isolated views (PNG); ``out`` writes the JSON report.
 
     Args:
         model: a :class:`~scripts.networks.TwoStageEAR` model file.
